@@ -45,6 +45,10 @@ START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 
 
+# Brokers this process started; kept so their Popen objects are reaped, not garbage-collected live.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
 class KafkaError(RuntimeError):
     """A local broker could not be fetched, started, probed or stopped."""
 
@@ -346,24 +350,25 @@ def start(name: str, size: int, base_port: int, heap_mb: int) -> Instance:
         if fmt.returncode != 0:
             raise KafkaError(f"formatting node {node.node_id} failed:\n{fmt.stdout}{fmt.stderr}")
     for node in inst.nodes:
-        out = (inst.logs / f"node-{node.node_id}.out").open("ab")
-        proc = subprocess.Popen(
-            [
-                java,
-                f"-Xms{min(512, heap_mb)}m",
-                f"-Xmx{heap_mb}m",
-                "-XX:+UseG1GC",
-                "-cp",
-                classpath,
-                f"-Dlog4j2.configurationFile={inst.home / f'log4j2-{node.node_id}.xml'}",
-                "kafka.Kafka",
-                str(inst.home / f"server-{node.node_id}.properties"),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        with (inst.logs / f"node-{node.node_id}.out").open("ab") as out:
+            proc = subprocess.Popen(
+                [
+                    java,
+                    f"-Xms{min(512, heap_mb)}m",
+                    f"-Xmx{heap_mb}m",
+                    "-XX:+UseG1GC",
+                    "-cp",
+                    classpath,
+                    f"-Dlog4j2.configurationFile={inst.home / f'log4j2-{node.node_id}.xml'}",
+                    "kafka.Kafka",
+                    str(inst.home / f"server-{node.node_id}.properties"),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        _CHILDREN[proc.pid] = proc
         inst.pidfile(node).write_text(str(proc.pid))
     try:
         wait_ready(inst, expect=size)
@@ -404,6 +409,9 @@ def stop_node(inst: Instance, node: Node, sig: int = signal.SIGTERM) -> None:
         while _alive(pid):
             time.sleep(0.05)
     inst.pidfile(node).unlink(missing_ok=True)
+    child = _CHILDREN.pop(pid, None)
+    if child is not None:
+        child.wait()
 
 
 def stop(name: str) -> bool:
