@@ -1,0 +1,44 @@
+"""The routing core: prompt features + learned quality prediction + policy -> `Decision`.
+
+Pure: imports the standard library and numpy only; no clock, no network, no environment.
+The only I/O is `save`/`load` of an artifact folder the caller names.
+"""
+
+from routers.artifact import load, save
+from routers.base import Identity, Router
+from routers.cascade import AnswerScorer, CascadeParams, CascadeResult
+from routers.dataset import Record
+from routers.decision import Candidate, Decision
+from routers.errors import ArtifactError, NoEligibleModelError, RoutingError, TrainingDataError
+from routers.features import HashingFeaturizer, HashingParams, prompt_text
+from routers.policy import ModelPrice, PolicyOptions, decide, route, route_batch
+from routers.training import DEFAULT_ROUTER, ROUTER_NAMES, TrainOptions, train
+
+__all__ = [
+    "DEFAULT_ROUTER",
+    "ROUTER_NAMES",
+    "AnswerScorer",
+    "ArtifactError",
+    "Candidate",
+    "CascadeParams",
+    "CascadeResult",
+    "Decision",
+    "HashingFeaturizer",
+    "HashingParams",
+    "Identity",
+    "ModelPrice",
+    "NoEligibleModelError",
+    "PolicyOptions",
+    "Record",
+    "Router",
+    "RoutingError",
+    "TrainOptions",
+    "TrainingDataError",
+    "decide",
+    "load",
+    "prompt_text",
+    "route",
+    "route_batch",
+    "save",
+    "train",
+]

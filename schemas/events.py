@@ -142,11 +142,11 @@ class ErrorInfo(_Event, frozen=True, kw_only=True):
 class Attempt(_Event, frozen=True, kw_only=True, omit_defaults=True):
     model: NonEmpty
     provider: NonEmpty
-    status: Literal["ok", "error", "escalated"]
+    status: Literal["ok", "error", "skipped", "escalated"]
     latency_ms: NonNegative
     http_status: int | None = None
     error_type: str | None = None
-    retries: Count | None = None
+    retry: Count | None = None
 
 
 class OutputMessage(_Event, frozen=True, kw_only=True):
@@ -154,7 +154,7 @@ class OutputMessage(_Event, frozen=True, kw_only=True):
     content: str = ""
 
 
-FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "error"]
+FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "other"]
 
 
 class RouteResponse(_Event, frozen=True, kw_only=True, omit_defaults=True):

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "worker.routing_cli",
     "worker.provider_cli",
+    "worker.run_cli",
 )
 
 

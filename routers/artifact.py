@@ -1,0 +1,195 @@
+"""Router artifacts: a folder with `meta.json` and `arrays.npz`. The only I/O in `routers`.
+
+meta.json: format_version, router (name), version, models, strong, weak, data_sha256,
+features (featurizer spec), params, metrics, calibration ({name: threshold}).
+Loading checks the format version and raises `ArtifactError` on any mismatch or damage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from routers.base import Identity, Router
+from routers.errors import ArtifactError
+from routers.features import featurizer_from_spec
+from routers.learned import (
+    ClassifierParams,
+    ClassifierRouter,
+    FeatureRouter,
+    MFParams,
+    MFRouter,
+    Standardizer,
+    SWParams,
+    SWRankingRouter,
+)
+from routers.reference import OracleRouter, RandomRouter
+from routers.semantic import SemanticRouter, semantic_config_from_obj
+
+__all__ = ["FORMAT_VERSION", "Artifact", "load", "load_artifact", "save", "update_meta"]
+
+FORMAT_VERSION = 1
+META = "meta.json"
+ARRAYS = "arrays.npz"
+
+
+class Artifact:
+    """A loaded router with the metadata it was saved with."""
+
+    def __init__(self, router: Router, meta: Mapping[str, Any]) -> None:
+        self.router = router
+        self.meta = dict(meta)
+
+    @property
+    def calibration(self) -> dict[str, float]:
+        return {str(k): float(v) for k, v in self.meta.get("calibration", {}).items()}
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.meta.get("metrics", {}))
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def save(
+    router: Router,
+    directory: str | Path,
+    *,
+    data_sha256: str = "",
+    metrics: Mapping[str, Any] | None = None,
+    calibration: Mapping[str, float] | None = None,
+) -> Path:
+    """Write the artifact folder (created if needed; existing files replaced)."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    features = (
+        router.featurizer.spec() if isinstance(router, FeatureRouter | SemanticRouter) else None
+    )
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "router": router.name,
+        "version": router.version,
+        "models": list(router.models),
+        "strong": router.strong,
+        "weak": router.weak,
+        "data_sha256": data_sha256,
+        "features": features,
+        "params": router.params(),
+        "metrics": dict(metrics or {}),
+        "calibration": dict(calibration or {}),
+    }
+    arrays: dict[str, Any] = {k: np.asarray(v) for k, v in router.arrays().items()}
+    with (path / ARRAYS).open("wb") as fh:
+        np.savez(fh, **arrays)
+    (path / META).write_text(json.dumps(_clean(meta), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def update_meta(directory: str | Path, fields: Mapping[str, Any]) -> None:
+    """Replace top-level fields of an artifact's meta.json (e.g. calibration, metrics)."""
+    path = Path(directory) / META
+    meta = _read_meta(Path(directory))
+    meta.update(fields)
+    path.write_text(json.dumps(_clean(meta), indent=2, sort_keys=True) + "\n")
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((path / META).read_text())
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{path} is not a router artifact: no {META}") from exc
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path / META} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{path / META} is not a JSON object")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} has artifact format version {version!r}; this build reads version "
+            f"{FORMAT_VERSION}: retrain with `llmroute train`"
+        )
+    return meta
+
+
+def load_artifact(directory: str | Path) -> Artifact:
+    path = Path(directory)
+    meta = _read_meta(path)
+    try:
+        with np.load(path / ARRAYS, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        router = _build(meta, arrays)
+    except ArtifactError:
+        raise
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: damaged artifact ({exc!r})") from exc
+    return Artifact(router, meta)
+
+
+def load(directory: str | Path) -> Router:
+    """Load the router saved in `directory`."""
+    return load_artifact(directory).router
+
+
+def _build(meta: Mapping[str, Any], a: Mapping[str, np.ndarray[Any, Any]]) -> Router:
+    identity = Identity(
+        version=str(meta["version"]),
+        models=tuple(str(m) for m in meta["models"]),
+        strong=str(meta["strong"]),
+        weak=str(meta["weak"]),
+    )
+    name = meta["router"]
+    params = meta["params"]
+    if name == "random":
+        return RandomRouter(identity, seed=int(params["seed"]))
+    if name == "oracle":
+        return OracleRouter(identity, dict(zip(a["keys"].tolist(), a["values"], strict=True)))
+    featurizer = featurizer_from_spec(meta["features"])
+    if name == "semantic":
+        return SemanticRouter(identity, semantic_config_from_obj(params), featurizer)
+    std = Standardizer(a["center"], a["scale"])
+    if name == "classifier":
+        return ClassifierRouter(
+            weights=a["weights"],
+            bias=a["bias"],
+            params=ClassifierParams(**params),
+            identity=identity,
+            featurizer=featurizer,
+            standardizer=std,
+        )
+    if name == "mf":
+        return MFRouter(
+            projection=a["projection"],
+            model_emb=a["model_emb"],
+            out=a["out"],
+            bias=a["bias"],
+            params=MFParams(**params),
+            identity=identity,
+            featurizer=featurizer,
+            standardizer=std,
+        )
+    if name == "sw_ranking":
+        return SWRankingRouter(
+            projection=a["projection"],
+            keys=a["keys"],
+            labels=a["labels"],
+            prior=a["prior"],
+            params=SWParams(**params),
+            identity=identity,
+            featurizer=featurizer,
+            standardizer=std,
+        )
+    raise ArtifactError(f"unknown router kind {name!r} in artifact")

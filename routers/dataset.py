@@ -1,0 +1,72 @@
+"""In-memory training records and deterministic item splits. Parsing only; no file I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from routers.errors import TrainingDataError
+from routers.features import prompt_text
+
+__all__ = ["Record", "data_sha256", "record_from_obj", "split_by_id"]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One labelled prompt: the text a router sees and each model's quality on it in [0, 1]."""
+
+    id: str
+    text: str
+    scores: Mapping[str, float]
+    costs: Mapping[str, float] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+def record_from_obj(
+    obj: Mapping[str, Any], *, include_system: bool = False, include_history: bool = False
+) -> Record:
+    """A `Record` from one decoded dataset line (`prompt` or `messages`, `scores`, ...)."""
+    try:
+        rid = str(obj["id"])
+        if "prompt" in obj:
+            text = str(obj["prompt"])
+        else:
+            text = prompt_text(
+                obj["messages"], include_system=include_system, include_history=include_history
+            )
+        scores = {str(k): float(v) for k, v in obj["scores"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise TrainingDataError(f"bad dataset record {obj.get('id', '?')!r}: {exc!r}") from exc
+    for model, value in scores.items():
+        if not 0.0 <= value <= 1.0:
+            raise TrainingDataError(f"record {rid!r}: score {value} of {model!r} not in [0, 1]")
+    costs = {str(k): float(v) for k, v in (obj.get("costs") or {}).items()}
+    tags = {str(k): str(v) for k, v in (obj.get("tags") or {}).items()}
+    return Record(rid, text, scores, costs, tags)
+
+
+def data_sha256(records: Sequence[Record]) -> str:
+    """A hash of the training data (ids, texts, scores), independent of record order."""
+    digest = hashlib.sha256()
+    lines = sorted(
+        json.dumps([r.id, r.text, sorted(r.scores.items())], ensure_ascii=False) for r in records
+    )
+    for line in lines:
+        digest.update(line.encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def split_by_id(ids: Sequence[str], test_fraction: float, salt: str = "") -> list[bool]:
+    """True for the held-out items: a hash of salt + id, so the split never depends on order."""
+    if not 0.0 <= test_fraction <= 1.0:
+        raise ValueError("test_fraction must be in [0, 1]")
+    cut = int(test_fraction * 10_000)
+    out: list[bool] = []
+    for item in ids:
+        h = hashlib.sha256((salt + item).encode("utf-8")).digest()
+        out.append(int.from_bytes(h[:4], "big") % 10_000 < cut)
+    return out

@@ -1,0 +1,28 @@
+"""The explainable result of routing one request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Candidate", "Decision"]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    model: str
+    predicted_quality: float
+    est_cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Which model, why, and what else was considered. `reason` is one human-readable line."""
+
+    model: str
+    score: float  # two models: strong-need score; N models: the chosen model's objective
+    threshold: float | None
+    candidates: tuple[Candidate, ...]
+    reason: str
+    router: str
+    router_version: str
+    policy: str  # "threshold", "quality_target", "cost_tradeoff" or "only_candidate"

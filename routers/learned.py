@@ -1,0 +1,341 @@
+"""Routers learned from labelled prompts, on top of a featurizer.
+
+- `ClassifierRouter` (`classifier`): one L2-regularised logistic head per model on the features.
+- `MFRouter` (`mf`): RouteLLM-style matrix factorisation: a learned projection of the prompt
+  features meets a learned embedding per model; works for any number of models.
+- `SWRankingRouter` (`sw_ranking`): similarity-weighted mean quality of the nearest labelled
+  prompts (in a seeded random projection of the features), shrunk towards each model's mean;
+  a lookup, no refit per request.
+
+Each predicts every model's quality in [0, 1]. Labels may be missing for some (prompt, model)
+pairs (NaN in the label matrix): those pairs are left out of the loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from routers.base import FloatArray, Identity
+from routers.features import HashingFeaturizer
+
+__all__ = [
+    "ClassifierParams",
+    "ClassifierRouter",
+    "FeatureRouter",
+    "MFParams",
+    "MFRouter",
+    "SWParams",
+    "SWRankingRouter",
+    "Standardizer",
+]
+
+F32 = npt.NDArray[np.float32]
+AnyFloat = npt.NDArray[np.floating[Any]]
+
+
+def _sigmoid(z: FloatArray) -> FloatArray:
+    out: FloatArray = 0.5 * (1.0 + np.tanh(0.5 * z))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Standardizer:
+    """x -> (x - center) * scale; fitted only on the structural (dense) columns."""
+
+    center: F32
+    scale: F32
+
+    @staticmethod
+    def fit(x: F32, dense_from: int) -> Standardizer:
+        center = np.zeros(x.shape[1], dtype=np.float32)
+        scale = np.ones(x.shape[1], dtype=np.float32)
+        if dense_from < x.shape[1]:
+            block = x[:, dense_from:].astype(np.float64)
+            center[dense_from:] = block.mean(axis=0)
+            scale[dense_from:] = 1.0 / (block.std(axis=0) + 1e-6)
+        return Standardizer(center, scale)
+
+    def apply(self, x: F32) -> F32:
+        out: F32 = (x - self.center) * self.scale
+        return out
+
+    def fold(self, matrix: AnyFloat) -> tuple[F32, FloatArray]:
+        """(x - center) * scale @ M == x @ M' + offset: returns (M', offset), so that
+        prediction needs no pass over the features to standardise them."""
+        m = matrix.astype(np.float64)
+        folded = (self.scale.astype(np.float64)[:, None] * m).astype(np.float32)
+        offset: FloatArray = -(self.center.astype(np.float64) * self.scale) @ m
+        return folded, offset
+
+
+class _Adam:
+    def __init__(self, shapes: Sequence[tuple[int, ...]], learning_rate: float) -> None:
+        self.lr = learning_rate
+        self.m = [np.zeros(s) for s in shapes]
+        self.v = [np.zeros(s) for s in shapes]
+        self.t = 0
+
+    def step(self, params: Sequence[AnyFloat], grads: Sequence[AnyFloat]) -> None:
+        self.t += 1
+        c1 = 1.0 - 0.9**self.t
+        c2 = 1.0 - 0.999**self.t
+        for p, g, m, v in zip(params, grads, self.m, self.v, strict=True):
+            m *= 0.9
+            m += 0.1 * g
+            v *= 0.999
+            v += 0.001 * g * g
+            p -= self.lr * (m / c1) / (np.sqrt(v / c2) + 1e-8)
+
+
+def _masked_labels(y: FloatArray) -> tuple[FloatArray, FloatArray]:
+    mask = (~np.isnan(y)).astype(np.float64)
+    return np.nan_to_num(y, nan=0.0), mask
+
+
+class FeatureRouter:
+    """Shared plumbing: identity, featurizer, standardizer; subclasses map features to quality."""
+
+    name = "feature"
+
+    def __init__(
+        self, identity: Identity, featurizer: HashingFeaturizer, standardizer: Standardizer
+    ) -> None:
+        self.identity = identity
+        self.featurizer = featurizer
+        self.standardizer = standardizer
+
+    @property
+    def version(self) -> str:
+        return self.identity.version
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return self.identity.models
+
+    @property
+    def strong(self) -> str:
+        return self.identity.strong
+
+    @property
+    def weak(self) -> str:
+        return self.identity.weak
+
+    def predict(self, texts: Sequence[str]) -> FloatArray:
+        return self.predict_features(self.featurizer.transform(texts))
+
+    def predict_features(self, x: F32) -> FloatArray:
+        raise NotImplementedError
+
+    def _base_arrays(self) -> dict[str, npt.NDArray[Any]]:
+        return {"center": self.standardizer.center, "scale": self.standardizer.scale}
+
+
+# --- classifier -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifierParams:
+    l2: float = 1e-3
+    iters: int = 300
+    learning_rate: float = 0.05
+
+
+class ClassifierRouter(FeatureRouter):
+    name = "classifier"
+
+    def __init__(
+        self,
+        *,
+        weights: AnyFloat,
+        bias: AnyFloat,
+        params: ClassifierParams,
+        identity: Identity,
+        featurizer: HashingFeaturizer,
+        standardizer: Standardizer,
+    ) -> None:
+        super().__init__(identity, featurizer, standardizer)
+        self.weights = weights.astype(np.float32)  # (dim, n_models)
+        self.bias = bias.astype(np.float64)  # (n_models,)
+        self.hyper = params
+        self._w, offset = standardizer.fold(self.weights)
+        self._b = self.bias + offset
+
+    def predict_features(self, x: F32) -> FloatArray:
+        return _sigmoid((x @ self._w).astype(np.float64) + self._b)
+
+    def params(self) -> dict[str, Any]:
+        return asdict(self.hyper)
+
+    def arrays(self) -> Mapping[str, npt.NDArray[Any]]:
+        return {**self._base_arrays(), "weights": self.weights, "bias": self.bias}
+
+    @staticmethod
+    def fit_head(x: F32, y: FloatArray, params: ClassifierParams) -> tuple[FloatArray, FloatArray]:
+        """Full-batch Adam on the masked mean log-loss + l2/2 |W|^2; returns (W, b)."""
+        labels, mask = _masked_labels(y)
+        count = np.maximum(mask.sum(axis=0), 1.0)
+        w = np.zeros((x.shape[1], y.shape[1]))
+        prior = np.clip((labels * mask).sum(axis=0) / count, 1e-3, 1 - 1e-3)
+        b = np.log(prior / (1 - prior))
+        opt = _Adam([w.shape, b.shape], params.learning_rate)
+        for _ in range(params.iters):
+            p = _sigmoid((x @ w.astype(np.float32)).astype(np.float64) + b)
+            r = (p - labels) * mask / count
+            gw = (x.T @ r.astype(np.float32)).astype(np.float64) + params.l2 * w
+            opt.step([w, b], [gw, r.sum(axis=0)])
+        return w, b
+
+
+# --- matrix factorisation -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MFParams:
+    dim: int = 32
+    l2: float = 1e-3
+    iters: int = 300
+    learning_rate: float = 0.02
+    seed: int = 0
+
+
+class MFRouter(FeatureRouter):
+    """quality(m, x) = sigmoid(u . (v_m * (P^T x)) + b_m)."""
+
+    name = "mf"
+
+    def __init__(
+        self,
+        *,
+        projection: AnyFloat,
+        model_emb: AnyFloat,
+        out: AnyFloat,
+        bias: AnyFloat,
+        params: MFParams,
+        identity: Identity,
+        featurizer: HashingFeaturizer,
+        standardizer: Standardizer,
+    ) -> None:
+        super().__init__(identity, featurizer, standardizer)
+        self.projection = projection.astype(np.float32)  # (dim, k)
+        self.model_emb = model_emb.astype(np.float64)  # (n_models, k)
+        self.out = out.astype(np.float64)  # (k,)
+        self.bias = bias.astype(np.float64)  # (n_models,)
+        self.hyper = params
+        self._proj, self._offset = standardizer.fold(self.projection)
+
+    def predict_features(self, x: F32) -> FloatArray:
+        h = (x @ self._proj).astype(np.float64) + self._offset  # (n, k)
+        return _sigmoid(h @ (self.model_emb * self.out).T + self.bias)
+
+    def params(self) -> dict[str, Any]:
+        return asdict(self.hyper)
+
+    def arrays(self) -> Mapping[str, npt.NDArray[Any]]:
+        return {
+            **self._base_arrays(),
+            "projection": self.projection,
+            "model_emb": self.model_emb,
+            "out": self.out,
+            "bias": self.bias,
+        }
+
+    @staticmethod
+    def fit_factors(
+        x: F32, y: FloatArray, params: MFParams
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        labels, mask = _masked_labels(y)
+        count = max(float(mask.sum()), 1.0)
+        rng = np.random.default_rng(params.seed)
+        n_models = y.shape[1]
+        proj = rng.normal(0.0, 0.01, (x.shape[1], params.dim))
+        emb = rng.normal(0.0, 1.0, (n_models, params.dim))
+        out = np.full(params.dim, 1.0 / params.dim)
+        prior = np.clip((labels * mask).sum(axis=0) / np.maximum(mask.sum(axis=0), 1), 1e-3, 0.999)
+        bias = np.log(prior / (1 - prior))
+        opt = _Adam([proj.shape, emb.shape, out.shape, bias.shape], params.learning_rate)
+        for _ in range(params.iters):
+            h = (x @ proj.astype(np.float32)).astype(np.float64)  # (n, k)
+            ve = emb * out  # (m, k)
+            p = _sigmoid(h @ ve.T + bias)
+            r = (p - labels) * mask / count  # (n, m)
+            gh = r @ ve  # (n, k)
+            g_ve = r.T @ h  # (m, k)
+            g_proj = (x.T @ gh.astype(np.float32)).astype(np.float64) + params.l2 * proj
+            g_emb = g_ve * out + params.l2 * emb
+            g_out = (g_ve * emb).sum(axis=0)
+            opt.step([proj, emb, out, bias], [g_proj, g_emb, g_out, r.sum(axis=0)])
+        return proj, emb, out, bias
+
+
+# --- similarity-weighted ranking ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SWParams:
+    proj_dim: int = 256
+    neighbours: int = 64
+    temperature: float = 10.0  # weight = exp(temperature * (cosine - 1))
+    prior_weight: float = 2.0  # pseudo-count of each model's mean quality
+    seed: int = 0
+
+
+class SWRankingRouter(FeatureRouter):
+    name = "sw_ranking"
+
+    def __init__(
+        self,
+        *,
+        projection: AnyFloat,
+        keys: AnyFloat,
+        labels: AnyFloat,
+        prior: AnyFloat,
+        params: SWParams,
+        identity: Identity,
+        featurizer: HashingFeaturizer,
+        standardizer: Standardizer,
+    ) -> None:
+        super().__init__(identity, featurizer, standardizer)
+        self.projection = projection.astype(np.float32)  # (dim, proj_dim)
+        self.keys = keys.astype(np.float32)  # (n_train, proj_dim), unit rows
+        self.labels = labels.astype(np.float32)  # (n_train, n_models), NaN = unknown
+        self.prior = prior.astype(np.float64)  # (n_models,)
+        self.hyper = params
+
+    @staticmethod
+    def embed(x: F32, projection: F32) -> F32:
+        z = x @ projection
+        norm = np.linalg.norm(z, axis=1, keepdims=True)
+        out: F32 = (z / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+        return out
+
+    def predict_features(self, x: F32) -> FloatArray:
+        q = self.embed(self.standardizer.apply(x), self.projection)
+        sims = q @ self.keys.T  # (n, n_train)
+        k = min(self.hyper.neighbours, sims.shape[1])
+        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(sims, idx, axis=1).astype(np.float64)
+        weight = np.exp(self.hyper.temperature * (top - 1.0))  # (n, k)
+        labels = self.labels[idx].astype(np.float64)  # (n, k, m)
+        known = ~np.isnan(labels)
+        wk = weight[:, :, None] * known
+        num = (wk * np.nan_to_num(labels)).sum(axis=1) + self.hyper.prior_weight * self.prior
+        den = wk.sum(axis=1) + self.hyper.prior_weight
+        out: FloatArray = num / den
+        return out
+
+    def params(self) -> dict[str, Any]:
+        return asdict(self.hyper)
+
+    def arrays(self) -> Mapping[str, npt.NDArray[Any]]:
+        return {
+            **self._base_arrays(),
+            "projection": self.projection,
+            "keys": self.keys,
+            "labels": self.labels,
+            "prior": self.prior,
+        }

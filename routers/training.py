@@ -1,0 +1,164 @@
+"""Train a router from in-memory records (the CLI reads the files)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from routers.base import FloatArray, Identity, Router
+from routers.dataset import Record, data_sha256
+from routers.errors import TrainingDataError
+from routers.features import HashingFeaturizer, HashingParams
+from routers.learned import (
+    ClassifierParams,
+    ClassifierRouter,
+    MFParams,
+    MFRouter,
+    Standardizer,
+    SWParams,
+    SWRankingRouter,
+)
+from routers.reference import OracleRouter, RandomRouter, text_key
+from routers.semantic import Category, SemanticConfig, SemanticRouter
+
+__all__ = ["DEFAULT_ROUTER", "ROUTER_NAMES", "TrainOptions", "label_matrix", "train"]
+
+ROUTER_NAMES: tuple[str, ...] = (
+    "classifier",
+    "mf",
+    "sw_ranking",
+    "semantic",
+    "random",
+    "oracle",
+)
+DEFAULT_ROUTER = "classifier"
+STRONG_ALIAS = "$strong"
+WEAK_ALIAS = "$weak"
+
+
+@dataclass(frozen=True, slots=True)
+class TrainOptions:
+    router: str = DEFAULT_ROUTER
+    strong: str | None = None  # default: the model with the best mean score
+    weak: str | None = None  # default: the model with the worst mean score
+    features: HashingParams = field(default_factory=HashingParams)
+    classifier: ClassifierParams = field(default_factory=ClassifierParams)
+    mf: MFParams = field(default_factory=MFParams)
+    sw: SWParams = field(default_factory=SWParams)
+    semantic: SemanticConfig | None = None
+    seed: int = 0
+
+
+def label_matrix(records: Sequence[Record], models: Sequence[str]) -> FloatArray:
+    """(n, n_models) scores; NaN where a record has no score for a model."""
+    out = np.full((len(records), len(models)), np.nan)
+    for i, r in enumerate(records):
+        for j, m in enumerate(models):
+            v = r.scores.get(m)
+            if v is not None:
+                out[i, j] = v
+    return out
+
+
+def _identity(records: Sequence[Record], options: TrainOptions, name: str) -> Identity:
+    models = tuple(sorted({m for r in records for m in r.scores}))
+    for role, chosen in (("strong", options.strong), ("weak", options.weak)):
+        if chosen is not None and chosen not in models:
+            raise TrainingDataError(f"{role} model {chosen!r} has no scores in the data")
+    if len(models) < 2 and name != "semantic":
+        raise TrainingDataError(f"need scores for at least two models, found {models}")
+    y = label_matrix(records, models)
+    means = np.nanmean(y, axis=0) if len(records) else np.zeros(len(models))
+    strong = options.strong or models[int(np.argmax(means))]
+    weak = options.weak or models[int(np.argmin(means))]
+    if strong == weak:
+        raise TrainingDataError("strong and weak must be different models")
+    version = f"{name}-{data_sha256(records)[:12]}"
+    return Identity(version=version, models=models, strong=strong, weak=weak)
+
+
+def _resolve_aliases(prefs: Mapping[str, float], strong: str, weak: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in prefs.items():
+        out[strong if k == STRONG_ALIAS else weak if k == WEAK_ALIAS else k] = v
+    return out
+
+
+def train(records: Sequence[Record], options: TrainOptions) -> Router:
+    """Fit the router `options.router` on `records` (deterministic for fixed options)."""
+    name = options.router
+    if name not in ROUTER_NAMES:
+        raise TrainingDataError(f"unknown router {name!r}; choose from {ROUTER_NAMES}")
+    if not records and name != "semantic":
+        raise TrainingDataError("no training records")
+    if name == "semantic":
+        return _train_semantic(records, options)
+    identity = _identity(records, options, name)
+    y = label_matrix(records, identity.models)
+    if name == "random":
+        return RandomRouter(identity, seed=options.seed)
+    if name == "oracle":
+        return OracleRouter(identity, {text_key(r.text): y[i] for i, r in enumerate(records)})
+    featurizer = HashingFeaturizer(options.features)
+    x = featurizer.transform([r.text for r in records])
+    dense_from = options.features.word_dim + options.features.char_dim
+    standardizer = Standardizer.fit(x, dense_from)
+    xs = standardizer.apply(x)
+    if name == "classifier":
+        w, b = ClassifierRouter.fit_head(xs, y, options.classifier)
+        return ClassifierRouter(
+            weights=w,
+            bias=b,
+            params=options.classifier,
+            identity=identity,
+            featurizer=featurizer,
+            standardizer=standardizer,
+        )
+    if name == "mf":
+        proj, emb, out, bias = MFRouter.fit_factors(xs, y, options.mf)
+        return MFRouter(
+            projection=proj,
+            model_emb=emb,
+            out=out,
+            bias=bias,
+            params=options.mf,
+            identity=identity,
+            featurizer=featurizer,
+            standardizer=standardizer,
+        )
+    # sw_ranking
+    rng = np.random.default_rng(options.sw.seed)
+    projection = rng.normal(0.0, 1.0, (x.shape[1], options.sw.proj_dim)).astype(np.float32)
+    keys = SWRankingRouter.embed(xs, projection)
+    prior = np.nan_to_num(np.nanmean(y, axis=0), nan=0.5)
+    return SWRankingRouter(
+        projection=projection,
+        keys=keys,
+        labels=y,
+        prior=prior,
+        params=options.sw,
+        identity=identity,
+        featurizer=featurizer,
+        standardizer=standardizer,
+    )
+
+
+def _train_semantic(records: Sequence[Record], options: TrainOptions) -> Router:
+    config = options.semantic
+    if config is None:
+        raise TrainingDataError("the semantic router needs a category config")
+    strong = options.strong or STRONG_ALIAS
+    weak = options.weak or WEAK_ALIAS
+    cats = tuple(
+        Category(c.name, _resolve_aliases(c.preferences, strong, weak), c.keywords, c.examples)
+        for c in config.categories
+    )
+    default = _resolve_aliases(config.default, strong, weak)
+    resolved = SemanticConfig(cats, default, config.keyword_weight, config.min_match)
+    models = sorted({m for c in cats for m in c.preferences} | set(default))
+    if strong not in models or weak not in models:
+        raise TrainingDataError("the semantic config must give preferences for strong and weak")
+    identity = Identity(f"semantic-{data_sha256(records)[:12]}", tuple(models), strong, weak)
+    return SemanticRouter(identity, resolved, HashingFeaturizer(options.features))

@@ -1,0 +1,135 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from routers import errors
+from routers.policy import (
+    ModelPrice,
+    PolicyOptions,
+    decide,
+    estimate_cost_usd,
+    estimate_input_tokens,
+)
+
+GOLDEN = json.loads((Path(__file__).parent / "golden_decisions.json").read_text())["cases"]
+
+
+def _options(obj):
+    return PolicyOptions(
+        strong=obj.get("strong"),
+        weak=obj.get("weak"),
+        threshold=obj.get("threshold"),
+        quality_target=obj.get("quality_target"),
+        cost_weight_per_usd=obj.get("cost_weight_per_usd", 0.0),
+        allow=frozenset(obj.get("allow", ())),
+        deny=frozenset(obj.get("deny", ())),
+        max_cost_usd=obj.get("max_cost_usd"),
+    )
+
+
+@pytest.mark.parametrize("case", GOLDEN, ids=[c["name"] for c in GOLDEN])
+def test_golden_decisions(case):
+    options = _options(case["options"])
+    expect = case["expect"]
+    if "raises" in expect:
+        with pytest.raises(getattr(errors, expect["raises"])):
+            decide(case["predicted"], case["est_cost"], options)
+        return
+    d = decide(case["predicted"], case["est_cost"], options, router="r", router_version="v1")
+    assert d.model == expect["model"]
+    assert d.policy == expect["policy"]
+    if "score" in expect:
+        assert d.score == pytest.approx(expect["score"])
+    assert d.threshold == (options.threshold if d.policy == "threshold" else None)
+    assert d.model in d.reason and "\n" not in d.reason
+    assert {c.model for c in d.candidates} == set(case["predicted"])
+    assert (d.router, d.router_version) == ("r", "v1")
+
+
+MODELS = ["m0", "m1", "m2", "m3"]
+quality = st.floats(0.0, 1.0, allow_nan=False)
+cost = st.floats(0.0, 0.1, allow_nan=False)
+
+
+@st.composite
+def tables(draw):
+    n = draw(st.integers(2, 4))
+    models = MODELS[:n]
+    return (
+        {m: draw(quality) for m in models},
+        {m: draw(cost) for m in models},
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(tables(), st.floats(-1, 1), st.floats(-1, 1))
+def test_monotone_in_threshold(table, t1, t2):
+    predicted, costs = table
+    lo, hi = sorted((t1, t2))
+    opts = PolicyOptions(strong="m0", weak="m1", threshold=lo)
+    low = decide(predicted, costs, opts)
+    high = decide(predicted, costs, PolicyOptions(strong="m0", weak="m1", threshold=hi))
+    # raising the threshold never moves a prompt from weak to strong
+    assert not (low.model == "m1" and high.model == "m0")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tables(),
+    st.sets(st.sampled_from(MODELS)),
+    st.sets(st.sampled_from(MODELS)),
+    st.one_of(st.none(), cost),
+    st.one_of(st.none(), quality),
+    st.floats(0, 100),
+    st.one_of(st.none(), st.floats(-1, 1)),
+)
+def test_choice_honours_allow_deny_and_budget(table, allow, deny, budget, target, lam, thr):
+    predicted, costs = table
+    opts = PolicyOptions(
+        strong="m0",
+        weak="m1",
+        threshold=thr,
+        quality_target=target,
+        cost_weight_per_usd=lam,
+        allow=frozenset(allow),
+        deny=frozenset(deny),
+        max_cost_usd=budget,
+    )
+    eligible = {
+        m
+        for m in predicted
+        if (not allow or m in allow) and m not in deny and (budget is None or costs[m] <= budget)
+    }
+    if not eligible:
+        with pytest.raises(errors.NoEligibleModelError):
+            decide(predicted, costs, opts)
+        return
+    d = decide(predicted, costs, opts)
+    assert d.model in eligible
+    if budget is not None:
+        assert costs[d.model] <= budget
+
+
+@settings(max_examples=100, deadline=None)
+@given(tables(), quality)
+def test_quality_target_picks_the_cheapest_that_reaches_it(table, target):
+    predicted, costs = table
+    d = decide(predicted, costs, PolicyOptions(quality_target=target))
+    reaching = [m for m in predicted if predicted[m] >= target]
+    if reaching:
+        assert predicted[d.model] >= target
+        assert costs[d.model] == min(costs[m] for m in reaching)
+    else:
+        assert predicted[d.model] == max(predicted.values())
+
+
+def test_cost_estimate():
+    assert estimate_input_tokens("") == 0
+    assert estimate_input_tokens("abcde") == 2
+    price = ModelPrice(input_per_mtok=10.0, output_per_mtok=30.0)
+    assert estimate_cost_usd(price, 1000, 100) == pytest.approx(0.013)
+    assert math.isclose(estimate_cost_usd(price, 0, 0), 0.0)

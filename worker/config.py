@@ -1,0 +1,143 @@
+"""The worker's configuration: one TOML file, decoded once into frozen typed sections.
+
+    [kafka]      bootstrap, group, static membership, TLS / SASL      (worker.kafka_config)
+    [topics]     topic names                                          (worker.kafka_config)
+    [loop]       in-flight bounds, drain and commit timing, limits    (worker.kafka_config)
+    [router]     the trained router artifact to load
+    [policies.NAME]   named routing policies (threshold, strong_fraction, quality_target,
+                      cost_tradeoff, cascade)
+    [tenants.NAME]    per-tenant policy, allow/deny lists, budget, allowed overrides
+    [models.NAME]     the model catalogue                               (worker.providers)
+    [telemetry]  OTLP and Langfuse export (off by default)
+    [metrics]    Prometheus /metrics, /healthz, /readyz
+
+Unknown keys are errors, named with their path. `${VAR}` in strings is not expanded here: secrets
+are referenced by environment variable *names*.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from worker.kafka_config import KafkaSettings, LoopSettings, TopicSettings
+
+PolicyKind = Literal["threshold", "quality_target", "cost_tradeoff", "cascade"]
+Override = Literal[
+    "policy",
+    "threshold",
+    "strong_fraction",
+    "allowed_models",
+    "denied_models",
+    "max_cost_usd",
+    "mode",
+]
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class RouterSettings(_Section, frozen=True, kw_only=True):
+    artifact: str  # folder written by `llmroute train`
+    prompt_include_system: bool = False
+    prompt_include_history: bool = False
+
+
+class PolicySpec(_Section, frozen=True, kw_only=True):
+    """A named routing policy. `threshold` and `strong_fraction` are for two models (the router's
+    strong and weak ones); `strong_fraction` picks the threshold from the artifact's calibration
+    scores. `cascade` calls `cheap` first and escalates to `strong` when the answer scorer says so.
+    """
+
+    kind: PolicyKind = "threshold"
+    threshold: float | None = None
+    strong_fraction: float | None = None
+    quality_target: float | None = None
+    cost_weight_per_usd: float = 0.0
+    cheap: str | None = None  # cascade: default the router's weak model
+    strong: str | None = None  # cascade: default the router's strong model
+    cascade_threshold: float = 0.5
+    default_output_tokens: int = 256
+
+
+class TenantSettings(_Section, frozen=True, kw_only=True):
+    policy: str = "default"
+    allowed_models: tuple[str, ...] | None = None  # None: every catalogue model
+    denied_models: tuple[str, ...] = ()
+    max_cost_usd: float | None = None  # per request
+    allow_overrides: tuple[Override, ...] = (
+        "policy", "threshold", "strong_fraction", "allowed_models", "denied_models",
+        "max_cost_usd", "mode",
+    )  # fmt: skip
+
+
+class MetricsSettings(_Section, frozen=True, kw_only=True):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
+class ProviderSettings(_Section, frozen=True, kw_only=True):
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 120.0
+    max_retries: int = 2
+    request_deadline_s: float = 300.0  # when the request carries no deadline
+    max_connections: int = 2_000
+
+
+class Config(_Section, frozen=True, kw_only=True):
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    loop: LoopSettings = LoopSettings()
+    router: RouterSettings
+    policies: dict[str, PolicySpec] = msgspec.field(
+        default_factory=lambda: {"default": PolicySpec()}
+    )
+    tenants: dict[str, TenantSettings] = {}
+    default_tenant: TenantSettings = TenantSettings()
+    models: dict[str, dict[str, Any]]
+    providers: ProviderSettings = ProviderSettings()
+    telemetry: dict[str, Any] = {}
+    metrics: MetricsSettings = MetricsSettings()
+    topic_replication_factor: int = 1
+
+    def __post_init__(self) -> None:
+        for name, tenant in {"default_tenant": self.default_tenant, **self.tenants}.items():
+            if tenant.policy not in self.policies:
+                raise ValueError(f"tenant {name!r} uses unknown policy {tenant.policy!r}")
+            for model in [*(tenant.allowed_models or []), *tenant.denied_models]:
+                if model not in self.models:
+                    raise ValueError(f"tenant {name!r} names unknown model {model!r}")
+
+    def tenant(self, name: str) -> TenantSettings:
+        return self.tenants.get(name, self.default_tenant)
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or invalid; the message names the key."""
+
+
+def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
+    try:
+        config = msgspec.convert(data, Config)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    if base_dir is not None and not Path(config.router.artifact).is_absolute():
+        router = msgspec.structs.replace(
+            config.router, artifact=str((base_dir / config.router.artifact).resolve())
+        )
+        config = msgspec.structs.replace(config, router=router)
+    return config
+
+
+def load(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    return parse(data, path.parent)

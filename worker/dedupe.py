@@ -1,0 +1,101 @@
+"""Which request ids already have a published response, per source partition.
+
+A record is redelivered when a member dies (or loses its partition) after publishing a response but
+before committing the offset, and producers sometimes send one request twice. After each response
+is acknowledged the worker appends a small marker to the compacted `done` topic (key = request id,
+value = source partition and offset), on the partition of the same number (modulo the topic's
+partition count). On assignment, the member reads the last `window` markers of that partition back,
+so the memory survives a restart and moves with the partition.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+
+class AnsweredIds:
+    """A bounded, insertion-ordered set of request ids (the oldest fall out first)."""
+
+    def __init__(self, window: int) -> None:
+        self._window = window
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, request_id: str) -> None:
+        self._ids[request_id] = None
+        self._ids.move_to_end(request_id)
+        while len(self._ids) > self._window:
+            self._ids.popitem(last=False)
+
+
+def marker(partition: int, offset: int) -> bytes:
+    return json.dumps({"partition": partition, "offset": offset}).encode()
+
+
+def marker_partition(source_partition: int, done_partitions: int) -> int:
+    return source_partition % done_partitions
+
+
+async def load_answered(
+    client_kwargs: dict[str, Any],
+    done_topic: str,
+    done_count: int,
+    source_partitions: list[int],
+    source_count: int,
+    window: int,
+    timeout_s: float = 30.0,
+) -> dict[int, AnsweredIds]:
+    """Read back the last `window` markers written for each of `source_partitions`, from the
+    `done_count` partitions of `done_topic`."""
+    answered = {p: AnsweredIds(window) for p in source_partitions}
+    if not source_partitions or done_count < 1:
+        return answered  # nothing was ever answered
+    count = done_count
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, group_id=None, **client_kwargs)
+    await consumer.start()
+    try:
+        share = -(-source_count // count)  # source partitions writing to one marker partition
+        tps = {TopicPartition(done_topic, marker_partition(p, count)) for p in source_partitions}
+        consumer.assign(list(tps))
+        ends = await consumer.end_offsets(list(tps))
+        begins = await consumer.beginning_offsets(list(tps))
+        remaining = set()
+        for tp in tps:
+            start = max(begins[tp], ends[tp] - window * share)
+            if start < ends[tp]:
+                consumer.seek(tp, start)
+                remaining.add(tp)
+        deadline = time.monotonic() + timeout_s
+        while remaining and time.monotonic() < deadline:
+            batch = await consumer.getmany(*remaining, timeout_ms=500)
+            for records in batch.values():
+                for record in records:
+                    _remember(answered, record.key, record.value)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+        return answered
+    finally:
+        await consumer.stop()
+
+
+def _remember(answered: dict[int, AnsweredIds], key: bytes | None, value: bytes | None) -> None:
+    if key is None or value is None:
+        return
+    try:
+        partition = json.loads(value)["partition"]
+    except (ValueError, KeyError, TypeError):
+        return
+    ids = answered.get(partition)
+    if ids is not None:
+        ids.add(key.decode(errors="replace"))

@@ -1,0 +1,97 @@
+"""Kafka, topic and loop settings: frozen, typed, units in the names.
+
+Security settings pass straight through to aiokafka (TLS, SASL PLAIN and SCRAM); secrets are
+given as the *names* of environment variables and read only when the clients are built.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from typing import Any, Literal
+
+import msgspec
+
+import schemas
+
+
+class _Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class KafkaSettings(_Settings, frozen=True, kw_only=True):
+    bootstrap_servers: str = "127.0.0.1:19092"
+    group_id: str = "llmroute"
+    group_instance_id: str | None = None  # static membership; `${POD_NAME}`-style env expansion
+    client_id: str = "llmroute-worker"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username_env: str | None = None
+    sasl_password_env: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+    session_timeout_ms: int = 45_000
+    heartbeat_interval_ms: int = 3_000
+    max_poll_interval_ms: int = 300_000
+    max_poll_records: int = 500
+    fetch_max_bytes: int = 50 * 1024 * 1024
+    producer_linger_ms: int = 5
+    producer_max_request_bytes: int = 4 * 1024 * 1024
+    producer_compression: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
+
+    def common_kwargs(self, env: dict[str, str] | None = None) -> dict[str, Any]:
+        """Connection and security arguments shared by aiokafka consumers, producers, admins."""
+        env = dict(os.environ) if env is None else env
+        kw: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            ctx = ssl.create_default_context(cafile=self.ssl_cafile)
+            if self.ssl_certfile:
+                ctx.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+            ctx.check_hostname = self.ssl_check_hostname
+            kw["ssl_context"] = ctx
+        if self.security_protocol.startswith("SASL"):
+            kw["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"
+            kw["sasl_plain_username"] = _env(env, self.sasl_username_env)
+            kw["sasl_plain_password"] = _env(env, self.sasl_password_env)
+        return kw
+
+    def instance_id(self) -> str | None:
+        """The static member id, with `$VAR` / `${VAR}` expanded (e.g. `${POD_NAME}`)."""
+        return os.path.expandvars(self.group_instance_id) if self.group_instance_id else None
+
+
+def _env(env: dict[str, str], name: str | None) -> str | None:
+    if name is None:
+        return None
+    if name not in env:
+        raise ValueError(f"environment variable {name} (a Kafka SASL credential) is not set")
+    return env[name]
+
+
+class TopicSettings(_Settings, frozen=True, kw_only=True):
+    requests: str = schemas.TOPICS["requests"]
+    responses: str = schemas.TOPICS["responses"]
+    decisions: str = schemas.TOPICS["decisions"]
+    feedback: str = schemas.TOPICS["feedback"]
+    dlq: str = schemas.TOPICS["dlq"]
+    batch_jobs: str = schemas.TOPICS["batch_jobs"]
+    control: str = schemas.TOPICS["control"]
+    done: str = "llm.requests.done"  # compacted dedupe log: request ids already answered
+
+
+class LoopSettings(_Settings, frozen=True, kw_only=True):
+    max_in_flight: int = 2_000  # pause fetching at this many unfinished requests
+    resume_below: int = 1_500  # resume under this many
+    drain_timeout_s: float = 30.0  # SIGTERM: finish in-flight work for at most this long
+    revoke_drain_timeout_s: float = 10.0  # rebalance: wait this long for a revoked partition
+    commit_interval_ms: int = 500
+    max_request_bytes: int = 1_000_000  # larger records go to the dead-letter topic
+    dedupe_window: int = 50_000  # answered request ids remembered per partition
+    publish_decisions: bool = True
+    worker_id: str | None = None

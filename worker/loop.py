@@ -1,0 +1,413 @@
+"""The consumer-group loop: fetch, hand each record to the pipeline, publish, commit what is done.
+
+At least once, nothing lost:
+- an offset is finished only when its response (or dead-letter record) is acknowledged by the
+  broker; each partition commits its longest finished prefix (`worker.offsets`);
+- an invalid or oversized record goes to the dead-letter topic with its original bytes;
+- a request id that already has a published response is skipped (`worker.dedupe`);
+- above `max_in_flight` unfinished records the loop pauses fetching and keeps polling;
+- a revoked partition is drained (bounded) and committed before it moves;
+- `stop()` (SIGTERM) stops fetching, drains within `drain_timeout_s`, commits and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+import schemas
+from worker.dedupe import AnsweredIds, load_answered, marker, marker_partition
+from worker.kafka_config import KafkaSettings, LoopSettings, TopicSettings
+from worker.offsets import OffsetTracker
+from worker.topics import partition_counts
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class RecordInfo:
+    """Where a request came from; what tracing and the dead-letter record need."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    headers: Headers
+    timestamp_ms: int | None
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What the pipeline made of one request: the response, and the decision to publish."""
+
+    response: schemas.RouteResponse
+    decision: schemas.RoutingDecision | None = None
+    reply_topic: str | None = None
+    headers: Headers = field(default_factory=list)
+
+
+class Pipeline(Protocol):
+    async def handle(self, request: schemas.RouteRequest, record: RecordInfo) -> Handled: ...
+
+    def internal_error(
+        self, request: schemas.RouteRequest, record: RecordInfo, exc: BaseException
+    ) -> Handled: ...
+
+
+class LoopObserver(Protocol):
+    """Metrics hooks; every method must be cheap and must not raise."""
+
+    def dead_letter(self, error_type: str) -> None: ...
+    def duplicate(self) -> None: ...
+    def in_flight(self, count: int) -> None: ...
+    def lag(self, partition: int, lag: int) -> None: ...
+    def published(self, handled: Handled) -> None: ...
+
+
+class _NullObserver:
+    def dead_letter(self, error_type: str) -> None:
+        pass
+
+    def duplicate(self) -> None:
+        pass
+
+    def in_flight(self, count: int) -> None:
+        pass
+
+    def lag(self, partition: int, lag: int) -> None:
+        pass
+
+    def published(self, handled: Handled) -> None:
+        pass
+
+
+class Worker:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topics: TopicSettings,
+        settings: LoopSettings,
+        pipeline: Pipeline,
+        observer: LoopObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kafka = kafka
+        self.topics = topics
+        self.settings = settings
+        self.pipeline = pipeline
+        self.observer: LoopObserver = observer or _NullObserver()
+        self.clock = clock
+        self.tracker = OffsetTracker()
+        # per source partition: the answered request ids, loaded once per assignment (records can
+        # arrive before the assignment callback has finished, so loading is shared and awaited)
+        self._answered: dict[int, asyncio.Task[AnsweredIds]] = {}
+        self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        self._stopping = asyncio.Event()
+        self._paused = False
+        self._done_partitions = 0
+        self._source_partitions = 0
+        self.ready = asyncio.Event()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.stats = {"records": 0, "dead_letters": 0, "duplicates": 0, "published": 0}
+
+    # ------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        common = self.kafka.common_kwargs()
+        self.producer = AIOKafkaProducer(
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=self.kafka.producer_linger_ms,
+            max_request_size=self.kafka.producer_max_request_bytes,
+            compression_type=self.kafka.producer_compression,
+            **common,
+        )
+        self.consumer = AIOKafkaConsumer(
+            group_id=self.kafka.group_id,
+            group_instance_id=self.kafka.instance_id(),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=self.kafka.session_timeout_ms,
+            heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
+            max_poll_interval_ms=self.kafka.max_poll_interval_ms,
+            max_poll_records=self.kafka.max_poll_records,
+            fetch_max_bytes=self.kafka.fetch_max_bytes,
+            **common,
+        )
+        await self.producer.start()
+        try:
+            await self.consumer.start()
+            try:
+                await self._partition_counts()
+                self.consumer.subscribe([self.topics.requests], listener=_Rebalance(self))
+                await self._poll_until_stopped()
+                await self._drain(self.settings.drain_timeout_s)
+                await self._commit()
+            finally:
+                await self.consumer.stop()
+        finally:
+            await self.producer.stop()
+
+    async def _partition_counts(self) -> None:
+        counts = await partition_counts(
+            self.kafka.common_kwargs(), [self.topics.requests, self.topics.done]
+        )
+        self._source_partitions = counts.get(self.topics.requests, 0)
+        self._done_partitions = counts.get(self.topics.done, 0)
+
+    # ------------------------------------------------------------ the loop
+
+    async def _poll_until_stopped(self) -> None:
+        assert self.consumer is not None
+        next_commit = self.clock()
+        interval_s = self.settings.commit_interval_ms / 1000
+        while not self._stopping.is_set():
+            batch = await self.consumer.getmany(timeout_ms=100)
+            for tp, records in batch.items():
+                for record in records:
+                    self._start(tp, record)
+            self._backpressure()
+            if self.clock() >= next_commit:
+                await self._commit()
+                self._report_lag()
+                next_commit = self.clock() + interval_s
+
+    def _start(self, tp: TopicPartition, record: Any) -> None:
+        self.stats["records"] += 1
+        self.tracker.received(tp, record.offset)
+        task = asyncio.create_task(self._process(tp, record))
+        tasks = self._tasks.setdefault(tp, set())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def _backpressure(self) -> None:
+        assert self.consumer is not None
+        in_flight = self.tracker.in_flight()
+        self.observer.in_flight(in_flight)
+        assignment = self.consumer.assignment()
+        if not self._paused and in_flight >= self.settings.max_in_flight:
+            self.consumer.pause(*assignment)
+            self._paused = True
+        elif self._paused and in_flight <= self.settings.resume_below:
+            self.consumer.resume(*assignment)
+            self._paused = False
+        elif self._paused:
+            self.consumer.pause(*assignment)  # partitions assigned while paused stay paused
+
+    # ------------------------------------------------------------ one record
+
+    async def _process(self, tp: TopicPartition, record: Any) -> None:
+        info = RecordInfo(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            headers=[(k, bytes(v)) for k, v in (record.headers or ())],
+            timestamp_ms=record.timestamp,
+        )
+        value: bytes = record.value if record.value is not None else b""
+        try:
+            if len(value) > self.settings.max_request_bytes:
+                await self._dead_letter(
+                    info,
+                    value,
+                    "OversizedEvent",
+                    f"record of {len(value)} bytes exceeds max_request_bytes "
+                    f"{self.settings.max_request_bytes}",
+                )
+            else:
+                try:
+                    request = schemas.decode(value, schemas.RouteRequest)
+                except schemas.InvalidEvent as exc:
+                    await self._dead_letter(info, value, "InvalidEvent", str(exc))
+                else:
+                    await self._answer(tp, request, info)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # publishing failed beyond the producer's own retries: leave the offset unfinished so
+            # the record is redelivered; never commit past it
+            log.exception("could not publish the outcome of %s:%s", info.partition, info.offset)
+            return
+        self.tracker.finish(tp, record.offset)
+
+    async def _answer(
+        self, tp: TopicPartition, request: schemas.RouteRequest, info: RecordInfo
+    ) -> None:
+        answered = await self.answered(tp.partition)
+        if request.request_id in answered:
+            self.stats["duplicates"] += 1
+            self.observer.duplicate()
+            return
+        try:
+            handled = await self.pipeline.handle(request, info)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must still end in an error response, never in silence
+            log.exception("pipeline failed on request %s", request.request_id)
+            handled = self.pipeline.internal_error(request, info, exc)
+        await self._publish(handled, request, info)
+        answered.add(request.request_id)
+
+    async def _publish(
+        self, handled: Handled, request: schemas.RouteRequest, info: RecordInfo
+    ) -> None:
+        assert self.producer is not None
+        key = request.request_id.encode()
+        acks: list[Awaitable[Any]] = [
+            await self.producer.send(
+                handled.reply_topic or request.reply_topic or self.topics.responses,
+                schemas.encode(handled.response),
+                key=key,
+                headers=handled.headers or None,
+            )
+        ]
+        if handled.decision is not None and self.settings.publish_decisions:
+            acks.append(
+                await self.producer.send(
+                    self.topics.decisions,
+                    schemas.encode(handled.decision),
+                    key=key,
+                    headers=handled.headers or None,
+                )
+            )
+        await asyncio.gather(*acks)
+        self.stats["published"] += 1
+        self.observer.published(handled)
+        if self._done_partitions:
+            # the dedupe marker need not be acknowledged before the commit: if it is lost, the
+            # committed offset already keeps the record from being redelivered
+            await self.producer.send(
+                self.topics.done,
+                marker(info.partition, info.offset),
+                key=key,
+                partition=marker_partition(info.partition, self._done_partitions),
+            )
+
+    async def _dead_letter(
+        self, info: RecordInfo, value: bytes, error_type: str, reason: str
+    ) -> None:
+        assert self.producer is not None
+        letter = schemas.DeadLetter(
+            schema_version=1,
+            reason=reason,
+            error_type=error_type,
+            original_value_b64=base64.b64encode(value).decode(),
+            original_key_b64=base64.b64encode(info.key).decode() if info.key is not None else None,
+            original_headers=[
+                schemas.DeadLetterHeader(key=k, value_b64=base64.b64encode(v).decode())
+                for k, v in info.headers
+            ],
+            source=schemas.DeadLetterSource(
+                topic=info.topic,
+                partition=info.partition,
+                offset=info.offset,
+                timestamp_ms=info.timestamp_ms,
+            ),
+            first_seen_at=datetime.now(UTC),
+            worker_id=self.settings.worker_id,
+        )
+        await self.producer.send_and_wait(self.topics.dlq, schemas.encode(letter), key=info.key)
+        self.stats["dead_letters"] += 1
+        self.observer.dead_letter(error_type)
+
+    # ------------------------------------------------------------ commits and rebalances
+
+    async def _commit(self, only: Iterable[TopicPartition] | None = None) -> None:
+        assert self.consumer is not None
+        offsets = self.tracker.to_commit()
+        if only is not None:
+            keep = set(only)
+            offsets = {tp: pos for tp, pos in offsets.items() if tp in keep}
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            log.warning("commit failed during a rebalance; the new owner resumes: %s", exc)
+            return
+        except KafkaError as exc:
+            log.warning("commit failed, will retry: %s", exc)
+            return
+        self.tracker.committed(offsets)
+
+    def _report_lag(self) -> None:
+        assert self.consumer is not None
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            committable = self.tracker.to_commit().get(tp)
+            if highwater is not None:
+                position = committable if committable is not None else highwater
+                self.observer.lag(tp.partition, max(0, highwater - position))
+
+    async def _drain(self, timeout_s: float, only: Iterable[TopicPartition] | None = None) -> None:
+        tps = list(only) if only is not None else list(self._tasks)
+        pending = [t for tp in tps for t in self._tasks.get(tp, ())]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=timeout_s)
+            if still:
+                log.warning("%d requests still in flight after %.1fs drain", len(still), timeout_s)
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.ready.clear()
+        await self._drain(self.settings.revoke_drain_timeout_s, revoked)
+        await self._commit(revoked)
+        for tp in revoked:
+            self.tracker.drop(tp)
+            load = self._answered.pop(tp.partition, None)
+            if load is not None:
+                load.cancel()
+            for task in self._tasks.pop(tp, set()):
+                task.cancel()
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._partition_counts()
+        await asyncio.gather(*(self.answered(tp.partition) for tp in assigned))
+        if self._paused and self.consumer is not None:
+            self.consumer.pause(*assigned)
+        self.ready.set()
+
+    async def answered(self, partition: int) -> AnsweredIds:
+        """The request ids of `partition` that already have a response (loaded on first use)."""
+        load = self._answered.get(partition)
+        if load is None or (load.done() and (load.cancelled() or load.exception() is not None)):
+            load = asyncio.create_task(self._load_answered(partition))
+            self._answered[partition] = load
+        return await asyncio.shield(load)
+
+    async def _load_answered(self, partition: int) -> AnsweredIds:
+        loaded = await load_answered(
+            self.kafka.common_kwargs(),
+            self.topics.done,
+            self._done_partitions,
+            [partition],
+            max(1, self._source_partitions),
+            self.settings.dedupe_window,
+        )
+        return loaded[partition]
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.worker.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.worker.on_assigned(set(assigned))

@@ -1,0 +1,470 @@
+"""One request, end to end: deadline -> tenant policy -> route -> call (cascade, fallbacks) ->
+response and decision events. The Kafka loop (`worker.loop`) calls `Pipeline.handle`.
+
+Policy resolution: a request may only *narrow* what its tenant allows (fewer models, more denied,
+a lower budget); `policy`, `threshold`, `strong_fraction` and `mode` overrides apply when the
+tenant lists them in `allow_overrides`, and are otherwise ignored and said so in the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+import msgspec
+
+import schemas
+from routers import policy as rpolicy
+from routers.artifact import Artifact
+from routers.cascade import AnswerScorer, CascadeParams
+from routers.decision import Decision
+from routers.errors import NoEligibleModelError
+from routers.features import prompt_text
+from worker.config import Config, PolicySpec
+from worker.loop import Handled, RecordInfo
+from worker.providers.catalogue import Catalogue
+from worker.providers.client import RouterClient
+from worker.providers.errors import AllModelsFailedError, ProviderError
+from worker.providers.types import Attempt, CompletionRequest, RoutedCompletion, Usage
+
+
+class RequestRejected(Exception):
+    """The request cannot be routed as asked (unknown policy, nothing eligible)."""
+
+    retriable = False
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The effective routing settings for one request."""
+
+    policy_name: str
+    spec: PolicySpec
+    options: rpolicy.PolicyOptions
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class Outcome:
+    """Everything the telemetry and metrics want to know about one handled request."""
+
+    decision: Decision | None = None
+    routing_ms: float = 0.0
+    completion: RoutedCompletion | None = None
+    strong_cost_usd: float | None = None  # the same usage priced at the strong model
+    escalated: bool = False
+    extra_cost_usd: float = 0.0  # paid for answers that were not used (cascade escalation)
+    attempts: list[schemas.Attempt] = field(default_factory=list)
+
+
+def trace_id_for(request_id: str) -> str:
+    """The trace id derived from a request id (Langfuse's `create_trace_id(seed=...)` rule)."""
+    return hashlib.sha256(request_id.encode()).hexdigest()[:32]
+
+
+class RoutingCore:
+    """Loaded once at start-up: the router artifact, the catalogue prices and the policies."""
+
+    def __init__(self, config: Config, artifact: Artifact, catalogue: Catalogue) -> None:
+        self.config = config
+        self.artifact = artifact
+        self.router = artifact.router
+        self.catalogue = catalogue
+        self.prices = {
+            name: rpolicy.ModelPrice(
+                spec.prices.input_usd_per_mtok, spec.prices.output_usd_per_mtok
+            )
+            for name, spec in catalogue.models.items()
+        }
+        routable = set(self.router.models) & set(catalogue.models)
+        if not routable:
+            raise ValueError(
+                f"no model of the router {self.router.models} is in the catalogue "
+                f"{sorted(catalogue.models)}"
+            )
+        self.routable = frozenset(routable)
+
+    # ------------------------------------------------------------ policy
+
+    def resolve(self, request: schemas.RouteRequest) -> Resolved:
+        tenant = self.config.tenant(request.tenant)
+        ask = request.routing
+        notes: list[str] = []
+
+        def allowed(name: str, value: object) -> bool:
+            if value is None:
+                return False
+            if name in tenant.allow_overrides:
+                return True
+            notes.append(f"override {name!r} not allowed for tenant; ignored")
+            return False
+
+        name = ask.policy if allowed("policy", ask.policy) else tenant.policy
+        assert name is not None
+        spec = self.config.policies.get(name)
+        if spec is None:
+            raise RequestRejected(f"unknown routing policy {name!r}")
+
+        allow = set(self.routable)
+        if tenant.allowed_models is not None:
+            allow &= set(tenant.allowed_models)
+        if ask.allowed_models is not None:
+            allow &= set(ask.allowed_models)  # narrowing is always allowed
+        deny = set(tenant.denied_models) | set(ask.denied_models or ())
+        budgets = [b for b in (tenant.max_cost_usd, ask.max_cost_usd) if b is not None]
+        threshold = spec.threshold
+        fraction = spec.strong_fraction
+        if allowed("threshold", ask.threshold):
+            threshold, fraction = ask.threshold, None
+        if allowed("strong_fraction", ask.strong_fraction):
+            threshold, fraction = None, ask.strong_fraction
+        if fraction is not None:
+            threshold = self.threshold_for_fraction(fraction)
+        if spec.kind in ("threshold", "cascade") and threshold is None:
+            threshold = self.default_threshold()
+        options = rpolicy.PolicyOptions(
+            strong=spec.strong if spec.kind == "cascade" and spec.strong else None,
+            weak=spec.cheap if spec.kind == "cascade" and spec.cheap else None,
+            threshold=threshold if spec.kind in ("threshold", "cascade") else None,
+            quality_target=spec.quality_target if spec.kind == "quality_target" else None,
+            cost_weight_per_usd=spec.cost_weight_per_usd,
+            allow=frozenset(allow),
+            deny=frozenset(deny),
+            max_cost_usd=min(budgets) if budgets else None,
+            default_output_tokens=spec.default_output_tokens,
+        )
+        return Resolved(name, spec, options, tuple(notes))
+
+    def threshold_for_fraction(self, fraction: float) -> float:
+        """The threshold sending about `fraction` of calibration prompts to the strong model."""
+        quantiles = self.artifact.meta.get("score_quantiles")
+        if not quantiles:
+            raise RequestRejected(
+                "the router artifact has no calibration scores for strong_fraction"
+            )
+        q = [float(v) for v in quantiles]
+        # q[i] is the i/(n-1) quantile; strong iff score >= threshold
+        pos = (1.0 - min(max(fraction, 0.0), 1.0)) * (len(q) - 1)
+        lo = math.floor(pos)
+        hi = min(lo + 1, len(q) - 1)
+        return q[lo] + (q[hi] - q[lo]) * (pos - lo)
+
+    def default_threshold(self) -> float:
+        calibration = self.artifact.calibration
+        for key in ("default", "quality_95", "strong_fraction_0.5"):
+            if key in calibration:
+                return calibration[key]
+        if calibration:
+            return next(iter(calibration.values()))
+        return 0.0
+
+    # ------------------------------------------------------------ routing
+
+    def decide(self, request: schemas.RouteRequest, resolved: Resolved) -> Decision:
+        messages = [schemas.to_builtins(m) for m in request.messages]
+        text = prompt_text(
+            messages,
+            include_system=self.config.router.prompt_include_system,
+            include_history=self.config.router.prompt_include_history,
+        )
+        predicted = self.router.predict([text])[0]
+        options = _with_roles(resolved.options, self.router.strong, self.router.weak)
+        n_in = rpolicy.estimate_input_tokens(text, options.chars_per_token)
+        n_out = request.params.max_tokens or options.default_output_tokens
+        costs = {
+            m: rpolicy.estimate_cost_usd(self.prices[m], n_in, n_out)
+            for m in self.router.models
+            if m in self.prices
+        }
+        row = {m: float(predicted[j]) for j, m in enumerate(self.router.models) if m in self.prices}
+        try:
+            decision = rpolicy.decide(
+                row, costs, options, router=self.router.name, router_version=self.router.version
+            )
+        except NoEligibleModelError as exc:
+            raise RequestRejected(str(exc)) from None
+        if resolved.notes:
+            decision = _with_reason(decision, decision.reason + "; " + "; ".join(resolved.notes))
+        return decision
+
+    def fallback_chain(self, decision: Decision, options: rpolicy.PolicyOptions) -> list[str]:
+        """The chosen model, then the other eligible candidates, best predicted quality first."""
+        others = sorted(
+            (
+                c
+                for c in decision.candidates
+                if c.model != decision.model
+                and (not options.allow or c.model in options.allow)
+                and c.model not in options.deny
+                and (options.max_cost_usd is None or c.est_cost_usd <= options.max_cost_usd)
+            ),
+            key=lambda c: (-c.predicted_quality, c.est_cost_usd),
+        )
+        return [decision.model, *(c.model for c in others)]
+
+
+def _with_roles(options: rpolicy.PolicyOptions, strong: str, weak: str) -> rpolicy.PolicyOptions:
+    return replace(options, strong=options.strong or strong, weak=options.weak or weak)
+
+
+def _with_reason(decision: Decision, reason: str) -> Decision:
+    return replace(decision, reason=reason)
+
+
+class Pipeline:
+    """Route and answer one request; never raises for a request it was given."""
+
+    def __init__(
+        self,
+        core: RoutingCore,
+        client: RouterClient,
+        *,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        perf: Callable[[], float] = time.perf_counter,
+        mask_prompts: bool = False,
+    ) -> None:
+        self.core = core
+        self.client = client
+        self.wall_clock = wall_clock
+        self.perf = perf
+        self.mask_prompts = mask_prompts
+        self.scorer_cache: dict[float, AnswerScorer] = {}
+        self.last_outcome: dict[str, Outcome] = {}
+
+    async def handle(self, request: schemas.RouteRequest, record: RecordInfo) -> Handled:
+        started = self.perf()
+        outcome = Outcome()
+        now = self.wall_clock()
+        if request.deadline is not None and request.deadline <= now:
+            return self._error(
+                request,
+                started,
+                outcome,
+                "DeadlineExceeded",
+                f"deadline {request.deadline.isoformat()} passed before routing",
+                False,
+            )
+        try:
+            resolved = self.core.resolve(request)
+            t0 = self.perf()
+            decision = self.core.decide(request, resolved)
+            outcome.routing_ms = (self.perf() - t0) * 1000
+        except RequestRejected as exc:
+            return self._error(request, started, outcome, "RequestRejected", str(exc), False)
+        outcome.decision = decision
+        deadline_s = self.core.config.providers.request_deadline_s
+        if request.deadline is not None:
+            deadline_s = min(deadline_s, (request.deadline - now).total_seconds())
+        call = _completion_request(request)
+        chain = self.core.fallback_chain(decision, resolved.options)
+        try:
+            if resolved.spec.kind == "cascade" and decision.model == self.core.router.weak:
+                completion = await self._cascade(call, chain, resolved.spec, deadline_s, outcome)
+            else:
+                completion = await self.client.complete(call, chain, deadline_s=deadline_s)
+                outcome.attempts.extend(_attempts(completion.attempts))
+        except AllModelsFailedError as exc:
+            outcome.attempts.extend(_attempts(exc.attempts))
+            last = exc.last_error
+            return self._error(
+                request,
+                started,
+                outcome,
+                type(last).__name__,
+                str(last),
+                bool(getattr(last, "retriable", False)),
+                decision,
+            )
+        except ProviderError as exc:
+            return self._error(
+                request, started, outcome, type(exc).__name__, str(exc), exc.retriable, decision
+            )
+        outcome.completion = completion
+        result = completion.result
+        strong = self.core.catalogue.models.get(self.core.router.strong)
+        if strong is not None:
+            outcome.strong_cost_usd = strong.cost_usd(result.usage)
+        cost = completion.cost_usd + outcome.extra_cost_usd
+        response = schemas.RouteResponse(
+            schema_version=1,
+            request_id=request.request_id,
+            tenant=request.tenant,
+            status="ok",
+            model=result.model,
+            provider=result.provider,
+            message=schemas.OutputMessage(role="assistant", content=result.text),
+            finish_reason=result.finish_reason,
+            usage=_usage(result.usage),
+            cost_usd=cost,
+            latency_ms=(self.perf() - started) * 1000,
+            decision=_decision_info(decision),
+            attempts=outcome.attempts,
+            error=None,
+            trace_id=trace_id_for(request.request_id),
+            created_at=self.wall_clock(),
+            mode=request.routing.mode,
+        )
+        self.last_outcome[request.request_id] = outcome
+        return Handled(response=response, decision=self._decision_event(request, decision))
+
+    async def _cascade(
+        self,
+        call: CompletionRequest,
+        chain: Sequence[str],
+        spec: PolicySpec,
+        deadline_s: float,
+        outcome: Outcome,
+    ) -> RoutedCompletion:
+        """Cheap model first; escalate to the strong model when the scorer rejects the answer."""
+        cheap = chain[0]
+        strong = spec.strong or self.core.router.strong
+        started = self.perf()
+        first = await self.client.complete(call, [cheap], deadline_s=deadline_s)
+        scorer = self.scorer_cache.setdefault(
+            spec.cascade_threshold, AnswerScorer(CascadeParams(threshold=spec.cascade_threshold))
+        )
+        logprobs = [t.logprob for t in first.result.logprobs] if first.result.logprobs else None
+        verdict = scorer.score(first.result.text, logprobs)
+        attempts = _attempts(first.attempts)
+        if verdict.accept or strong == cheap:
+            outcome.attempts.extend(attempts)
+            return first
+        attempts[-1] = msgspec.structs.replace(attempts[-1], status="escalated")
+        outcome.attempts.extend(attempts)
+        outcome.escalated = True
+        outcome.extra_cost_usd += first.cost_usd
+        remaining = deadline_s - (self.perf() - started)
+        rest = [strong, *(m for m in chain[1:] if m != strong)]
+        second = await self.client.complete(call, rest, deadline_s=max(remaining, 0.001))
+        outcome.attempts.extend(_attempts(second.attempts))
+        return second
+
+    def internal_error(
+        self, request: schemas.RouteRequest, record: RecordInfo, exc: BaseException
+    ) -> Handled:
+        return self._error(
+            request,
+            self.perf(),
+            Outcome(),
+            "InternalError",
+            f"{type(exc).__name__} while handling the request",
+            True,
+        )
+
+    def _error(
+        self,
+        request: schemas.RouteRequest,
+        started: float,
+        outcome: Outcome,
+        error_type: str,
+        message: str,
+        retriable: bool,
+        decision: Decision | None = None,
+    ) -> Handled:
+        response = schemas.RouteResponse(
+            schema_version=1,
+            request_id=request.request_id,
+            tenant=request.tenant,
+            status="error",
+            model=None,
+            provider=None,
+            message=None,
+            finish_reason=None,
+            usage=schemas.Usage(),
+            cost_usd=outcome.extra_cost_usd,
+            latency_ms=(self.perf() - started) * 1000,
+            decision=_decision_info(decision) if decision is not None else None,
+            attempts=outcome.attempts,
+            error=schemas.ErrorInfo(type=error_type, message=message, retriable=retriable),
+            trace_id=trace_id_for(request.request_id),
+            created_at=self.wall_clock(),
+            mode=request.routing.mode,
+        )
+        self.last_outcome[request.request_id] = outcome
+        event = self._decision_event(request, decision) if decision is not None else None
+        return Handled(response=response, decision=event)
+
+    def _decision_event(
+        self, request: schemas.RouteRequest, decision: Decision
+    ) -> schemas.RoutingDecision:
+        messages = [schemas.to_builtins(m) for m in request.messages]
+        text = prompt_text(messages)
+        return schemas.RoutingDecision(
+            schema_version=1,
+            request_id=request.request_id,
+            tenant=request.tenant,
+            decision=_decision_info(decision),
+            trace_id=trace_id_for(request.request_id),
+            created_at=self.wall_clock(),
+            mode=request.routing.mode,
+            prompt=None if self.mask_prompts else text,
+            prompt_sha256=hashlib.sha256(text.encode()).hexdigest(),
+            params=schemas.to_builtins(request.params) or None,
+        )
+
+
+def _completion_request(request: schemas.RouteRequest) -> CompletionRequest:
+    p = request.params
+    stop: tuple[str, ...] = ()
+    if isinstance(p.stop, str):
+        stop = (p.stop,)
+    elif p.stop:
+        stop = tuple(p.stop)
+    return CompletionRequest(
+        messages=tuple(schemas.to_builtins(m) for m in request.messages),
+        max_tokens=p.max_tokens,
+        temperature=p.temperature,
+        top_p=p.top_p,
+        stop=stop,
+        logprobs=bool(p.logprobs),
+        top_logprobs=p.top_logprobs,
+        request_id=request.request_id,
+    )
+
+
+def _attempts(attempts: Sequence[Attempt]) -> list[schemas.Attempt]:
+    return [
+        schemas.Attempt(
+            model=a.model,
+            provider=a.provider,
+            status=a.status,
+            latency_ms=max(0.0, a.latency_ms),
+            http_status=a.http_status,
+            error_type=a.error_type,
+            retry=a.retry,
+        )
+        for a in attempts
+    ]
+
+
+def _usage(usage: Usage) -> schemas.Usage:
+    return schemas.Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cached_tokens=usage.cached_input_tokens,
+    )
+
+
+def _decision_info(decision: Decision) -> schemas.DecisionInfo:
+    return schemas.DecisionInfo(
+        router=decision.router or "unknown",
+        router_version=decision.router_version or "unknown",
+        policy=decision.policy,
+        model=decision.model,
+        score=decision.score if math.isfinite(decision.score) else 0.0,
+        threshold=decision.threshold,
+        candidates=[
+            schemas.Candidate(
+                model=c.model,
+                predicted_quality=min(1.0, max(0.0, c.predicted_quality)),
+                est_cost_usd=c.est_cost_usd,
+            )
+            for c in decision.candidates
+            if math.isfinite(c.est_cost_usd)
+        ],
+        reason=decision.reason,
+    )

@@ -1,0 +1,82 @@
+"""``llmroute sim-provider``: run the local provider simulator until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+
+from worker.sim import Dataset, Fault, Latency, SimConfig, Simulator
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "sim-provider",
+        help="run the local OpenAI/Anthropic provider simulator",
+        description=(
+            "A local HTTP server speaking OpenAI Chat Completions/Files/Batches and Anthropic "
+            "Messages/Message Batches. OpenAI base_url: http://127.0.0.1:PORT/v1; Anthropic "
+            "base_url: http://127.0.0.1:PORT. See worker/sim/config.py for --latency/--fault."
+        ),
+    )
+    p.add_argument("--port", type=int, default=8089, help="TCP port on 127.0.0.1 (0: any free)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--data", help="routing-dataset JSONL to replay (answers follow its scores)")
+    p.add_argument(
+        "--latency", default="fixed:0", help="fixed:MS | uniform:LO:HI | lognormal:MEDIAN:SIGMA"
+    )
+    p.add_argument("--fault", action="append", default=[], help="e.g. 429:0.1, 500@1,2, reset:0.01")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--default-accuracy", type=float, default=0.7)
+    p.add_argument(
+        "--alias", action="append", default=[], help="MODEL=DATASET_MODEL (replay another's labels)"
+    )
+    p.set_defaults(handler=run)
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    aliases = dict(SimConfig().aliases)
+    for item in args.alias:
+        model, sep, target = item.partition("=")
+        if not sep:
+            raise ValueError(f"bad --alias {item!r}: use MODEL=DATASET_MODEL")
+        aliases[model] = target
+    return SimConfig(
+        latency=Latency.parse(args.latency),
+        faults=tuple(Fault.parse(f) for f in args.fault),
+        seed=args.seed,
+        default_accuracy=args.default_accuracy,
+        aliases=aliases,
+    )
+
+
+async def serve(args: argparse.Namespace) -> None:
+    dataset = Dataset.from_jsonl(args.data) if args.data else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with Simulator(config_from_args(args), dataset, host=args.host, port=args.port) as sim:
+        ready = {
+            "event": "sim_provider_ready",
+            "base_url": sim.base_url,
+            "openai_base_url": sim.openai_base_url,
+            "port": sim.port,
+            "dataset_rows": len(dataset) if dataset else 0,
+        }
+        print(json.dumps(ready), flush=True)
+        await stop.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config_from_args(args)
+    except ValueError as exc:
+        print(f"sim-provider: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(args))
+    return 0

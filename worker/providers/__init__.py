@@ -1,0 +1,92 @@
+"""Model providers: OpenAI-compatible and Anthropic transports, the model catalogue, SDK-style
+retries, per-model circuit breakers and concurrency limits, and the fallback-chain client.
+
+Nothing here does I/O at import time; clients are built explicitly from a :class:`Catalogue`.
+"""
+
+from worker.providers.anthropic import AnthropicTransport, MessageBatch
+from worker.providers.breaker import BreakerSettings, CircuitBreaker
+from worker.providers.catalogue import Catalogue, CatalogueError, ModelSpec, Prices
+from worker.providers.client import ClientSettings, RouterClient
+from worker.providers.errors import (
+    AllModelsFailedError,
+    AuthenticationError,
+    BadRequestError,
+    CircuitOpenError,
+    ConflictError,
+    DeadlineExceededError,
+    InsufficientQuotaError,
+    InternalServerError,
+    MalformedResponseError,
+    MissingApiKeyError,
+    NotFoundError,
+    OverloadedError,
+    PermissionDeniedError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderStatusError,
+    ProviderTimeoutError,
+    RateLimitError,
+    RequestTimeoutError,
+    UnsupportedRequestError,
+)
+from worker.providers.http import HttpSettings
+from worker.providers.openai import BatchObject, FileObject, OpenAITransport
+from worker.providers.retry import Deadline, RetryPolicy
+from worker.providers.types import (
+    Attempt,
+    CompletionRequest,
+    CompletionResult,
+    RoutedCompletion,
+    Secret,
+    TokenLogprob,
+    Transport,
+    Usage,
+)
+
+__all__ = [
+    "AllModelsFailedError",
+    "AnthropicTransport",
+    "Attempt",
+    "AuthenticationError",
+    "BadRequestError",
+    "BatchObject",
+    "BreakerSettings",
+    "Catalogue",
+    "CatalogueError",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "ClientSettings",
+    "CompletionRequest",
+    "CompletionResult",
+    "ConflictError",
+    "Deadline",
+    "DeadlineExceededError",
+    "FileObject",
+    "HttpSettings",
+    "InsufficientQuotaError",
+    "InternalServerError",
+    "MalformedResponseError",
+    "MessageBatch",
+    "MissingApiKeyError",
+    "ModelSpec",
+    "NotFoundError",
+    "OpenAITransport",
+    "OverloadedError",
+    "PermissionDeniedError",
+    "Prices",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderStatusError",
+    "ProviderTimeoutError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "RetryPolicy",
+    "RoutedCompletion",
+    "RouterClient",
+    "Secret",
+    "TokenLogprob",
+    "Transport",
+    "UnsupportedRequestError",
+    "Usage",
+]

@@ -1,0 +1,188 @@
+"""The shared HTTP layer of both transports: one pooled ``httpx.AsyncClient`` per provider,
+timeouts, and the boundary where httpx exceptions and non-2xx answers become ProviderErrors."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+
+from worker.providers.errors import (
+    MalformedResponseError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderStatusError,
+    ProviderTimeoutError,
+    redact,
+    status_error,
+)
+from worker.providers.pool import ShardedTransport
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+    write_timeout_s: float = 10.0
+    pool_timeout_s: float = 30.0
+    total_timeout_s: float = 120.0  # one HTTP exchange, end to end
+    max_connections: int = 2048
+    max_keepalive_connections: int = 512
+    keepalive_expiry_s: float = 30.0
+    connections_per_shard: int = 64  # see worker.providers.pool
+
+
+def make_client(
+    base_url: str,
+    settings: HttpSettings,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """One pooled keep-alive client. Carries no credentials: keys go on each request."""
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=httpx.Timeout(
+            connect=settings.connect_timeout_s,
+            read=settings.read_timeout_s,
+            write=settings.write_timeout_s,
+            pool=settings.pool_timeout_s,
+        ),
+        limits=httpx.Limits(
+            max_connections=settings.max_connections,
+            max_keepalive_connections=settings.max_keepalive_connections,
+            keepalive_expiry=settings.keepalive_expiry_s,
+        ),
+        transport=transport
+        or ShardedTransport(
+            max_connections=settings.max_connections,
+            max_keepalive_connections=settings.max_keepalive_connections,
+            keepalive_expiry_s=settings.keepalive_expiry_s,
+            connections_per_shard=settings.connections_per_shard,
+        ),
+        follow_redirects=False,
+    )
+
+
+def parse_retry_after_s(
+    headers: Mapping[str, str], *, now: Callable[[], float] = time.time
+) -> float | None:
+    """Seconds the server asks us to wait: ``retry-after-ms``, then ``retry-after`` as seconds
+    (floats allowed) or an HTTP date; None when absent or unparsable (as the official SDKs)."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return float(ms) / 1000.0
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    parsed = email.utils.parsedate_tz(raw)
+    if parsed is None:
+        return None
+    return float(email.utils.mktime_tz(parsed) - now())
+
+
+def parse_should_retry(headers: Mapping[str, str]) -> bool | None:
+    value = headers.get("x-should-retry")
+    if value == "true":
+        return True
+    if value == "false":
+        return False
+    return None
+
+
+T = TypeVar("T")
+
+_json_decoder = msgspec.json.Decoder()
+
+
+async def send(
+    client: httpx.AsyncClient,
+    method: str,
+    path: str,
+    *,
+    provider: str,
+    model: str | None,
+    headers: Mapping[str, str],
+    secrets: Iterable[str],
+    timeout_s: float,
+    json_body: bytes | None = None,
+    files: Mapping[str, Any] | None = None,
+    data: Mapping[str, str] | None = None,
+) -> httpx.Response:
+    """Send one request; return a 2xx response or raise the mapped ProviderError.
+
+    ``timeout_s`` caps the whole exchange (connect + send + wait + read)."""
+    secrets = tuple(secrets)
+    try:
+        async with asyncio.timeout(timeout_s):
+            response = await client.request(
+                method, path, headers=headers, content=json_body, files=files, data=data
+            )
+    except TimeoutError:
+        raise ProviderTimeoutError(
+            f"no complete answer within {timeout_s:.3f} s", provider=provider, model=model
+        ) from None
+    except httpx.TimeoutException as exc:
+        raise ProviderTimeoutError(
+            f"{type(exc).__name__}: {redact(str(exc), secrets)}", provider=provider, model=model
+        ) from None
+    except (httpx.TransportError, OSError) as exc:
+        # ConnectError, ReadError, WriteError, RemoteProtocolError, ...: the connection failed.
+        raise ProviderConnectionError(
+            f"{type(exc).__name__}: {redact(str(exc), secrets)}", provider=provider, model=model
+        ) from None
+    if response.status_code < 300:
+        return response
+    raise error_from_response(response, provider=provider, model=model, secrets=secrets)
+
+
+def error_from_response(
+    response: httpx.Response, *, provider: str, model: str | None, secrets: Iterable[str]
+) -> ProviderStatusError:
+    try:
+        body: Any = _json_decoder.decode(response.content)
+    except msgspec.DecodeError:
+        body = {"error": {"message": response.text[:300]}} if response.content else None
+    return status_error(
+        status=response.status_code,
+        body=body,
+        provider=provider,
+        model=model,
+        request_id=response.headers.get("x-request-id") or response.headers.get("request-id"),
+        retry_after_s=parse_retry_after_s(response.headers),
+        should_retry_header=parse_should_retry(response.headers),
+        secrets=secrets,
+    )
+
+
+def decode_json(content: bytes, typ: type[T], *, provider: str, model: str | None) -> T:
+    """Decode a 2xx body into ``typ`` or raise MalformedResponseError."""
+    try:
+        return msgspec.json.decode(content, type=typ)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedResponseError(
+            f"unexpected response body: {str(exc)[:200]}", provider=provider, model=model
+        ) from None
+
+
+__all__ = [
+    "HttpSettings",
+    "ProviderError",
+    "decode_json",
+    "error_from_response",
+    "make_client",
+    "parse_retry_after_s",
+    "parse_should_retry",
+    "send",
+]

@@ -1,0 +1,355 @@
+"""OpenAI-compatible transport: Chat Completions (OpenAI, vLLM, Ollama, OpenRouter, Together...
+by ``base_url``) and the OpenAI Files + Batch API calls the batch jobs need."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+import httpx
+import msgspec
+
+from worker.providers.catalogue import ModelSpec
+from worker.providers.errors import MalformedResponseError, ProviderError, status_error
+from worker.providers.http import HttpSettings, decode_json, make_client, send
+from worker.providers.types import (
+    CompletionRequest,
+    CompletionResult,
+    FinishReason,
+    Secret,
+    TokenLogprob,
+    Usage,
+)
+
+PROVIDER: Final = "openai"
+
+
+class _Logprob(msgspec.Struct):
+    token: str
+    logprob: float
+
+
+class _ChoiceLogprobs(msgspec.Struct):
+    content: list[_Logprob] | None = None
+
+
+class _Message(msgspec.Struct):
+    content: str | None = None
+    refusal: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message
+    finish_reason: str | None = None
+    logprobs: _ChoiceLogprobs | None = None
+
+
+class _PromptDetails(msgspec.Struct):
+    cached_tokens: int | None = 0
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_tokens_details: _PromptDetails | None = None
+
+
+class ChatCompletionWire(msgspec.Struct):
+    choices: list[_Choice]
+    model: str = ""
+    id: str = ""
+    usage: _Usage | None = None
+
+
+class FileObject(msgspec.Struct):
+    id: str
+    bytes: int = 0
+    filename: str = ""
+    purpose: str = ""
+
+
+class BatchRequestCounts(msgspec.Struct):
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class BatchObject(msgspec.Struct):
+    """The OpenAI batch object (fields the batch jobs use; others are ignored)."""
+
+    id: str
+    status: str  # validating|failed|in_progress|finalizing|completed|expired|cancelling|cancelled
+    input_file_id: str = ""
+    endpoint: str = ""
+    completion_window: str = ""
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    created_at: int | None = None
+    request_counts: BatchRequestCounts | None = None
+    metadata: dict[str, str] | None = None
+    errors: dict[str, Any] | None = None
+
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "content_filter": "content_filter",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+}
+
+
+def chat_body(spec: ModelSpec, request: CompletionRequest) -> dict[str, Any]:
+    """The Chat Completions request body (checked against OpenAI's OpenAPI schema in tests)."""
+    body: dict[str, Any] = {
+        "model": spec.provider_model,
+        "messages": [dict(m) for m in request.messages],
+    }
+    if request.max_tokens is not None:
+        body[spec.max_tokens_param] = request.max_tokens
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.stop:
+        body["stop"] = list(request.stop[:4])
+    if request.logprobs and spec.supports_logprobs:
+        body["logprobs"] = True
+        if request.top_logprobs is not None:
+            body["top_logprobs"] = request.top_logprobs
+    return body
+
+
+def result_from_wire(
+    wire: ChatCompletionWire,
+    spec: ModelSpec,
+    *,
+    latency_ms: float,
+    request_id: str | None,
+    batch: bool = False,
+) -> CompletionResult:
+    if not wire.choices:
+        raise MalformedResponseError("no choices in response", provider=PROVIDER, model=spec.name)
+    choice = wire.choices[0]
+    usage_wire = wire.usage or _Usage()
+    details = usage_wire.prompt_tokens_details
+    usage = Usage(
+        input_tokens=usage_wire.prompt_tokens,
+        output_tokens=usage_wire.completion_tokens,
+        cached_input_tokens=(details.cached_tokens or 0) if details else 0,
+    )
+    logprobs = None
+    if choice.logprobs is not None and choice.logprobs.content is not None:
+        logprobs = tuple(TokenLogprob(t.token, t.logprob) for t in choice.logprobs.content)
+    raw_finish = choice.finish_reason
+    text = choice.message.content
+    if text is None and choice.message.refusal is not None:
+        text, raw_finish = choice.message.refusal, raw_finish or "content_filter"
+    return CompletionResult(
+        text=text or "",
+        finish_reason=_FINISH.get(raw_finish or "", "other"),
+        usage=usage,
+        cost_usd=spec.cost_usd(usage, batch=batch),
+        latency_ms=latency_ms,
+        provider=PROVIDER,
+        model=spec.name,
+        response_model=wire.model or spec.provider_model,
+        logprobs=logprobs,
+        provider_request_id=request_id,
+        raw_finish_reason=raw_finish,
+    )
+
+
+class OpenAITransport:
+    """One pooled client for one OpenAI-compatible ``base_url`` (ending in ``/v1``)."""
+
+    provider = PROVIDER
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: Secret | None,
+        http: HttpSettings | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._http = http or HttpSettings()
+        self._client = make_client(self.base_url, self._http, transport)
+
+    def __repr__(self) -> str:
+        return f"OpenAITransport(base_url={self.base_url!r})"
+
+    def _secrets(self) -> tuple[str, ...]:
+        return (self._api_key.reveal(),) if self._api_key else ()
+
+    def _headers(self, request_id: str | None = None, json: bool = True) -> dict[str, str]:
+        headers = {"accept": "application/json"}
+        if json:
+            headers["content-type"] = "application/json"
+        if self._api_key is not None:
+            headers["authorization"] = f"Bearer {self._api_key.reveal()}"
+        if request_id:
+            headers["x-client-request-id"] = request_id[:512]
+        return headers
+
+    async def complete(
+        self, spec: ModelSpec, request: CompletionRequest, *, timeout_s: float
+    ) -> CompletionResult:
+        payload = msgspec.json.encode(chat_body(spec, request))
+        started = time.perf_counter()
+        response = await send(
+            self._client,
+            "POST",
+            "/chat/completions",
+            provider=PROVIDER,
+            model=spec.name,
+            headers=self._headers(request.request_id),
+            secrets=self._secrets(),
+            timeout_s=min(timeout_s, self._http.total_timeout_s),
+            json_body=payload,
+        )
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        wire = decode_json(response.content, ChatCompletionWire, provider=PROVIDER, model=spec.name)
+        return result_from_wire(
+            wire, spec, latency_ms=latency_ms, request_id=response.headers.get("x-request-id")
+        )
+
+    # -- Files and Batches -------------------------------------------------------------------
+
+    async def _call(
+        self, method: str, path: str, *, timeout_s: float, **kwargs: Any
+    ) -> httpx.Response:
+        json_body = kwargs.pop("json_body", None)
+        return await send(
+            self._client,
+            method,
+            path,
+            provider=PROVIDER,
+            model=None,
+            headers=self._headers(json=json_body is not None),
+            secrets=self._secrets(),
+            timeout_s=timeout_s,
+            json_body=json_body,
+            **kwargs,
+        )
+
+    async def upload_batch_file(
+        self, content: bytes, *, filename: str = "batch.jsonl", timeout_s: float = 300.0
+    ) -> FileObject:
+        """``POST /files`` (multipart, ``purpose=batch``)."""
+        response = await self._call(
+            "POST",
+            "/files",
+            timeout_s=timeout_s,
+            files={"file": (filename, content, "application/jsonl")},
+            data={"purpose": "batch"},
+        )
+        return decode_json(response.content, FileObject, provider=PROVIDER, model=None)
+
+    async def create_batch(
+        self,
+        input_file_id: str,
+        *,
+        endpoint: str = "/v1/chat/completions",
+        completion_window: str = "24h",
+        metadata: Mapping[str, str] | None = None,
+        timeout_s: float = 60.0,
+    ) -> BatchObject:
+        body: dict[str, Any] = {
+            "input_file_id": input_file_id,
+            "endpoint": endpoint,
+            "completion_window": completion_window,
+        }
+        if metadata:
+            body["metadata"] = dict(metadata)
+        response = await self._call(
+            "POST", "/batches", timeout_s=timeout_s, json_body=msgspec.json.encode(body)
+        )
+        return decode_json(response.content, BatchObject, provider=PROVIDER, model=None)
+
+    async def retrieve_batch(self, batch_id: str, *, timeout_s: float = 60.0) -> BatchObject:
+        response = await self._call("GET", f"/batches/{batch_id}", timeout_s=timeout_s)
+        return decode_json(response.content, BatchObject, provider=PROVIDER, model=None)
+
+    async def cancel_batch(self, batch_id: str, *, timeout_s: float = 60.0) -> BatchObject:
+        response = await self._call("POST", f"/batches/{batch_id}/cancel", timeout_s=timeout_s)
+        return decode_json(response.content, BatchObject, provider=PROVIDER, model=None)
+
+    async def download_file(self, file_id: str, *, timeout_s: float = 600.0) -> bytes:
+        """``GET /files/{id}/content``: the batch output or error JSONL."""
+        response = await self._call("GET", f"/files/{file_id}/content", timeout_s=timeout_s)
+        return response.content
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def batch_request_line(custom_id: str, spec: ModelSpec, request: CompletionRequest) -> bytes:
+    """One line of a Batch API input file (without the newline)."""
+    return msgspec.json.encode(
+        {
+            "custom_id": custom_id,
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": chat_body(spec, request),
+        }
+    )
+
+
+class _BatchResponse(msgspec.Struct):
+    status_code: int
+    body: msgspec.Raw
+    request_id: str | None = None
+
+
+class _BatchError(msgspec.Struct):
+    code: str | None = None
+    message: str | None = None
+
+
+class _BatchLine(msgspec.Struct):
+    custom_id: str
+    response: _BatchResponse | None = None
+    error: _BatchError | None = None
+
+
+def parse_batch_output_line(
+    line: bytes, spec: ModelSpec
+) -> tuple[str, CompletionResult | ProviderError]:
+    """One line of a batch output or error file -> (custom_id, result or error). The cost uses
+    the batch discount. Raises MalformedResponseError when the line itself is not valid."""
+    wire = decode_json(line, _BatchLine, provider=PROVIDER, model=spec.name)
+    resp = wire.response
+    if resp is not None and 200 <= resp.status_code < 300:
+        body = decode_json(bytes(resp.body), ChatCompletionWire, provider=PROVIDER, model=spec.name)
+        return wire.custom_id, result_from_wire(
+            body, spec, latency_ms=0.0, request_id=resp.request_id, batch=True
+        )
+    if resp is not None:
+        try:
+            err_body: Any = msgspec.json.decode(bytes(resp.body))
+        except msgspec.DecodeError:
+            err_body = None
+        return wire.custom_id, status_error(
+            status=resp.status_code,
+            body=err_body,
+            provider=PROVIDER,
+            model=spec.name,
+            request_id=resp.request_id,
+            retry_after_s=None,
+            should_retry_header=None,
+        )
+    code = wire.error.code if wire.error else None
+    message = (wire.error.message if wire.error else None) or "batch request failed"
+    return wire.custom_id, status_error(
+        status=500 if code != "batch_expired" else 408,
+        body={"error": {"message": message, "code": code}},
+        provider=PROVIDER,
+        model=spec.name,
+        request_id=None,
+        retry_after_s=None,
+        should_retry_header=None,
+    )

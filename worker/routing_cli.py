@@ -1,0 +1,365 @@
+"""`llmroute train | score | calibrate | eval`: the routing core's file I/O and commands.
+
+    llmroute train --data F.jsonl [--data G.jsonl ...] --router NAME --out DIR [--strong M --weak M]
+    llmroute score --router DIR --data F.jsonl --out S.jsonl
+    llmroute calibrate --router DIR --data F.jsonl [--strong-fraction 0.3] [--quality-ratio 0.95]
+    llmroute eval --router DIR --data F.jsonl [--json] [--plot P.png] [--prices prices.json]
+
+Datasets are JSONL, one record a line: {"id", "prompt" | "messages", "scores": {model: 0..1},
+"costs"?: {model: usd}, "tags"?: {...}}. `--router default` trains the recommended router.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from routers.artifact import load_artifact, save, update_meta
+from routers.base import strong_need
+from routers.calibration import threshold_for_quality, threshold_for_strong_fraction
+from routers.dataset import Record, data_sha256, record_from_obj, split_by_id
+from routers.errors import RoutingError
+from routers.evaluation import EvalOptions, evaluate
+from routers.policy import ModelPrice
+from routers.semantic import semantic_config_from_obj
+from routers.training import DEFAULT_ROUTER, ROUTER_NAMES, TrainOptions, label_matrix, train
+
+__all__ = ["read_prices", "read_records", "register"]
+
+
+class CliError(Exception):
+    """A user-facing problem with the command's input; printed without a traceback."""
+
+
+def read_records(
+    paths: Sequence[Path], *, include_system: bool = False, include_history: bool = False
+) -> list[Record]:
+    records: list[Record] = []
+    for path in paths:
+        try:
+            fh = path.open(encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"cannot read {path}: {exc.strerror}") from exc
+        with fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise CliError(f"{path}:{lineno}: not JSON ({exc.msg})") from exc
+                if not isinstance(obj, dict):
+                    raise CliError(f"{path}:{lineno}: a record must be a JSON object")
+                try:
+                    records.append(
+                        record_from_obj(
+                            obj, include_system=include_system, include_history=include_history
+                        )
+                    )
+                except RoutingError as exc:
+                    raise CliError(f"{path}:{lineno}: {exc}") from exc
+    if not records:
+        raise CliError("no records in " + ", ".join(str(p) for p in paths))
+    return records
+
+
+def read_prices(path: Path | None) -> dict[str, ModelPrice]:
+    """{"model": {"input_per_mtok": 10.0, "output_per_mtok": 30.0}, ...}"""
+    if path is None:
+        return {}
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+        return {
+            str(m): ModelPrice(float(p["input_per_mtok"]), float(p["output_per_mtok"]))
+            for m, p in obj.items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CliError(f"bad price table {path}: {exc!r}") from exc
+
+
+def _write_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, allow_nan=False, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(v) for v in data]
+    return data
+
+
+# --- train ----------------------------------------------------------------------------------
+
+
+def _calibration(
+    scores: Sequence[float], qs: Sequence[float], qw: Sequence[float]
+) -> dict[str, float]:
+    out = {
+        f"strong_fraction_{f:.2f}": threshold_for_strong_fraction(scores, f)
+        for f in (0.1, 0.2, 0.3, 0.5)
+    }
+    out["quality_95pct"] = threshold_for_quality(scores, qs, qw, 0.95)
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    name = DEFAULT_ROUTER if args.router == "default" else args.router
+    records = read_records(
+        args.data, include_system=args.include_system, include_history=args.include_history
+    )
+    semantic = None
+    if name == "semantic":
+        if args.semantic_config is None:
+            text = resources.files("routers").joinpath("data/semantic_default.json").read_text()
+        else:
+            text = Path(args.semantic_config).read_text(encoding="utf-8")
+        semantic = semantic_config_from_obj(json.loads(text))
+    options = TrainOptions(router=name, strong=args.strong, weak=args.weak, semantic=semantic)
+    held = split_by_id([r.id for r in records], args.holdout, args.split_salt)
+    fit = [r for r, h in zip(records, held, strict=True) if not h]
+    heldout = [r for r, h in zip(records, held, strict=True) if h]
+    started = time.perf_counter()
+    router = train(fit, options)
+    seconds = time.perf_counter() - started
+    metrics: dict[str, Any] = {"train_seconds": round(seconds, 3), "n_train": len(fit)}
+    calibration: dict[str, float] = {}
+    if heldout:
+        result = evaluate(router, heldout)
+        metrics["heldout"] = {k: v for k, v in result["two_model"].items() if k != "curve"}
+        y = label_matrix(heldout, router.models)
+        s, w = router.models.index(router.strong), router.models.index(router.weak)
+        ok = ~(np.isnan(y[:, s]) | np.isnan(y[:, w]))
+        if ok.any():
+            sc = strong_need(router, router.predict([r.text for r in heldout]))[ok]
+            calibration = _calibration(sc.tolist(), y[ok, s].tolist(), y[ok, w].tolist())
+    save(router, args.out, data_sha256=data_sha256(fit), metrics=metrics, calibration=calibration)
+    summary = {
+        "router": router.name,
+        "version": router.version,
+        "out": str(args.out),
+        "models": list(router.models),
+        "strong": router.strong,
+        "weak": router.weak,
+        **metrics,
+        "calibration": calibration,
+    }
+    _write_json(_finite(summary))
+    return 0
+
+
+# --- score ----------------------------------------------------------------------------------
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    artifact = load_artifact(args.router)
+    router = artifact.router
+    records = read_records(args.data)
+    predicted = router.predict([r.text for r in records])
+    need = strong_need(router, predicted)
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with out_path.open("w", encoding="utf-8") as fh:
+        for i, r in enumerate(records):
+            line = {
+                "id": r.id,
+                "score": float(need[i]),
+                "predicted": {m: float(predicted[i, j]) for j, m in enumerate(router.models)},
+            }
+            fh.write(json.dumps(line) + "\n")
+    _write_json(
+        {"router": router.name, "version": router.version, "n": len(records), "out": str(out_path)}
+    )
+    return 0
+
+
+# --- calibrate ------------------------------------------------------------------------------
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    artifact = load_artifact(args.router)
+    router = artifact.router
+    records = read_records(args.data)
+    y = label_matrix(records, router.models)
+    s, w = router.models.index(router.strong), router.models.index(router.weak)
+    need = strong_need(router, router.predict([r.text for r in records]))
+    fractions = args.strong_fraction or []
+    thresholds = {
+        f"strong_fraction_{f:.2f}": threshold_for_strong_fraction(need, f) for f in fractions
+    }
+    labelled = ~(np.isnan(y[:, s]) | np.isnan(y[:, w]))
+    for ratio in args.quality_ratio or []:
+        if not labelled.any():
+            raise CliError(
+                "--quality-ratio needs records with scores for the strong and weak model"
+            )
+        thresholds[f"quality_{round(ratio * 100)}pct"] = threshold_for_quality(
+            need[labelled], y[labelled, s], y[labelled, w], ratio
+        )
+    if not thresholds:
+        raise CliError("give at least one --strong-fraction or --quality-ratio")
+    calibration = {**artifact.calibration, **thresholds}
+    if not args.dry_run:
+        update_meta(args.router, {"calibration": calibration})
+    _write_json(_finite({"router": str(args.router), "n": len(records), "thresholds": thresholds}))
+    return 0
+
+
+# --- eval -----------------------------------------------------------------------------------
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_model = result.get("n_model")
+    fig, axes = plt.subplots(1, 2 if n_model else 1, figsize=(11 if n_model else 6, 4.5))
+    ax = axes[0] if n_model else axes
+    curve = result["two_model"]["curve"]
+    xs = [p["strong_fraction"] for p in curve]
+    ax.plot(
+        xs,
+        [p["pgr"] for p in curve],
+        label=f"{result['router']} (APGR {result['two_model']['apgr']:.3f})",
+    )
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="random (APGR 0.500)")
+    ax.axhline(1.0, color="black", linewidth=0.6)
+    ax.set_xlabel("strong-model calls (fraction)")
+    ax.set_ylabel("performance gap recovered")
+    ax.set_title(f"{result['strong']} vs {result['weak']}", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
+    if n_model:
+        ax2 = axes[1]
+        pts = n_model["points"]
+        ax2.plot([p[0] for p in pts], [p[1] for p in pts], ".", alpha=0.4, label="router")
+        par = n_model["pareto"]
+        ax2.plot(
+            [p[0] for p in par],
+            [p[1] for p in par],
+            "-",
+            label=f"Pareto (AIQ {n_model['aiq']:.3f})",
+        )
+        for m, (c, q) in n_model["single_models"].items():
+            ax2.plot([c], [q], "s")
+            ax2.annotate(m.split("/")[-1], (c, q), fontsize=7)
+        ax2.set_xlabel("mean cost per prompt (USD)")
+        ax2.set_ylabel("mean quality")
+        ax2.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    artifact = load_artifact(args.router)
+    records = read_records(args.data)
+    result = evaluate(
+        artifact.router,
+        records,
+        read_prices(args.prices),
+        EvalOptions(strong=args.strong, weak=args.weak),
+    )
+    result = _finite(result)
+    if args.plot is not None:
+        _plot(result, Path(args.plot))
+        result["plot"] = str(args.plot)
+    if args.json:
+        _write_json(result)
+    else:
+        t = result["two_model"]
+        o = result["oracle"]
+        sys.stdout.write(
+            f"{result['router']} {result['router_version']} on {result['n_two_model']} prompts: "
+            f"weak {t['weak_quality']:.3f}, strong {t['strong_quality']:.3f}; "
+            f"APGR {t['apgr']:.3f} (random 0.500, oracle {o['apgr']:.3f}), "
+            f"CPT(50%) {t['cpt50']:.1%}, CPT(80%) {t['cpt80']:.1%}, "
+            f"strong calls for 95% quality {t['strong_fraction_for_95pct']:.1%}\n"
+        )
+    return 0
+
+
+# --- wiring ---------------------------------------------------------------------------------
+
+
+def _guard(fn: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            rc: int = fn(args)
+        except (CliError, RoutingError) as exc:
+            sys.stderr.write(f"llmroute {args.command}: error: {exc}\n")
+            return 2
+        return rc
+
+    return run
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the routing commands to the `llmroute` parser."""
+    p = sub.add_parser("train", help="train a router from dataset JSONL files")
+    p.add_argument("--data", type=Path, action="append", required=True, help="dataset JSONL")
+    p.add_argument("--router", default="default", choices=("default", *ROUTER_NAMES))
+    p.add_argument("--out", type=Path, required=True, help="artifact folder to write")
+    p.add_argument("--strong", help="strong model (default: best mean score)")
+    p.add_argument("--weak", help="weak model (default: worst mean score)")
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.0,
+        help="fraction of items (by id hash) held out for metrics and calibration",
+    )
+    p.add_argument("--split-salt", default="heldout", help="salt of the id-hash split")
+    p.add_argument("--semantic-config", type=Path, help="categories JSON for --router semantic")
+    p.add_argument("--include-system", action="store_true", help="score system prompts too")
+    p.add_argument("--include-history", action="store_true", help="score earlier turns too")
+    p.set_defaults(handler=_guard(cmd_train))
+
+    p = sub.add_parser("score", help="write each prompt's strong-need score and predictions")
+    p.add_argument("--router", type=Path, required=True, help="artifact folder")
+    p.add_argument("--data", type=Path, action="append", required=True)
+    p.add_argument("--out", type=Path, required=True, help="output JSONL")
+    p.set_defaults(handler=_guard(cmd_score))
+
+    p = sub.add_parser("calibrate", help="store thresholds for target strong fractions/quality")
+    p.add_argument("--router", type=Path, required=True, help="artifact folder (updated)")
+    p.add_argument("--data", type=Path, action="append", required=True)
+    p.add_argument(
+        "--strong-fraction",
+        type=float,
+        action="append",
+        help="target fraction of strong calls (repeatable)",
+    )
+    p.add_argument(
+        "--quality-ratio",
+        type=float,
+        action="append",
+        help="target quality as a fraction of always-strong (repeatable)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print, do not write the artifact")
+    p.set_defaults(handler=_guard(cmd_calibrate))
+
+    p = sub.add_parser("eval", help="evaluate a router on labelled data")
+    p.add_argument("--router", type=Path, required=True, help="artifact folder")
+    p.add_argument("--data", type=Path, action="append", required=True)
+    p.add_argument("--strong", help="strong model (default: the router's)")
+    p.add_argument("--weak", help="weak model (default: the router's)")
+    p.add_argument("--prices", type=Path, help="price table JSON for cost and N-model figures")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.add_argument("--plot", type=Path, help="write a PNG of the PGR curve (and Pareto front)")
+    p.set_defaults(handler=_guard(cmd_eval))
