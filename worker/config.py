@@ -17,6 +17,7 @@ are referenced by environment variable *names*.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -135,9 +136,11 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
 
 
 def load(path: str | Path) -> Config:
+    """Read a TOML file (or JSON, by the `.json` suffix: handy for generated configs)."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text("utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        text = path.read_text("utf-8")
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     return parse(data, path.parent)

@@ -13,21 +13,21 @@ At least once, nothing lost:
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 import schemas
+from worker.deadletter import dead_letter
 from worker.dedupe import AnsweredIds, load_answered, marker, marker_partition
 from worker.kafka_config import KafkaSettings, LoopSettings, TopicSettings
 from worker.offsets import OffsetTracker
+from worker.telemetry import RequestSpan, TelemetryConfig, Tracing
 from worker.topics import partition_counts
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ class Handled:
     decision: schemas.RoutingDecision | None = None
     reply_topic: str | None = None
     headers: Headers = field(default_factory=list)
+    routing_ms: float | None = None  # time the routing decision took
+    strong_cost_usd: float | None = None  # the same usage priced at the strong model
 
 
 class Pipeline(Protocol):
@@ -66,8 +68,10 @@ class Pipeline(Protocol):
 
 
 class LoopObserver(Protocol):
-    """Metrics hooks; every method must be cheap and must not raise."""
+    """Metrics and health hooks; every method must be cheap and must not raise."""
 
+    def heartbeat(self) -> None: ...
+    def ready(self, ready: bool, reason: str) -> None: ...
     def dead_letter(self, error_type: str) -> None: ...
     def duplicate(self) -> None: ...
     def in_flight(self, count: int) -> None: ...
@@ -76,6 +80,12 @@ class LoopObserver(Protocol):
 
 
 class _NullObserver:
+    def heartbeat(self) -> None:
+        pass
+
+    def ready(self, ready: bool, reason: str) -> None:
+        pass
+
     def dead_letter(self, error_type: str) -> None:
         pass
 
@@ -100,6 +110,7 @@ class Worker:
         settings: LoopSettings,
         pipeline: Pipeline,
         observer: LoopObserver | None = None,
+        tracing: Tracing | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kafka = kafka
@@ -107,6 +118,7 @@ class Worker:
         self.settings = settings
         self.pipeline = pipeline
         self.observer: LoopObserver = observer or _NullObserver()
+        self.tracing = tracing or Tracing(TelemetryConfig())
         self.clock = clock
         self.tracker = OffsetTracker()
         # per source partition: the answered request ids, loaded once per assignment (records can
@@ -177,7 +189,10 @@ class Worker:
         next_commit = self.clock()
         interval_s = self.settings.commit_interval_ms / 1000
         while not self._stopping.is_set():
-            batch = await self.consumer.getmany(timeout_ms=100)
+            self.observer.heartbeat()
+            # fetch no more than there is room for, so in-flight work never exceeds the bound
+            room = max(1, self.settings.max_in_flight - self.tracker.in_flight())
+            batch = await self.consumer.getmany(timeout_ms=100, max_records=room)
             for tp, records in batch.items():
                 for record in records:
                     self._start(tp, record)
@@ -221,33 +236,58 @@ class Worker:
             timestamp_ms=record.timestamp,
         )
         value: bytes = record.value if record.value is not None else b""
-        try:
-            if len(value) > self.settings.max_request_bytes:
-                await self._dead_letter(
-                    info,
-                    value,
-                    "OversizedEvent",
-                    f"record of {len(value)} bytes exceeds max_request_bytes "
-                    f"{self.settings.max_request_bytes}",
-                )
-            else:
+        request: schemas.RouteRequest | None = None
+        problem: tuple[str, str] | None = None
+        if len(value) > self.settings.max_request_bytes:
+            problem = (
+                "OversizedEvent",
+                f"record of {len(value)} bytes exceeds max_request_bytes "
+                f"{self.settings.max_request_bytes}",
+            )
+        else:
+            try:
+                request = schemas.decode(value, schemas.RouteRequest)
+            except schemas.InvalidEvent as exc:
+                problem = ("InvalidEvent", str(exc))
+        with self.tracing.process_span(
+            info.topic, info.partition, info.offset, info.key, info.headers,
+            self.kafka.group_id, request.request_id if request is not None else None,
+        ) as span:  # fmt: skip
+            while True:
                 try:
-                    request = schemas.decode(value, schemas.RouteRequest)
-                except schemas.InvalidEvent as exc:
-                    await self._dead_letter(info, value, "InvalidEvent", str(exc))
-                else:
-                    await self._answer(tp, request, info)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # publishing failed beyond the producer's own retries: leave the offset unfinished so
-            # the record is redelivered; never commit past it
-            log.exception("could not publish the outcome of %s:%s", info.partition, info.offset)
-            return
+                    if request is None:
+                        assert problem is not None
+                        await self._dead_letter(info, value, *problem)
+                        span.set_response(status="error", error_type=problem[0])
+                    else:
+                        span.set_request(
+                            tenant=request.tenant,
+                            request_id=request.request_id,
+                            mode=request.routing.mode,
+                            metadata=request.metadata,
+                        )
+                        await self._answer(tp, request, info, span)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except KafkaError as exc:
+                    # publishing failed beyond the producer's own retries: try again until it
+                    # works or the member stops; the offset stays unfinished meanwhile
+                    if self._stopping.is_set():
+                        log.warning("giving up publishing %s:%s at shutdown: %s",
+                                    info.partition, info.offset, exc)  # fmt: skip
+                        return
+                    log.warning("publishing %s:%s failed, retrying: %s",
+                                info.partition, info.offset, exc)  # fmt: skip
+                    await asyncio.sleep(1.0)
         self.tracker.finish(tp, record.offset)
 
     async def _answer(
-        self, tp: TopicPartition, request: schemas.RouteRequest, info: RecordInfo
+        self,
+        tp: TopicPartition,
+        request: schemas.RouteRequest,
+        info: RecordInfo,
+        span: RequestSpan,
     ) -> None:
         answered = await self.answered(tp.partition)
         if request.request_id in answered:
@@ -261,6 +301,15 @@ class Worker:
         except Exception as exc:  # a bug must still end in an error response, never in silence
             log.exception("pipeline failed on request %s", request.request_id)
             handled = self.pipeline.internal_error(request, info, exc)
+        r = handled.response
+        span.set_response(
+            status=r.status,
+            model=r.model,
+            cost_usd=r.cost_usd,
+            output_text=r.message.content if r.message is not None else None,
+            error_type=r.error.type if r.error is not None else None,
+            error_message=r.error.message if r.error is not None else "",
+        )
         await self._publish(handled, request, info)
         answered.add(request.request_id)
 
@@ -303,23 +352,16 @@ class Worker:
         self, info: RecordInfo, value: bytes, error_type: str, reason: str
     ) -> None:
         assert self.producer is not None
-        letter = schemas.DeadLetter(
-            schema_version=1,
-            reason=reason,
+        letter = dead_letter(
+            topic=info.topic,
+            partition=info.partition,
+            offset=info.offset,
+            key=info.key,
+            value=value,
+            headers=info.headers,
+            timestamp_ms=info.timestamp_ms,
             error_type=error_type,
-            original_value_b64=base64.b64encode(value).decode(),
-            original_key_b64=base64.b64encode(info.key).decode() if info.key is not None else None,
-            original_headers=[
-                schemas.DeadLetterHeader(key=k, value_b64=base64.b64encode(v).decode())
-                for k, v in info.headers
-            ],
-            source=schemas.DeadLetterSource(
-                topic=info.topic,
-                partition=info.partition,
-                offset=info.offset,
-                timestamp_ms=info.timestamp_ms,
-            ),
-            first_seen_at=datetime.now(UTC),
+            reason=reason,
             worker_id=self.settings.worker_id,
         )
         await self.producer.send_and_wait(self.topics.dlq, schemas.encode(letter), key=info.key)
@@ -365,6 +407,7 @@ class Worker:
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         self.ready.clear()
+        self.observer.ready(False, "rebalancing")
         await self._drain(self.settings.revoke_drain_timeout_s, revoked)
         await self._commit(revoked)
         for tp in revoked:
@@ -381,6 +424,7 @@ class Worker:
         if self._paused and self.consumer is not None:
             self.consumer.pause(*assigned)
         self.ready.set()
+        self.observer.ready(True, f"{len(assigned)} partitions assigned")
 
     async def answered(self, partition: int) -> AnsweredIds:
         """The request ids of `partition` that already have a response (loaded on first use)."""

@@ -30,6 +30,7 @@ from worker.providers.catalogue import Catalogue
 from worker.providers.client import RouterClient
 from worker.providers.errors import AllModelsFailedError, ProviderError
 from worker.providers.types import Attempt, CompletionRequest, RoutedCompletion, Usage
+from worker.telemetry import TelemetryConfig, Tracing
 
 
 class RequestRejected(Exception):
@@ -226,14 +227,15 @@ class Pipeline:
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         perf: Callable[[], float] = time.perf_counter,
         mask_prompts: bool = False,
+        tracing: Tracing | None = None,
     ) -> None:
         self.core = core
         self.client = client
+        self.tracing = tracing or Tracing(TelemetryConfig())
         self.wall_clock = wall_clock
         self.perf = perf
         self.mask_prompts = mask_prompts
         self.scorer_cache: dict[float, AnswerScorer] = {}
-        self.last_outcome: dict[str, Outcome] = {}
 
     async def handle(self, request: schemas.RouteRequest, record: RecordInfo) -> Handled:
         started = self.perf()
@@ -249,10 +251,12 @@ class Pipeline:
                 False,
             )
         try:
-            resolved = self.core.resolve(request)
-            t0 = self.perf()
-            decision = self.core.decide(request, resolved)
-            outcome.routing_ms = (self.perf() - t0) * 1000
+            with self.tracing.route_span() as route:
+                resolved = self.core.resolve(request)
+                t0 = self.perf()
+                decision = self.core.decide(request, resolved)
+                outcome.routing_ms = (self.perf() - t0) * 1000
+                route.set_decision(_decision_info(decision))
         except RequestRejected as exc:
             return self._error(request, started, outcome, "RequestRejected", str(exc), False)
         outcome.decision = decision
@@ -263,10 +267,11 @@ class Pipeline:
         chain = self.core.fallback_chain(decision, resolved.options)
         try:
             if resolved.spec.kind == "cascade" and decision.model == self.core.router.weak:
-                completion = await self._cascade(call, chain, resolved.spec, deadline_s, outcome)
+                completion = await self._cascade(
+                    request, call, chain, resolved.spec, deadline_s, outcome
+                )
             else:
-                completion = await self.client.complete(call, chain, deadline_s=deadline_s)
-                outcome.attempts.extend(_attempts(completion.attempts))
+                completion = await self._call(request, call, chain, deadline_s, outcome)
         except AllModelsFailedError as exc:
             outcome.attempts.extend(_attempts(exc.attempts))
             last = exc.last_error
@@ -308,11 +313,58 @@ class Pipeline:
             created_at=self.wall_clock(),
             mode=request.routing.mode,
         )
-        self.last_outcome[request.request_id] = outcome
-        return Handled(response=response, decision=self._decision_event(request, decision))
+        return Handled(
+            response=response,
+            decision=self._decision_event(request, decision),
+            routing_ms=outcome.routing_ms,
+            strong_cost_usd=outcome.strong_cost_usd,
+        )
+
+    async def _call(
+        self,
+        request: schemas.RouteRequest,
+        call: CompletionRequest,
+        chain: Sequence[str],
+        deadline_s: float,
+        outcome: Outcome,
+    ) -> RoutedCompletion:
+        """One fallback chain, inside a `chat {model}` span named for the first model."""
+        spec = self.core.catalogue[chain[0]]
+        with self.tracing.chat_span(
+            spec.name,
+            spec.provider,
+            spec.provider_model,
+            max_tokens=call.max_tokens,
+            temperature=call.temperature,
+            top_p=call.top_p,
+            input_messages=request.messages,
+        ) as chat:
+            try:
+                completion = await self.client.complete(call, chain, deadline_s=deadline_s)
+            except AllModelsFailedError as exc:
+                attempts = _attempts(exc.attempts)
+                chat.add_attempts(attempts)
+                chat.set_error(type(exc.last_error).__name__, str(exc.last_error))
+                raise
+            attempts = _attempts(completion.attempts)
+            outcome.attempts.extend(attempts)
+            r = completion.result
+            chat.add_attempts(attempts)
+            chat.set_response(
+                response_model=r.response_model,
+                input_tokens=r.usage.input_tokens,
+                output_tokens=r.usage.output_tokens,
+                cached_tokens=r.usage.cached_input_tokens,
+                cost_usd=r.cost_usd,
+                finish_reason=r.finish_reason,
+                output_text=r.text,
+                response_id=r.provider_request_id,
+            )
+            return completion
 
     async def _cascade(
         self,
+        request: schemas.RouteRequest,
         call: CompletionRequest,
         chain: Sequence[str],
         spec: PolicySpec,
@@ -323,25 +375,21 @@ class Pipeline:
         cheap = chain[0]
         strong = spec.strong or self.core.router.strong
         started = self.perf()
-        first = await self.client.complete(call, [cheap], deadline_s=deadline_s)
+        first = await self._call(request, call, [cheap], deadline_s, outcome)
         scorer = self.scorer_cache.setdefault(
             spec.cascade_threshold, AnswerScorer(CascadeParams(threshold=spec.cascade_threshold))
         )
         logprobs = [t.logprob for t in first.result.logprobs] if first.result.logprobs else None
         verdict = scorer.score(first.result.text, logprobs)
-        attempts = _attempts(first.attempts)
         if verdict.accept or strong == cheap:
-            outcome.attempts.extend(attempts)
             return first
-        attempts[-1] = msgspec.structs.replace(attempts[-1], status="escalated")
-        outcome.attempts.extend(attempts)
+        last = outcome.attempts[-1]
+        outcome.attempts[-1] = msgspec.structs.replace(last, status="escalated")
         outcome.escalated = True
         outcome.extra_cost_usd += first.cost_usd
         remaining = deadline_s - (self.perf() - started)
         rest = [strong, *(m for m in chain[1:] if m != strong)]
-        second = await self.client.complete(call, rest, deadline_s=max(remaining, 0.001))
-        outcome.attempts.extend(_attempts(second.attempts))
-        return second
+        return await self._call(request, call, rest, max(remaining, 0.001), outcome)
 
     def internal_error(
         self, request: schemas.RouteRequest, record: RecordInfo, exc: BaseException
@@ -384,9 +432,8 @@ class Pipeline:
             created_at=self.wall_clock(),
             mode=request.routing.mode,
         )
-        self.last_outcome[request.request_id] = outcome
         event = self._decision_event(request, decision) if decision is not None else None
-        return Handled(response=response, decision=event)
+        return Handled(response=response, decision=event, routing_ms=outcome.routing_ms or None)
 
     def _decision_event(
         self, request: schemas.RouteRequest, decision: Decision

@@ -16,7 +16,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -298,7 +298,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # --- wiring ---------------------------------------------------------------------------------
 
 
-def _guard(fn: Any) -> Any:
+def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
             rc: int = fn(args)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import schemas
 from routers import artifact as rartifact
+from routers.base import strong_need
 from routers.calibration import threshold_for_strong_fraction
 from routers.dataset import Record, data_sha256, record_from_obj
-from routers.policy import scores as strong_scores
 from routers.training import TrainOptions, train
 from worker import config as config_mod
 from worker.providers.catalogue import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
@@ -62,7 +63,7 @@ def dataset_rows(n: int, seed: int = 7) -> list[dict[str, Any]]:
 def train_artifact(directory: Path, rows: Iterable[dict[str, Any]]) -> Path:
     records: list[Record] = [record_from_obj(r) for r in rows]
     router = train(records, TrainOptions(router="classifier"))
-    s = strong_scores(router, [r.text for r in records])
+    s = strong_need(router, router.predict([r.text for r in records]))
     quantiles = [float(v) for v in np.quantile(s, [i / 100 for i in range(101)])]
     path = rartifact.save(
         router,
@@ -75,12 +76,20 @@ def train_artifact(directory: Path, rows: Iterable[dict[str, Any]]) -> Path:
 
 
 def worker_config(
+    bootstrap: str, topics: dict[str, str], artifact: Path, sim_base_url: str, **sections: Any
+) -> config_mod.Config:
+    return config_mod.parse(
+        worker_config_data(bootstrap, topics, artifact, sim_base_url, **sections)
+    )
+
+
+def worker_config_data(
     bootstrap: str,
     topics: dict[str, str],
     artifact: Path,
     sim_base_url: str,
     **sections: Any,
-) -> config_mod.Config:
+) -> dict[str, Any]:
     catalogue = simulator_catalogue(sim_base_url)
     models = {}
     for name, spec in catalogue.models.items():
@@ -111,7 +120,47 @@ def worker_config(
     }
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    return config_mod.parse(data)
+    return data
+
+
+class Collector:
+    """Follows a topic from its start in the background, counting records per key."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.counts: Counter[str] = Counter()
+        self.values: list[bytes] = []
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    async def __aenter__(self) -> Collector:
+        consumer = AIOKafkaConsumer(
+            self.topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )  # fmt: skip
+        await consumer.start()
+        self._task = asyncio.create_task(self._follow(consumer))
+        return self
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            while not self._stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200)
+                for records in batch.values():
+                    for r in records:
+                        self.counts[(r.key or b"").decode()] += 1
+                        self.values.append(r.value)
+        finally:
+            await consumer.stop()
+
+    async def wait_for(self, keys: set[str], timeout_s: float) -> bool:
+        return await poll_until(lambda: keys <= set(self.counts), timeout_s)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
 
 
 def request_event(row: dict[str, Any], i: int, **fields: Any) -> schemas.RouteRequest:
@@ -159,3 +208,12 @@ async def read_all(bootstrap: str, topic: str, expect: int, timeout_s: float = 6
     finally:
         await consumer.stop()
     return out
+
+
+async def poll_until(predicate: Callable[[], bool], timeout_s: float, every_s: float = 0.1) -> bool:
+    """Wait until `predicate()` holds (state owned by other tasks or processes) or time runs out."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate() and loop.time() < deadline:  # noqa: ASYNC110 (polls foreign state)
+        await asyncio.sleep(every_s)
+    return predicate()

@@ -16,6 +16,7 @@ import schemas
 from tests.conftest import TopicFactory
 from tests.worker.support import (
     dataset_rows,
+    poll_until,
     produce,
     read_all,
     request_event,
@@ -62,12 +63,9 @@ async def _topics(new_topic: TopicFactory, partitions: int = 3) -> dict[str, str
 async def _run_until(worker: Any, predicate: Any, timeout_s: float = 90.0) -> None:
     task = asyncio.create_task(worker.run())
     try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while not predicate() and loop.time() < deadline:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.1)
+        await poll_until(lambda: predicate() or task.done(), timeout_s)
+        if task.done():
+            task.result()  # a worker that died says why
     finally:
         worker.stop()
         await asyncio.wait_for(task, timeout=60)

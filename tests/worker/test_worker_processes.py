@@ -1,0 +1,161 @@
+"""Members as real processes (`llmroute run`): SIGKILL under load, SIGTERM drain, joining late."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import schemas
+from tests.conftest import TopicFactory
+from tests.worker.support import (
+    ROOT,
+    Collector,
+    dataset_rows,
+    poll_until,
+    produce,
+    request_event,
+    train_artifact,
+    worker_config,
+    worker_config_data,
+)
+from tests.worker.test_worker_kafka import _run_until, _topics
+from worker.app import build
+from worker.sim import Dataset, Latency, SimConfig, Simulator
+from worker.topics import ensure_topics
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+ROWS = dataset_rows(600)
+KEYS = {"SIM_OPENAI_API_KEY": "sk-test-openai-0123456789",
+        "SIM_ANTHROPIC_API_KEY": "sk-ant-test-0123456789"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_artifact(tmp_path_factory.mktemp("router"), ROWS)
+
+
+@pytest.fixture
+async def slow_sim(monkeypatch: pytest.MonkeyPatch) -> Any:
+    for k, v in KEYS.items():
+        monkeypatch.setenv(k, v)
+    dataset = Dataset(Dataset.row_from_json(r) for r in ROWS)
+    config = SimConfig(seed=3, latency=Latency(kind="uniform", ms=50, high_ms=250))
+    async with Simulator(config, dataset) as server:
+        yield server
+
+
+def _spawn(config_path: Path, name: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **KEYS}
+    with (config_path.parent / f"{name}.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker", "run", "--config", str(config_path)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def _requests(n: int) -> list[tuple[bytes | None, bytes]]:
+    return [
+        (f"req-{i:06d}".encode(), schemas.encode(request_event(ROWS[i % len(ROWS)], i)))
+        for i in range(n)
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def test_sigkill_under_load_loses_nothing(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, slow_sim: Simulator,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    n = 3000
+    topics = await _topics(new_topic, partitions=6)
+    ports = {"a": _free_port(), "b": _free_port()}
+    paths = {}
+    for name, port in ports.items():
+        data = worker_config_data(
+            kafka_bootstrap, topics, artifact, slow_sim.base_url,
+            loop={"max_in_flight": 40, "resume_below": 30, "commit_interval_ms": 300},
+            metrics={"enabled": True, "port": port},
+        )  # fmt: skip
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(data))
+    wanted = {f"req-{i:06d}" for i in range(n)}
+
+    a, b = _spawn(paths["a"], "a"), _spawn(paths["b"], "b")
+    try:
+        # both members have joined the group and hold partitions before the load arrives
+        joined = await poll_until(lambda: _ready(ports["a"]) and _ready(ports["b"]), 90, 0.5)
+        assert joined, (tmp_path / "a.log").read_text()[-3000:]
+        async with Collector(kafka_bootstrap, topics["responses"]) as responses:
+            await produce(kafka_bootstrap, topics["requests"], _requests(n))
+            started = await poll_until(lambda: len(responses.counts) >= n // 4, 120)
+            assert started, (tmp_path / "a.log").read_text()[-3000:]
+            a.send_signal(signal.SIGKILL)
+            a.wait(timeout=10)
+            at_kill = len(responses.counts)
+            done = await responses.wait_for(wanted, timeout_s=180)
+            assert done, f"missing {len(wanted - set(responses.counts))} responses"
+            b.send_signal(signal.SIGTERM)
+            assert b.wait(timeout=60) == 0, (tmp_path / "b.log").read_text()[-3000:]
+    finally:
+        for p in (a, b):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert at_kill < n  # the kill happened under load
+    # after dedupe by request_id, exactly one response per request; none missing, none unknown
+    assert set(responses.counts) == wanted
+    repeated_responses = sum(c - 1 for c in responses.counts.values())
+    repeated_calls = slow_sim.stats.requests - n
+    print(f"\nSIGKILL at {at_kill}/{n} answered: repeated responses {repeated_responses}, "
+          f"repeated model calls {repeated_calls}")  # fmt: skip
+    assert repeated_calls >= 0
+    for value in responses.values:
+        assert schemas.decode(value, schemas.RouteResponse).status == "ok"
+
+
+async def test_member_joining_mid_stream(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, slow_sim: Simulator
+) -> None:
+    n = 800
+    topics = await _topics(new_topic, partitions=4)
+    config = worker_config(kafka_bootstrap, topics, artifact, slow_sim.base_url,
+                           loop={"max_in_flight": 20, "resume_below": 10})  # fmt: skip
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
+    await produce(kafka_bootstrap, topics["requests"], _requests(n))
+    first, second = build(config), build(config)
+    wanted = {f"req-{i:06d}" for i in range(n)}
+    async with Collector(kafka_bootstrap, topics["responses"]) as responses:
+        task = asyncio.create_task(first.worker.run())
+        try:
+            await poll_until(lambda: len(responses.counts) >= n // 4, 60)
+            await _run_until(second.worker, lambda: wanted <= set(responses.counts), timeout_s=120)
+        finally:
+            first.worker.stop()
+            await asyncio.wait_for(task, timeout=60)
+            await first.close()
+            await second.close()
+    assert set(responses.counts) == wanted
+    assert second.worker.stats["published"] > 0  # the newcomer took over part of the work
+    assert first.worker.stats["published"] + second.worker.stats["published"] >= n

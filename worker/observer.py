@@ -1,0 +1,48 @@
+"""The loop's hooks, fed into the Prometheus metrics and the health endpoints."""
+
+from __future__ import annotations
+
+from worker.loop import Handled
+from worker.metrics import Health, WorkerMetrics
+
+
+class MetricsObserver:
+    def __init__(self, metrics: WorkerMetrics, health: Health, topic: str) -> None:
+        self.metrics = metrics
+        self.health = health
+        self.topic = topic
+
+    def heartbeat(self) -> None:
+        self.health.beat()
+
+    def ready(self, ready: bool, reason: str) -> None:
+        self.health.set_ready(ready, reason)
+
+    def dead_letter(self, error_type: str) -> None:
+        self.metrics.dead_letter(error_type)
+
+    def duplicate(self) -> None:
+        self.metrics.redelivery_skipped()
+
+    def in_flight(self, count: int) -> None:
+        self.metrics.in_flight.set(count)
+
+    def lag(self, partition: int, lag: int) -> None:
+        self.metrics.set_consumer_lag(self.topic, partition, lag)
+
+    def published(self, handled: Handled) -> None:
+        r = handled.response
+        m = self.metrics
+        m.observe_request(r.model, r.status, r.latency_ms / 1000)
+        if handled.routing_ms is not None:
+            m.observe_route(handled.routing_ms / 1000)
+        if r.model is not None or r.cost_usd:
+            strong = handled.strong_cost_usd
+            m.add_cost(r.model or "none", r.cost_usd, r.cost_usd if strong is None else strong)
+        for before, a in zip(r.attempts, r.attempts[1:], strict=False):
+            if a.model == before.model and a.retry:
+                m.retry(a.model)
+            elif a.model != before.model and before.status == "escalated":
+                m.escalation(before.model, a.model)
+            elif a.model != before.model:
+                m.fallback(before.model, a.model)
