@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 KAFKA  := $(PYTHON) deploy/kafka/localkafka.py
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-unit lint typecheck bench kafka-jars kafka-up kafka-down kafka-cluster-up kafka-cluster-down clean
@@ -25,7 +26,7 @@ kafka-jars: ## resolve the Kafka broker jars from Maven Central into .kafka/jars
 	$(KAFKA) jars
 
 demo: install kafka-jars ## the main job: Kafka, simulator, two workers, a few thousand requests, a summary
-	$(PY) -m worker demo
+	$(KAFKA) run --name demo -- $(PY) -m worker demo $(DEMO_ARGS)
 
 test: install kafka-jars ## every test (unit + real broker + three-node cluster); starts and stops Kafka
 	$(KAFKA) run --name test -- $(PY) -m pytest $(PYTEST_ARGS)

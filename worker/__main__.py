@@ -13,6 +13,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "worker.routing_cli",
     "worker.provider_cli",
     "worker.run_cli",
+    "worker.demo",
 )
 
 
@@ -23,13 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -28,7 +28,7 @@ from worker.config import Config, PolicySpec
 from worker.loop import Handled, RecordInfo
 from worker.providers.catalogue import Catalogue
 from worker.providers.client import RouterClient
-from worker.providers.errors import AllModelsFailedError, ProviderError
+from worker.providers.errors import AllModelsFailedError, CircuitOpenError, ProviderError
 from worker.providers.types import Attempt, CompletionRequest, RoutedCompletion, Usage
 from worker.telemetry import TelemetryConfig, Tracing
 
@@ -156,7 +156,7 @@ class RoutingCore:
 
     def default_threshold(self) -> float:
         calibration = self.artifact.calibration
-        for key in ("default", "quality_95", "strong_fraction_0.5"):
+        for key in ("default", "quality_95pct", "strong_fraction_0.30", "strong_fraction_0.50"):
             if key in calibration:
                 return calibration[key]
         if calibration:
@@ -281,7 +281,7 @@ class Pipeline:
                 outcome,
                 type(last).__name__,
                 str(last),
-                bool(getattr(last, "retriable", False)),
+                _retry_later(last),
                 decision,
             )
         except ProviderError as exc:
@@ -452,6 +452,12 @@ class Pipeline:
             prompt_sha256=hashlib.sha256(text.encode()).hexdigest(),
             params=schemas.to_builtins(request.params) or None,
         )
+
+
+def _retry_later(error: ProviderError) -> bool:
+    """Whether the producer may send the request again later: a transient failure, or every
+    model cooling down (the same model must not be retried now, but will recover)."""
+    return error.retriable or isinstance(error, CircuitOpenError)
 
 
 def _completion_request(request: schemas.RouteRequest) -> CompletionRequest:

@@ -18,7 +18,7 @@ import msgspec
 
 from worker.providers.catalogue import ModelSpec
 from worker.providers.errors import ProviderError, UnsupportedRequestError, status_error
-from worker.providers.http import HttpSettings, decode_json, make_client, send
+from worker.providers.http import HttpSettings, decode_json, endpoint_url, make_client, send
 from worker.providers.types import CompletionRequest, CompletionResult, FinishReason, Secret, Usage
 
 PROVIDER: Final = "anthropic"
@@ -191,6 +191,7 @@ class AnthropicTransport:
         self._api_key = api_key
         self._http = http or HttpSettings()
         self._client = make_client(self.base_url, self._http, transport)
+        self._messages_url = endpoint_url(self._client, "/v1/messages")
 
     def __repr__(self) -> str:
         return f"AnthropicTransport(base_url={self.base_url!r})"
@@ -209,7 +210,13 @@ class AnthropicTransport:
         return headers
 
     async def _call(
-        self, method: str, path: str, *, model: str | None, timeout_s: float, body: Any = None
+        self,
+        method: str,
+        path: str | httpx.URL,
+        *,
+        model: str | None,
+        timeout_s: float,
+        body: Any = None,
     ) -> httpx.Response:
         return await send(
             self._client,
@@ -230,7 +237,7 @@ class AnthropicTransport:
         started = time.perf_counter()
         response = await self._call(
             "POST",
-            "/v1/messages",
+            self._messages_url,
             model=spec.name,
             timeout_s=min(timeout_s, self._http.total_timeout_s),
             body=body,

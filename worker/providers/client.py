@@ -212,16 +212,18 @@ class RouterClient:
         verdict_given = False
         slot = self._slots[spec.name]
         try:
-            remaining = deadline.remaining_s()
-            try:
-                async with asyncio.timeout(max(remaining, 0.0)):
-                    await slot.acquire()
-            except TimeoutError:
-                raise DeadlineExceededError(
-                    "deadline passed waiting for a concurrency slot",
-                    provider=spec.provider,
-                    model=spec.name,
-                ) from None
+            if slot.locked():  # only a wait needs the deadline (a timeout costs per call)
+                try:
+                    async with asyncio.timeout(max(deadline.remaining_s(), 0.0)):
+                        await slot.acquire()
+                except TimeoutError:
+                    raise DeadlineExceededError(
+                        "deadline passed waiting for a concurrency slot",
+                        provider=spec.provider,
+                        model=spec.name,
+                    ) from None
+            else:
+                await slot.acquire()  # free: returns at once
             try:
 
                 def on_attempt(retry: int, error: ProviderError | None, latency_ms: float) -> None:

@@ -270,6 +270,25 @@ def _parse_head(raw: bytes, request: httpx.Request) -> _Head:
     return head
 
 
+class _Once:
+    """An async iterator over at most one chunk."""
+
+    __slots__ = ("_chunk",)
+
+    def __init__(self, chunk: bytes | None):
+        self._chunk = chunk
+
+    def __aiter__(self) -> _Once:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = self._chunk
+        if chunk is None:
+            raise StopAsyncIteration
+        self._chunk = None
+        return chunk
+
+
 class _ResponseStream(httpx.AsyncByteStream):
     """The answer's body, read from the connection as httpx iterates; ``aclose`` hands the
     connection back to the pool (reusable only when the body was read to its end)."""
@@ -292,9 +311,24 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._complete = head.mode == _EMPTY
         self._done = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
         if self._complete or self._done:
-            return
+            return _Once(None)
+        head, buf = self._head, self._conn.buf
+        if head.mode == _LENGTH and len(buf) >= head.length:
+            # the common case: the whole body came with the head (no generator, no wait)
+            n = head.length
+            if len(buf) == n:
+                body = bytes(buf)
+                buf.clear()
+            else:
+                body = bytes(buf[:n])
+                del buf[:n]
+            self._complete = True
+            return _Once(body or None)
+        return self._read()
+
+    async def _read(self) -> AsyncIterator[bytes]:
         mode = self._head.mode
         if mode == _LENGTH:
             async for chunk in self._by_length(self._head.length):
@@ -451,7 +485,7 @@ class FastTransport(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol("request URL has no host", request=request)
         origin: Origin = (scheme, url.raw_host, url.port or default_port)
         timeouts = request.extensions.get("timeout") or {}
-        head = _encode_head(request)
+        head, chunked, close = _encode_head(request)
         try:
             body: bytes | None = request.content
         except httpx.RequestNotRead:
@@ -461,7 +495,7 @@ class FastTransport(httpx.AsyncBaseTransport):
             conn = await self._acquire(origin, timeouts, request)
             conn.used += 1
             try:
-                return await self._exchange(conn, request, head, body, timeouts)
+                return await self._exchange(conn, request, head, body, chunked, close, timeouts)
             except _Stale:
                 self._release(conn, False)
                 if not retry_allowed:
@@ -480,6 +514,8 @@ class FastTransport(httpx.AsyncBaseTransport):
         request: httpx.Request,
         head: bytes,
         body: bytes | None,
+        chunked: bool,
+        close: bool,
         timeouts: dict[str, float | None],
     ) -> httpx.Response:
         transport = conn.transport
@@ -491,7 +527,6 @@ class FastTransport(httpx.AsyncBaseTransport):
             transport.write(head + body)
         else:
             transport.write(head)
-            chunked = _is_chunked(request)
             stream = request.stream
             assert isinstance(stream, httpx.AsyncByteStream)
             async for part in stream:
@@ -515,7 +550,7 @@ class FastTransport(httpx.AsyncBaseTransport):
                 raise httpx.RemoteProtocolError(
                     "protocol upgrade is not supported", request=request
                 )
-        if _connection_close(request):
+        if close:
             parsed.keep_alive = False
         return httpx.Response(
             status_code=parsed.status,
@@ -562,26 +597,31 @@ class FastTransport(httpx.AsyncBaseTransport):
         self, origin: Origin, timeouts: dict[str, float | None], request: httpx.Request
     ) -> _Connection:
         loop = asyncio.get_running_loop()
-        idle = self._idle.get(origin)
-        if idle:
-            now = loop.time()
-            while idle:
-                conn, _ = idle.popitem()  # the most recently used
-                conn.idle = False
-                self._idle_count -= 1
-                if conn.closed or conn.eof or conn.buf or now - conn.idle_since > self._expiry:
-                    self._discard(conn)
-                    continue
-                self._expire_idle(now)
-                self._busy.add(conn)
-                return conn
-        if self._total >= self._max and not self._free_other_idle(origin):
+        while True:
+            idle = self._idle.get(origin)
+            if idle:
+                now = loop.time()
+                while idle:
+                    conn, _ = idle.popitem()  # the most recently used
+                    conn.idle = False
+                    self._idle_count -= 1
+                    if _dead(conn) or now - conn.idle_since > self._expiry:
+                        self._discard(conn)
+                        continue
+                    self._expire_idle(now)
+                    self._busy.add(conn)
+                    return conn
+            if self._total < self._max or self._free_other_idle(origin):
+                self._total += 1
+                break
             handed = await self._wait_for_slot(origin, timeouts.get("pool"), request)
-            if handed is not None:
-                self._busy.add(handed)
-                return handed
-        else:
-            self._total += 1
+            if handed is None:
+                break  # a free slot, already counted for us
+            if _dead(handed):  # closed by the server on its way over: nothing was sent
+                self._discard(handed)
+                continue
+            self._busy.add(handed)
+            return handed
         # a slot is ours (counted in _total): open a connection for it
         try:
             conn = await self._connect(origin, timeouts.get("connect"), request, loop)
@@ -660,7 +700,7 @@ class FastTransport(httpx.AsyncBaseTransport):
     def _release(self, conn: _Connection, reusable: bool) -> None:
         """Take a connection back after an exchange (reusable: keep it warm)."""
         self._busy.discard(conn)
-        if not reusable or self._closed or conn.closed:
+        if not reusable or self._closed or _dead(conn):
             self._discard(conn)
             return
         waiters = self._waiters
@@ -751,22 +791,28 @@ class FastTransport(httpx.AsyncBaseTransport):
                 fut.cancel()
 
 
-def _encode_head(request: httpx.Request) -> bytes:
+def _dead(conn: _Connection) -> bool:
+    """Closed, half-closed or holding unasked-for bytes: never send on it."""
+    return conn.closed or conn.eof or bool(conn.buf)
+
+
+def _encode_head(request: httpx.Request) -> tuple[bytes, bool, bool]:
+    """The request line and headers; whether the body goes chunked; whether the request asks
+    the server to close the connection."""
     parts = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
+    chunked = close = False
     for name, value in request.headers.raw:
         if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
             raise httpx.LocalProtocolError("illegal header value", request=request)
         parts += (name, b": ", value, b"\r\n")
+        if len(name) in (10, 17):
+            lname = name.lower()
+            if lname == b"connection":
+                close = b"close" in value.lower()
+            elif lname == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
     parts.append(b"\r\n")
-    return b"".join(parts)
-
-
-def _is_chunked(request: httpx.Request) -> bool:
-    return "chunked" in request.headers.get("transfer-encoding", "").lower()
-
-
-def _connection_close(request: httpx.Request) -> bool:
-    return "close" in request.headers.get("connection", "").lower()
+    return b"".join(parts), chunked, close
 
 
 __all__ = ["FastTransport"]

@@ -12,7 +12,7 @@ import msgspec
 
 from worker.providers.catalogue import ModelSpec
 from worker.providers.errors import MalformedResponseError, ProviderError, status_error
-from worker.providers.http import HttpSettings, decode_json, make_client, send
+from worker.providers.http import HttpSettings, decode_json, endpoint_url, make_client, send
 from worker.providers.types import (
     CompletionRequest,
     CompletionResult,
@@ -178,6 +178,7 @@ class OpenAITransport:
         self._api_key = api_key
         self._http = http or HttpSettings()
         self._client = make_client(self.base_url, self._http, transport)
+        self._chat_url = endpoint_url(self._client, "/chat/completions")
 
     def __repr__(self) -> str:
         return f"OpenAITransport(base_url={self.base_url!r})"
@@ -203,7 +204,7 @@ class OpenAITransport:
         response = await send(
             self._client,
             "POST",
-            "/chat/completions",
+            self._chat_url,
             provider=PROVIDER,
             model=spec.name,
             headers=self._headers(request.request_id),

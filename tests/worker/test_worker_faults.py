@@ -1,0 +1,199 @@
+"""Provider faults end in retries, fallbacks or error responses, never in silence; a broker of
+the three-node cluster stopped mid-stream loses nothing."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import schemas
+from tests.conftest import TopicFactory
+from tests.kafka_support import create_topics, localkafka, unique_topic
+from tests.worker.support import (
+    Collector,
+    dataset_rows,
+    poll_until,
+    produce,
+    request_event,
+    train_artifact,
+    worker_config,
+)
+from tests.worker.test_worker_kafka import _run_until, _topics
+from worker.app import build
+from worker.providers.catalogue import WEAK_MODEL
+from worker.sim import Dataset, Fault, Latency, SimConfig, Simulator
+from worker.topics import ensure_topics
+
+ROWS = dataset_rows(300)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_artifact(tmp_path_factory.mktemp("router"), ROWS)
+
+
+@pytest.fixture
+async def sim(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("SIM_OPENAI_API_KEY", "sk-test-openai-0123456789")
+    monkeypatch.setenv("SIM_ANTHROPIC_API_KEY", "sk-ant-test-0123456789")
+    dataset = Dataset(Dataset.row_from_json(r) for r in ROWS)
+    async with Simulator(SimConfig(seed=5, latency=Latency(ms=5)), dataset) as server:
+        yield server
+
+
+def _requests(n: int, start: int = 0) -> list[tuple[bytes | None, bytes]]:
+    return [
+        (f"req-{i:06d}".encode(), schemas.encode(request_event(ROWS[i % len(ROWS)], i)))
+        for i in range(start, start + n)
+    ]
+
+
+async def _answer_all(
+    bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator, n: int
+) -> list[schemas.RouteResponse]:
+    topics = await _topics(new_topic, partitions=2)
+    config = worker_config(
+        bootstrap, topics, artifact, sim.base_url,
+        providers={"max_retries": 3, "request_deadline_s": 20.0},
+    )  # fmt: skip
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
+    await produce(bootstrap, topics["requests"], _requests(n))
+    app = build(config)
+    try:
+        await _run_until(app.worker, lambda: app.worker.stats["published"] >= n, timeout_s=120)
+    finally:
+        await app.close()
+    async with Collector(bootstrap, topics["responses"]) as responses:
+        await responses.wait_for({f"req-{i:06d}" for i in range(n)}, timeout_s=30)
+    out = [schemas.decode(v, schemas.RouteResponse) for v in responses.values]
+    assert Counter(r.request_id for r in out) == Counter({f"req-{i:06d}": 1 for i in range(n)})
+    return out
+
+
+pytestmark = pytest.mark.kafka
+
+
+async def test_transient_faults_are_retried(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator
+) -> None:
+    sim.set_faults((
+        Fault(kind="429", rate=0.2, retry_after_s=0.05),
+        Fault(kind="500", rate=0.1),
+        Fault(kind="reset", rate=0.05),
+    ))  # fmt: skip
+    out = await _answer_all(kafka_bootstrap, new_topic, artifact, sim, 60)
+    retried = [r for r in out if any((a.retry or 0) > 0 for a in r.attempts)]
+    assert retried, "no request needed a retry: the faults did not fire"
+    for r in out:
+        if r.status == "ok":
+            assert r.attempts[-1].status == "ok"
+        else:  # retries ran out on every model: said so, with the error class
+            assert r.error is not None and r.error.type
+    assert sum(r.status == "ok" for r in out) >= 50
+
+
+async def test_a_failing_model_falls_back(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator
+) -> None:
+    sim.set_faults((Fault(kind="500", rate=1.0, models=(WEAK_MODEL,)),))
+    out = await _answer_all(kafka_bootstrap, new_topic, artifact, sim, 30)
+    fell_back = [r for r in out if r.decision is not None and r.decision.model == WEAK_MODEL]
+    assert fell_back, "the router never chose the weak model"
+    for r in fell_back:
+        assert r.status == "ok" and r.model != WEAK_MODEL
+        assert r.attempts[0].model == WEAK_MODEL and r.attempts[0].status == "error"
+        assert r.attempts[0].http_status == 500
+
+
+async def test_every_model_down_ends_in_error_responses(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator
+) -> None:
+    sim.set_faults((Fault(kind="500", rate=1.0),))
+    out = await _answer_all(kafka_bootstrap, new_topic, artifact, sim, 20)
+    for r in out:
+        assert r.status == "error" and r.message is None
+        assert r.error is not None and r.error.retriable
+        assert r.attempts and all(a.status != "ok" for a in r.attempts)
+
+
+async def test_expired_deadline_gets_an_error_without_a_model_call(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    topics = await _topics(new_topic, partitions=1)
+    config = worker_config(kafka_bootstrap, topics, artifact, sim.base_url)
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
+    past = datetime.now(UTC) - timedelta(seconds=5)
+    event = request_event(ROWS[0], 1, deadline=past)
+    await produce(kafka_bootstrap, topics["requests"], [(b"req-000001", schemas.encode(event))])
+    before = sim.stats.requests
+    app = build(config)
+    try:
+        await _run_until(app.worker, lambda: app.worker.stats["published"] >= 1)
+    finally:
+        await app.close()
+    async with Collector(kafka_bootstrap, topics["responses"]) as responses:
+        await responses.wait_for({"req-000001"}, timeout_s=30)
+    [r] = [schemas.decode(v, schemas.RouteResponse) for v in responses.values]
+    assert r.status == "error" and r.error is not None and r.error.type == "DeadlineExceeded"
+    assert sim.stats.requests == before
+
+
+# ---------------------------------------------------------------- three-node cluster
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    lk = localkafka()
+    name = f"pytest-wcluster-{os.getpid()}"
+    inst = lk.start(name, 3, 0, heap_mb=768)
+    try:
+        yield inst
+    finally:
+        lk.stop(name)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+async def test_broker_stopped_mid_stream_loses_nothing(
+    cluster: Any, artifact: Path, sim: Simulator
+) -> None:
+    bootstrap = cluster.bootstrap
+    requests = unique_topic("requests")
+    topics = {
+        "requests": requests, "responses": f"{requests}.responses",
+        "decisions": f"{requests}.decisions", "dlq": f"{requests}.dlq",
+        "done": f"{requests}.done", "feedback": f"{requests}.feedback",
+        "batch_jobs": f"{requests}.batch-jobs", "control": f"{requests}.control",
+    }  # fmt: skip
+    await create_topics(bootstrap, [requests], partitions=3, replication=3,
+                        configs={"min.insync.replicas": "2"})  # fmt: skip
+    config = worker_config(bootstrap, topics, artifact, sim.base_url, topic_replication_factor=3)
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 3)
+    n = 600
+    sim.set_faults(())
+    app = build(config)
+    wanted = {f"req-{i:06d}" for i in range(n)}
+    async with Collector(bootstrap, topics["responses"]) as responses:
+        import asyncio
+
+        task = asyncio.create_task(app.worker.run())
+        try:
+            await produce(bootstrap, requests, _requests(n // 2))
+            await poll_until(lambda: len(responses.counts) >= n // 4, 60)
+            localkafka().stop_node(cluster, cluster.nodes[0])
+            await produce(bootstrap, requests, _requests(n // 2, start=n // 2))
+            assert await responses.wait_for(wanted, timeout_s=120), (
+                f"missing {len(wanted - set(responses.counts))}"
+            )
+        finally:
+            app.worker.stop()
+            await asyncio.wait_for(task, timeout=60)
+            await app.close()
+    assert set(responses.counts) == wanted
