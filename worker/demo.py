@@ -31,8 +31,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import schemas
+from worker import config as config_mod
 from worker.providers.catalogue import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
 from worker.sim import Dataset, Latency, SimConfig, Simulator, grade
+from worker.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "routing" / "mmlu_dev.jsonl"
@@ -93,7 +95,8 @@ def _held_out(row_id: str) -> bool:
 
 def _train(rows: list[dict[str, Any]]) -> Path:
     train = [r for r in rows if not _held_out(r["id"])]
-    digest = hashlib.sha256(json.dumps([r["id"] for r in train]).encode()).hexdigest()[:12]
+    recipe = json.dumps({"ids": [r["id"] for r in train], "router": "default", "holdout": 0.2})
+    digest = hashlib.sha256(recipe.encode()).hexdigest()[:12]
     out = WORK / f"router-{digest}"
     if (out / "meta.json").exists():
         print(f"router: reusing {out.relative_to(ROOT)} (trained on {len(train)} prompts)")
@@ -105,7 +108,8 @@ def _train(rows: list[dict[str, Any]]) -> Path:
     started = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "worker", "train", "--data", str(data), "--router", "default",
-         "--out", str(out), "--strong", STRONG_MODEL, "--weak", WEAK_MODEL],
+         "--out", str(out), "--strong", STRONG_MODEL, "--weak", WEAK_MODEL,
+         "--holdout", "0.2"],
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     print(f"router: trained in {time.perf_counter() - started:.0f}s -> {out.relative_to(ROOT)}")
@@ -280,6 +284,8 @@ async def run_demo(args: argparse.Namespace) -> int:
         config_path.write_text(json.dumps(config, indent=2))
         topics = config["topics"]
         await _create_requests_topic(args.bootstrap, topics["requests"], 6)
+        worker_config = config_mod.parse(config)
+        await ensure_topics(worker_config.kafka.common_kwargs(), worker_config.topics, 1)
         procs = []
         for i in range(args.workers):
             with (WORK / f"worker-{run_id}-{i}.log").open("wb") as log:

@@ -88,6 +88,15 @@ class RoutingCore:
                 f"{sorted(catalogue.models)}"
             )
         self.routable = frozenset(routable)
+        self._default_threshold = self._calibrated_default()
+        for name, spec in config.policies.items():
+            needs = spec.kind in ("threshold", "cascade") and spec.threshold is None
+            if needs and spec.strong_fraction is None and self._default_threshold is None:
+                raise ValueError(
+                    f"policy {name!r} has no threshold or strong_fraction and the router "
+                    f"artifact holds no calibrated threshold (train with --holdout or run "
+                    f"`llmroute calibrate`)"
+                )
 
     # ------------------------------------------------------------ policy
 
@@ -155,13 +164,18 @@ class RoutingCore:
         return q[lo] + (q[hi] - q[lo]) * (pos - lo)
 
     def default_threshold(self) -> float:
+        if self._default_threshold is None:
+            raise RequestRejected("no threshold: the router artifact holds no calibration")
+        return self._default_threshold
+
+    def _calibrated_default(self) -> float | None:
+        """The artifact's threshold for 95% of always-strong quality, else a 30% strong share."""
         calibration = self.artifact.calibration
-        for key in ("default", "quality_95pct", "strong_fraction_0.30", "strong_fraction_0.50"):
-            if key in calibration:
-                return calibration[key]
-        if calibration:
-            return next(iter(calibration.values()))
-        return 0.0
+        for key in ("default", "quality_95pct", "strong_fraction_0.30"):
+            value = calibration.get(key)
+            if value is not None and math.isfinite(value):
+                return value
+        return None
 
     # ------------------------------------------------------------ routing
 
