@@ -192,7 +192,8 @@ async def _worker_run(
 def _route_overhead(artifact: Path) -> tuple[float, float]:
     """Per-request decision time with the worker's own RoutingCore, on 500-token-ish prompts."""
     rows = dataset_rows(400)
-    config = config_mod.parse(worker_config_data("x:1", {}, artifact, "http://127.0.0.1:1"))
+    topics = {"requests": "bench.requests"}
+    config = config_mod.parse(worker_config_data("x:1", topics, artifact, "http://127.0.0.1:1"))
     core = RoutingCore(
         config, load_artifact(artifact), Catalogue.from_dict({"models": config.models})
     )

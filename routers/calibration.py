@@ -49,3 +49,24 @@ def threshold_for_quality(
         if p.quality >= goal - 1e-12:
             return p.threshold
     return points[-1].threshold
+
+
+def score_quantiles(scores: Sequence[float] | FloatArray, points: int = 101) -> list[float]:
+    """The score distribution of a calibration set, as `points` evenly spaced quantiles; stored
+    in the artifact so any strong fraction maps to a threshold at serving time."""
+    values = np.asarray(scores, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("no calibration scores")
+    return [float(v) for v in np.quantile(values, np.linspace(0.0, 1.0, points))]
+
+
+def threshold_from_quantiles(quantiles: Sequence[float], fraction: float) -> float:
+    """The threshold sending about `fraction` of the calibration prompts to the strong model
+    (strong iff score >= threshold), interpolated between the stored quantiles."""
+    if not quantiles:
+        raise ValueError("no stored quantiles")
+    q = [float(v) for v in quantiles]
+    pos = (1.0 - min(max(fraction, 0.0), 1.0)) * (len(q) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(q) - 1)
+    return q[lo] + (q[hi] - q[lo]) * (pos - lo)

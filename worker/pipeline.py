@@ -20,6 +20,7 @@ import msgspec
 import schemas
 from routers import policy as rpolicy
 from routers.artifact import Artifact
+from routers.calibration import threshold_from_quantiles
 from routers.cascade import AnswerScorer, CascadeParams
 from routers.decision import Decision
 from routers.errors import NoEligibleModelError
@@ -154,14 +155,10 @@ class RoutingCore:
         quantiles = self.artifact.meta.get("score_quantiles")
         if not quantiles:
             raise RequestRejected(
-                "the router artifact has no calibration scores for strong_fraction"
+                "strong_fraction needs calibration scores in the router artifact "
+                "(train with --holdout or run `llmroute calibrate`)"
             )
-        q = [float(v) for v in quantiles]
-        # q[i] is the i/(n-1) quantile; strong iff score >= threshold
-        pos = (1.0 - min(max(fraction, 0.0), 1.0)) * (len(q) - 1)
-        lo = math.floor(pos)
-        hi = min(lo + 1, len(q) - 1)
-        return q[lo] + (q[hi] - q[lo]) * (pos - lo)
+        return threshold_from_quantiles(quantiles, fraction)
 
     def default_threshold(self) -> float:
         if self._default_threshold is None:

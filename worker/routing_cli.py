@@ -25,7 +25,11 @@ import numpy as np
 
 from routers.artifact import load_artifact, save, update_meta
 from routers.base import strong_need
-from routers.calibration import threshold_for_quality, threshold_for_strong_fraction
+from routers.calibration import (
+    score_quantiles,
+    threshold_for_quality,
+    threshold_for_strong_fraction,
+)
 from routers.dataset import Record, data_sha256, record_from_obj, split_by_id
 from routers.errors import RoutingError
 from routers.evaluation import EvalOptions, evaluate
@@ -139,6 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     metrics: dict[str, Any] = {"train_seconds": round(seconds, 3), "n_train": len(fit)}
     calibration: dict[str, float] = {}
+    quantiles: list[float] = []
     if heldout:
         result = evaluate(router, heldout)
         metrics["heldout"] = {k: v for k, v in result["two_model"].items() if k != "curve"}
@@ -148,7 +153,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         if ok.any():
             sc = strong_need(router, router.predict([r.text for r in heldout]))[ok]
             calibration = _calibration(sc.tolist(), y[ok, s].tolist(), y[ok, w].tolist())
+            quantiles = score_quantiles(sc)
     save(router, args.out, data_sha256=data_sha256(fit), metrics=metrics, calibration=calibration)
+    if quantiles:
+        update_meta(args.out, {"score_quantiles": quantiles})
     summary = {
         "router": router.name,
         "version": router.version,
@@ -215,7 +223,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise CliError("give at least one --strong-fraction or --quality-ratio")
     calibration = {**artifact.calibration, **thresholds}
     if not args.dry_run:
-        update_meta(args.router, {"calibration": calibration})
+        update_meta(
+            args.router, {"calibration": calibration, "score_quantiles": score_quantiles(need)}
+        )
     _write_json(_finite({"router": str(args.router), "n": len(records), "thresholds": thresholds}))
     return 0
 

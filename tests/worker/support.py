@@ -11,13 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import schemas
 from routers import artifact as rartifact
 from routers.base import strong_need
-from routers.calibration import threshold_for_strong_fraction
+from routers.calibration import score_quantiles, threshold_for_strong_fraction
 from routers.dataset import Record, data_sha256, record_from_obj
 from routers.training import TrainOptions, train
 from worker import config as config_mod
@@ -64,14 +63,13 @@ def train_artifact(directory: Path, rows: Iterable[dict[str, Any]]) -> Path:
     records: list[Record] = [record_from_obj(r) for r in rows]
     router = train(records, TrainOptions(router="classifier"))
     s = strong_need(router, router.predict([r.text for r in records]))
-    quantiles = [float(v) for v in np.quantile(s, [i / 100 for i in range(101)])]
     path = rartifact.save(
         router,
         directory,
         data_sha256=data_sha256(records),
         calibration={"default": threshold_for_strong_fraction(s, 0.5)},
     )
-    rartifact.update_meta(path, {"score_quantiles": quantiles})
+    rartifact.update_meta(path, {"score_quantiles": score_quantiles(s)})
     return path
 
 

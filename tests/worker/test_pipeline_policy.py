@@ -1,0 +1,99 @@
+"""Tenant policies and per-request overrides, resolved by the worker's RoutingCore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from routers.artifact import load_artifact
+from routers.calibration import threshold_from_quantiles
+from schemas import RoutingOptions
+from tests.worker.support import dataset_rows, request_event, train_artifact, worker_config
+from worker.pipeline import RequestRejected, RoutingCore
+from worker.providers.catalogue import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL, Catalogue
+
+ROWS = dataset_rows(200)
+TOPICS = {"requests": "unit.requests"}
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_artifact(tmp_path_factory.mktemp("router"), ROWS)
+
+
+def _core(artifact: Path, **sections: object) -> RoutingCore:
+    config = worker_config("127.0.0.1:1", TOPICS, artifact, "http://127.0.0.1:1", **sections)
+    return RoutingCore(
+        config, load_artifact(artifact), Catalogue.from_dict({"models": config.models})
+    )
+
+
+def test_threshold_from_quantiles_interpolates() -> None:
+    q = [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert threshold_from_quantiles(q, 0.5) == 0.5
+    assert threshold_from_quantiles(q, 0.0) == 1.0
+    assert threshold_from_quantiles(q, 1.0) == 0.0
+    assert threshold_from_quantiles(q, 0.125) == pytest.approx(0.875)
+
+
+def test_strong_fraction_override_maps_to_the_calibrated_quantile(artifact: Path) -> None:
+    core = _core(artifact)
+    quantiles = core.artifact.meta["score_quantiles"]
+    req = request_event(ROWS[0], 1, routing=RoutingOptions(strong_fraction=0.2))
+    resolved = core.resolve(req)
+    assert resolved.options.threshold == pytest.approx(threshold_from_quantiles(quantiles, 0.2))
+    assert not resolved.notes
+
+
+def test_a_request_only_narrows_its_tenant(artifact: Path) -> None:
+    core = _core(
+        artifact,
+        tenants={"acme": {"allowed_models": [STRONG_MODEL, WEAK_MODEL], "max_cost_usd": 0.5,
+                          "allow_overrides": ["allowed_models", "max_cost_usd"]}},
+    )  # fmt: skip
+    req = request_event(
+        ROWS[0], 1,
+        routing=RoutingOptions(allowed_models=[WEAK_MODEL, ANTHROPIC_MODEL], max_cost_usd=2.0,
+                               threshold=0.9, denied_models=[STRONG_MODEL]),
+    )  # fmt: skip
+    resolved = core.resolve(req)
+    assert resolved.options.allow == frozenset({WEAK_MODEL})  # the tenant never allowed haiku
+    assert resolved.options.deny == frozenset({STRONG_MODEL})
+    assert resolved.options.max_cost_usd == 0.5  # the lower budget wins
+    assert resolved.options.threshold != 0.9  # threshold is not an allowed override here
+    assert any("threshold" in note for note in resolved.notes)
+    decision = core.decide(req, resolved)
+    assert decision.model == WEAK_MODEL
+    assert "not allowed for tenant" in decision.reason
+
+
+def test_unknown_policy_and_impossible_budget_are_rejected(artifact: Path) -> None:
+    core = _core(artifact)
+    with pytest.raises(RequestRejected, match="unknown routing policy"):
+        core.resolve(request_event(ROWS[0], 1, routing=RoutingOptions(policy="nope")))
+    req = request_event(ROWS[0], 2, routing=RoutingOptions(max_cost_usd=0.0))
+    with pytest.raises(RequestRejected, match="no eligible model"):
+        core.decide(req, core.resolve(req))
+
+
+def test_fallback_chain_starts_with_the_choice_and_respects_the_deny_list(artifact: Path) -> None:
+    core = _core(artifact)
+    req = request_event(ROWS[3], 3, routing=RoutingOptions(denied_models=[ANTHROPIC_MODEL]))
+    resolved = core.resolve(req)
+    decision = core.decide(req, resolved)
+    chain = core.fallback_chain(decision, resolved.options)
+    assert chain[0] == decision.model
+    assert ANTHROPIC_MODEL not in chain
+    assert set(chain) == {STRONG_MODEL, WEAK_MODEL}
+
+
+def test_a_threshold_policy_needs_a_calibrated_artifact(tmp_path: Path) -> None:
+    import json
+
+    path = train_artifact(tmp_path / "r", ROWS)
+    meta = json.loads((path / "meta.json").read_text())
+    meta["calibration"] = {}
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="no calibrated threshold"):
+        _core(path, policies={"default": {"kind": "threshold"}})
