@@ -5,7 +5,7 @@ The only I/O is `save`/`load` of an artifact folder the caller names.
 """
 
 from routers.artifact import load, save
-from routers.base import Identity, Router
+from routers.base import Identity, Router, strong_need
 from routers.cascade import AnswerScorer, CascadeParams, CascadeResult
 from routers.dataset import Record
 from routers.decision import Candidate, Decision
@@ -40,5 +40,6 @@ __all__ = [
     "route",
     "route_batch",
     "save",
+    "strong_need",
     "train",
 ]

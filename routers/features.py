@@ -1,8 +1,8 @@
 """Prompt -> feature vector, locally, in numpy.
 
 `prompt_text` picks the text a router sees from an OpenAI-style chat request (the last user
-message by default). `HashingFeaturizer` maps texts to a float32 matrix: signed hashed word
-1-2-grams and character n-grams (sublinear counts, each block L2-normalised) followed by a few
+message by default). `HashingFeaturizer` maps texts to a float32 matrix: hashed word
+1-2-grams and character n-grams (log counts, each block L2-normalised) followed by a few
 structural features (length, digits, maths, code, questions, turns). No vocabulary, no network:
 the same text always gives the same vector, in any process (the hashes are not Python's `hash`).
 
@@ -122,8 +122,6 @@ _CODE = _byte_table("{}[];`_")
 # Word bytes: ASCII letters, digits, '_' and every byte of a multi-byte UTF-8 character.
 _WORD = _byte_table("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 _WORD[128:] = True
-_LOWER = np.arange(256, dtype=np.uint8)
-_LOWER[65:91] += 32
 
 
 def _utf8(text: str) -> npt.NDArray[np.uint8]:
@@ -136,45 +134,39 @@ _CLASS = np.stack(
 ).astype(np.float64)
 
 
-def _structural_batch(raws: Sequence[bytes]) -> npt.NDArray[np.float64]:
-    """Shape features of each UTF-8 text, shape (len(raws), len(STRUCTURAL_NAMES))."""
+def _structural_batch(
+    raws: Sequence[bytes], n_words: Sequence[int], n_para: Sequence[int]
+) -> npt.NDArray[np.float64]:
+    """Shape features, shape (len(raws), len(STRUCTURAL_NAMES)), from each text's UTF-8 bytes,
+    its whitespace-separated word count and its count of blank-line breaks."""
     n = len(raws)
     lens = np.fromiter((len(r) for r in raws), np.intp, n)
     raw = np.frombuffer(b"".join(raws), dtype=np.uint8)
     tid = np.repeat(np.arange(n), lens)
     counts = np.bincount(tid * 256 + raw, minlength=n * 256).reshape(n, 256)
     space, digit, upper, maths, code, qmark, newline = (counts @ _CLASS).T
-    is_space = _SPACE[raw]
-    first = np.zeros(len(raw), dtype=bool)
-    first[(np.cumsum(lens) - lens)[lens > 0]] = True
-    word_start = ~is_space & first
-    word_start[1:] |= ~is_space[1:] & is_space[:-1]
-    para = (raw == 10) & ~first
-    para[1:] &= raw[:-1] == 10
-    n_words, n_para = np.bincount(
-        np.concatenate([tid[word_start], tid[para] + n]), minlength=2 * n
-    ).reshape(2, n)
+    words = np.asarray(n_words, dtype=np.float64)
     n_chars = lens.astype(np.float64)
     denom = np.maximum(n_chars, 1.0)
     out = np.empty((n, len(STRUCTURAL_NAMES)))
-    out[:, 0] = n_chars
-    out[:, 1] = n_words
+    out[:, 0] = np.log1p(n_chars)
+    out[:, 1] = np.log1p(words)
     out[:, 2] = digit / denom
     out[:, 3] = upper / denom
     out[:, 4] = 100.0 * maths / denom
     out[:, 5] = 100.0 * code / denom
-    out[:, 6] = qmark
-    out[:, 7] = newline
-    out[:, 8] = (n_chars - space) / np.maximum(n_words, 1) / 10.0
-    out[:, 9] = n_para
-    for col in (0, 1, 6, 7, 9):
-        out[:, col] = np.log1p(out[:, col])
+    out[:, 6] = np.log1p(qmark)
+    out[:, 7] = np.log1p(newline)
+    out[:, 8] = (n_chars - space) / np.maximum(words, 1.0) / 10.0
+    out[:, 9] = np.log1p(np.asarray(n_para, dtype=np.float64))
     return out
 
 
 def structural_features(text: str) -> list[float]:
-    """Cheap shape features of one text (UTF-8 bytes), in the order of `STRUCTURAL_NAMES`."""
-    row: list[float] = _structural_batch([text.encode("utf-8", "replace")])[0].tolist()
+    """Cheap shape features of one text, in the order of `STRUCTURAL_NAMES`."""
+    raw = text.encode("utf-8", "replace")
+    feats = _structural_batch([raw], [len(text.split())], [text.count("\n\n")])
+    row: list[float] = feats[0].tolist()
     return row
 
 
@@ -232,7 +224,8 @@ _LOG1P = np.log1p(np.arange(1024, dtype=np.float64)).astype(np.float32)
 
 
 class HashingFeaturizer:
-    """Signed hashed word 1-2-grams + char n-grams + structural features, in numpy."""
+    """Hashed word 1-2-grams + char n-grams (log counts, each block L2-normalised) +
+    structural features, vectorised in numpy over a batch of texts."""
 
     kind = "hashing"
 
@@ -267,18 +260,25 @@ class HashingFeaturizer:
         half = limit // 2
         return text[:half] + " " + text[-half:]
 
-    def _joined(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.uint32], list[bytes]]:
-        """Lower-cased texts with whitespace runs as one space, joined by NUL bytes
-        (one before the first text, one after the last); also each clipped text's raw bytes."""
+    def _joined(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.uint32], Floats]:
+        """Lower-cased texts with whitespace runs as one space, joined by NUL bytes (one before
+        the first text, one after the last); and the structural features of each text."""
         raws: list[bytes] = []
         flat: list[bytes] = []
+        n_words: list[int] = []
+        n_para: list[int] = []
         for text in texts:
             clipped = self._clip(text).replace("\x00", " ")
-            raw = clipped.encode("utf-8", "replace")
-            raws.append(raw)
-            flat.append(" ".join(clipped.lower().split()).encode("utf-8", "replace"))
+            words = clipped.lower().split()
+            raws.append(clipped.encode("utf-8", "replace"))
+            flat.append(" ".join(words).encode("utf-8", "replace"))
+            n_words.append(len(words))
+            n_para.append(clipped.count("\n\n"))
         joined = b"\x00" + b"\x00".join(flat) + b"\x00"
-        return np.frombuffer(joined, dtype=np.uint8).astype(np.uint32), raws
+        structural = (
+            _structural_batch(raws, n_words, n_para) if self._n_struct else np.empty((0, 0))
+        )
+        return np.frombuffer(joined, dtype=np.uint8).astype(np.uint32), structural
 
     def _words(self, cb: npt.NDArray[np.uint32], tid: npt.NDArray[np.intp]) -> _Hashes:
         """Tokens are runs of word bytes and single punctuation bytes; 1-grams and 2-grams."""
@@ -332,7 +332,7 @@ class HashingFeaturizer:
     def _transform_chunk(self, texts: Sequence[str]) -> FloatMatrix:
         p = self.params
         n = len(texts)
-        cb, raws = self._joined(texts)
+        cb, structural = self._joined(texts)
         # tid: the text each byte belongs to; a separator belongs to the text after it.
         tid = np.cumsum(cb == 0) - 1
         word_h, word_owner = self._words(cb, tid)
@@ -349,7 +349,7 @@ class HashingFeaturizer:
         _l2_rows(out[:, : p.word_dim])
         _l2_rows(out[:, p.word_dim : width])
         if self._n_struct:
-            out[:, p.word_dim + p.char_dim :] = _structural_batch(raws)
+            out[:, p.word_dim + p.char_dim :] = structural
         return out
 
     def transform_one(self, text: str) -> FloatMatrix:

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from routers.base import FloatArray, Identity
-from routers.features import HashingFeaturizer
+from routers.features import Featurizer
 
 __all__ = [
     "ClassifierParams",
@@ -103,7 +103,7 @@ class FeatureRouter:
     name = "feature"
 
     def __init__(
-        self, identity: Identity, featurizer: HashingFeaturizer, standardizer: Standardizer
+        self, identity: Identity, featurizer: Featurizer, standardizer: Standardizer
     ) -> None:
         self.identity = identity
         self.featurizer = featurizer
@@ -155,7 +155,7 @@ class ClassifierRouter(FeatureRouter):
         bias: AnyFloat,
         params: ClassifierParams,
         identity: Identity,
-        featurizer: HashingFeaturizer,
+        featurizer: Featurizer,
         standardizer: Standardizer,
     ) -> None:
         super().__init__(identity, featurizer, standardizer)
@@ -217,7 +217,7 @@ class MFRouter(FeatureRouter):
         bias: AnyFloat,
         params: MFParams,
         identity: Identity,
-        featurizer: HashingFeaturizer,
+        featurizer: Featurizer,
         standardizer: Standardizer,
     ) -> None:
         super().__init__(identity, featurizer, standardizer)
@@ -296,7 +296,7 @@ class SWRankingRouter(FeatureRouter):
         prior: AnyFloat,
         params: SWParams,
         identity: Identity,
-        featurizer: HashingFeaturizer,
+        featurizer: Featurizer,
         standardizer: Standardizer,
     ) -> None:
         super().__init__(identity, featurizer, standardizer)

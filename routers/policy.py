@@ -20,9 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from routers.base import Router, strong_need
+from routers.base import Router
 from routers.decision import Candidate, Decision
 from routers.errors import NoEligibleModelError
 from routers.features import prompt_text
@@ -216,8 +214,3 @@ def route(
 ) -> Decision:
     """Features + predict + policy for one chat request."""
     return route_batch(router, [messages], prices, options, max_tokens=[max_tokens])[0]
-
-
-def scores(router: Router, texts: Sequence[str]) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """The two-model strong-need score of each text (higher = strong needed)."""
-    return strong_need(router, router.predict(texts))

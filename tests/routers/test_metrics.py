@@ -84,3 +84,19 @@ def test_aiq_by_hand():
     # a more expensive point that is worse does not lower the hull (non-decreasing)
     assert aiq([(0.0, 0.5), (1.0, 0.7), (2.0, 0.6)]) == pytest.approx((0.6 + 0.7) / 2)
     assert aiq([(1.0, 0.4), (1.0, 0.6)]) == pytest.approx(0.6)
+
+
+def test_n_model_sweep_by_hand():
+    import numpy as np
+
+    from routers.evaluation import n_model_points
+
+    # model 0 is cheap (cost 1) and right on prompt 0 only; model 1 costs 10 and is always right
+    predicted = np.array([[0.9, 0.95], [0.1, 0.95]])
+    actual = np.array([[1.0, 1.0], [0.0, 1.0]])
+    cost = np.array([[1.0, 10.0], [1.0, 10.0]])
+    pts = set(n_model_points(predicted, actual, cost, lambdas=200))
+    assert (10.0, 1.0) in pts  # lambda 0: the best predicted quality everywhere
+    assert (5.5, 1.0) in pts  # cheap where it is predicted good enough
+    assert (1.0, 0.5) in pts  # a large lambda: always cheap
+    assert aiq(sorted(pts)) == pytest.approx((0.5 + 1.0) / 2 * 4.5 / 9 + 1.0 * 4.5 / 9)

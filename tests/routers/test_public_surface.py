@@ -30,6 +30,7 @@ EXPECTED = {
     "route",
     "route_batch",
     "save",
+    "strong_need",
     "train",
 }
 
