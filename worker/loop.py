@@ -145,6 +145,7 @@ class Worker:
             acks="all",
             enable_idempotence=True,
             linger_ms=self.kafka.producer_linger_ms,
+            max_batch_size=self.kafka.producer_batch_bytes,
             max_request_size=self.kafka.producer_max_request_bytes,
             compression_type=self.kafka.producer_compression,
             **common,
