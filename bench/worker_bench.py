@@ -156,7 +156,13 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 async def _worker_run(
-    bootstrap: str, artifact: Path, latency: str, n: int, tag: str, workdir: Path
+    bootstrap: str,
+    artifact: Path,
+    latency: str,
+    n: int,
+    tag: str,
+    workdir: Path,
+    max_in_flight: int,
 ) -> dict[str, Any]:
     sim, base_url = _start_sim(latency)
     req = f"bench-{tag}-{int(time.time())}"
@@ -169,8 +175,8 @@ async def _worker_run(
               for i in range(n)]  # fmt: skip
     await _produce(bootstrap, req, values)
     data = worker_config_data(bootstrap, topics, artifact, base_url,
-                              loop={"max_in_flight": 4000, "resume_below": 3000},
-                              providers={"max_connections": 4000})  # fmt: skip
+        loop={"max_in_flight": max_in_flight, "resume_below": max_in_flight * 3 // 4},
+        providers={"max_connections": max_in_flight})  # fmt: skip
     path = workdir / f"{tag}.json"
     path.write_text(json.dumps(data))
     proc = _spawn_worker(path, workdir / f"{tag}.log")
@@ -223,9 +229,11 @@ async def main() -> None:
             workdir = Path(tmp)
             artifact = train_artifact(workdir / "router", dataset_rows(2000))
             p50, p99 = _route_overhead(artifact)
-            zero = await _worker_run(bootstrap, artifact, "fixed:0", args.requests, "0ms", workdir)
+            zero = await _worker_run(
+                bootstrap, artifact, "fixed:0", args.requests, "0ms", workdir, 256
+            )
             slow = await _worker_run(
-                bootstrap, artifact, "fixed:500", args.requests_500ms, "500ms", workdir
+                bootstrap, artifact, "fixed:500", args.requests_500ms, "500ms", workdir, 2000
             )
     finally:
         if lk is not None:

@@ -25,6 +25,8 @@ from typing import Any, Literal
 import msgspec
 
 from worker.kafka_config import KafkaSettings, LoopSettings, TopicSettings
+from worker.providers.catalogue import Catalogue
+from worker.telemetry.config import TelemetryConfig
 
 PolicyKind = Literal["threshold", "quality_target", "cost_tradeoff", "cascade"]
 Override = Literal[
@@ -107,6 +109,8 @@ class Config(_Section, frozen=True, kw_only=True):
     topic_replication_factor: int = 1
 
     def __post_init__(self) -> None:
+        Catalogue.from_dict({"models": self.models})  # raises, naming the model and field
+        TelemetryConfig.from_mapping(self.telemetry)
         for name, tenant in {"default_tenant": self.default_tenant, **self.tenants}.items():
             if tenant.policy not in self.policies:
                 raise ValueError(f"tenant {name!r} uses unknown policy {tenant.policy!r}")

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker import config as config_mod
+
+MODEL = (
+    '[router]\nartifact = "x"\n[models.m]\nprovider = "openai"\nbase_url = "http://h/v1"\n'
+    'api_key_env = "K"\nprovider_model = "m"\ninput_usd_per_mtok = 1.0\n'
+    "output_usd_per_mtok = 2.0\ncontext_window_tokens = 1000\n"
+)
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "config" / "worker.example.toml"
+
+
+def test_the_example_config_parses() -> None:
+    config = config_mod.load(EXAMPLE)
+    assert config.kafka.group_id == "llmroute"
+    assert config.tenant("acme").max_cost_usd == 0.05
+    assert config.tenant("someone-else") is config.default_tenant
+    assert set(config.policies) == {"default", "cheap", "cascade"}
+    assert Path(config.router.artifact).is_absolute()  # resolved against the file's folder
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (MODEL + "[loop]\nmax_in_flite = 3\n", "max_in_flite"),
+        (MODEL + '[tenants.a]\npolicy = "nope"\n', "nope"),
+        (MODEL + '[tenants.a]\nallowed_models = ["gpt-9"]\n', "gpt-9"),
+        ("[models]\n", "router"),
+        ('[router]\nartifact = "x"\n[models.m]\nprovider = "openai"\n', "m"),
+        (MODEL + '[telemetry]\nexporter = "zipkin"\n', "exporter"),
+        ('[router\nartifact = "x"\n', "cannot read"),
+    ],
+)
+def test_invalid_config_names_the_key(tmp_path: Path, text: str, fragment: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(config_mod.ConfigError, match=fragment):
+        config_mod.load(path)
