@@ -21,6 +21,7 @@ from routers.dataset import Record, data_sha256, record_from_obj
 from routers.training import TrainOptions, train
 from worker import config as config_mod
 from worker.providers.catalogue import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
+from worker.sim import Dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 MMLU = ROOT.parent / "shared" / "data" / "routing" / "mmlu_dev.jsonl"
@@ -30,6 +31,10 @@ _WORDS = [
     "translate", "summarise", "capital", "river", "protein", "enzyme", "contract", "tort",
     "statute", "python", "function", "recursion", "proof",
 ]  # fmt: skip
+
+
+SIM_KEYS = {"SIM_OPENAI_API_KEY": "sk-test-openai-0123456789",
+            "SIM_ANTHROPIC_API_KEY": "sk-ant-test-0123456789"}  # fmt: skip
 
 
 def dataset_rows(n: int, seed: int = 7) -> list[dict[str, Any]]:
@@ -215,3 +220,11 @@ async def poll_until(predicate: Callable[[], bool], timeout_s: float, every_s: f
     while not predicate() and loop.time() < deadline:  # noqa: ASYNC110 (polls foreign state)
         await asyncio.sleep(every_s)
     return predicate()
+
+
+ROWS = dataset_rows(600)
+
+
+def replay_dataset() -> Dataset:
+    """What the simulator replays: the labels of ROWS."""
+    return Dataset(Dataset.row_from_json(r) for r in ROWS)

@@ -9,17 +9,16 @@ import pytest
 from routers.artifact import load_artifact
 from routers.calibration import threshold_from_quantiles
 from schemas import RoutingOptions
-from tests.worker.support import dataset_rows, request_event, train_artifact, worker_config
+from tests.worker.support import (
+    ROWS,
+    request_event,
+    train_artifact,
+    worker_config,
+)
 from worker.pipeline import RequestRejected, RoutingCore
 from worker.providers.catalogue import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL, Catalogue
 
-ROWS = dataset_rows(200)
 TOPICS = {"requests": "unit.requests"}
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_artifact(tmp_path_factory.mktemp("router"), ROWS)
 
 
 def _core(artifact: Path, **sections: object) -> RoutingCore:

@@ -15,34 +15,24 @@ import schemas
 from tests.conftest import TopicFactory
 from tests.kafka_support import create_topics, localkafka, unique_topic
 from tests.worker.support import (
+    ROWS,
     Collector,
-    dataset_rows,
     poll_until,
     produce,
+    replay_dataset,
     request_event,
-    train_artifact,
     worker_config,
 )
 from tests.worker.test_worker_kafka import _run_until, _topics
 from worker.app import build
 from worker.providers.catalogue import WEAK_MODEL
-from worker.sim import Dataset, Fault, Latency, SimConfig, Simulator
+from worker.sim import Fault, Latency, SimConfig, Simulator
 from worker.topics import ensure_topics
-
-ROWS = dataset_rows(300)
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_artifact(tmp_path_factory.mktemp("router"), ROWS)
 
 
 @pytest.fixture
-async def sim(monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("SIM_OPENAI_API_KEY", "sk-test-openai-0123456789")
-    monkeypatch.setenv("SIM_ANTHROPIC_API_KEY", "sk-ant-test-0123456789")
-    dataset = Dataset(Dataset.row_from_json(r) for r in ROWS)
-    async with Simulator(SimConfig(seed=5, latency=Latency(ms=5)), dataset) as server:
+async def sim(sim_keys: None) -> Any:
+    async with Simulator(SimConfig(seed=5, latency=Latency(ms=5)), replay_dataset()) as server:
         yield server
 
 

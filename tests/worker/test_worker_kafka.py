@@ -15,35 +15,18 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 import schemas
 from tests.conftest import TopicFactory
 from tests.worker.support import (
-    dataset_rows,
+    ROWS,
     poll_until,
     produce,
     read_all,
     request_event,
-    train_artifact,
     worker_config,
 )
 from worker.app import build
-from worker.sim import Dataset, SimConfig, Simulator
+from worker.sim import Simulator
 from worker.topics import ensure_topics
 
 pytestmark = pytest.mark.kafka
-
-ROWS = dataset_rows(300)
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_artifact(tmp_path_factory.mktemp("router"), ROWS)
-
-
-@pytest.fixture
-async def sim(monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("SIM_OPENAI_API_KEY", "sk-test-openai-0123456789")
-    monkeypatch.setenv("SIM_ANTHROPIC_API_KEY", "sk-ant-test-0123456789")
-    dataset = Dataset(Dataset.row_from_json(r) for r in ROWS)
-    async with Simulator(SimConfig(seed=1), dataset) as server:
-        yield server
 
 
 async def _topics(new_topic: TopicFactory, partitions: int = 3) -> dict[str, str]:

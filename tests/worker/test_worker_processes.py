@@ -19,44 +19,33 @@ import schemas
 from tests.conftest import TopicFactory
 from tests.worker.support import (
     ROOT,
+    ROWS,
+    SIM_KEYS,
     Collector,
-    dataset_rows,
     poll_until,
     produce,
+    replay_dataset,
     request_event,
-    train_artifact,
     worker_config,
     worker_config_data,
 )
 from tests.worker.test_worker_kafka import _run_until, _topics
 from worker.app import build
-from worker.sim import Dataset, Latency, SimConfig, Simulator
+from worker.sim import Latency, SimConfig, Simulator
 from worker.topics import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-ROWS = dataset_rows(600)
-KEYS = {"SIM_OPENAI_API_KEY": "sk-test-openai-0123456789",
-        "SIM_ANTHROPIC_API_KEY": "sk-ant-test-0123456789"}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_artifact(tmp_path_factory.mktemp("router"), ROWS)
-
 
 @pytest.fixture
-async def slow_sim(monkeypatch: pytest.MonkeyPatch) -> Any:
-    for k, v in KEYS.items():
-        monkeypatch.setenv(k, v)
-    dataset = Dataset(Dataset.row_from_json(r) for r in ROWS)
+async def slow_sim(sim_keys: None) -> Any:
     config = SimConfig(seed=3, latency=Latency(kind="uniform", ms=50, high_ms=250))
-    async with Simulator(config, dataset) as server:
+    async with Simulator(config, replay_dataset()) as server:
         yield server
 
 
 def _spawn(config_path: Path, name: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **KEYS}
+    env = {**os.environ, **SIM_KEYS}
     with (config_path.parent / f"{name}.log").open("wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "worker", "run", "--config", str(config_path)],

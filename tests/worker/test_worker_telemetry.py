@@ -15,32 +15,22 @@ import schemas
 from tests.conftest import TopicFactory
 from tests.telemetry.conftest import langfuse_config
 from tests.telemetry.receiver import LangfuseReceiver
-from tests.worker.support import dataset_rows, request_event, train_artifact, worker_config
+from tests.worker.support import (
+    ROWS,
+    request_event,
+    worker_config,
+)
 from tests.worker.test_worker_kafka import _run_until, _topics
 from worker.app import build
 from worker.feedback import run_feedback
-from worker.sim import Dataset, SimConfig, Simulator
+from worker.sim import Simulator
 from worker.telemetry import TelemetryConfig, Tracing, derive_trace_id_hex
 from worker.topics import ensure_topics
 
 pytestmark = pytest.mark.kafka
 
-ROWS = dataset_rows(100)
 PRODUCER_TRACE = "0af7651916cd43dd8448eb211c80319c"
 TRACEPARENT = f"00-{PRODUCER_TRACE}-b7ad6b7169203331-01".encode()
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_artifact(tmp_path_factory.mktemp("router"), ROWS)
-
-
-@pytest.fixture
-async def sim(monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("SIM_OPENAI_API_KEY", "sk-test-openai-0123456789")
-    monkeypatch.setenv("SIM_ANTHROPIC_API_KEY", "sk-ant-test-0123456789")
-    async with Simulator(SimConfig(seed=2), Dataset(Dataset.row_from_json(r) for r in ROWS)) as s:
-        yield s
 
 
 @pytest.fixture
