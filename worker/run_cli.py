@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import logging
 import sys
 from typing import Any
 
 from worker import config as config_mod
+from worker.logs import setup_logging
 
 
 def register(sub: Any) -> None:
@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     from worker.app import serve
 
-    logging.basicConfig(level=args.log_level, stream=sys.stderr)
+    setup_logging(args.log_level)  # JSON lines on stderr, API keys redacted
     # thousands of concurrent calls allocate many short-lived objects: with CPython's default
     # gen-0 threshold (700) collection took ~30% of client CPU (bench/provider_bench.py)
     gc.set_threshold(50_000, 50, 100)

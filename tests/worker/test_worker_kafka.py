@@ -168,3 +168,48 @@ async def test_redelivered_request_is_not_answered_twice_after_restart(
     assert sim.stats.to_json() == calls_before
     responses = await read_all(kafka_bootstrap, topics["responses"], 5)
     assert len(responses) == 5
+
+
+async def test_cascade_escalates_weak_answers_and_replies_go_to_reply_topic(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator
+) -> None:
+    from worker.providers.catalogue import STRONG_MODEL, WEAK_MODEL
+
+    topics = await _topics(new_topic, partitions=1)
+    reply = f"{topics['requests']}.replies"
+    # threshold 1.0: the router never asks for the strong model, so every request takes the
+    # cascade; a 0.99 bar fails any answer whose token log-probs are below ~0 on average
+    config = worker_config(
+        kafka_bootstrap, topics, artifact, sim.base_url,
+        policies={"default": {"kind": "cascade", "threshold": 1.0, "cascade_threshold": 0.99}},
+    )  # fmt: skip
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
+    n = 10
+    values: list[tuple[bytes | None, bytes]] = []
+    for i in range(2 * n):
+        params = schemas.GenerationParams(max_tokens=64, logprobs=i < n)
+        event = request_event(ROWS[i], i, params=params, reply_topic=reply)
+        values.append((event.request_id.encode(), schemas.encode(event)))
+    await produce(kafka_bootstrap, topics["requests"], values)
+    app = build(config)
+    try:
+        await _run_until(app.worker, lambda: app.worker.stats["published"] >= 2 * n)
+    finally:
+        await app.close()
+    replies = {
+        r.request_id: r
+        for r in (schemas.decode(v.value, schemas.RouteResponse)
+                  for v in await read_all(kafka_bootstrap, reply, 2 * n))
+    }  # fmt: skip
+    assert len(replies) == 2 * n
+    assert await read_all(kafka_bootstrap, topics["responses"], 0, timeout_s=1) == []
+    for i in range(2 * n):
+        r = replies[f"req-{i:06d}"]
+        assert r.status == "ok" and r.decision is not None
+        assert r.decision.model == WEAK_MODEL
+        if i < n:  # log-probs came back: the scorer saw doubt and escalated
+            assert [a.status for a in r.attempts] == ["escalated", "ok"]
+            assert r.model == STRONG_MODEL and r.attempts[-1].model == STRONG_MODEL
+        else:  # nothing to doubt: the cheap answer stands
+            assert [(a.model, a.status) for a in r.attempts] == [(WEAK_MODEL, "ok")]
+            assert r.model == WEAK_MODEL
