@@ -11,6 +11,9 @@ provider simulator runs in its own process (`llmroute sim-provider`), the worker
 - ratio_0ms: worker / pass-through at 0 ms (goal >= 0.5)
 - route_overhead_p50_ms / _p99_ms: one routing decision (features + predict + policy), in process
 - lost: requests without a response (must be 0); peak_rss_mb: the worker process's VmHWM
+- cpu_ms_per_req_0ms / _500ms: the worker process's CPU (user + system, /proc) from its first
+  response to its last, per response: unlike the rates, it barely moves when other processes
+  load the machine
 """
 
 from __future__ import annotations
@@ -106,14 +109,22 @@ async def _passthrough(bootstrap: str, source: str, sink: str, n: int) -> float:
         await consumer.stop()
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _count_responses(
-    bootstrap: str, topic: str, n: int, timeout_s: float
-) -> tuple[int, float]:
+    bootstrap: str, topic: str, n: int, timeout_s: float, pid: int
+) -> tuple[int, float, float]:
+    """Responses seen, their rate, and the worker's CPU ms per response after the first."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
                                 auto_offset_reset="earliest", enable_auto_commit=False)  # fmt: skip
     await consumer.start()
     seen: set[bytes] = set()
     first = last = 0.0
+    cpu_start, seen_start = 0.0, 0
     try:
         deadline = time.monotonic() + timeout_s
         while len(seen) < n and time.monotonic() < deadline:
@@ -124,9 +135,12 @@ async def _count_responses(
                     first = ts if not first else min(first, ts)
                     last = max(last, ts)
                     seen.add(r.key or b"")
+            if seen and not seen_start:
+                cpu_start, seen_start = _cpu_s(pid), len(seen)
+        cpu_ms = (_cpu_s(pid) - cpu_start) * 1000 / max(1, len(seen) - seen_start)
     finally:
         await consumer.stop()
-    return len(seen), (len(seen) / (last - first) if last > first else 0.0)
+    return len(seen), (len(seen) / (last - first) if last > first else 0.0), cpu_ms
 
 
 def _start_sim(latency: str) -> tuple[subprocess.Popen[str], str]:
@@ -181,7 +195,9 @@ async def _worker_run(
     path.write_text(json.dumps(data))
     proc = _spawn_worker(path, workdir / f"{tag}.log")
     try:
-        got, rate = await _count_responses(bootstrap, topics["responses"], n, timeout_s=300)
+        got, rate, cpu_ms = await _count_responses(
+            bootstrap, topics["responses"], n, timeout_s=300, pid=proc.pid
+        )
         rss = _peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
@@ -192,7 +208,7 @@ async def _worker_run(
     if tag == "0ms":
         await _create(bootstrap, [f"{req}.pt"])
         pt_rate = await _passthrough(bootstrap, req, f"{req}.pt", n)
-    return {"rate": rate, "lost": n - got, "rss": rss, "passthrough": pt_rate}
+    return {"rate": rate, "lost": n - got, "rss": rss, "passthrough": pt_rate, "cpu_ms": cpu_ms}
 
 
 def _route_overhead(artifact: Path) -> tuple[float, float]:
@@ -247,6 +263,8 @@ async def main() -> None:
         "route_overhead_p99_ms": round(p99, 3),
         "lost": zero["lost"] + slow["lost"],
         "peak_rss_mb": round(max(zero["rss"], slow["rss"]), 1),
+        "cpu_ms_per_req_0ms": round(zero["cpu_ms"], 3),
+        "cpu_ms_per_req_500ms": round(slow["cpu_ms"], 3),
         "requests": {"0ms": args.requests, "500ms": args.requests_500ms},
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
     }

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from worker.topics import partition_counts
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+Decoded = schemas.RouteRequest | tuple[str, str]  # the request, or (error type, reason)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,14 @@ class Handled:
 
 
 class Pipeline(Protocol):
-    async def handle(self, request: schemas.RouteRequest, record: RecordInfo) -> Handled: ...
+    def prepare(self, requests: Sequence[schemas.RouteRequest]) -> Sequence[object]:
+        """Work done once for the valid requests of a fetched batch (e.g. one batched routing
+        `predict`); item i is handed to `handle` of requests[i]. Must not raise."""
+        ...
+
+    async def handle(
+        self, request: schemas.RouteRequest, record: RecordInfo, prepared: object = None
+    ) -> Handled: ...
 
     def internal_error(
         self, request: schemas.RouteRequest, record: RecordInfo, exc: BaseException
@@ -194,20 +202,57 @@ class Worker:
             # fetch no more than there is room for, so in-flight work never exceeds the bound
             room = max(1, self.settings.max_in_flight - self.tracker.in_flight())
             batch = await self.consumer.getmany(timeout_ms=100, max_records=room)
-            for tp, records in batch.items():
-                for record in records:
-                    self._start(tp, record)
+            if batch:
+                self._start_batch(batch)
             self._backpressure()
             if self.clock() >= next_commit:
                 await self._commit()
                 self._report_lag()
                 next_commit = self.clock() + interval_s
 
-    def _start(self, tp: TopicPartition, record: Any) -> None:
+    def _start_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Decode every record of a fetch, let the pipeline prepare the valid requests at once
+        (one batched routing `predict`), then start one task per record."""
+        decoded: list[tuple[TopicPartition, Any, Decoded]] = []
+        requests: list[schemas.RouteRequest] = []
+        for tp, records in batch.items():
+            for record in records:
+                item = self._decode(record)
+                decoded.append((tp, record, item))
+                if isinstance(item, schemas.RouteRequest):
+                    requests.append(item)
+        try:
+            prepared = iter(self.pipeline.prepare(requests) if requests else ())
+        except Exception:  # a bug: each request is then handled unprepared
+            log.exception("pipeline.prepare failed on %d requests", len(requests))
+            prepared = iter(())
+        for tp, record, item in decoded:
+            ready = next(prepared, None) if isinstance(item, schemas.RouteRequest) else None
+            self._start(tp, record, item, ready)
+
+    def _decode(self, record: Any) -> Decoded:
+        """The request, or the dead-letter reason (error type, message)."""
+        value: bytes = record.value if record.value is not None else b""
+        if len(value) > self.settings.max_request_bytes:
+            return (
+                "OversizedEvent",
+                f"record of {len(value)} bytes exceeds max_request_bytes "
+                f"{self.settings.max_request_bytes}",
+            )
+        try:
+            return schemas.decode(value, schemas.RouteRequest)
+        except schemas.InvalidEvent as exc:
+            return ("InvalidEvent", str(exc))
+        except Exception as exc:  # never let one record stop the poll loop
+            return ("InvalidEvent", f"{type(exc).__name__} while decoding: {exc}")
+
+    def _start(self, tp: TopicPartition, record: Any, item: Decoded, prepared: object) -> None:
         self.stats["records"] += 1
         self.tracker.received(tp, record.offset)
-        task = asyncio.create_task(self._process(tp, record))
-        tasks = self._tasks.setdefault(tp, set())
+        task = asyncio.create_task(self._process(tp, record, item, prepared))
+        tasks = self._tasks.get(tp)
+        if tasks is None:
+            tasks = self._tasks[tp] = set()
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
@@ -227,29 +272,24 @@ class Worker:
 
     # ------------------------------------------------------------ one record
 
-    async def _process(self, tp: TopicPartition, record: Any) -> None:
+    async def _process(
+        self, tp: TopicPartition, record: Any, item: Decoded, prepared: object = None
+    ) -> None:
         info = RecordInfo(
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
             key=record.key,
-            headers=[(k, bytes(v)) for k, v in (record.headers or ())],
+            headers=[(k, bytes(v)) for k, v in record.headers] if record.headers else [],
             timestamp_ms=record.timestamp,
         )
         value: bytes = record.value if record.value is not None else b""
         request: schemas.RouteRequest | None = None
         problem: tuple[str, str] | None = None
-        if len(value) > self.settings.max_request_bytes:
-            problem = (
-                "OversizedEvent",
-                f"record of {len(value)} bytes exceeds max_request_bytes "
-                f"{self.settings.max_request_bytes}",
-            )
+        if isinstance(item, schemas.RouteRequest):
+            request = item
         else:
-            try:
-                request = schemas.decode(value, schemas.RouteRequest)
-            except schemas.InvalidEvent as exc:
-                problem = ("InvalidEvent", str(exc))
+            problem = item
         with self.tracing.process_span(
             info.topic, info.partition, info.offset, info.key, info.headers,
             self.kafka.group_id, request.request_id if request is not None else None,
@@ -267,7 +307,7 @@ class Worker:
                             mode=request.routing.mode,
                             metadata=request.metadata,
                         )
-                        await self._answer(tp, request, info, span)
+                        await self._answer(tp, request, info, span, prepared)
                     break
                 except asyncio.CancelledError:
                     raise
@@ -289,6 +329,7 @@ class Worker:
         request: schemas.RouteRequest,
         info: RecordInfo,
         span: RequestSpan,
+        prepared: object = None,
     ) -> None:
         answered = await self.answered(tp.partition)
         if request.request_id in answered:
@@ -296,7 +337,7 @@ class Worker:
             self.observer.duplicate()
             return
         try:
-            handled = await self.pipeline.handle(request, info)
+            handled = await self.pipeline.handle(request, info, prepared)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must still end in an error response, never in silence
@@ -430,6 +471,8 @@ class Worker:
     async def answered(self, partition: int) -> AnsweredIds:
         """The request ids of `partition` that already have a response (loaded on first use)."""
         load = self._answered.get(partition)
+        if load is not None and load.done() and not load.cancelled() and load.exception() is None:
+            return load.result()  # loaded: no shield (and no task switch) per request
         if load is None or (load.done() and (load.cancelled() or load.exception() is not None)):
             load = asyncio.create_task(self._load_answered(partition))
             self._answered[partition] = load

@@ -9,13 +9,17 @@ tenant lists them in `allow_overrides`, and are otherwise ignored and said so in
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 
 import schemas
 from routers import policy as rpolicy
@@ -33,6 +37,10 @@ from worker.providers.errors import AllModelsFailedError, CircuitOpenError, Prov
 from worker.providers.types import Attempt, CompletionRequest, RoutedCompletion, Usage
 from worker.telemetry import TelemetryConfig, Tracing
 
+log = logging.getLogger(__name__)
+
+PREPARE_CHUNK = 64  # requests scored per batched `predict` (worker.loop fetches up to thousands)
+
 
 class RequestRejected(Exception):
     """The request cannot be routed as asked (unknown policy, nothing eligible)."""
@@ -48,6 +56,17 @@ class Resolved:
     spec: PolicySpec
     options: rpolicy.PolicyOptions
     notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Routing work done for a whole fetched batch at once (`Pipeline.prepare`): the request's
+    messages as plain dicts, its routing prompt and its row of one batched `predict` call."""
+
+    messages: list[dict[str, Any]]
+    text: str
+    predicted: npt.NDArray[np.float64]
+    predict_ms: float  # this request's share of the batch's predict time
 
 
 @dataclass
@@ -90,6 +109,7 @@ class RoutingCore:
             )
         self.routable = frozenset(routable)
         self._default_threshold = self._calibrated_default()
+        self._fraction_thresholds: dict[float, float] = {}
         for name, spec in config.policies.items():
             needs = spec.kind in ("threshold", "cascade") and spec.threshold is None
             if needs and spec.strong_fraction is None and self._default_threshold is None:
@@ -152,13 +172,19 @@ class RoutingCore:
 
     def threshold_for_fraction(self, fraction: float) -> float:
         """The threshold sending about `fraction` of calibration prompts to the strong model."""
+        known = self._fraction_thresholds.get(fraction)
+        if known is not None:
+            return known
         quantiles = self.artifact.meta.get("score_quantiles")
         if not quantiles:
             raise RequestRejected(
                 "strong_fraction needs calibration scores in the router artifact "
                 "(train with --holdout or run `llmroute calibrate`)"
             )
-        return threshold_from_quantiles(quantiles, fraction)
+        threshold = threshold_from_quantiles(quantiles, fraction)
+        if len(self._fraction_thresholds) < 1024:  # fractions come from config and requests
+            self._fraction_thresholds[fraction] = threshold
+        return threshold
 
     def default_threshold(self) -> float:
         if self._default_threshold is None:
@@ -176,14 +202,27 @@ class RoutingCore:
 
     # ------------------------------------------------------------ routing
 
-    def decide(self, request: schemas.RouteRequest, resolved: Resolved) -> Decision:
-        messages = [schemas.to_builtins(m) for m in request.messages]
-        text = prompt_text(
+    def prompt(self, messages: list[dict[str, Any]]) -> str:
+        """The text the router scores for these messages (as plain dicts)."""
+        return prompt_text(
             messages,
             include_system=self.config.router.prompt_include_system,
             include_history=self.config.router.prompt_include_history,
         )
-        predicted = self.router.predict([text])[0]
+
+    def decide(
+        self,
+        request: schemas.RouteRequest,
+        resolved: Resolved,
+        prepared: Prepared | None = None,
+    ) -> Decision:
+        """The routing decision; `prepared` carries the prompt and scores of a batched predict
+        (a router's row does not depend on the other texts of the batch)."""
+        if prepared is not None:
+            text, predicted = prepared.text, prepared.predicted
+        else:
+            text = self.prompt([schemas.to_builtins(m) for m in request.messages])
+            predicted = self.router.predict([text])[0]
         options = _with_roles(resolved.options, self.router.strong, self.router.weak)
         n_in = rpolicy.estimate_input_tokens(text, options.chars_per_token)
         n_out = request.params.max_tokens or options.default_output_tokens
@@ -248,9 +287,36 @@ class Pipeline:
         self.mask_prompts = mask_prompts
         self.scorer_cache: dict[float, AnswerScorer] = {}
 
-    async def handle(self, request: schemas.RouteRequest, record: RecordInfo) -> Handled:
+    def prepare(self, requests: Sequence[schemas.RouteRequest]) -> list[Prepared | None]:
+        """Score the routing prompts of a fetched batch with one `predict` call per
+        `PREPARE_CHUNK` requests (per-call overhead dominates a single prompt's features; the
+        chunk bounds the feature matrix a fetch of thousands would allocate). Never raises: on
+        failure those requests are scored alone in `handle`, where errors end in a response."""
+        out: list[Prepared | None] = []
+        for lo in range(0, len(requests), PREPARE_CHUNK):
+            chunk = requests[lo : lo + PREPARE_CHUNK]
+            try:
+                messages = [[schemas.to_builtins(m) for m in r.messages] for r in chunk]
+                texts = [self.core.prompt(m) for m in messages]
+                t0 = self.perf()
+                predicted = self.core.router.predict(texts)
+                share_ms = (self.perf() - t0) * 1000 / len(texts)
+            except Exception:
+                log.exception("batched routing failed; scoring each request alone")
+                out.extend([None] * len(chunk))
+                continue
+            out.extend(
+                Prepared(messages[i], texts[i], predicted[i].copy(), share_ms)
+                for i in range(len(texts))
+            )
+        return out
+
+    async def handle(
+        self, request: schemas.RouteRequest, record: RecordInfo, prepared: object = None
+    ) -> Handled:
         started = self.perf()
         outcome = Outcome()
+        ready = prepared if isinstance(prepared, Prepared) else None
         now = self.wall_clock()
         if request.deadline is not None and request.deadline <= now:
             return self._error(
@@ -265,16 +331,24 @@ class Pipeline:
             with self.tracing.route_span() as route:
                 resolved = self.core.resolve(request)
                 t0 = self.perf()
-                decision = self.core.decide(request, resolved)
+                decision = self.core.decide(request, resolved, ready)
                 outcome.routing_ms = (self.perf() - t0) * 1000
-                route.set_decision(_decision_info(decision))
+                if ready is not None:
+                    outcome.routing_ms += ready.predict_ms
+                info = _decision_info(decision)
+                route.set_decision(info)
         except RequestRejected as exc:
             return self._error(request, started, outcome, "RequestRejected", str(exc), False)
         outcome.decision = decision
+        messages = (
+            ready.messages
+            if ready is not None
+            else [schemas.to_builtins(m) for m in request.messages]
+        )
         deadline_s = self.core.config.providers.request_deadline_s
         if request.deadline is not None:
             deadline_s = min(deadline_s, (request.deadline - now).total_seconds())
-        call = _completion_request(request)
+        call = _completion_request(request, messages)
         chain = self.core.fallback_chain(decision, resolved.options)
         try:
             if resolved.spec.kind == "cascade" and decision.model == self.core.router.weak:
@@ -294,10 +368,20 @@ class Pipeline:
                 str(last),
                 _retry_later(last),
                 decision,
+                info,
+                messages,
             )
         except ProviderError as exc:
             return self._error(
-                request, started, outcome, type(exc).__name__, str(exc), exc.retriable, decision
+                request,
+                started,
+                outcome,
+                type(exc).__name__,
+                str(exc),
+                exc.retriable,
+                decision,
+                info,
+                messages,
             )
         outcome.completion = completion
         result = completion.result
@@ -305,6 +389,7 @@ class Pipeline:
         if strong is not None:
             outcome.strong_cost_usd = strong.cost_usd(result.usage)
         cost = completion.cost_usd + outcome.extra_cost_usd
+        trace_id = trace_id_for(request.request_id)
         response = schemas.RouteResponse(
             schema_version=1,
             request_id=request.request_id,
@@ -317,16 +402,16 @@ class Pipeline:
             usage=_usage(result.usage),
             cost_usd=cost,
             latency_ms=(self.perf() - started) * 1000,
-            decision=_decision_info(decision),
+            decision=info,
             attempts=outcome.attempts,
             error=None,
-            trace_id=trace_id_for(request.request_id),
+            trace_id=trace_id,
             created_at=self.wall_clock(),
             mode=request.routing.mode,
         )
         return Handled(
             response=response,
-            decision=self._decision_event(request, decision),
+            decision=self._decision_event(request, decision, info, messages, trace_id),
             routing_ms=outcome.routing_ms,
             strong_cost_usd=outcome.strong_cost_usd,
         )
@@ -423,7 +508,12 @@ class Pipeline:
         message: str,
         retriable: bool,
         decision: Decision | None = None,
+        info: schemas.DecisionInfo | None = None,
+        messages: list[dict[str, Any]] | None = None,
     ) -> Handled:
+        if decision is not None and info is None:
+            info = _decision_info(decision)
+        trace_id = trace_id_for(request.request_id)
         response = schemas.RouteResponse(
             schema_version=1,
             request_id=request.request_id,
@@ -436,27 +526,37 @@ class Pipeline:
             usage=schemas.Usage(),
             cost_usd=outcome.extra_cost_usd,
             latency_ms=(self.perf() - started) * 1000,
-            decision=_decision_info(decision) if decision is not None else None,
+            decision=info,
             attempts=outcome.attempts,
             error=schemas.ErrorInfo(type=error_type, message=message, retriable=retriable),
-            trace_id=trace_id_for(request.request_id),
+            trace_id=trace_id,
             created_at=self.wall_clock(),
             mode=request.routing.mode,
         )
-        event = self._decision_event(request, decision) if decision is not None else None
+        event = (
+            self._decision_event(request, decision, info, messages, trace_id)
+            if decision is not None
+            else None
+        )
         return Handled(response=response, decision=event, routing_ms=outcome.routing_ms or None)
 
     def _decision_event(
-        self, request: schemas.RouteRequest, decision: Decision
+        self,
+        request: schemas.RouteRequest,
+        decision: Decision,
+        info: schemas.DecisionInfo | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        trace_id: str | None = None,
     ) -> schemas.RoutingDecision:
-        messages = [schemas.to_builtins(m) for m in request.messages]
+        if messages is None:
+            messages = [schemas.to_builtins(m) for m in request.messages]
         text = prompt_text(messages)
         return schemas.RoutingDecision(
             schema_version=1,
             request_id=request.request_id,
             tenant=request.tenant,
-            decision=_decision_info(decision),
-            trace_id=trace_id_for(request.request_id),
+            decision=info if info is not None else _decision_info(decision),
+            trace_id=trace_id if trace_id is not None else trace_id_for(request.request_id),
             created_at=self.wall_clock(),
             mode=request.routing.mode,
             prompt=None if self.mask_prompts else text,
@@ -471,7 +571,9 @@ def _retry_later(error: ProviderError) -> bool:
     return error.retriable or isinstance(error, CircuitOpenError)
 
 
-def _completion_request(request: schemas.RouteRequest) -> CompletionRequest:
+def _completion_request(
+    request: schemas.RouteRequest, messages: Sequence[dict[str, Any]] | None = None
+) -> CompletionRequest:
     p = request.params
     stop: tuple[str, ...] = ()
     if isinstance(p.stop, str):
@@ -479,7 +581,9 @@ def _completion_request(request: schemas.RouteRequest) -> CompletionRequest:
     elif p.stop:
         stop = tuple(p.stop)
     return CompletionRequest(
-        messages=tuple(schemas.to_builtins(m) for m in request.messages),
+        messages=tuple(
+            messages if messages is not None else (schemas.to_builtins(m) for m in request.messages)
+        ),
         max_tokens=p.max_tokens,
         temperature=p.temperature,
         top_p=p.top_p,

@@ -18,7 +18,15 @@ import msgspec
 
 from worker.providers.catalogue import ModelSpec
 from worker.providers.errors import ProviderError, UnsupportedRequestError, status_error
-from worker.providers.http import HttpSettings, decode_json, endpoint_url, make_client, send
+from worker.providers.http import (
+    HttpSettings,
+    RequestTemplate,
+    decode_json,
+    endpoint_url,
+    make_client,
+    send,
+    send_request,
+)
 from worker.providers.types import CompletionRequest, CompletionResult, FinishReason, Secret, Usage
 
 PROVIDER: Final = "anthropic"
@@ -192,6 +200,8 @@ class AnthropicTransport:
         self._http = http or HttpSettings()
         self._client = make_client(self.base_url, self._http, transport)
         self._messages_url = endpoint_url(self._client, "/v1/messages")
+        self._messages = RequestTemplate(self._client, "POST", self._messages_url, self._headers())
+        self._secret_values = self._secrets()
 
     def __repr__(self) -> str:
         return f"AnthropicTransport(base_url={self.base_url!r})"
@@ -233,14 +243,15 @@ class AnthropicTransport:
     async def complete(
         self, spec: ModelSpec, request: CompletionRequest, *, timeout_s: float
     ) -> CompletionResult:
-        body = messages_body(spec, request)
+        payload = msgspec.json.encode(messages_body(spec, request))
         started = time.perf_counter()
-        response = await self._call(
-            "POST",
-            self._messages_url,
+        response = await send_request(
+            self._client,
+            self._messages.build(payload),
+            provider=PROVIDER,
             model=spec.name,
+            secrets=self._secret_values,
             timeout_s=min(timeout_s, self._http.total_timeout_s),
-            body=body,
         )
         latency_ms = (time.perf_counter() - started) * 1000.0
         wire = decode_json(response.content, MessageWire, provider=PROVIDER, model=spec.name)

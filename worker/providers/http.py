@@ -115,6 +115,52 @@ def endpoint_url(client: httpx.AsyncClient, path: str) -> httpx.URL:
     return base.copy_with(raw_path=base.raw_path + path.lstrip("/").encode("ascii"))
 
 
+class RequestTemplate:
+    """Builds one endpoint's requests as ``client.build_request`` would (the client's headers
+    merged under ours, the client's timeout, the URL as given), merging the fixed headers once
+    instead of per call (that merge and its header normalisation were about half of httpx's own
+    CPU per call). Requests still go through ``client.send``: auth, hooks, redirects, cookie
+    extraction and the transport are httpx's. The client's headers and timeout are read when the
+    template is made; while the client holds cookies, ``build_request`` does the work."""
+
+    __slots__ = ("_client", "_fixed", "_headers", "_method", "_timeout", "_url")
+
+    def __init__(
+        self, client: httpx.AsyncClient, method: str, url: httpx.URL, headers: Mapping[str, str]
+    ) -> None:
+        if not url.is_absolute_url:
+            raise ValueError("a request template needs an absolute URL (see endpoint_url)")
+        self._client = client
+        self._method = method
+        self._url = url
+        self._fixed = dict(headers)
+        merged = httpx.Headers(client.headers)
+        merged.update(headers)
+        self._headers = merged
+        self._timeout = client.timeout.as_dict()
+
+    def build(
+        self, content: bytes, extra_headers: Mapping[str, str] | None = None
+    ) -> httpx.Request:
+        if self._client.cookies:
+            return self._client.build_request(
+                self._method,
+                self._url,
+                headers={**self._fixed, **(extra_headers or {})},
+                content=content,
+            )
+        request = httpx.Request(
+            self._method,
+            self._url,
+            headers=self._headers,
+            content=content,
+            extensions={"timeout": dict(self._timeout)},
+        )
+        if extra_headers:
+            request.headers.update(extra_headers)
+        return request
+
+
 def parse_retry_after_s(
     headers: Mapping[str, str], *, now: Callable[[], float] = time.time
 ) -> float | None:
@@ -170,28 +216,47 @@ async def send(
     """Send one request; return a 2xx response or raise the mapped ProviderError.
 
     ``timeout_s`` caps the whole exchange (connect + send + wait + read)."""
-    secrets = tuple(secrets)
+    request = client.build_request(
+        method, path, headers=headers, content=json_body, files=files, data=data
+    )
+    return await send_request(
+        client, request, provider=provider, model=model, secrets=secrets, timeout_s=timeout_s
+    )
+
+
+async def send_request(
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    *,
+    provider: str,
+    model: str | None,
+    secrets: Iterable[str],
+    timeout_s: float,
+) -> httpx.Response:
+    """``send`` for a request already built (e.g. by a :class:`RequestTemplate`)."""
     try:
         async with asyncio.timeout(timeout_s):
-            response = await client.request(
-                method, path, headers=headers, content=json_body, files=files, data=data
-            )
+            response = await client.send(request)
     except TimeoutError:
         raise ProviderTimeoutError(
             f"no complete answer within {timeout_s:.3f} s", provider=provider, model=model
         ) from None
     except httpx.TimeoutException as exc:
         raise ProviderTimeoutError(
-            f"{type(exc).__name__}: {redact(str(exc), secrets)}", provider=provider, model=model
+            f"{type(exc).__name__}: {redact(str(exc), tuple(secrets))}",
+            provider=provider,
+            model=model,
         ) from None
     except (httpx.TransportError, OSError) as exc:
         # ConnectError, ReadError, WriteError, RemoteProtocolError, ...: the connection failed.
         raise ProviderConnectionError(
-            f"{type(exc).__name__}: {redact(str(exc), secrets)}", provider=provider, model=model
+            f"{type(exc).__name__}: {redact(str(exc), tuple(secrets))}",
+            provider=provider,
+            model=model,
         ) from None
     if response.status_code < 300:
         return response
-    raise error_from_response(response, provider=provider, model=model, secrets=secrets)
+    raise error_from_response(response, provider=provider, model=model, secrets=tuple(secrets))
 
 
 def error_from_response(
@@ -226,6 +291,7 @@ def decode_json(content: bytes, typ: type[T], *, provider: str, model: str | Non
 __all__ = [
     "HttpSettings",
     "ProviderError",
+    "RequestTemplate",
     "decode_json",
     "default_transport",
     "endpoint_url",
@@ -234,4 +300,5 @@ __all__ = [
     "parse_retry_after_s",
     "parse_should_retry",
     "send",
+    "send_request",
 ]

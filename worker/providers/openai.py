@@ -12,7 +12,15 @@ import msgspec
 
 from worker.providers.catalogue import ModelSpec
 from worker.providers.errors import MalformedResponseError, ProviderError, status_error
-from worker.providers.http import HttpSettings, decode_json, endpoint_url, make_client, send
+from worker.providers.http import (
+    HttpSettings,
+    RequestTemplate,
+    decode_json,
+    endpoint_url,
+    make_client,
+    send,
+    send_request,
+)
 from worker.providers.types import (
     CompletionRequest,
     CompletionResult,
@@ -179,6 +187,8 @@ class OpenAITransport:
         self._http = http or HttpSettings()
         self._client = make_client(self.base_url, self._http, transport)
         self._chat_url = endpoint_url(self._client, "/chat/completions")
+        self._chat = RequestTemplate(self._client, "POST", self._chat_url, self._headers())
+        self._secret_values = self._secrets()
 
     def __repr__(self) -> str:
         return f"OpenAITransport(base_url={self.base_url!r})"
@@ -200,17 +210,15 @@ class OpenAITransport:
         self, spec: ModelSpec, request: CompletionRequest, *, timeout_s: float
     ) -> CompletionResult:
         payload = msgspec.json.encode(chat_body(spec, request))
+        extra = {"x-client-request-id": request.request_id[:512]} if request.request_id else None
         started = time.perf_counter()
-        response = await send(
+        response = await send_request(
             self._client,
-            "POST",
-            self._chat_url,
+            self._chat.build(payload, extra),
             provider=PROVIDER,
             model=spec.name,
-            headers=self._headers(request.request_id),
-            secrets=self._secrets(),
+            secrets=self._secret_values,
             timeout_s=min(timeout_s, self._http.total_timeout_s),
-            json_body=payload,
         )
         latency_ms = (time.perf_counter() - started) * 1000.0
         wire = decode_json(response.content, ChatCompletionWire, provider=PROVIDER, model=spec.name)
