@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FloatArray", "Identity", "Router", "strong_need"]
+__all__ = ["FloatArray", "HasIdentity", "Identity", "Router", "strong_need"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -29,6 +29,28 @@ class Identity:
         for role, model in (("strong", self.strong), ("weak", self.weak)):
             if model not in self.models:
                 raise ValueError(f"{role} model {model!r} is not one of {self.models}")
+
+
+class HasIdentity:
+    """The identity half of the `Router` protocol, read from `self.identity`."""
+
+    identity: Identity
+
+    @property
+    def version(self) -> str:
+        return self.identity.version
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return self.identity.models
+
+    @property
+    def strong(self) -> str:
+        return self.identity.strong
+
+    @property
+    def weak(self) -> str:
+        return self.identity.weak
 
 
 @runtime_checkable

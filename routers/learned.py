@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from routers.base import FloatArray, Identity
+from routers.base import FloatArray, HasIdentity, Identity
 from routers.features import Featurizer
 
 __all__ = [
@@ -97,7 +97,7 @@ def _masked_labels(y: FloatArray) -> tuple[FloatArray, FloatArray]:
     return np.nan_to_num(y, nan=0.0), mask
 
 
-class FeatureRouter:
+class FeatureRouter(HasIdentity):
     """Shared plumbing: identity, featurizer, standardizer; subclasses map features to quality."""
 
     name = "feature"
@@ -108,22 +108,6 @@ class FeatureRouter:
         self.identity = identity
         self.featurizer = featurizer
         self.standardizer = standardizer
-
-    @property
-    def version(self) -> str:
-        return self.identity.version
-
-    @property
-    def models(self) -> tuple[str, ...]:
-        return self.identity.models
-
-    @property
-    def strong(self) -> str:
-        return self.identity.strong
-
-    @property
-    def weak(self) -> str:
-        return self.identity.weak
 
     def predict(self, texts: Sequence[str]) -> FloatArray:
         return self.predict_features(self.featurizer.transform(texts))

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from routers.base import FloatArray, Identity
+from routers.base import FloatArray, HasIdentity, Identity
 
 __all__ = ["OracleRouter", "RandomRouter", "text_key"]
 
@@ -18,27 +18,11 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-class _Named:
+class _Named(HasIdentity):
     name = "reference"
 
     def __init__(self, identity: Identity) -> None:
         self.identity = identity
-
-    @property
-    def version(self) -> str:
-        return self.identity.version
-
-    @property
-    def models(self) -> tuple[str, ...]:
-        return self.identity.models
-
-    @property
-    def strong(self) -> str:
-        return self.identity.strong
-
-    @property
-    def weak(self) -> str:
-        return self.identity.weak
 
 
 class RandomRouter(_Named):

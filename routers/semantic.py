@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from routers.base import FloatArray, Identity
+from routers.base import FloatArray, HasIdentity, Identity
 from routers.features import HashingFeaturizer
 
 __all__ = ["Category", "SemanticConfig", "SemanticRouter", "semantic_config_from_obj"]
@@ -61,7 +61,7 @@ def semantic_config_from_obj(obj: Mapping[str, Any]) -> SemanticConfig:
     )
 
 
-class SemanticRouter:
+class SemanticRouter(HasIdentity):
     name = "semantic"
 
     def __init__(
@@ -94,22 +94,6 @@ class SemanticRouter:
             ]
             + [[config.default.get(m, 0.5) for m in identity.models]]
         )
-
-    @property
-    def version(self) -> str:
-        return self.identity.version
-
-    @property
-    def models(self) -> tuple[str, ...]:
-        return self.identity.models
-
-    @property
-    def strong(self) -> str:
-        return self.identity.strong
-
-    @property
-    def weak(self) -> str:
-        return self.identity.weak
 
     def match(self, texts: Sequence[str]) -> FloatArray:
         """Match strength of each text with each category, shape (n, n_categories)."""
