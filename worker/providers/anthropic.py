@@ -20,10 +20,10 @@ from worker.providers.catalogue import ModelSpec
 from worker.providers.errors import ProviderError, UnsupportedRequestError, status_error
 from worker.providers.http import (
     HttpSettings,
+    PooledTransport,
     RequestTemplate,
     decode_json,
     endpoint_url,
-    make_client,
     send,
     send_request,
 )
@@ -182,7 +182,7 @@ def result_from_wire(
     )
 
 
-class AnthropicTransport:
+class AnthropicTransport(PooledTransport):
     """One pooled client for one Anthropic ``base_url`` (host root, as the official SDK)."""
 
     provider = PROVIDER
@@ -195,19 +195,9 @@ class AnthropicTransport:
         http: HttpSettings | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ):
-        self.base_url = base_url.rstrip("/")
-        self._api_key = api_key
-        self._http = http or HttpSettings()
-        self._client = make_client(self.base_url, self._http, transport)
+        super().__init__(base_url=base_url, api_key=api_key, http=http, transport=transport)
         self._messages_url = endpoint_url(self._client, "/v1/messages")
         self._messages = RequestTemplate(self._client, "POST", self._messages_url, self._headers())
-        self._secret_values = self._secrets()
-
-    def __repr__(self) -> str:
-        return f"AnthropicTransport(base_url={self.base_url!r})"
-
-    def _secrets(self) -> tuple[str, ...]:
-        return (self._api_key.reveal(),) if self._api_key else ()
 
     def _headers(self) -> dict[str, str]:
         headers = {
@@ -235,7 +225,7 @@ class AnthropicTransport:
             provider=PROVIDER,
             model=model,
             headers=self._headers(),
-            secrets=self._secrets(),
+            secrets=self._secret_values,
             timeout_s=timeout_s,
             json_body=msgspec.json.encode(body) if body is not None else None,
         )
@@ -299,9 +289,6 @@ class AnthropicTransport:
             "GET", f"/v1/messages/batches/{batch_id}/results", model=None, timeout_s=timeout_s
         )
         return response.content
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
 
 class _ResultError(msgspec.Struct):

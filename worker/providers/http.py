@@ -25,6 +25,7 @@ from worker.providers.errors import (
 )
 from worker.providers.fasttransport import FastTransport
 from worker.providers.pool import ShardedTransport
+from worker.providers.types import Secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,31 @@ class RequestTemplate:
         if extra_headers:
             request.headers.update(extra_headers)
         return request
+
+
+class PooledTransport:
+    """What both provider transports share: one pooled client per ``base_url``, the key kept as a
+    `Secret`, its value listed for redaction, and a repr that never shows it."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: Secret | None,
+        http: HttpSettings | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._http = http or HttpSettings()
+        self._client = make_client(self.base_url, self._http, transport)
+        self._secret_values: tuple[str, ...] = (api_key.reveal(),) if api_key else ()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
 
 def parse_retry_after_s(

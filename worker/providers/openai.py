@@ -14,10 +14,10 @@ from worker.providers.catalogue import ModelSpec
 from worker.providers.errors import MalformedResponseError, ProviderError, status_error
 from worker.providers.http import (
     HttpSettings,
+    PooledTransport,
     RequestTemplate,
     decode_json,
     endpoint_url,
-    make_client,
     send,
     send_request,
 )
@@ -169,7 +169,7 @@ def result_from_wire(
     )
 
 
-class OpenAITransport:
+class OpenAITransport(PooledTransport):
     """One pooled client for one OpenAI-compatible ``base_url`` (ending in ``/v1``)."""
 
     provider = PROVIDER
@@ -182,19 +182,9 @@ class OpenAITransport:
         http: HttpSettings | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ):
-        self.base_url = base_url.rstrip("/")
-        self._api_key = api_key
-        self._http = http or HttpSettings()
-        self._client = make_client(self.base_url, self._http, transport)
+        super().__init__(base_url=base_url, api_key=api_key, http=http, transport=transport)
         self._chat_url = endpoint_url(self._client, "/chat/completions")
         self._chat = RequestTemplate(self._client, "POST", self._chat_url, self._headers())
-        self._secret_values = self._secrets()
-
-    def __repr__(self) -> str:
-        return f"OpenAITransport(base_url={self.base_url!r})"
-
-    def _secrets(self) -> tuple[str, ...]:
-        return (self._api_key.reveal(),) if self._api_key else ()
 
     def _headers(self, request_id: str | None = None, json: bool = True) -> dict[str, str]:
         headers = {"accept": "application/json"}
@@ -239,7 +229,7 @@ class OpenAITransport:
             provider=PROVIDER,
             model=None,
             headers=self._headers(json=json_body is not None),
-            secrets=self._secrets(),
+            secrets=self._secret_values,
             timeout_s=timeout_s,
             json_body=json_body,
             **kwargs,
@@ -291,9 +281,6 @@ class OpenAITransport:
         """``GET /files/{id}/content``: the batch output or error JSONL."""
         response = await self._call("GET", f"/files/{file_id}/content", timeout_s=timeout_s)
         return response.content
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
 
 def batch_request_line(custom_id: str, spec: ModelSpec, request: CompletionRequest) -> bytes:
