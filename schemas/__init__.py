@@ -8,6 +8,7 @@ Topics (defaults; each is configurable in the worker):
 - `llm.feedback`      Feedback, key = request_id or trace_id
 - `llm.batch-jobs`    BatchJob, compacted, key = "<topic>:<partition>:<job_id>"
 - `llm.requests.dlq`  DeadLetter, key = the original key
+- `llm.control`       Control (operator commands: cancel a batch job, reload the router)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from schemas.events import (
     BatchItem,
     BatchJob,
     Candidate,
+    Control,
     DatasetRecord,
     DeadLetter,
     DeadLetterHeader,
@@ -60,6 +62,7 @@ SCHEMA_TYPES: dict[str, type[Any]] = {
     "routing_decision": RoutingDecision,
     "feedback": Feedback,
     "batch_job": BatchJob,
+    "control": Control,
     "dead_letter": DeadLetter,
     "dataset": DatasetRecord,
 }
@@ -80,6 +83,7 @@ __all__ = [
     "BatchItem",
     "BatchJob",
     "Candidate",
+    "Control",
     "DatasetRecord",
     "DeadLetter",
     "DeadLetterHeader",

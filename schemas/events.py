@@ -211,6 +211,20 @@ class Feedback(_Event, frozen=True, kw_only=True, omit_defaults=True):
             raise ValueError("feedback needs `request_id` or `trace_id`")
 
 
+# ---------------------------------------------------------------- operator commands
+
+
+class Control(_Event, frozen=True, kw_only=True, omit_defaults=True):
+    schema_version: Literal[1]
+    command_id: Annotated[str, Meta(min_length=1, max_length=128)]
+    action: Literal["cancel_batch", "reload_router"]
+    issued_at: Timestamp
+    job_id: NonEmpty | None = None
+    artifact_path: NonEmpty | None = None
+    router_version: NonEmpty | None = None
+    reason: str | None = None
+
+
 # ---------------------------------------------------------------- batch jobs and dead letters
 
 
