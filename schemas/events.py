@@ -265,6 +265,7 @@ class BatchJob(_Event, frozen=True, kw_only=True, omit_defaults=True):
     error_file_id: str | None = None
     error: str | None = None
 
+    requests_total: Annotated[int, Meta(ge=1)] | None = None
 
 class DeadLetterHeader(_Event, frozen=True, kw_only=True):
     key: str

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaProducer
 
 from routers.artifact import load_artifact
+from worker.batch.backends import backend_factory
 from worker.config import Config
 from worker.feedback import run_feedback
 from worker.loop import Worker
@@ -65,7 +66,13 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
     pipeline = Pipeline(core, client, tracing=tracing, mask_prompts=tracing_masks(config))
     metrics, health = WorkerMetrics(), Health()
     observer = MetricsObserver(metrics, health, config.topics.requests)
-    worker = Worker(config.kafka, config.topics, config.loop, pipeline, observer, tracing)
+    backends = backend_factory(client, catalogue)
+    if config.batch.enabled:
+        pipeline.can_batch = lambda model: backends(model) is not None
+    worker = Worker(
+        config.kafka, config.topics, config.loop, pipeline, observer, tracing,
+        batch=config.batch, batch_backend=backends,
+    )  # fmt: skip
     return App(config, client, pipeline, worker, tracing, metrics, health)
 
 

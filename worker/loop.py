@@ -23,10 +23,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 import schemas
+from worker.batch.backends import BatchBackend
+from worker.batch.jobs import BatchManager, Finished
+from worker.batch.store import JobStore
+from worker.config import BatchSettings
 from worker.deadletter import dead_letter
 from worker.dedupe import AnsweredIds, load_answered, marker, marker_partition
 from worker.kafka_config import KafkaSettings, LoopSettings, TopicSettings
 from worker.offsets import OffsetTracker
+from worker.providers.types import CompletionRequest, CompletionResult
 from worker.telemetry import RequestSpan, TelemetryConfig, Tracing
 from worker.topics import partition_counts
 
@@ -60,6 +65,15 @@ class Handled:
     strong_cost_usd: float | None = None  # the same usage priced at the strong model
 
 
+@dataclass(frozen=True)
+class Deferred:
+    """A batch-mode request, routed: the loop hands it to the batch jobs (`worker.batch`)."""
+
+    model: str
+    call: CompletionRequest
+    decision: schemas.RoutingDecision | None = None
+
+
 class Pipeline(Protocol):
     def prepare(self, requests: Sequence[schemas.RouteRequest]) -> Sequence[object]:
         """Work done once for the valid requests of a fetched batch (e.g. one batched routing
@@ -67,8 +81,15 @@ class Pipeline(Protocol):
         ...
 
     async def handle(
-        self, request: schemas.RouteRequest, record: RecordInfo, prepared: object = None
-    ) -> Handled: ...
+        self,
+        request: schemas.RouteRequest,
+        record: RecordInfo,
+        prepared: object = None,
+        *,
+        interactive: bool = False,
+    ) -> Handled | Deferred: ...
+
+    def batch_response(self, finished: Finished) -> Handled: ...
 
     def internal_error(
         self, request: schemas.RouteRequest, record: RecordInfo, exc: BaseException
@@ -120,8 +141,13 @@ class Worker:
         observer: LoopObserver | None = None,
         tracing: Tracing | None = None,
         clock: Callable[[], float] = time.monotonic,
+        batch: BatchSettings | None = None,
+        batch_backend: Callable[[str], BatchBackend | None] | None = None,
     ) -> None:
         self.kafka = kafka
+        self.batch_settings = batch
+        self.batch_backend = batch_backend
+        self.batches: BatchManager | None = None
         self.topics = topics
         self.settings = settings
         self.pipeline = pipeline
@@ -136,11 +162,17 @@ class Worker:
         self._stopping = asyncio.Event()
         self._paused = False
         self._done_partitions = 0
+        self._jobs_partitions = 0
+        self._control_partitions = 0
+        # operator commands from the control topic (`schemas.Control`), by action
+        self.control_handlers: dict[str, Callable[[schemas.Control], Awaitable[None]]] = {}
         self._source_partitions = 0
         self.ready = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
-        self.stats = {"records": 0, "dead_letters": 0, "duplicates": 0, "published": 0}
+        self.stats = {
+            "records": 0, "dead_letters": 0, "duplicates": 0, "published": 0, "batched": 0,
+        }  # fmt: skip
 
     # ------------------------------------------------------------ lifecycle
 
@@ -175,21 +207,99 @@ class Worker:
             await self.consumer.start()
             try:
                 await self._partition_counts()
+                self._start_batches()
+                control = asyncio.create_task(self._follow_control())
                 self.consumer.subscribe([self.topics.requests], listener=_Rebalance(self))
-                await self._poll_until_stopped()
+                try:
+                    await self._poll_until_stopped()
+                finally:
+                    control.cancel()
+                if self.batches is not None:
+                    self.batches.flush_all()  # what waits for a batch is submitted, not dropped
                 await self._drain(self.settings.drain_timeout_s)
                 await self._commit()
             finally:
+                if self.batches is not None:
+                    await self.batches.close(self.settings.drain_timeout_s)
                 await self.consumer.stop()
         finally:
             await self.producer.stop()
 
     async def _partition_counts(self) -> None:
         counts = await partition_counts(
-            self.kafka.common_kwargs(), [self.topics.requests, self.topics.done]
+            self.kafka.common_kwargs(),
+            [self.topics.requests, self.topics.done, self.topics.batch_jobs, self.topics.control],
         )
+        self._control_partitions = counts.get(self.topics.control, 0)
         self._source_partitions = counts.get(self.topics.requests, 0)
         self._done_partitions = counts.get(self.topics.done, 0)
+        self._jobs_partitions = counts.get(self.topics.batch_jobs, 0)
+
+    def _start_batches(self) -> None:
+        settings, backend = self.batch_settings, self.batch_backend
+        if settings is None or not settings.enabled or backend is None:
+            return
+        if not self._jobs_partitions:
+            log.warning("topic %s is missing: batch requests are answered interactively",
+                        self.topics.batch_jobs)  # fmt: skip
+            return
+        assert self.producer is not None
+        store = JobStore(
+            self.producer, self.kafka.common_kwargs(), self.topics.batch_jobs,
+            self._jobs_partitions,
+        )  # fmt: skip
+        self.batches = batches = BatchManager(
+            settings, self.topics.requests, store, backend, self._batch_finished,
+            self.kafka.common_kwargs(), clock=self.clock,
+        )  # fmt: skip
+        batches.start()
+
+        async def cancel(command: schemas.Control) -> None:
+            if command.job_id and await batches.cancel(command.job_id):
+                log.info("batch job %s cancelled (command %s)", command.job_id, command.command_id)
+
+        self.control_handlers["cancel_batch"] = cancel
+
+    async def _follow_control(self) -> None:
+        """Apply operator commands published after start-up (every member reads them all)."""
+        if not self._control_partitions:
+            return
+        consumer = AIOKafkaConsumer(
+            group_id=None, enable_auto_commit=False, **self.kafka.common_kwargs()
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(self.topics.control, p) for p in range(self._control_partitions)]
+            consumer.assign(tps)
+            for tp, end in (await consumer.end_offsets(tps)).items():
+                consumer.seek(tp, end)
+            seen: set[str] = set()
+            while True:
+                batch = await consumer.getmany(timeout_ms=1000)
+                for records in batch.values():
+                    for record in records:
+                        await self._apply_control(record.value, seen)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("the control-topic follower stopped")
+        finally:
+            await consumer.stop()
+
+    async def _apply_control(self, value: bytes | None, seen: set[str]) -> None:
+        try:
+            command = schemas.decode(value or b"", schemas.Control)
+        except schemas.InvalidEvent as exc:
+            log.warning("ignoring an invalid control event: %s", exc)
+            return
+        handler = self.control_handlers.get(command.action)
+        if command.command_id in seen or handler is None:
+            return
+        seen.add(command.command_id)
+        try:
+            await handler(command)
+        except Exception:
+            log.exception("control command %s (%s) failed", command.command_id, command.action)
 
     # ------------------------------------------------------------ the loop
 
@@ -332,12 +442,26 @@ class Worker:
         prepared: object = None,
     ) -> None:
         answered = await self.answered(tp.partition)
-        if request.request_id in answered:
+        batches = self.batches
+        if request.request_id in answered or (
+            batches is not None and batches.is_batched(tp.partition, request.request_id)
+        ):
             self.stats["duplicates"] += 1
             self.observer.duplicate()
             return
         try:
-            handled = await self.pipeline.handle(request, info, prepared)
+            result = await self.pipeline.handle(request, info, prepared)
+            if isinstance(result, Deferred):
+                if batches is not None and await batches.submit(
+                    tp.partition, info.offset, request.request_id, result.model, result.call
+                ):
+                    span.set_response(status="batched", model=result.model)
+                    await self._publish_decision(result.decision, request)
+                    self.stats["batched"] += 1
+                    return  # answered when the job ends (worker.batch.jobs)
+                result = await self.pipeline.handle(request, info, prepared, interactive=True)
+            assert isinstance(result, Handled)
+            handled = result
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must still end in an error response, never in silence
@@ -355,14 +479,68 @@ class Worker:
         await self._publish(handled, request, info)
         answered.add(request.request_id)
 
+    async def _publish_decision(
+        self, decision: schemas.RoutingDecision | None, request: schemas.RouteRequest
+    ) -> None:
+        if decision is None or not self.settings.publish_decisions:
+            return
+        assert self.producer is not None
+        await self.producer.send_and_wait(
+            self.topics.decisions, schemas.encode(decision), key=request.request_id.encode()
+        )
+
+    async def _batch_finished(self, finished: Finished) -> None:
+        """Answer one item of an ended batch job (called by the batch jobs, at least once)."""
+        item = finished.item
+        answered = await self.answered(item.partition)
+        if item.request_id in answered:
+            return
+        request = finished.request
+        info = RecordInfo(item.topic, item.partition, item.offset, item.request_id.encode(),
+                          [], None)  # fmt: skip
+        retry = (
+            request is not None
+            and not isinstance(finished.outcome, CompletionResult)
+            and not finished.cancelled
+            and self.batch_settings is not None
+            and self.batch_settings.on_item_failure == "interactive"
+        )
+        handled: Handled | Deferred
+        if retry:
+            assert request is not None
+            try:
+                handled = await self.pipeline.handle(request, info, None, interactive=True)
+            except Exception as exc:
+                log.exception("interactive retry of batch item %s failed", item.request_id)
+                handled = self.pipeline.internal_error(request, info, exc)
+            if isinstance(handled, Handled) and handled.response.status == "ok":
+                handled = Handled(
+                    response=handled.response,
+                    routing_ms=handled.routing_ms,
+                    strong_cost_usd=handled.strong_cost_usd,
+                )  # fmt: skip (the decision event was published at submission)
+        else:
+            handled = self.pipeline.batch_response(finished)
+        assert isinstance(handled, Handled)
+        while True:
+            try:
+                await self._publish(handled, request, info)
+                break
+            except KafkaError as exc:
+                log.warning("publishing batch answer %s failed, retrying: %s",
+                            item.request_id, exc)  # fmt: skip
+                await asyncio.sleep(1.0)
+        answered.add(item.request_id)
+
     async def _publish(
-        self, handled: Handled, request: schemas.RouteRequest, info: RecordInfo
+        self, handled: Handled, request: schemas.RouteRequest | None, info: RecordInfo
     ) -> None:
         assert self.producer is not None
-        key = request.request_id.encode()
+        key = handled.response.request_id.encode()
+        reply = request.reply_topic if request is not None else None
         acks: list[Awaitable[Any]] = [
             await self.producer.send(
-                handled.reply_topic or request.reply_topic or self.topics.responses,
+                handled.reply_topic or reply or self.topics.responses,
                 schemas.encode(handled.response),
                 key=key,
                 headers=handled.headers or None,
@@ -450,6 +628,8 @@ class Worker:
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         self.ready.clear()
         self.observer.ready(False, "rebalancing")
+        if self.batches is not None:
+            self.batches.revoke(tp.partition for tp in revoked)
         await self._drain(self.settings.revoke_drain_timeout_s, revoked)
         await self._commit(revoked)
         for tp in revoked:
@@ -487,6 +667,8 @@ class Worker:
             max(1, self._source_partitions),
             self.settings.dedupe_window,
         )
+        if self.batches is not None:
+            await self.batches.load(partition)  # jobs move with their source partitions
         return loaded[partition]
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import numpy as np
@@ -29,12 +29,19 @@ from routers.cascade import AnswerScorer, CascadeParams
 from routers.decision import Decision
 from routers.errors import NoEligibleModelError
 from routers.features import prompt_text
+from worker.batch.jobs import Finished
 from worker.config import Config, PolicySpec
-from worker.loop import Handled, RecordInfo
+from worker.loop import Deferred, Handled, RecordInfo
 from worker.providers.catalogue import Catalogue
 from worker.providers.client import RouterClient
 from worker.providers.errors import AllModelsFailedError, CircuitOpenError, ProviderError
-from worker.providers.types import Attempt, CompletionRequest, RoutedCompletion, Usage
+from worker.providers.types import (
+    Attempt,
+    CompletionRequest,
+    CompletionResult,
+    RoutedCompletion,
+    Usage,
+)
 from worker.telemetry import TelemetryConfig, Tracing
 
 log = logging.getLogger(__name__)
@@ -56,6 +63,7 @@ class Resolved:
     spec: PolicySpec
     options: rpolicy.PolicyOptions
     notes: tuple[str, ...] = ()
+    mode: Literal["interactive", "batch"] = "interactive"
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +176,8 @@ class RoutingCore:
             max_cost_usd=min(budgets) if budgets else None,
             default_output_tokens=spec.default_output_tokens,
         )
-        return Resolved(name, spec, options, tuple(notes))
+        batch = tenant.mode == "batch" or (ask.mode == "batch" and allowed("mode", ask.mode))
+        return Resolved(name, spec, options, tuple(notes), "batch" if batch else "interactive")
 
     def threshold_for_fraction(self, fraction: float) -> float:
         """The threshold sending about `fraction` of calibration prompts to the strong model."""
@@ -286,6 +295,8 @@ class Pipeline:
         self.perf = perf
         self.mask_prompts = mask_prompts
         self.scorer_cache: dict[float, AnswerScorer] = {}
+        # model -> whether its requests can go through the provider's Batch API (set by the app)
+        self.can_batch: Callable[[str], bool] = lambda model: False
 
     def prepare(self, requests: Sequence[schemas.RouteRequest]) -> list[Prepared | None]:
         """Score the routing prompts of a fetched batch with one `predict` call per
@@ -312,8 +323,15 @@ class Pipeline:
         return out
 
     async def handle(
-        self, request: schemas.RouteRequest, record: RecordInfo, prepared: object = None
-    ) -> Handled:
+        self,
+        request: schemas.RouteRequest,
+        record: RecordInfo,
+        prepared: object = None,
+        *,
+        interactive: bool = False,
+    ) -> Handled | Deferred:
+        """The response, or `Deferred` for a batch-mode request the loop hands to the batch jobs
+        (`interactive=True` answers it now whatever its mode)."""
         started = self.perf()
         outcome = Outcome()
         ready = prepared if isinstance(prepared, Prepared) else None
@@ -349,6 +367,13 @@ class Pipeline:
         if request.deadline is not None:
             deadline_s = min(deadline_s, (request.deadline - now).total_seconds())
         call = _completion_request(request, messages)
+        if resolved.mode == "batch" and not interactive and self.can_batch(decision.model):
+            trace_id = trace_id_for(request.request_id)
+            return Deferred(
+                model=decision.model,
+                call=call,
+                decision=self._decision_event(request, decision, info, messages, trace_id),
+            )
         chain = self.core.fallback_chain(decision, resolved.options)
         try:
             if resolved.spec.kind == "cascade" and decision.model == self.core.router.weak:
@@ -487,6 +512,76 @@ class Pipeline:
         rest = [strong, *(m for m in chain[1:] if m != strong)]
         return await self._call(request, call, rest, max(remaining, 0.001), outcome)
 
+    def batch_response(self, finished: Finished) -> Handled:
+        """The response for one item of an ended batch job: its answer (priced with the batch
+        discount), or an error response (cancelled job, failed or missing item)."""
+        item, request, outcome = finished.item, finished.request, finished.outcome
+        trace_id = trace_id_for(item.request_id)
+        spec = self.core.catalogue.models.get(finished.model)
+        attempt = schemas.Attempt(
+            model=finished.model,
+            provider=spec.provider if spec is not None else "unknown",
+            status="ok" if isinstance(outcome, CompletionResult) else "error",
+            latency_ms=0.0,
+            error_type=None if isinstance(outcome, CompletionResult) else _error_name(outcome),
+        )
+        base = schemas.RouteResponse(
+            schema_version=1,
+            request_id=item.request_id,
+            tenant=request.tenant if request is not None else "unknown",
+            status="error",
+            model=None,
+            provider=None,
+            message=None,
+            finish_reason=None,
+            usage=schemas.Usage(),
+            cost_usd=0.0,
+            latency_ms=_since_ms(request.created_at if request else None, self.wall_clock()),
+            decision=None,
+            attempts=[attempt],
+            error=None,
+            trace_id=trace_id,
+            created_at=self.wall_clock(),
+            mode="batch",
+        )
+        if isinstance(outcome, CompletionResult):
+            strong = self.core.catalogue.models.get(self.core.router.strong)
+            response = msgspec.structs.replace(
+                base,
+                status="ok",
+                model=outcome.model,
+                provider=outcome.provider,
+                message=schemas.OutputMessage(role="assistant", content=outcome.text),
+                finish_reason=outcome.finish_reason,
+                usage=_usage(outcome.usage),
+                cost_usd=outcome.cost_usd,
+            )
+            return Handled(
+                response=response,
+                strong_cost_usd=strong.cost_usd(outcome.usage, batch=True) if strong else None,
+            )
+        if request is None:
+            error = schemas.ErrorInfo(
+                type="SourceRecordLost",
+                message=f"the request at {item.topic}[{item.partition}]@{item.offset} is no "
+                "longer retained; it cannot be answered",
+                retriable=True,
+            )
+        elif finished.cancelled:
+            error = schemas.ErrorInfo(
+                type="BatchCancelled",
+                message=f"batch job {finished.job_id} was cancelled before this request ran",
+                retriable=True,
+            )
+        else:
+            error = schemas.ErrorInfo(
+                type=_error_name(outcome),
+                message=str(outcome) if outcome is not None else "missing from the batch results",
+                retriable=True,
+            )
+        response = msgspec.structs.replace(base, error=error)
+        return Handled(response=response)
+
     def internal_error(
         self, request: schemas.RouteRequest, record: RecordInfo, exc: BaseException
     ) -> Handled:
@@ -563,6 +658,14 @@ class Pipeline:
             prompt_sha256=hashlib.sha256(text.encode()).hexdigest(),
             params=schemas.to_builtins(request.params) or None,
         )
+
+
+def _error_name(outcome: object) -> str:
+    return type(outcome).__name__ if isinstance(outcome, ProviderError) else "MissingBatchResult"
+
+
+def _since_ms(start: datetime | None, now: datetime) -> float:
+    return max(0.0, (now - start).total_seconds() * 1000) if start is not None else 0.0
 
 
 def _retry_later(error: ProviderError) -> bool:

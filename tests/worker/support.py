@@ -105,6 +105,7 @@ def worker_config_data(
             "output_usd_per_mtok": spec.prices.output_usd_per_mtok,
             "context_window_tokens": spec.context_window_tokens,
             "logprobs": spec.supports_logprobs,
+            "batch": spec.supports_batch,
         }
     data: dict[str, Any] = {
         "kafka": {

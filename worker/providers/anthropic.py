@@ -72,6 +72,12 @@ class MessageBatch(msgspec.Struct):
     cancel_initiated_at: str | None = None
 
 
+class MessageBatchList(msgspec.Struct):
+    data: list[MessageBatch]
+    has_more: bool = False
+    last_id: str | None = None
+
+
 _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -269,6 +275,24 @@ class AnthropicTransport(PooledTransport):
         )
         return decode_json(response.content, MessageBatch, provider=PROVIDER, model=None)
 
+    async def create_message_batch_from_items(
+        self, items: Sequence[bytes], *, timeout_s: float = 300.0
+    ) -> MessageBatch:
+        """``POST /v1/messages/batches`` from items already encoded by `batch_request_item`."""
+        payload = b'{"requests":[' + b",".join(items) + b"]}"
+        response = await send(
+            self._client,
+            "POST",
+            "/v1/messages/batches",
+            provider=PROVIDER,
+            model=None,
+            headers=self._headers(),
+            secrets=self._secret_values,
+            timeout_s=timeout_s,
+            json_body=payload,
+        )
+        return decode_json(response.content, MessageBatch, provider=PROVIDER, model=None)
+
     async def retrieve_message_batch(
         self, batch_id: str, *, timeout_s: float = 60.0
     ) -> MessageBatch:
@@ -276,6 +300,14 @@ class AnthropicTransport(PooledTransport):
             "GET", f"/v1/messages/batches/{batch_id}", model=None, timeout_s=timeout_s
         )
         return decode_json(response.content, MessageBatch, provider=PROVIDER, model=None)
+
+    async def list_message_batches(
+        self, *, limit: int = 100, after_id: str | None = None, timeout_s: float = 60.0
+    ) -> MessageBatchList:
+        """``GET /v1/messages/batches``: newest first; `after_id` pages on."""
+        path = f"/v1/messages/batches?limit={limit}" + (f"&after_id={after_id}" if after_id else "")
+        response = await self._call("GET", path, model=None, timeout_s=timeout_s)
+        return decode_json(response.content, MessageBatchList, provider=PROVIDER, model=None)
 
     async def cancel_message_batch(self, batch_id: str, *, timeout_s: float = 60.0) -> MessageBatch:
         response = await self._call(
@@ -289,6 +321,11 @@ class AnthropicTransport(PooledTransport):
             "GET", f"/v1/messages/batches/{batch_id}/results", model=None, timeout_s=timeout_s
         )
         return response.content
+
+
+def batch_request_item(custom_id: str, spec: ModelSpec, request: CompletionRequest) -> bytes:
+    """One entry of a Message Batches ``requests`` array."""
+    return msgspec.json.encode({"custom_id": custom_id, "params": messages_body(spec, request)})
 
 
 class _ResultError(msgspec.Struct):

@@ -99,6 +99,12 @@ class BatchObject(msgspec.Struct):
     errors: dict[str, Any] | None = None
 
 
+class BatchList(msgspec.Struct):
+    data: list[BatchObject]
+    has_more: bool = False
+    last_id: str | None = None
+
+
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
     "length": "length",
@@ -272,6 +278,14 @@ class OpenAITransport(PooledTransport):
     async def retrieve_batch(self, batch_id: str, *, timeout_s: float = 60.0) -> BatchObject:
         response = await self._call("GET", f"/batches/{batch_id}", timeout_s=timeout_s)
         return decode_json(response.content, BatchObject, provider=PROVIDER, model=None)
+
+    async def list_batches(
+        self, *, limit: int = 100, after: str | None = None, timeout_s: float = 60.0
+    ) -> BatchList:
+        """``GET /batches``: newest first; pass the last id as `after` for the next page."""
+        query = f"/batches?limit={limit}" + (f"&after={after}" if after else "")
+        response = await self._call("GET", query, timeout_s=timeout_s)
+        return decode_json(response.content, BatchList, provider=PROVIDER, model=None)
 
     async def cancel_batch(self, batch_id: str, *, timeout_s: float = 60.0) -> BatchObject:
         response = await self._call("POST", f"/batches/{batch_id}/cancel", timeout_s=timeout_s)

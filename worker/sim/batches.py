@@ -15,6 +15,7 @@ import json
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -95,8 +96,29 @@ class _Timeline:
         return min(early, key=lambda c: c[1]) if early else None
 
 
+def _page(views: list[dict[str, Any]], query: dict[str, str], after_key: str) -> dict[str, Any]:
+    """A newest-first list page with cursor pagination (``limit`` 1..100, default 20)."""
+    try:
+        limit = max(1, min(100, int(query.get("limit", "20"))))
+    except ValueError:
+        limit = 20
+    after = query.get(after_key)
+    if after:
+        ids = [v["id"] for v in views]
+        views = views[ids.index(after) + 1 :] if after in ids else []
+    page = views[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(views) > limit,
+    }
+
+
 class OpenAIBatches:
     def __init__(self, timing: BatchTiming, run: ItemRunner, seed: int, clock: Callable[[], float]):
+        self.submitted: Counter[str] = Counter()  # custom_id -> times submitted in any batch
         self.files: dict[str, StoredFile] = {}
         self.jobs: dict[str, _Job] = {}
         self._meta: dict[str, dict[str, Any]] = {}
@@ -152,6 +174,7 @@ class OpenAIBatches:
                 400, "The input file must have purpose 'batch'.", "invalid_request_error"
             )
         items, errors = self._parse(f.content, endpoint)
+        self.submitted.update(cid for cid, _ in items)
         job = _Job(
             f"batch_{uuid.uuid4().hex[:24]}",
             self._tl.clock(),
@@ -363,6 +386,11 @@ class OpenAIBatches:
         job.final = status
         return status
 
+    def list(self, query: dict[str, str]) -> dict[str, Any]:
+        """``GET /v1/batches``: newest first, ``after`` = the last id of the previous page."""
+        views = [self.view(i) for i in reversed(list(self.jobs))]
+        return _page(views, query, "after")
+
     def view(self, batch_id: str) -> dict[str, Any]:
         job = self._job(batch_id)
         status = self._status(job)
@@ -423,6 +451,7 @@ class AnthropicBatches:
         clock: Callable[[], float],
         base_url: Callable[[], str],
     ):
+        self.submitted: Counter[str] = Counter()  # custom_id -> times submitted in any batch
         self.jobs: dict[str, _Job] = {}
         self._results: dict[str, bytes] = {}
         self._counts: dict[str, dict[str, int]] = {}
@@ -460,6 +489,7 @@ class AnthropicBatches:
                 )
             seen.add(r["custom_id"])
             items.append((r["custom_id"], r["params"]))
+        self.submitted.update(seen)
         job = _Job(
             f"msgbatch_{uuid.uuid4().hex[:24]}",
             self._tl.clock(),
@@ -564,6 +594,11 @@ class AnthropicBatches:
             if status == "ended"
             else None,
         }
+
+    def list(self, query: dict[str, str]) -> dict[str, Any]:
+        """``GET /v1/messages/batches``: newest first, ``after_id`` pages on."""
+        views = [self.view(i) for i in reversed(list(self.jobs))]
+        return _page(views, query, "after_id")
 
     def results(self, batch_id: str) -> bytes:
         job = self._job(batch_id)

@@ -17,6 +17,7 @@ import json
 import math
 import random
 import time
+import urllib.parse
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
@@ -44,9 +45,14 @@ def _json(status: int, body: Any, headers: list[tuple[str, str]] | None = None) 
     return HttpResponse(status, json.dumps(body).encode(), _JSON, headers or [])
 
 
+def _query(query: str) -> dict[str, str]:
+    return dict(urllib.parse.parse_qsl(query))
+
+
 class SimStats:
     def __init__(self) -> None:
-        self.requests = 0
+        self.requests = 0  # every HTTP request
+        self.completions = 0  # interactive chat / messages calls
         self.in_flight = 0
         self.max_in_flight = 0
         self.statuses: Counter[int] = Counter()
@@ -55,6 +61,7 @@ class SimStats:
     def to_json(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
+            "completions": self.completions,
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
@@ -172,6 +179,9 @@ class Simulator:
         method, path = req.method, req.path
         if path == "/sim/stats":  # ?reset=1 restarts the in-flight peak
             body = self.stats.to_json()
+            submitted = self.openai_batches.submitted + self.anthropic_batches.submitted
+            body["batch_items_submitted"] = sum(submitted.values())
+            body["batch_items_resubmitted"] = sum(n - 1 for n in submitted.values() if n > 1)
             if "reset=1" in req.query:
                 self.stats.max_in_flight = self.stats.in_flight
             return _json(200, body)
@@ -204,6 +214,10 @@ class Simulator:
             return HttpResponse(200, ob.get_file(parts[2]).content, "application/octet-stream")
         if method == "POST" and path == "/v1/batches":
             return _json(200, ob.create(self._body(req, "openai")))
+        if method == "GET" and path == "/v1/batches":
+            return _json(200, ob.list(_query(req.query)))
+        if method == "GET" and path == "/v1/messages/batches":
+            return _json(200, ab.list(_query(req.query)))
         if len(parts) >= 3 and parts[:2] == ["v1", "batches"]:
             if method == "GET" and len(parts) == 3:
                 return _json(200, ob.view(parts[2]))
@@ -376,6 +390,7 @@ class Simulator:
         return HttpResponse(200, b'{"id": "chatcmpl-x", "object": "chat.completion", "choi', _JSON)
 
     async def _completion(self, req: HttpRequest, api: str) -> HttpResponse | None:
+        self.stats.completions += 1
         body = self._body(req, api)
         self.recent.append((req.path, body))
         body = validate_openai_chat(body) if api == "openai" else validate_anthropic_messages(body)

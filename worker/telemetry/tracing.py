@@ -186,7 +186,7 @@ class RequestSpan:
     def set_response(
         self,
         *,
-        status: Literal["ok", "error"],
+        status: Literal["ok", "error", "batched"],
         model: str | None = None,
         cost_usd: float | None = None,
         output_text: str | None = None,

@@ -1,0 +1,150 @@
+"""Durable batch-job state on the compacted `batch_jobs` topic, and reading requests back.
+
+A job's state is written as one record per source partition (and chunk of at most
+`ITEMS_PER_RECORD` items), key ``<source topic>:<partition>:<job_id>:<chunk>``, on the
+batch-jobs partition of the same number (modulo its partition count). Whoever owns source
+partition p reads back the jobs of p on assignment, so jobs move with their partitions. A null
+value (tombstone) ends a record; compaction then forgets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+import schemas
+
+log = logging.getLogger(__name__)
+
+ITEMS_PER_RECORD = 8_000  # ~0.8 MB of JSON: under the broker's default 1 MB record limit
+
+
+def record_key(topic: str, partition: int, job_id: str, chunk: int) -> bytes:
+    return f"{topic}:{partition}:{job_id}:{chunk}".encode()
+
+
+def chunks(items: Sequence[schemas.BatchItem]) -> list[list[schemas.BatchItem]]:
+    return [list(items[i : i + ITEMS_PER_RECORD]) for i in range(0, len(items), ITEMS_PER_RECORD)]
+
+
+class JobStore:
+    """Writes job records (acknowledged by the broker before returning) and reads them back."""
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        client_kwargs: dict[str, Any],
+        topic: str,
+        partitions: int,
+    ) -> None:
+        self.producer = producer
+        self.client_kwargs = client_kwargs
+        self.topic = topic
+        self.partitions = max(1, partitions)
+
+    def _partition(self, source_partition: int) -> int:
+        return source_partition % self.partitions
+
+    async def put(self, records: Iterable[tuple[bytes, int, schemas.BatchJob | None]]) -> None:
+        """Write (key, source partition, state or None for a tombstone); wait for every ack."""
+        acks = [
+            await self.producer.send(
+                self.topic,
+                schemas.encode(state) if state is not None else None,
+                key=key,
+                partition=self._partition(source_partition),
+            )
+            for key, source_partition, state in records
+        ]
+        await asyncio.gather(*acks)
+
+    async def load(
+        self, source_topic: str, source_partitions: Iterable[int], timeout_s: float = 30.0
+    ) -> dict[bytes, schemas.BatchJob]:
+        """The live records (latest value per key, tombstones dropped) of these partitions."""
+        wanted = set(source_partitions)
+        prefixes = tuple(f"{source_topic}:{p}:".encode() for p in wanted)
+        if not wanted:
+            return {}
+        latest: dict[bytes, bytes | None] = {}
+        consumer = AIOKafkaConsumer(enable_auto_commit=False, group_id=None, **self.client_kwargs)
+        await consumer.start()
+        try:
+            tps = sorted(
+                {TopicPartition(self.topic, self._partition(p)) for p in wanted},
+                key=lambda tp: tp.partition,
+            )
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            begins = await consumer.beginning_offsets(tps)
+            remaining = set()
+            for tp in tps:
+                if begins[tp] < ends[tp]:
+                    consumer.seek(tp, begins[tp])
+                    remaining.add(tp)
+            deadline = time.monotonic() + timeout_s
+            while remaining:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"reading {self.topic} took longer than {timeout_s}s")
+                batch = await consumer.getmany(*remaining, timeout_ms=500)
+                for records in batch.values():
+                    for record in records:
+                        if record.key is not None and record.key.startswith(prefixes):
+                            latest[record.key] = record.value
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
+        finally:
+            await consumer.stop()
+        out: dict[bytes, schemas.BatchJob] = {}
+        for key, value in latest.items():
+            if value is None:
+                continue
+            try:
+                out[key] = schemas.decode(value, schemas.BatchJob)
+            except schemas.InvalidEvent as exc:
+                log.error("ignoring an unreadable batch-job record %r: %s", key, exc)
+        return out
+
+
+async def read_source(
+    client_kwargs: dict[str, Any],
+    topic: str,
+    partition: int,
+    offsets: Iterable[int],
+    timeout_s: float = 60.0,
+) -> dict[int, bytes | None]:
+    """The values of the records at `offsets` of one partition (those still retained)."""
+    wanted = set(offsets)
+    found: dict[int, bytes | None] = {}
+    if not wanted:
+        return found
+    tp = TopicPartition(topic, partition)
+    consumer = AIOKafkaConsumer(
+        enable_auto_commit=False, group_id=None, max_poll_records=5000, **client_kwargs
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        begin = (await consumer.beginning_offsets([tp]))[tp]
+        end = min((await consumer.end_offsets([tp]))[tp], max(wanted) + 1)
+        start = max(begin, min(wanted))
+        if start >= end:
+            return found
+        consumer.seek(tp, start)
+        deadline = time.monotonic() + timeout_s
+        while await consumer.position(tp) < end:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}[{partition}] took longer than {timeout_s}s")
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            for record in batch.get(tp, []):
+                if record.offset in wanted:
+                    found[record.offset] = record.value
+        return found
+    finally:
+        await consumer.stop()
