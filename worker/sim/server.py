@@ -182,6 +182,12 @@ class Simulator:
             submitted = self.openai_batches.submitted + self.anthropic_batches.submitted
             body["batch_items_submitted"] = sum(submitted.values())
             body["batch_items_resubmitted"] = sum(n - 1 for n in submitted.values() if n > 1)
+            batch_files = [f for f in self.openai_batches.files.values() if f.purpose == "batch"]
+            body["batch_files"] = len(batch_files)
+            body["batch_file_bytes"] = sum(len(f.content) for f in batch_files)
+            body["batches_created"] = len(self.openai_batches.jobs) + len(
+                self.anthropic_batches.jobs
+            )
             if "reset=1" in req.query:
                 self.stats.max_in_flight = self.stats.in_flight
             return _json(200, body)
