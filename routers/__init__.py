@@ -12,6 +12,7 @@ from routers.decision import Candidate, Decision
 from routers.errors import ArtifactError, NoEligibleModelError, RoutingError, TrainingDataError
 from routers.features import HashingFeaturizer, HashingParams, prompt_text
 from routers.policy import ModelPrice, PolicyOptions, decide, route, route_batch
+from routers.semcache import CacheHit, CacheParams, PromptVectorizer, SemanticCache
 from routers.training import DEFAULT_ROUTER, ROUTER_NAMES, TrainOptions, train
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "ROUTER_NAMES",
     "AnswerScorer",
     "ArtifactError",
+    "CacheHit",
+    "CacheParams",
     "Candidate",
     "CascadeParams",
     "CascadeResult",
@@ -29,9 +32,11 @@ __all__ = [
     "ModelPrice",
     "NoEligibleModelError",
     "PolicyOptions",
+    "PromptVectorizer",
     "Record",
     "Router",
     "RoutingError",
+    "SemanticCache",
     "TrainOptions",
     "TrainingDataError",
     "decide",

@@ -8,7 +8,9 @@ Topics (defaults; each is configurable in the worker):
 - `llm.feedback`      Feedback, key = request_id or trace_id
 - `llm.batch-jobs`    BatchJob, compacted, key = "<topic>:<partition>:<job_id>"
 - `llm.requests.dlq`  DeadLetter, key = the original key
+- `llm.shadow`        RouteResponse of shadow calls (never the user's answer), key = request_id
 - `llm.control`       Control (operator commands: cancel a batch job, reload the router)
+- `llm.cache`         CacheEntry, compacted, key = "<tenant>/<params_key>/<prompt_sha256>"
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from schemas.events import (
     Attempt,
     BatchItem,
     BatchJob,
+    CacheEntry,
     Candidate,
     Control,
     DatasetRecord,
@@ -53,6 +56,8 @@ TOPICS: dict[str, str] = {
     "batch_jobs": "llm.batch-jobs",
     "dlq": "llm.requests.dlq",
     "control": "llm.control",
+    "cache": "llm.cache",
+    "shadow": "llm.shadow",
 }
 
 # schema file name (without .schema.json) -> Python type
@@ -65,6 +70,7 @@ SCHEMA_TYPES: dict[str, type[Any]] = {
     "control": Control,
     "dead_letter": DeadLetter,
     "dataset": DatasetRecord,
+    "cache_entry": CacheEntry,
 }
 
 
@@ -82,6 +88,7 @@ __all__ = [
     "Attempt",
     "BatchItem",
     "BatchJob",
+    "CacheEntry",
     "Candidate",
     "Control",
     "DatasetRecord",

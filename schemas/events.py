@@ -193,6 +193,8 @@ class RoutingDecision(_Event, frozen=True, kw_only=True, omit_defaults=True):
     prompt_sha256: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")] | None = None
     params: dict[str, object] | None = None
     shadow: bool | None = None
+    cache_hit: bool | None = None
+    shadow_model: NonEmpty | None = None
 
 
 class Feedback(_Event, frozen=True, kw_only=True, omit_defaults=True):
@@ -263,9 +265,9 @@ class BatchJob(_Event, frozen=True, kw_only=True, omit_defaults=True):
     input_file_id: str | None = None
     output_file_id: str | None = None
     error_file_id: str | None = None
+    requests_total: Annotated[int, Meta(ge=1)] | None = None
     error: str | None = None
 
-    requests_total: Annotated[int, Meta(ge=1)] | None = None
 
 class DeadLetterHeader(_Event, frozen=True, kw_only=True):
     key: str
@@ -288,6 +290,33 @@ class DeadLetter(_Event, frozen=True, kw_only=True, omit_defaults=True):
     first_seen_at: Timestamp
     original_key_b64: str | None = None
     original_headers: list[DeadLetterHeader] | None = None
+    worker_id: str | None = None
+
+
+# ---------------------------------------------------------------- semantic cache
+
+
+Sha256 = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+
+
+class CacheEntry(_Event, frozen=True, kw_only=True, omit_defaults=True):
+    """One answer shared through the compacted cache topic; key
+    "<tenant>/<params_key>/<prompt_sha256>", a null value removes the entry."""
+
+    schema_version: Literal[1]
+    tenant: Tenant
+    params_key: Sha256
+    prompt_sha256: Sha256
+    prompt: str
+    model: NonEmpty
+    content: str
+    usage: Usage
+    cost_usd: NonNegative
+    created_at: Timestamp
+    expires_at: Timestamp
+    provider: NonEmpty | None = None
+    finish_reason: FinishReason | None = None
+    request_id: RequestId | None = None
     worker_id: str | None = None
 
 

@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
+import schemas
 from routers.artifact import load_artifact
 from worker.batch.backends import backend_factory
 from worker.config import Config
 from worker.feedback import run_feedback
+from worker.judge import Judge, JudgeSettings
 from worker.loop import Worker
 from worker.metrics import Health, OpsServer, OpsServerConfig, WorkerMetrics
 from worker.observer import MetricsObserver
-from worker.pipeline import Pipeline, RoutingCore
+from worker.pipeline import Arm, Pipeline, RoutingCore
 from worker.providers.catalogue import Catalogue
 from worker.providers.client import ClientSettings, RouterClient
 from worker.providers.http import HttpSettings
 from worker.providers.retry import RetryPolicy
+from worker.semcache_sync import SemanticCacheSync
 from worker.telemetry import TelemetryConfig, Tracing
 from worker.topics import ensure_topics
 
@@ -37,14 +42,60 @@ class App:
     tracing: Tracing
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     health: Health = field(default_factory=Health)
+    reloader: Reloader | None = None
+    _cache_seen: dict[str, int] = field(default_factory=dict)
+
+    def _cache_metrics(self, cache: SemanticCacheSync) -> None:
+        seen = self._cache_seen
+        for result, now in (("hit", cache.stats.hits), ("miss", cache.stats.misses),
+                            ("skipped", cache.stats.skipped)):  # fmt: skip
+            if now > seen.get(result, 0):
+                self.metrics.cache_lookups.labels(result).inc(now - seen.get(result, 0))
+                seen[result] = now
+        self.metrics.cache_entries.set(len(cache.cache))
+        self.metrics.cache_saved_usd.set(cache.stats.saved_usd)
+
+    async def background(self, stop: asyncio.Event) -> None:
+        """Router-version watch (when configured) and the gauges the loop does not set."""
+        tasks = []
+        if self.reloader is not None and self.config.router.watch_s > 0:
+            tasks.append(asyncio.create_task(self.reloader.watch(stop)))
+        try:
+            while not stop.is_set():
+                batches = self.worker.batches
+                if batches is not None:
+                    self.metrics.batch_open_jobs.set(batches.open_jobs)
+                    self.metrics.batch_waiting.set(batches.waiting())
+                cache = self.pipeline.cache
+                if cache is not None:
+                    self._cache_metrics(cache)
+                shadow = self.pipeline.shadow_stats
+                self.metrics.shadow_calls.set(shadow["calls"])
+                self.metrics.shadow_cost_usd.set(shadow["cost_usd"] + shadow["judge_cost_usd"])
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+        finally:
+            for task in tasks:
+                task.cancel()
 
     async def close(self) -> None:
         await self.client.aclose()
         await self.tracing.aclose(5.0)
 
 
+def resolve_artifact(path: str | Path) -> Path:
+    """An artifact folder, or the promoted version of a registry (its CURRENT file names it)."""
+    folder = Path(path)
+    pointer = folder / "CURRENT"
+    if pointer.is_file():
+        name = pointer.read_text("utf-8").strip()
+        if name:
+            return folder / name
+    return folder
+
+
 def build(config: Config, tracing: Tracing | None = None) -> App:
-    artifact = load_artifact(config.router.artifact)
+    artifact = load_artifact(resolve_artifact(config.router.artifact))
     catalogue = Catalogue.from_dict({"models": config.models})
     p = config.providers
     client = RouterClient(
@@ -73,7 +124,91 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
         config.kafka, config.topics, config.loop, pipeline, observer, tracing,
         batch=config.batch, batch_backend=backends,
     )  # fmt: skip
-    return App(config, client, pipeline, worker, tracing, metrics, health)
+    pipeline.set_experiments(_arms(config, catalogue))
+    pipeline.shadow_sink = worker.publish_shadow
+    if config.shadow.judge_model is not None:
+        pipeline.shadow_judge = Judge(client, JudgeSettings(model=config.shadow.judge_model))
+    worker.before_stop.append(lambda: pipeline.close_shadow(5.0))
+    if config.cache.enabled:
+        cache = SemanticCacheSync(
+            config.cache, topic=config.topics.cache, client_kwargs=config.kafka.common_kwargs(),
+            worker_id=config.loop.worker_id,
+        )  # fmt: skip
+        pipeline.cache = cache
+        worker.on_start.append(cache.start)
+        worker.before_stop.append(cache.stop)
+    reloader = Reloader(config, pipeline, metrics)
+    worker.control_handlers["reload_router"] = reloader.on_control
+    metrics.set_router(artifact.router.name, artifact.router.version)
+    return App(config, client, pipeline, worker, tracing, metrics, health, reloader)
+
+
+def _arms(config: Config, catalogue: Catalogue) -> dict[str, list[Arm]]:
+    """Each experiment's arms; an arm with its own artifact gets its own routing core."""
+    out: dict[str, list[Arm]] = {}
+    for exp in config.experiments:
+        arms = []
+        for spec in exp.arms:
+            core = None
+            if spec.artifact is not None:
+                core = RoutingCore(
+                    config, load_artifact(resolve_artifact(spec.artifact)), catalogue
+                )
+            arms.append(Arm(exp.name, spec.name, spec.weight, spec.policy, core))
+        out[exp.name] = arms
+    return out
+
+
+class Reloader:
+    """Loads a promoted router without a restart: on a `reload_router` control event, and (with
+    `router.watch_s`) when the artifact folder or its registry's CURRENT names a new version.
+    Loading runs in a thread; the pipeline swaps cores between requests, so none is lost or
+    stalled (requests already routed finish with the router that routed them)."""
+
+    def __init__(self, config: Config, pipeline: Pipeline, metrics: WorkerMetrics) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.metrics = metrics
+
+    @property
+    def version(self) -> str:
+        return self.pipeline.core.router.version
+
+    async def load(self, path: str | Path, expect_version: str | None = None) -> bool:
+        folder = resolve_artifact(path)
+        artifact = await asyncio.to_thread(load_artifact, folder)
+        if expect_version is not None and artifact.router.version != expect_version:
+            log.error("artifact %s holds version %s, not %s: not loaded",
+                      folder, artifact.router.version, expect_version)  # fmt: skip
+            return False
+        if artifact.router.version == self.version:
+            return False
+        self.pipeline.reload(artifact)
+        self.metrics.set_router(artifact.router.name, artifact.router.version)
+        return True
+
+    async def on_control(self, command: schemas.Control) -> None:
+        path = command.artifact_path or self.config.router.artifact
+        try:
+            await self.load(path, command.router_version)
+        except Exception:
+            log.exception("reload_router %s: loading %s failed", command.command_id, path)
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        every = self.config.router.watch_s
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every)
+            if stop.is_set():
+                return
+            try:
+                folder = resolve_artifact(self.config.router.artifact)
+                meta = await asyncio.to_thread((folder / "meta.json").read_text, "utf-8")
+                if json.loads(meta).get("version") != self.version:
+                    await self.load(folder)
+            except Exception:
+                log.exception("checking %s for a new router version failed",
+                              self.config.router.artifact)  # fmt: skip
 
 
 def tracing_masks(config: Config) -> bool:
@@ -100,7 +235,13 @@ async def serve(config: Config) -> int:
             log.info("metrics and health on %s", ops.url)
         stack.push_async_callback(app.close)
         feedback = await stack.enter_async_context(_FeedbackTask(app))
-        await app.worker.run()
+        stop = asyncio.Event()
+        background = asyncio.create_task(app.background(stop))
+        try:
+            await app.worker.run()
+        finally:
+            stop.set()
+            await background
         feedback.stop.set()
     log.info("worker stopped: %s", app.worker.stats)
     return 0

@@ -26,6 +26,7 @@ import msgspec
 
 from worker.kafka_config import KafkaSettings, LoopSettings, TopicSettings
 from worker.providers.catalogue import Catalogue
+from worker.semcache_sync import CacheSettings
 from worker.telemetry.config import TelemetryConfig
 
 PolicyKind = Literal["threshold", "quality_target", "cost_tradeoff", "cascade"]
@@ -45,7 +46,10 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 class RouterSettings(_Section, frozen=True, kw_only=True):
-    artifact: str  # folder written by `llmroute train`
+    # folder written by `llmroute train`, or a registry folder whose CURRENT file names the
+    # promoted version (`llmroute retrain --registry`)
+    artifact: str
+    watch_s: float = 0.0  # > 0: check the artifact (or CURRENT) this often; load a new version
     prompt_include_system: bool = False
     prompt_include_history: bool = False
 
@@ -101,6 +105,49 @@ class BatchSettings(_Section, frozen=True, kw_only=True):
             raise ValueError("batch poll_initial_s must be > 0 and <= poll_max_s")
 
 
+class ArmSpec(_Section, frozen=True, kw_only=True):
+    """One arm of an A/B experiment: a share of the traffic routed by its own policy and/or
+    router artifact (unset: the worker's own)."""
+
+    name: str
+    weight: float = 1.0
+    policy: str | None = None
+    artifact: str | None = None
+
+
+class ExperimentSpec(_Section, frozen=True, kw_only=True):
+    """Requests of `tenants` (None: all) are split between `arms` by a stable hash of the
+    request id salted with the experiment name (routers.split)."""
+
+    name: str
+    arms: tuple[ArmSpec, ...]
+    tenants: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.arms) < 1 or len({a.name for a in self.arms}) != len(self.arms):
+            raise ValueError(f"experiment {self.name!r} needs arms with distinct names")
+        if any(a.weight < 0 for a in self.arms) or sum(a.weight for a in self.arms) <= 0:
+            raise ValueError(f"experiment {self.name!r}: weights must be >= 0, sum > 0")
+
+
+class ShadowSettings(_Section, frozen=True, kw_only=True):
+    """For a stable `sample` of requests (hash of the request id), also call `model` in the
+    background: "other" (the router's strong model when the weak one answered, else the weak),
+    "strong", "weak", or a catalogue model name. The user's response never changes; the shadow
+    answer goes to the shadow topic, its decision to the decisions topic (`shadow: true`), and
+    a pairwise judge verdict to the feedback topic when `judge_model` is set."""
+
+    sample: float = 0.0
+    model: str = "other"
+    tenants: tuple[str, ...] | None = None
+    judge_model: str | None = None
+    max_in_flight: int = 256  # shadow calls beyond this are skipped (never queue up)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample <= 1.0:
+            raise ValueError("shadow sample must be within [0, 1]")
+
+
 class MetricsSettings(_Section, frozen=True, kw_only=True):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -130,6 +177,9 @@ class Config(_Section, frozen=True, kw_only=True):
     telemetry: dict[str, Any] = {}
     metrics: MetricsSettings = MetricsSettings()
     batch: BatchSettings = BatchSettings()
+    experiments: tuple[ExperimentSpec, ...] = ()
+    shadow: ShadowSettings = ShadowSettings()
+    cache: CacheSettings = CacheSettings()
     topic_replication_factor: int = 1
 
     def __post_init__(self) -> None:
@@ -141,6 +191,20 @@ class Config(_Section, frozen=True, kw_only=True):
             for model in [*(tenant.allowed_models or []), *tenant.denied_models]:
                 if model not in self.models:
                     raise ValueError(f"tenant {name!r} names unknown model {model!r}")
+        for exp in self.experiments:
+            for arm in exp.arms:
+                if arm.policy is not None and arm.policy not in self.policies:
+                    raise ValueError(f"experiment {exp.name!r} arm {arm.name!r} uses unknown "
+                                     f"policy {arm.policy!r}")  # fmt: skip
+        if len({e.name for e in self.experiments}) != len(self.experiments):
+            raise ValueError("experiment names must be distinct")
+        shadow = self.shadow
+        for model in (
+            shadow.judge_model,
+            None if shadow.model in ("other", "strong", "weak") else shadow.model,
+        ):
+            if model is not None and model not in self.models:
+                raise ValueError(f"shadow names unknown model {model!r}")  # fmt: skip
 
     def tenant(self, name: str) -> TenantSettings:
         return self.tenants.get(name, self.default_tenant)
@@ -160,6 +224,16 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
             config.router, artifact=str((base_dir / config.router.artifact).resolve())
         )
         config = msgspec.structs.replace(config, router=router)
+    if base_dir is not None and config.experiments:
+        experiments = tuple(
+            msgspec.structs.replace(e, arms=tuple(
+                msgspec.structs.replace(a, artifact=str((base_dir / a.artifact).resolve()))
+                if a.artifact is not None and not Path(a.artifact).is_absolute() else a
+                for a in e.arms
+            ))
+            for e in config.experiments
+        )  # fmt: skip
+        config = msgspec.structs.replace(config, experiments=experiments)
     return config
 
 

@@ -44,6 +44,22 @@ class KafkaSettings(_Settings, frozen=True, kw_only=True):
     producer_max_request_bytes: int = 4 * 1024 * 1024
     producer_compression: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
 
+    def __post_init__(self) -> None:
+        # a security setting that the protocol would silently ignore is a mistake: say so at load
+        sasl = self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        if sasl and not (self.sasl_username_env and self.sasl_password_env):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_username_env and "
+                "sasl_password_env (names of environment variables)"
+            )
+        if not sasl and (self.sasl_mechanism or self.sasl_username_env or self.sasl_password_env):
+            raise ValueError("sasl_* settings need security_protocol SASL_PLAINTEXT or SASL_SSL")
+        if not tls and (self.ssl_cafile or self.ssl_certfile or self.ssl_keyfile):
+            raise ValueError("ssl_* settings need security_protocol SSL or SASL_SSL")
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ValueError("ssl_keyfile needs ssl_certfile (the client certificate for mTLS)")
+
     def common_kwargs(self, env: dict[str, str] | None = None) -> dict[str, Any]:
         """Connection and security arguments shared by aiokafka consumers, producers, admins."""
         env = dict(os.environ) if env is None else env
@@ -85,6 +101,8 @@ class TopicSettings(_Settings, frozen=True, kw_only=True):
     dlq: str = schemas.TOPICS["dlq"]
     batch_jobs: str = schemas.TOPICS["batch_jobs"]
     control: str = schemas.TOPICS["control"]
+    shadow: str = schemas.TOPICS["shadow"]  # shadow answers (worker.pipeline shadow mode)
+    cache: str = schemas.TOPICS["cache"]  # compacted: semantic cache entries (routers.semcache)
     done: str = "llm.requests.done"  # compacted dedupe log: request ids already answered
 
 

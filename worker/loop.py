@@ -166,6 +166,9 @@ class Worker:
         self._control_partitions = 0
         # operator commands from the control topic (`schemas.Control`), by action
         self.control_handlers: dict[str, Callable[[schemas.Control], Awaitable[None]]] = {}
+        # awaited once the clients have started, and after the drain and the last commit
+        self.on_start: list[Callable[[], Awaitable[None]]] = []
+        self.before_stop: list[Callable[[], Awaitable[None]]] = []
         self._source_partitions = 0
         self.ready = asyncio.Event()
         self.consumer: AIOKafkaConsumer | None = None
@@ -207,6 +210,8 @@ class Worker:
             await self.consumer.start()
             try:
                 await self._partition_counts()
+                for hook in self.on_start:
+                    await hook()
                 self._start_batches()
                 control = asyncio.create_task(self._follow_control())
                 self.consumer.subscribe([self.topics.requests], listener=_Rebalance(self))
@@ -218,6 +223,11 @@ class Worker:
                     self.batches.flush_all()  # what waits for a batch is submitted, not dropped
                 await self._drain(self.settings.drain_timeout_s)
                 await self._commit()
+                for hook in self.before_stop:
+                    try:
+                        await hook()
+                    except Exception:
+                        log.exception("a shutdown hook failed")
             finally:
                 if self.batches is not None:
                     await self.batches.close(self.settings.drain_timeout_s)
@@ -478,6 +488,26 @@ class Worker:
         )
         await self._publish(handled, request, info)
         answered.add(request.request_id)
+
+    async def publish_shadow(
+        self,
+        response: schemas.RouteResponse,
+        decision: schemas.RoutingDecision,
+        feedback: list[schemas.Feedback],
+    ) -> None:
+        """A shadow call's answer (shadow topic), decision (`shadow: true`) and verdicts."""
+        producer = self.producer
+        if producer is None:
+            return
+        key = response.request_id.encode()
+        acks = [await producer.send(self.topics.shadow, schemas.encode(response), key=key)]
+        if self.settings.publish_decisions:
+            acks.append(
+                await producer.send(self.topics.decisions, schemas.encode(decision), key=key)
+            )
+        for event in feedback:
+            acks.append(await producer.send(self.topics.feedback, schemas.encode(event), key=key))
+        await asyncio.gather(*acks)
 
     async def _publish_decision(
         self, decision: schemas.RoutingDecision | None, request: schemas.RouteRequest

@@ -104,12 +104,54 @@ class WorkerMetrics:
             ["from_model", "to_model"], namespace=ns, registry=reg,
         )  # fmt: skip
         self.cache_lookups = Counter(
-            "route_cache_lookups", "Routing decision cache lookups, by result.", ["result"],
+            "route_cache_lookups", "Semantic cache lookups before routing, by result (hit, miss, "
+            "skipped: not cacheable).",
+            ["result"],
             namespace=ns, registry=reg,
         )  # fmt: skip
         self.redeliveries_skipped = Counter(
             "redeliveries_skipped", "Redelivered requests skipped: a response was already sent.",
             namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.arm_requests = Counter(
+            "ab_requests", "A/B experiments: requests finished per arm, by status.",
+            ["arm", "status"], namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.arm_cost_usd = Counter(
+            "ab_cost_usd", "A/B experiments: provider cost per arm, USD.", ["arm"],
+            namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.arm_duration = Histogram(
+            "ab_request_duration_seconds", "A/B experiments: end-to-end latency per arm.",
+            ["arm"], namespace=ns, registry=reg, buckets=REQUEST_BUCKETS_S,
+        )  # fmt: skip
+        self.shadow_calls = Gauge(
+            "shadow_calls", "Shadow calls made since start (never part of a user's answer).",
+            namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.shadow_cost_usd = Gauge(
+            "shadow_cost_usd", "Cost of shadow calls and their judging since start, USD "
+            "(kept apart from cost_usd).", namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.cache_entries = Gauge(
+            "semantic_cache_entries", "Entries in this member's semantic cache.",
+            namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.cache_saved_usd = Gauge(
+            "semantic_cache_saved_usd", "Recorded cost of the answers served from the semantic "
+            "cache since start, USD.", namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.batch_open_jobs = Gauge(
+            "batch_open_jobs", "Batch jobs this member follows (submitted, not yet published).",
+            namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.batch_waiting = Gauge(
+            "batch_waiting_requests", "Batch-mode requests accumulated, not yet submitted.",
+            namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.router_version = Gauge(
+            "router_info", "The router in use (value 1), by name and version.",
+            ["router", "version"], namespace=ns, registry=reg,
         )  # fmt: skip
         self.event_loop_lag = Gauge(
             "event_loop_lag_seconds", "How late the last periodic event-loop wake-up fired.",
@@ -122,6 +164,15 @@ class WorkerMetrics:
         self.route_duration.observe(duration_s)
         if cache_hit is not None:
             self.cache_lookups.labels("hit" if cache_hit else "miss").inc()
+
+    def observe_arm(self, arm: str, status: str, cost_usd: float, duration_s: float) -> None:
+        self.arm_requests.labels(arm, status).inc()
+        self.arm_cost_usd.labels(arm).inc(cost_usd)
+        self.arm_duration.labels(arm).observe(duration_s)
+
+    def set_router(self, router: str, version: str) -> None:
+        self.router_version.clear()
+        self.router_version.labels(router, version).set(1)
 
     def observe_request(self, model: str | None, status: str, duration_s: float) -> None:
         label = model or "none"

@@ -8,14 +8,15 @@ tenant lists them in `allow_overrides`, and are otherwise ignored and said so in
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import numpy as np
@@ -23,6 +24,7 @@ import numpy.typing as npt
 
 import schemas
 from routers import policy as rpolicy
+from routers import split
 from routers.artifact import Artifact
 from routers.calibration import threshold_from_quantiles
 from routers.cascade import AnswerScorer, CascadeParams
@@ -44,7 +46,16 @@ from worker.providers.types import (
 )
 from worker.telemetry import TelemetryConfig, Tracing
 
+if TYPE_CHECKING:
+    from routers.semcache import CacheHit
+    from worker.judge import Judge
+    from worker.semcache_sync import CachedAnswer, SemanticCacheSync
+
 log = logging.getLogger(__name__)
+
+ShadowSink = Callable[
+    [schemas.RouteResponse, schemas.RoutingDecision, list[schemas.Feedback]], Awaitable[None]
+]
 
 PREPARE_CHUNK = 64  # requests scored per batched `predict` (worker.loop fetches up to thousands)
 
@@ -75,6 +86,7 @@ class Prepared:
     text: str
     predicted: npt.NDArray[np.float64]
     predict_ms: float  # this request's share of the batch's predict time
+    core: RoutingCore | None = None  # the router that scored it (a reload may swap it)
 
 
 @dataclass
@@ -88,6 +100,22 @@ class Outcome:
     escalated: bool = False
     extra_cost_usd: float = 0.0  # paid for answers that were not used (cascade escalation)
     attempts: list[schemas.Attempt] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of an A/B experiment, ready to route: its policy and router (None: the
+    worker's current ones)."""
+
+    experiment: str
+    name: str
+    weight: float
+    policy: str | None = None
+    core: RoutingCore | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.experiment}:{self.name}"
 
 
 def trace_id_for(request_id: str) -> str:
@@ -129,8 +157,11 @@ class RoutingCore:
 
     # ------------------------------------------------------------ policy
 
-    def resolve(self, request: schemas.RouteRequest) -> Resolved:
+    def resolve(self, request: schemas.RouteRequest, policy: str | None = None) -> Resolved:
+        """`policy` (an A/B arm's) replaces the tenant's policy; request overrides still apply."""
         tenant = self.config.tenant(request.tenant)
+        if policy is not None:
+            tenant = msgspec.structs.replace(tenant, policy=policy)
         ask = request.routing
         notes: list[str] = []
 
@@ -297,6 +328,44 @@ class Pipeline:
         self.scorer_cache: dict[float, AnswerScorer] = {}
         # model -> whether its requests can go through the provider's Batch API (set by the app)
         self.can_batch: Callable[[str], bool] = lambda model: False
+        self._arms: dict[str, list[Arm]] = {}
+        # shadow calls: where their records go (set by the loop), the optional pairwise judge
+        # (set by the app), and what they cost
+        self.shadow_sink: ShadowSink | None = None
+        self.shadow_judge: Judge | None = None
+        self.shadow_stats: dict[str, float] = {
+            "calls": 0, "errors": 0, "skipped": 0, "cost_usd": 0.0, "judge_cost_usd": 0.0,
+        }  # fmt: skip
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self.cache: SemanticCacheSync | None = None  # set by the app when [cache] is enabled
+        self._background: set[asyncio.Task[bool]] = set()
+
+    # ------------------------------------------------------------ versions and experiments
+
+    def reload(self, artifact: Artifact) -> RoutingCore:
+        """Route with `artifact` from now on (requests already routed finish as they were).
+        Building the core validates the artifact against the config; on error nothing
+        changes."""
+        core = RoutingCore(self.core.config, artifact, self.core.catalogue)
+        self.core = core
+        log.info("router %s %s loaded", artifact.router.name, artifact.router.version)
+        return core
+
+    def set_experiments(self, arms: dict[str, list[Arm]]) -> None:
+        """experiment name -> its arms (their cores loaded by the app)."""
+        self._arms = arms
+
+    def arm_for(self, request: schemas.RouteRequest) -> Arm | None:
+        """The A/B arm of this request: the first experiment that covers its tenant, then a
+        stable hash of the request id salted with the experiment name."""
+        for exp in self.core.config.experiments:
+            if exp.tenants is not None and request.tenant not in exp.tenants:
+                continue
+            arms = self._arms.get(exp.name)
+            if not arms:
+                continue
+            return arms[split.choose(request.request_id, [a.weight for a in arms], exp.name)]
+        return None
 
     def prepare(self, requests: Sequence[schemas.RouteRequest]) -> list[Prepared | None]:
         """Score the routing prompts of a fetched batch with one `predict` call per
@@ -307,17 +376,18 @@ class Pipeline:
         for lo in range(0, len(requests), PREPARE_CHUNK):
             chunk = requests[lo : lo + PREPARE_CHUNK]
             try:
+                core = self.core
                 messages = [[schemas.to_builtins(m) for m in r.messages] for r in chunk]
-                texts = [self.core.prompt(m) for m in messages]
+                texts = [core.prompt(m) for m in messages]
                 t0 = self.perf()
-                predicted = self.core.router.predict(texts)
+                predicted = core.router.predict(texts)
                 share_ms = (self.perf() - t0) * 1000 / len(texts)
             except Exception:
                 log.exception("batched routing failed; scoring each request alone")
                 out.extend([None] * len(chunk))
                 continue
             out.extend(
-                Prepared(messages[i], texts[i], predicted[i].copy(), share_ms)
+                Prepared(messages[i], texts[i], predicted[i].copy(), share_ms, core)
                 for i in range(len(texts))
             )
         return out
@@ -345,15 +415,24 @@ class Pipeline:
                 f"deadline {request.deadline.isoformat()} passed before routing",
                 False,
             )
+        cache = self.cache
+        if cache is not None and not interactive:
+            hit = cache.lookup(request)
+            if hit is not None:
+                return self._cached(request, hit, started)
+        arm = self.arm_for(request)
+        core = arm.core if arm is not None and arm.core is not None else self.core
+        if ready is not None and ready.core is not core:
+            ready = None  # scored by another router (an arm's, or before a reload)
         try:
             with self.tracing.route_span() as route:
-                resolved = self.core.resolve(request)
+                resolved = core.resolve(request, arm.policy if arm is not None else None)
                 t0 = self.perf()
-                decision = self.core.decide(request, resolved, ready)
+                decision = core.decide(request, resolved, ready)
                 outcome.routing_ms = (self.perf() - t0) * 1000
                 if ready is not None:
                     outcome.routing_ms += ready.predict_ms
-                info = _decision_info(decision)
+                info = _decision_info(decision, arm.label if arm is not None else None)
                 route.set_decision(info)
         except RequestRejected as exc:
             return self._error(request, started, outcome, "RequestRejected", str(exc), False)
@@ -363,7 +442,7 @@ class Pipeline:
             if ready is not None
             else [schemas.to_builtins(m) for m in request.messages]
         )
-        deadline_s = self.core.config.providers.request_deadline_s
+        deadline_s = core.config.providers.request_deadline_s
         if request.deadline is not None:
             deadline_s = min(deadline_s, (request.deadline - now).total_seconds())
         call = _completion_request(request, messages)
@@ -374,11 +453,11 @@ class Pipeline:
                 call=call,
                 decision=self._decision_event(request, decision, info, messages, trace_id),
             )
-        chain = self.core.fallback_chain(decision, resolved.options)
+        chain = core.fallback_chain(decision, resolved.options)
         try:
-            if resolved.spec.kind == "cascade" and decision.model == self.core.router.weak:
+            if resolved.spec.kind == "cascade" and decision.model == core.router.weak:
                 completion = await self._cascade(
-                    request, call, chain, resolved.spec, deadline_s, outcome
+                    request, call, chain, resolved.spec, deadline_s, outcome, core.router.strong
                 )
             else:
                 completion = await self._call(request, call, chain, deadline_s, outcome)
@@ -410,10 +489,15 @@ class Pipeline:
             )
         outcome.completion = completion
         result = completion.result
-        strong = self.core.catalogue.models.get(self.core.router.strong)
+        self._maybe_shadow(request, call, core, decision, info, result.model, result.text, messages)
+        strong = core.catalogue.models.get(core.router.strong)
         if strong is not None:
             outcome.strong_cost_usd = strong.cost_usd(result.usage)
         cost = completion.cost_usd + outcome.extra_cost_usd
+        if cache is not None:
+            store = asyncio.create_task(cache.publish(request, _answer_of(request, result)))
+            self._background.add(store)
+            store.add_done_callback(self._background.discard)
         trace_id = trace_id_for(request.request_id)
         response = schemas.RouteResponse(
             schema_version=1,
@@ -491,10 +575,11 @@ class Pipeline:
         spec: PolicySpec,
         deadline_s: float,
         outcome: Outcome,
+        router_strong: str,
     ) -> RoutedCompletion:
         """Cheap model first; escalate to the strong model when the scorer rejects the answer."""
         cheap = chain[0]
-        strong = spec.strong or self.core.router.strong
+        strong = spec.strong or router_strong
         started = self.perf()
         first = await self._call(request, call, [cheap], deadline_s, outcome)
         scorer = self.scorer_cache.setdefault(
@@ -511,6 +596,194 @@ class Pipeline:
         remaining = deadline_s - (self.perf() - started)
         rest = [strong, *(m for m in chain[1:] if m != strong)]
         return await self._call(request, call, rest, max(remaining, 0.001), outcome)
+
+    def _cached(
+        self, request: schemas.RouteRequest, hit: CacheHit[CachedAnswer], started: float
+    ) -> Handled:
+        """Answer from the semantic cache: no routing and no model call."""
+        answer = hit.value
+        core = self.core
+        tenant = core.config.tenant(request.tenant)
+        info = schemas.DecisionInfo(
+            router="semantic-cache",
+            router_version=core.router.version,
+            policy=tenant.policy,
+            model=answer.model,
+            score=hit.similarity,
+            threshold=core.config.cache.similarity_threshold,
+            candidates=[],
+            reason=f"semantic cache hit: similarity {hit.similarity:.3f} to the prompt of "
+            f"{answer.request_id or 'an earlier request'}",
+            cache_hit=True,
+        )
+        trace_id = trace_id_for(request.request_id)
+        usage = schemas.Usage(input_tokens=answer.usage.input_tokens,
+                              output_tokens=answer.usage.output_tokens)  # fmt: skip
+        finish = answer.finish_reason if answer.finish_reason in ("stop", "length") else "stop"
+        response = schemas.RouteResponse(
+            schema_version=1,
+            request_id=request.request_id,
+            tenant=request.tenant,
+            status="ok",
+            model=answer.model,
+            provider=answer.provider,
+            message=schemas.OutputMessage(role="assistant", content=answer.content),
+            finish_reason=finish,  # type: ignore[arg-type]
+            usage=usage,
+            cost_usd=0.0,
+            latency_ms=(self.perf() - started) * 1000,
+            decision=info,
+            attempts=[],
+            error=None,
+            trace_id=trace_id,
+            created_at=self.wall_clock(),
+            mode=request.routing.mode,
+            cache_hit=True,
+        )
+        messages = [schemas.to_builtins(m) for m in request.messages]
+        text = prompt_text(messages)
+        event = schemas.RoutingDecision(
+            schema_version=1,
+            request_id=request.request_id,
+            tenant=request.tenant,
+            decision=info,
+            trace_id=trace_id,
+            created_at=self.wall_clock(),
+            mode=request.routing.mode,
+            prompt=None if self.mask_prompts else text,
+            prompt_sha256=hashlib.sha256(text.encode()).hexdigest(),
+            params=schemas.to_builtins(request.params) or None,
+            cache_hit=True,
+        )
+        strong = core.catalogue.models.get(core.router.strong)
+        strong_cost = (
+            strong.cost_usd(Usage(input_tokens=usage.input_tokens,
+                                  output_tokens=usage.output_tokens))
+            if strong is not None else None
+        )  # fmt: skip
+        return Handled(response=response, decision=event, routing_ms=0.0,
+                       strong_cost_usd=strong_cost)  # fmt: skip
+
+    # ------------------------------------------------------------ shadow calls
+
+    def _maybe_shadow(
+        self,
+        request: schemas.RouteRequest,
+        call: CompletionRequest,
+        core: RoutingCore,
+        decision: Decision,
+        info: schemas.DecisionInfo,
+        answered_by: str,
+        answer: str,
+        messages: list[dict[str, Any]],
+    ) -> None:
+        shadow = core.config.shadow
+        if shadow.sample <= 0 or self.shadow_sink is None:
+            return
+        if shadow.tenants is not None and request.tenant not in shadow.tenants:
+            return
+        if not split.sampled(request.request_id, shadow.sample, "shadow"):
+            return
+        strong, weak = core.router.strong, core.router.weak
+        model = {
+            "other": weak if answered_by == strong else strong,
+            "strong": strong,
+            "weak": weak,
+        }.get(shadow.model, shadow.model)
+        if model == answered_by or model not in core.catalogue.models:
+            return  # nothing to compare against
+        if len(self._shadow_tasks) >= shadow.max_in_flight:
+            self.shadow_stats["skipped"] += 1
+            return
+        task = asyncio.create_task(
+            self._shadow(request, call, model, decision, info, answered_by, answer, messages)
+        )
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(
+        self,
+        request: schemas.RouteRequest,
+        call: CompletionRequest,
+        model: str,
+        decision: Decision,
+        info: schemas.DecisionInfo,
+        answered_by: str,
+        answer: str,
+        messages: list[dict[str, Any]],
+    ) -> None:
+        """Call `model` too; publish its answer, its decision (`shadow: true`) and, with a
+        judge, the pairwise verdict. Never touches the user's response; never raises."""
+        started = self.perf()
+        trace_id = trace_id_for(request.request_id)
+        try:
+            completion = await self.client.complete(
+                call, [model], deadline_s=self.core.config.providers.request_deadline_s
+            )
+        except ProviderError as exc:
+            self.shadow_stats["errors"] += 1
+            log.info("shadow call to %s failed: %s", model, type(exc).__name__)
+            return
+        except Exception:
+            log.exception("shadow call to %s failed", model)
+            return
+        result = completion.result
+        self.shadow_stats["calls"] += 1
+        self.shadow_stats["cost_usd"] += completion.cost_usd
+        response = schemas.RouteResponse(
+            schema_version=1,
+            request_id=request.request_id,
+            tenant=request.tenant,
+            status="ok",
+            model=result.model,
+            provider=result.provider,
+            message=schemas.OutputMessage(role="assistant", content=result.text),
+            finish_reason=result.finish_reason,
+            usage=_usage(result.usage),
+            cost_usd=completion.cost_usd,
+            latency_ms=(self.perf() - started) * 1000,
+            decision=info,
+            attempts=_attempts(completion.attempts),
+            error=None,
+            trace_id=trace_id,
+            created_at=self.wall_clock(),
+            mode=request.routing.mode,
+        )
+        event = msgspec.structs.replace(
+            self._decision_event(request, decision, info, messages, trace_id),
+            shadow=True,
+            shadow_model=model,
+        )
+        feedback: list[schemas.Feedback] = []
+        judge = self.shadow_judge
+        if judge is not None:
+            try:
+                verdict = await judge.compare(prompt_text(messages), answer, result.text)
+            except Exception as exc:
+                log.info("shadow judge failed: %s", type(exc).__name__)
+            else:
+                self.shadow_stats["judge_cost_usd"] += verdict.cost_usd
+                sides: tuple[tuple[Literal["a", "b"], str], ...] = (
+                    ("a", answered_by), ("b", model),
+                )  # fmt: skip
+                for which, who in sides:
+                    value = verdict.value_for(which)
+                    if value is not None:
+                        feedback.append(judge.feedback(
+                            request.request_id, who, value, pairwise=True,
+                            comment=f"shadow comparison, consistent={verdict.consistent}",
+                        ))  # fmt: skip
+        assert self.shadow_sink is not None
+        try:
+            await self.shadow_sink(response, event, feedback)
+        except Exception:
+            log.exception("publishing the shadow answer of %s failed", request.request_id)
+
+    async def close_shadow(self, timeout_s: float) -> None:
+        if self._shadow_tasks:
+            await asyncio.wait(set(self._shadow_tasks), timeout=timeout_s)
+        for task in list(self._shadow_tasks):
+            task.cancel()
 
     def batch_response(self, finished: Finished) -> Handled:
         """The response for one item of an ended batch job: its answer (priced with the batch
@@ -660,6 +933,18 @@ class Pipeline:
         )
 
 
+def _answer_of(request: schemas.RouteRequest, result: CompletionResult) -> schemas.RouteResponse:
+    """The minimal response the semantic cache stores for an answer."""
+    return schemas.RouteResponse(
+        schema_version=1, request_id=request.request_id, tenant=request.tenant, status="ok",
+        model=result.model, provider=result.provider,
+        message=schemas.OutputMessage(role="assistant", content=result.text),
+        finish_reason=result.finish_reason, usage=_usage(result.usage), cost_usd=result.cost_usd,
+        latency_ms=0.0, decision=None, attempts=[], error=None, trace_id=None,
+        created_at=datetime.now(UTC),
+    )  # fmt: skip
+
+
 def _error_name(outcome: object) -> str:
     return type(outcome).__name__ if isinstance(outcome, ProviderError) else "MissingBatchResult"
 
@@ -720,8 +1005,9 @@ def _usage(usage: Usage) -> schemas.Usage:
     )
 
 
-def _decision_info(decision: Decision) -> schemas.DecisionInfo:
+def _decision_info(decision: Decision, arm: str | None = None) -> schemas.DecisionInfo:
     return schemas.DecisionInfo(
+        arm=arm,
         router=decision.router or "unknown",
         router_version=decision.router_version or "unknown",
         policy=decision.policy,

@@ -19,15 +19,15 @@ async def ensure_topics(
 ) -> dict[str, int]:
     """Make sure every output topic exists; returns each topic's partition count.
 
-    New topics get as many partitions as the request topic (at least 1); the dedupe log and the
-    batch-job topic are compacted.
+    New topics get as many partitions as the request topic (at least 1); the dedupe log, the
+    batch-job topic and the semantic-cache topic are compacted.
     """
     admin = AIOKafkaAdminClient(**client_kwargs)
     await admin.start()
     try:
         existing = await _partitions(admin)
         partitions = max(1, existing.get(topics.requests, 0))
-        compacted = {topics.done, topics.batch_jobs}
+        compacted = {topics.done, topics.batch_jobs, topics.cache}
         wanted = [
             topics.requests,
             topics.responses,
@@ -37,6 +37,8 @@ async def ensure_topics(
             topics.done,
             topics.batch_jobs,
             topics.control,
+            topics.cache,
+            topics.shadow,
         ]
         missing = [t for t in dict.fromkeys(wanted) if t not in existing]
         if missing:

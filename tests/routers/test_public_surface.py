@@ -9,6 +9,8 @@ EXPECTED = {
     "ROUTER_NAMES",
     "AnswerScorer",
     "ArtifactError",
+    "CacheHit",
+    "CacheParams",
     "Candidate",
     "CascadeParams",
     "CascadeResult",
@@ -19,9 +21,11 @@ EXPECTED = {
     "ModelPrice",
     "NoEligibleModelError",
     "PolicyOptions",
+    "PromptVectorizer",
     "Record",
     "Router",
     "RoutingError",
+    "SemanticCache",
     "TrainOptions",
     "TrainingDataError",
     "decide",
@@ -49,6 +53,7 @@ def test_errors_share_one_root():
 def test_import_routers_pulls_in_no_shell_or_network_package():
     code = (
         "import json, sys, routers, routers.evaluation, routers.cascade, routers.calibration\n"
+        "import routers.semcache\n"
         "bad = {'httpx', 'aiokafka', 'langfuse', 'opentelemetry', 'worker', 'asyncio',"
         " 'matplotlib'}\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in bad)))\n"
