@@ -6,7 +6,7 @@
 Fields passed with `extra=` are written as top-level keys (values that JSON cannot encode are
 written as `str()`); an exception adds `exc_type` and `exc`. `RedactingFilter` scrubs API keys
 (`sk-...`, `sk-ant-...`, Langfuse `sk-lf-...`), `Bearer`/`Basic` credentials and
-`api-key`/`x-api-key`-style header values from the message, the extras and the traceback.
+`api-key`/`x-api-key`-style header values and SASL/PLAIN auth bytes from the message, the extras and the traceback.
 Nothing here runs at import; `setup_logging` installs one handler on the root logger.
 """
 
@@ -24,6 +24,8 @@ __all__ = ["JsonFormatter", "RedactingFilter", "redact", "setup_logging"]
 REDACTED: Final = "[REDACTED]"
 
 _SECRET_PATTERNS: Final = (
+    # SASL/PLAIN authentication bytes as aiokafka logs them at DEBUG ("user\x00user\x00password")
+    (re.compile(r"(sasl_auth_bytes=)b?(['\"]).*?(?<!\\)\2"), rf"\1{REDACTED}"),
     # OpenAI (sk-, sk-proj-), Anthropic (sk-ant-), Langfuse secret keys (sk-lf-) and the like.
     (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), REDACTED),
     (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=\-]{8,}"), rf"\1 {REDACTED}"),

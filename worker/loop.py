@@ -431,7 +431,7 @@ class Worker:
                     break
                 except asyncio.CancelledError:
                     raise
-                except KafkaError as exc:
+                except Exception as exc:  # Kafka trouble (pipeline bugs end in responses)
                     # publishing failed beyond the producer's own retries: try again until it
                     # works or the member stops; the offset stays unfinished meanwhile
                     if self._stopping.is_set():
@@ -689,17 +689,30 @@ class Worker:
         return await asyncio.shield(load)
 
     async def _load_answered(self, partition: int) -> AnsweredIds:
-        loaded = await load_answered(
-            self.kafka.common_kwargs(),
-            self.topics.done,
-            self._done_partitions,
-            [partition],
-            max(1, self._source_partitions),
-            self.settings.dedupe_window,
-        )
-        if self.batches is not None:
-            await self.batches.load(partition)  # jobs move with their source partitions
-        return loaded[partition]
+        """Read back the partition's answered ids (and batch jobs); a failure (a slow broker, a
+        rebalance storm) is retried here, once for all the requests waiting on it, with backoff:
+        requests must not run before their partition's dedupe memory is loaded."""
+        delay = 1.0
+        while True:
+            try:
+                loaded = await load_answered(
+                    self.kafka.common_kwargs(),
+                    self.topics.done,
+                    self._done_partitions,
+                    [partition],
+                    max(1, self._source_partitions),
+                    self.settings.dedupe_window,
+                )
+                if self.batches is not None:
+                    await self.batches.load(partition)  # jobs move with their source partitions
+                return loaded[partition]
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("loading the state of partition %d failed (%s: %s); retrying in "
+                            "%.0fs", partition, type(exc).__name__, exc, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -5,6 +5,8 @@ Standard library only, so it runs before (and without) the project's virtualenv.
 
     localkafka.py jars                         resolve the broker jars into .kafka/jars (cached)
     localkafka.py up [--name N] [--port P]     start a single combined broker+controller node
+                     [--secure]                ... with SASL_PLAINTEXT, SSL, SASL_SSL and mTLS
+                                               listeners too (see "Secured listeners" below)
     localkafka.py cluster-up [--name N]        start three nodes (RF 3, min.insync.replicas 2)
     localkafka.py down [--name N]              stop every node of an instance, delete its data
     localkafka.py stop-node --name N --node I  stop one node of a running instance (failover tests)
@@ -15,6 +17,22 @@ Standard library only, so it runs before (and without) the project's virtualenv.
 `--port 0` picks free ports. Every instance keeps its data in `.kafka/<name>/` and its logs in
 `.kafka/logs/<name>/`; an instance that is already running is never started twice. Readiness means
 the broker answered a Kafka Metadata request listing every node of the instance.
+
+Secured listeners (`up --secure`, one node only). Next to PLAINTEXT (kept for the controller,
+inter-broker traffic and the readiness probe) the node listens on four more ports (P+2..P+5, or
+free ones with `--port 0`):
+
+    SASL_PLAINTEXT   SASL with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512, no TLS
+    SSL              TLS, server certificate only
+    SASL_SSL         TLS + SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)
+    MTLS             TLS that requires a client certificate signed by the instance's CA
+
+At start-up a throwaway CA, a server certificate (SAN localhost, 127.0.0.1) and a client
+certificate are made with openssl into `.kafka/<name>/tls/` (`ca.pem`, `client.pem`,
+`client.key`; the broker uses `server.p12`). The PLAIN user lives in the listener JAAS config; the
+SCRAM user (both SHA-256 and SHA-512) is written into the metadata log when the node is formatted.
+Names and random passwords are in `.kafka/<name>/credentials.json` (mode 0600); `status` prints the
+secured addresses and the file paths, never the passwords. Everything is deleted by `down`.
 """
 
 from __future__ import annotations
@@ -22,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -41,6 +60,10 @@ DEP_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 
 SINGLE_PORT = 19092
 CLUSTER_PORT = 29092
+SECURE_LISTENERS = ("SASL_PLAINTEXT", "SSL", "SASL_SSL", "MTLS")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+PLAIN_USER = "plainuser"
+SCRAM_USER = "scramuser"
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 
@@ -105,6 +128,8 @@ class Node:
 class Instance:
     name: str
     nodes: tuple[Node, ...]
+    # `up --secure`: listener name (SECURE_LISTENERS) -> port, on the single node
+    secure_ports: tuple[tuple[str, int], ...] = ()
 
     @property
     def home(self) -> Path:
@@ -121,12 +146,33 @@ class Instance:
     def pidfile(self, node: Node) -> Path:
         return self.home / f"node-{node.node_id}.pid"
 
-    def to_json(self) -> dict[str, object]:
+    @property
+    def tls_dir(self) -> Path:
+        return self.home / "tls"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.home / "credentials.json"
+
+    def secure_json(self) -> dict[str, object]:
+        """Where the secured listeners are and which files a client needs (no secrets)."""
         return {
+            "listeners": {name: f"127.0.0.1:{port}" for name, port in self.secure_ports},
+            "ca_file": str(self.tls_dir / "ca.pem"),
+            "client_cert_file": str(self.tls_dir / "client.pem"),
+            "client_key_file": str(self.tls_dir / "client.key"),
+            "credentials_file": str(self.credentials_file),
+        }
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
             "name": self.name,
             "bootstrap": self.bootstrap,
             "nodes": [[n.node_id, n.port, n.controller_port] for n in self.nodes],
         }
+        if self.secure_ports:
+            out["secure"] = self.secure_json()
+        return out
 
     @staticmethod
     def load(name: str) -> Instance | None:
@@ -135,7 +181,9 @@ class Instance:
             return None
         data = json.loads(meta.read_text())
         nodes = tuple(Node(int(a), int(b), int(c)) for a, b, c in data["nodes"])
-        return Instance(str(data["name"]), nodes)
+        listeners = data.get("secure", {}).get("listeners", {})
+        secure = tuple((str(k), int(v.rsplit(":", 1)[1])) for k, v in listeners.items())
+        return Instance(str(data["name"]), nodes, secure)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -151,15 +199,20 @@ def _free_ports(count: int) -> list[int]:
             s.close()
 
 
-def plan(name: str, size: int, base_port: int) -> Instance:
+def plan(name: str, size: int, base_port: int, secure: bool = False) -> Instance:
+    if secure and size != 1:
+        raise KafkaError("secured listeners are offered on a single node only (up --secure)")
+    extra = len(SECURE_LISTENERS) if secure else 0
     if base_port == 0:
-        ports = _free_ports(2 * size)
+        ports = _free_ports(2 * size + extra)
         nodes = tuple(Node(i + 1, ports[2 * i], ports[2 * i + 1]) for i in range(size))
+        secure_ports = ports[2 * size :]
     else:
         nodes = tuple(
             Node(i + 1, base_port + 100 * i, base_port + 100 * i + 1) for i in range(size)
         )
-    return Instance(name, nodes)
+        secure_ports = [base_port + 2 + i for i in range(extra)]
+    return Instance(name, nodes, tuple(zip(SECURE_LISTENERS[:extra], secure_ports, strict=True)))
 
 
 def _properties(inst: Instance, node: Node) -> str:
@@ -168,7 +221,11 @@ def _properties(inst: Instance, node: Node) -> str:
     rf = 3 if size >= 3 else 1
     isr = 2 if size >= 3 else 1
     listeners = f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}"
-    props = {
+    protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+    for listener, port in inst.secure_ports:
+        listeners += f",{listener}://127.0.0.1:{port}"
+        protocols += f",{listener}:{'SSL' if listener == 'MTLS' else listener}"
+    props: dict[str, object] = {
         "process.roles": "broker,controller",
         "node.id": node.node_id,
         "controller.quorum.voters": voters,
@@ -176,7 +233,7 @@ def _properties(inst: Instance, node: Node) -> str:
         "advertised.listeners": listeners,
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "listener.security.protocol.map": protocols,
         "log.dirs": inst.home / f"data-{node.node_id}",
         "num.partitions": 1,
         "default.replication.factor": rf,
@@ -196,7 +253,150 @@ def _properties(inst: Instance, node: Node) -> str:
         "log.segment.bytes": 64 * 1024 * 1024,
         "message.max.bytes": 4 * 1024 * 1024,
     }
+    if inst.secure_ports:
+        props.update(_secure_properties(inst))
     return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+# ---------------------------------------------------------------- secured listeners
+
+
+def _secure_properties(inst: Instance) -> dict[str, object]:
+    """TLS for SSL/SASL_SSL/MTLS, the SASL mechanisms and their JAAS configs per listener.
+
+    Names as in the Kafka 4.x security docs: `listener.name.<listener>.<mechanism>.sasl.jaas.config`
+    (listener and mechanism in lower case); PLAIN users are `user_<name>="<password>"` options.
+    """
+    creds = json.loads(inst.credentials_file.read_text())
+    tls = inst.tls_dir
+    props: dict[str, object] = {
+        "sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
+        "ssl.keystore.type": "PKCS12",
+        "ssl.keystore.location": tls / "server.p12",
+        "ssl.keystore.password": creds["keystore_password"],
+        "ssl.key.password": creds["keystore_password"],
+        "ssl.client.auth": "none",
+        # only the MTLS listener asks for client certificates; it trusts the instance's CA
+        "listener.name.mtls.ssl.client.auth": "required",
+        "listener.name.mtls.ssl.truststore.type": "PEM",
+        "listener.name.mtls.ssl.truststore.location": tls / "ca.pem",
+    }
+    plain = creds["PLAIN"]
+    for listener in ("sasl_plaintext", "sasl_ssl"):
+        prefix = f"listener.name.{listener}"
+        props[f"{prefix}.plain.sasl.jaas.config"] = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'user_{plain["username"]}="{plain["password"]}";'
+        )
+        for mechanism in ("scram-sha-256", "scram-sha-512"):
+            props[f"{prefix}.{mechanism}.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            )
+    return props
+
+
+def _new_credentials(inst: Instance) -> dict[str, object]:
+    """Random passwords for this instance only, kept in a file only its owner can read."""
+    scram = {"username": SCRAM_USER, "password": secrets.token_hex(16)}
+    creds: dict[str, object] = {
+        "PLAIN": {"username": PLAIN_USER, "password": secrets.token_hex(16)},
+        "SCRAM-SHA-256": scram,
+        "SCRAM-SHA-512": scram,
+        "keystore_password": secrets.token_hex(16),
+    }
+    path = inst.credentials_file
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(creds, fh, indent=2)
+    return creds
+
+
+def _scram_format_args(inst: Instance) -> list[str]:
+    """`kafka-storage format --add-scram` arguments: SCRAM users exist from the first start."""
+    creds = json.loads(inst.credentials_file.read_text())
+    args = []
+    for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+        user = creds[mechanism]
+        args += [
+            "--add-scram",
+            f"{mechanism}=[name={user['username']},password={user['password']}]",
+        ]
+    return args
+
+
+def _make_tls(inst: Instance, keystore_password: str) -> None:
+    """A throwaway CA, a server certificate for localhost/127.0.0.1 and a client certificate.
+
+    EC P-256 keys, valid 7 days; the CA key is deleted once both leaves are signed. The broker gets
+    `server.p12` (key, certificate, CA); clients get PEM files.
+    """
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise KafkaError(
+            "openssl is not on PATH: --secure makes its CA with it (apt install openssl)"
+        )
+    tls = inst.tls_dir
+    tls.mkdir(mode=0o700)
+    env = {**os.environ, "LOCALKAFKA_KEYSTORE_PASSWORD": keystore_password}
+
+    def run(args: str, *extra: str) -> None:
+        proc = subprocess.run(
+            [openssl, *args.split(), *extra],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=tls,
+            env=env,
+        )
+        if proc.returncode != 0:
+            raise KafkaError(f"openssl {args.split()[0]} failed:\n{proc.stdout}{proc.stderr}")
+
+    new_key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+    run(
+        f"req -x509 {new_key} -keyout ca.key -out ca.pem -days 7 "
+        "-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign",
+        "-subj",
+        f"/CN=llmroute-local-ca-{inst.name}",
+    )
+    leaves = {
+        "server": ("localhost", "serverAuth", "subjectAltName=DNS:localhost,IP:127.0.0.1\n"),
+        "client": ("llmroute-client", "clientAuth", ""),
+    }
+    for leaf, (cn, usage, san) in leaves.items():
+        (tls / f"{leaf}.ext").write_text(
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature,keyEncipherment\n"
+            f"extendedKeyUsage={usage}\n"
+            "subjectKeyIdentifier=hash\n"
+            "authorityKeyIdentifier=keyid\n" + san
+        )
+        run(f"req {new_key} -keyout {leaf}.key -out {leaf}.csr -subj /CN={cn}")
+        run(
+            f"x509 -req -in {leaf}.csr -CA ca.pem -CAkey ca.key -days 7 -extfile {leaf}.ext "
+            f"-out {leaf}.pem -set_serial {secrets.randbits(63)}"
+        )
+    run(
+        "pkcs12 -export -in server.pem -inkey server.key -certfile ca.pem -name broker "
+        "-out server.p12 -passout env:LOCALKAFKA_KEYSTORE_PASSWORD"
+    )
+    for leftover in ("ca.key", "server.csr", "client.csr", "server.ext", "client.ext"):
+        (tls / leftover).unlink()  # nothing else is ever signed by this CA
+
+
+def _wait_secure_ports(inst: Instance, timeout_s: float) -> None:
+    """The secured listeners accept connections (the readiness probe speaks PLAINTEXT only)."""
+    deadline = time.monotonic() + timeout_s
+    for listener, port in inst.secure_ports:
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+                break
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise KafkaError(
+                        f"listener {listener} on port {port} is not up: {exc}; logs in {inst.logs}"
+                    ) from None
+                time.sleep(0.1)
 
 
 def _log4j(inst: Instance, node: Node) -> str:
@@ -308,7 +508,7 @@ def wait_ready(inst: Instance, expect: int, timeout_s: float = START_TIMEOUT_S) 
 # ---------------------------------------------------------------- start / stop
 
 
-def start(name: str, size: int, base_port: int, heap_mb: int) -> Instance:
+def start(name: str, size: int, base_port: int, heap_mb: int, secure: bool = False) -> Instance:
     existing = Instance.load(name)
     if existing is not None and running_nodes(existing):
         raise KafkaError(
@@ -318,15 +518,25 @@ def start(name: str, size: int, base_port: int, heap_mb: int) -> Instance:
     if existing is not None:
         shutil.rmtree(existing.home, ignore_errors=True)
     jars = ensure_jars()
-    inst = plan(name, size, base_port)
+    inst = plan(name, size, base_port, secure)
     inst.home.mkdir(parents=True)
     inst.logs.mkdir(parents=True, exist_ok=True)
     (inst.home / "instance.json").write_text(json.dumps(inst.to_json()))
+    scram: list[str] = []
+    if secure:
+        creds = _new_credentials(inst)
+        try:
+            _make_tls(inst, str(creds["keystore_password"]))
+        except KafkaError:
+            shutil.rmtree(inst.home, ignore_errors=True)
+            raise
+        scram = _scram_format_args(inst)
     classpath = f"{jars}/*"
     java = _java()
     cluster_id = _cluster_id(java, classpath)
     for node in inst.nodes:
         props = inst.home / f"server-{node.node_id}.properties"
+        props.touch(mode=0o600)  # with --secure it holds the PLAIN and keystore passwords
         props.write_text(_properties(inst, node))
         log4j = inst.home / f"log4j2-{node.node_id}.xml"
         log4j.write_text(_log4j(inst, node))
@@ -342,12 +552,14 @@ def start(name: str, size: int, base_port: int, heap_mb: int) -> Instance:
                 cluster_id,
                 "-c",
                 str(props),
+                *scram,
             ],
             capture_output=True,
             text=True,
             check=False,
         )
         if fmt.returncode != 0:
+            shutil.rmtree(inst.home, ignore_errors=True)
             raise KafkaError(f"formatting node {node.node_id} failed:\n{fmt.stdout}{fmt.stderr}")
     for node in inst.nodes:
         with (inst.logs / f"node-{node.node_id}.out").open("ab") as out:
@@ -372,6 +584,7 @@ def start(name: str, size: int, base_port: int, heap_mb: int) -> Instance:
         inst.pidfile(node).write_text(str(proc.pid))
     try:
         wait_ready(inst, expect=size)
+        _wait_secure_ports(inst, timeout_s=30.0)
     except KafkaError:
         stop(name)
         raise
@@ -441,6 +654,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--name", default=default_name)
         p.add_argument("--port", type=int, default=default_port, help="0 picks free ports")
         p.add_argument("--json", action="store_true")
+        if cmd == "up":
+            p.add_argument(
+                "--secure",
+                action="store_true",
+                help="also SASL_PLAINTEXT, SSL, SASL_SSL and mTLS listeners, with a throwaway CA",
+            )
     for cmd in ("down", "status"):
         p = sub.add_parser(cmd)
         p.add_argument("--name", default=None, help="default: every instance")
@@ -475,11 +694,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.cmd in ("up", "cluster-up"):
         size = 3 if args.cmd == "cluster-up" else 1
-        inst = start(args.name, size, args.port, heap_mb=768 if size > 1 else 1024)
+        secure = bool(getattr(args, "secure", False))
+        inst = start(args.name, size, args.port, heap_mb=768 if size > 1 else 1024, secure=secure)
         if args.json:
             print(json.dumps(inst.to_json()))
         else:
             print(f"kafka {args.name!r} ready at {inst.bootstrap} (logs: {inst.logs})")
+            for listener, port in inst.secure_ports:
+                print(f"  {listener:<15} 127.0.0.1:{port}")
+            if inst.secure_ports:
+                print(f"  CA {inst.tls_dir / 'ca.pem'}; users, passwords: {inst.credentials_file}")
         return 0
     if args.cmd == "down":
         for name in _instances(args.name):

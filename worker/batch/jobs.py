@@ -91,6 +91,7 @@ class _Job:
     provider_batch_id: str
     parts: dict[bytes, schemas.BatchJob] = field(default_factory=dict)
     cancelled: bool = False
+    publishing: bool = False  # results downloaded; answers going out
     task: asyncio.Task[None] | None = None
 
 
@@ -135,6 +136,9 @@ class BatchManager:
             self._flush(model)
         if self._flushes:
             await asyncio.wait(set(self._flushes), timeout=drain_timeout_s)
+        publishing = {j.task for j in self._jobs.values() if j.publishing and j.task}
+        if publishing:  # finish publishing what was downloaded (and tombstone it)
+            await asyncio.wait(publishing, timeout=drain_timeout_s)
         tasks = [t for t in (self._ticker, *(j.task for j in self._jobs.values())) if t]
         for task in tasks:
             task.cancel()
@@ -415,6 +419,7 @@ class BatchManager:
         if progress.status in ("cancelled", "cancelling", "canceling"):
             job.cancelled = True
         by_id = dict(results)
+        job.publishing = True
         total = sum(len(s.items) for s in job.parts.values())
         published = 0
         while job.parts:  # parts can arrive while publishing (another partition's load)

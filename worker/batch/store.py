@@ -21,7 +21,7 @@ import schemas
 
 log = logging.getLogger(__name__)
 
-ITEMS_PER_RECORD = 8_000  # ~0.8 MB of JSON: under the broker's default 1 MB record limit
+ITEMS_PER_RECORD = 2_000  # ~0.25 MB of JSON: well under the broker's default 1 MB record limit
 
 
 def record_key(topic: str, partition: int, job_id: str, chunk: int) -> bytes:
@@ -64,7 +64,7 @@ class JobStore:
         await asyncio.gather(*acks)
 
     async def load(
-        self, source_topic: str, source_partitions: Iterable[int], timeout_s: float = 30.0
+        self, source_topic: str, source_partitions: Iterable[int], timeout_s: float = 120.0
     ) -> dict[bytes, schemas.BatchJob]:
         """The live records (latest value per key, tombstones dropped) of these partitions."""
         wanted = set(source_partitions)
@@ -72,7 +72,10 @@ class JobStore:
         if not wanted:
             return {}
         latest: dict[bytes, bytes | None] = {}
-        consumer = AIOKafkaConsumer(enable_auto_commit=False, group_id=None, **self.client_kwargs)
+        consumer = AIOKafkaConsumer(
+            enable_auto_commit=False, group_id=None, max_partition_fetch_bytes=8 * 1024 * 1024,
+            **self.client_kwargs,
+        )  # fmt: skip
         await consumer.start()
         try:
             tps = sorted(
