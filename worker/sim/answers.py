@@ -17,6 +17,18 @@ evaluator holding the key tells right from wrong with :func:`grade`, while a cas
 without it sees answers of one style. Log-probs, when asked for, are only noisily correlated
 with correctness: the answer letter's probability is ``sigmoid(0.8 * (+1 right, -1 wrong) +
 N(0, 1.2))``, seeded; other tokens get small seeded log-probs.
+
+Judging: a request whose last user message embeds answers between MT-Bench's delimiters
+(``[The Start of Assistant's Answer]`` ... ``[The End of Assistant's Answer]`` after a
+``[Question]`` block; or Assistant A's and B's answers after ``[User Question]``, the templates of
+``worker.judge``) is answered as a judge. The simulator grades each embedded answer against the
+question with its own key (:func:`grade`: this is the simulated judge's "knowledge"), then errs on
+purpose: its verdict agrees with the grade with probability ``judge_accuracy`` (seeded by the judge
+model and prompt), otherwise it is flipped. A single answer gets ``Rating: [[r]]`` with r in 7-10
+when judged right, 1-4 when judged wrong, 5 when the answer cannot be graded (not a simulator
+answer). A pair gets ``[[A]]`` or ``[[B]]`` when one answer is right and the other wrong; an even
+pair (both right, both wrong, ungradable) gets ``[[A]]`` (the first position) with probability
+``judge_position_bias``, else ``[[C]]`` (tie): the position bias that asking both orders cancels.
 """
 
 from __future__ import annotations
@@ -128,6 +140,19 @@ class Dataset:
         return row
 
 
+_JUDGE_SINGLE = re.compile(
+    r"\[Question\]\n(?P<q>.*?)\n\n\[The Start of Assistant's Answer\]\n(?P<a>.*?)\n"
+    r"\[The End of Assistant's Answer\]",
+    re.DOTALL,
+)
+_JUDGE_PAIR = re.compile(
+    r"\[User Question\]\n(?P<q>.*?)\n\n\[The Start of Assistant A's Answer\]\n(?P<a>.*?)\n"
+    r"\[The End of Assistant A's Answer\]\n\n\[The Start of Assistant B's Answer\]\n(?P<b>.*?)\n"
+    r"\[The End of Assistant B's Answer\]",
+    re.DOTALL,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class TokenInfo:
     token: str
@@ -215,6 +240,9 @@ class Answerer:
         item_id: str | None = None,
     ) -> Answer:
         prompt = last_user_text(messages)
+        verdict = self._judge(model, prompt)
+        if verdict is not None:
+            return self._finish(verdict, stop, max_tokens, None)
         correct = self.is_correct(model, prompt, item_id)
         letters = _letters(prompt)
         canonical = letters[_h(self.config.seed, "key", prompt) % len(letters)]
@@ -228,14 +256,10 @@ class Answerer:
         rationale = " ".join(rng.choice(_WORDS) for _ in range(n_words)).capitalize() + "."
         marker = _marker(self.config.answer_key, prompt, letter, correct)
         text = f"{rationale} The answer is {letter}. [ref:{marker}]"
-        finish, stop_sequence = "stop", None
-        cut = min(((text.find(s), s) for s in stop if s and s in text), default=None)
-        if cut is not None:
-            text, finish, stop_sequence = text[: cut[0]], "stop_sequence", cut[1]
-        pieces = _TOKEN.findall(text)
-        if max_tokens is not None and len(pieces) > max_tokens:
-            pieces = pieces[:max_tokens]
-            text, finish, stop_sequence = "".join(pieces), "length", None
+        answer = self._finish(text, stop, max_tokens, correct)
+        if not logprobs:
+            return answer
+        text, pieces = answer.text, _TOKEN.findall(answer.text)
         tokens = None
         if logprobs:
             conf = 1.0 / (1.0 + math.exp(-(0.8 * (1 if correct else -1) + rng.gauss(0.0, 1.2))))
@@ -251,4 +275,52 @@ class Answerer:
                     top = ((piece, lp), (" the", lp - 2.5 - rng.random()))
                 infos.append(TokenInfo(piece, lp, top[: max(top_logprobs, 0)]))
             tokens = tuple(infos)
-        return Answer(text, len(pieces), finish, stop_sequence, correct, tokens)
+        return Answer(
+            text, answer.output_tokens, answer.finish, answer.stop_sequence, correct, tokens
+        )
+
+    @staticmethod
+    def _finish(
+        text: str, stop: Sequence[str], max_tokens: int | None, correct: bool | None
+    ) -> Answer:
+        """Apply stop sequences and the token limit to a full answer text."""
+        finish, stop_sequence = "stop", None
+        cut = min(((text.find(s), s) for s in stop if s and s in text), default=None)
+        if cut is not None:
+            text, finish, stop_sequence = text[: cut[0]], "stop_sequence", cut[1]
+        pieces = _TOKEN.findall(text)
+        if max_tokens is not None and len(pieces) > max_tokens:
+            pieces = pieces[:max_tokens]
+            text, finish, stop_sequence = "".join(pieces), "length", None
+        return Answer(text, len(pieces), finish, stop_sequence, correct, None)
+
+    def _judge(self, model: str, prompt: str) -> str | None:
+        """The simulated judge's answer to a judge prompt (None: not a judge prompt)."""
+        pair = _JUDGE_PAIR.search(prompt)
+        single = None if pair else _JUDGE_SINGLE.search(prompt)
+        if pair is None and single is None:
+            return None
+        seed = self.config.seed
+        unit = _h(seed, "judge", model, prompt) / 2.0**64
+        honest = unit < self.config.judge_accuracy
+        rng = random.Random(_h(seed, "judge-text", model, prompt))
+        rationale = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(8, 24))).capitalize()
+        key = self.config.answer_key
+        if single is not None:
+            truth = grade(single.group("a"), single.group("q"), key)
+            if truth is None:
+                return f"{rationale}. Rating: [[5]]"
+            right = truth if honest else not truth
+            rating = rng.randint(7, 10) if right else rng.randint(1, 4)
+            return f"{rationale}. Rating: [[{rating}]]"
+        assert pair is not None
+        question = pair.group("q")
+        ta = grade(pair.group("a"), question, key)
+        tb = grade(pair.group("b"), question, key)
+        if ta is not None and tb is not None and ta != tb:
+            first_better = ta if honest else not ta
+            return f"{rationale}. [[{'A' if first_better else 'B'}]]"
+        biased = (
+            _h(seed, "judge-position", model, prompt) / 2.0**64 < self.config.judge_position_bias
+        )
+        return f"{rationale}. [[{'A' if biased else 'C'}]]"

@@ -157,6 +157,10 @@ class SimConfig:
     default_accuracy: float = 0.7  # for prompts or models the dataset does not know
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # accepted; empty: any non-empty
     answer_key: str = "llmroute-sim"  # HMAC key of the grading markers (see worker.sim.answers)
+    # judge prompts (see worker.sim.answers, "Judging"): how often the simulated judge's verdict
+    # agrees with the graded truth, and how often it prefers the first answer of an even pair
+    judge_accuracy: float = 0.9
+    judge_position_bias: float = 0.7
     batch: BatchTiming = field(default_factory=BatchTiming)
 
     def __post_init__(self) -> None:

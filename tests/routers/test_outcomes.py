@@ -1,0 +1,159 @@
+"""The pure join of outcomes into routing-dataset rows, and training on partial labels."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import schemas
+from routers.dataset import record_from_obj
+from routers.outcomes import (
+    Answered,
+    Label,
+    ScoreRules,
+    build_dataset,
+    label_scores,
+    merge_answered,
+    normalise,
+    trace_id_for,
+)
+from routers.training import TrainOptions, label_matrix, train
+from tests.routers.synth import EASY, HARD, STRONG, WEAK, records
+
+RULES = ScoreRules(scales={"stars": (1.0, 5.0)})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("thumb", True, 1.0),
+        ("thumb", False, 0.0),
+        ("accuracy", 0.25, 0.25),
+        ("accuracy", 1, 1.0),
+        ("stars", 5, 1.0),
+        ("stars", 2, 0.25),
+        ("stars", 9, 1.0),  # clipped to the scale
+        ("rating", 7, None),  # outside [0, 1] and no scale: not a score
+        ("accuracy", math.nan, None),
+        ("verdict", "Good", 1.0),
+        ("verdict", "thumbs-down", 0.0),
+        ("pairwise", "tie", 0.5),
+        ("verdict", "meh", None),
+    ],
+)
+def test_normalise_table(name, value, expected):
+    got = normalise(Label(name=name, value=value, source="user"), RULES)
+    assert got == expected
+
+
+def test_trace_id_matches_the_workers_rule():
+    from worker.pipeline import trace_id_for as worker_rule
+
+    assert trace_id_for("req-000001") == worker_rule("req-000001")
+
+
+def test_merge_takes_prompt_from_decision_and_model_from_response():
+    parts = [
+        Answered("r1", prompt="2+2?", routed_model="weak", router_version="v1", arm="a"),
+        Answered("r1", answer_model="strong", cost_usd=0.01, latency_ms=12.0),  # fell back
+        Answered("r2", routed_model="weak"),
+        Answered("r2", failed=True, cost_usd=0.0),
+        Answered("r1", answer_model="other", cost_usd=9.0),  # a redelivery changes nothing set
+    ]
+    merged = merge_answered(parts)
+    assert merged["r1"].model == "strong"
+    assert merged["r1"].prompt == "2+2?"
+    assert merged["r1"].cost_usd == 0.01
+    assert merged["r1"].arm == "a"
+    assert merged["r2"].failed and merged["r2"].model is None
+
+
+def _answered():
+    return merge_answered(
+        [
+            Answered("r1", prompt="hard q", routed_model=STRONG, answer_model=STRONG,
+                     cost_usd=0.02, tenant="acme", router_version="v1"),
+            Answered("r2", prompt="easy q", routed_model=WEAK, answer_model=WEAK, cost_usd=0.001),
+            Answered("r3", prompt=None, prompt_masked=True, routed_model=WEAK, answer_model=WEAK),
+            Answered("r4", prompt="fails", routed_model=WEAK, failed=True),
+            Answered("r5", prompt="no feedback", routed_model=WEAK, answer_model=WEAK),
+        ]
+    )  # fmt: skip
+
+
+def test_build_joins_by_request_and_trace_id_and_counts_every_skip():
+    labels = [
+        Label("thumb", True, "user", 1.0, request_id="r1"),
+        Label("stars", 2, "user", 2.0, trace_id=trace_id_for("r2")),
+        Label("judge", 0.9, "judge", 3.0, request_id="r2", model=STRONG),  # a shadow answer
+        Label("thumb", False, "user", 1.0, request_id="r3"),  # masked prompt
+        Label("thumb", True, "user", 1.0, request_id="r4"),  # no answer reached the user
+        Label("thumb", True, "user", 1.0, request_id="nope"),
+        Label("rating", 7, "user", 1.0, request_id="r1"),  # no scale: unusable
+    ]
+    rows, stats = build_dataset(_answered(), labels, RULES)
+    assert [r["id"] for r in rows] == ["r1", "r2"]
+    r1, r2 = rows
+    assert r1["scores"] == {STRONG: 1.0}
+    assert r1["costs"] == {STRONG: 0.02}
+    assert r1["tags"]["tenant"] == "acme" and r1["tags"]["routed_model"] == STRONG
+    assert r2["scores"] == {STRONG: 0.9, WEAK: 0.25}
+    assert r2["costs"] == {WEAK: 0.001}  # only the answer the request paid for
+    assert stats.records == 2 and stats.one_model == 1 and stats.multi_model == 1
+    assert stats.skipped_masked == 1
+    assert stats.labels_unmatched == 1
+    assert stats.labels_unusable == 1
+    assert stats.labels_no_model == 1
+    assert stats.labels == len(labels)
+    for row in rows:  # every row keeps the dataset contract
+        schemas.decode(json.dumps(row), schemas.DatasetRecord)
+
+
+def test_mean_latest_filters_and_source_priority():
+    answered = _answered()
+    labels = [
+        Label("thumb", True, "judge", 5.0, request_id="r1"),
+        Label("thumb", False, "user", 1.0, request_id="r1"),
+        Label("thumb", True, "user", 3.0, request_id="r1"),
+        Label("task_success", 0.0, "task", 4.0, request_id="r1"),
+    ]
+    mean, _ = label_scores(answered, labels, ScoreRules())
+    assert mean["r1"][STRONG] == pytest.approx(0.5)
+    latest, _ = label_scores(answered, labels, ScoreRules(aggregate="latest"))
+    assert latest["r1"][STRONG] == 1.0  # the judge's, at t=5
+    prefer, _ = label_scores(answered, labels, ScoreRules(source_priority=("user", "task")))
+    assert prefer["r1"][STRONG] == pytest.approx(0.5)  # only the two user labels
+    tasks, stats = label_scores(answered, labels, ScoreRules(sources=frozenset({"task"})))
+    assert tasks["r1"][STRONG] == 0.0 and stats.labels_filtered == 3
+    named, _ = label_scores(answered, labels, ScoreRules(names=frozenset({"nothing"})))
+    assert named == {}
+
+
+def test_rules_reject_bad_settings():
+    with pytest.raises(ValueError, match="scale"):
+        ScoreRules(scales={"x": (1.0, 1.0)})
+    with pytest.raises(ValueError, match="source"):
+        ScoreRules(source_priority=("boss",))
+
+
+def test_training_uses_rows_with_one_model_scored():
+    """Outcome rows mostly score only the routed model. Each model's head learns from the rows
+    that score it: here the weak model is scored only on half the rows and the strong only on
+    the other half, and the weak head still learns that hard prompts defeat it."""
+    rows = records(600, seed=3)
+    partial = []
+    for i, r in enumerate(rows):
+        keep = STRONG if i % 2 else WEAK
+        partial.append({**r, "scores": {keep: r["scores"][keep]}})
+    recs = [record_from_obj(r) for r in partial]
+    assert np.isnan(label_matrix(recs, (STRONG, WEAK))).sum() == len(recs)
+    router = train(recs, TrainOptions(router="classifier", strong=STRONG, weak=WEAK))
+    hard = [t.format(n=7) for t in HARD]
+    easy = [t.format(n=7) for t in EASY]
+    w = router.models.index(WEAK)
+    p_hard = router.predict(hard)[:, w].mean()
+    p_easy = router.predict(easy)[:, w].mean()
+    assert p_easy - p_hard > 0.3, (p_easy, p_hard)
