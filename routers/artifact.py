@@ -47,7 +47,10 @@ class Artifact:
 
     @property
     def calibration(self) -> dict[str, float]:
-        return {str(k): float(v) for k, v in self.meta.get("calibration", {}).items()}
+        """Named thresholds; one that was not finite when saved (JSON has no inf) is absent."""
+        return {
+            str(k): float(v) for k, v in self.meta.get("calibration", {}).items() if v is not None
+        }
 
     @property
     def metrics(self) -> dict[str, Any]:

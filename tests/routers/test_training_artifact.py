@@ -239,3 +239,12 @@ def test_route_and_route_batch_explain_the_choice(data):
     # N models under a budget: never above it
     cheap = route(router, hard, prices, PolicyOptions(quality_target=0.5, max_cost_usd=0.001))
     assert cheap.model != synth.STRONG
+
+
+def test_a_threshold_that_was_not_finite_is_absent_after_loading(data, tmp_path):
+    train_recs, _ = data
+    router = train(train_recs, _options("classifier"))
+    calibration = {"quality_99pct": float("inf"), "strong_fraction_0.30": 0.42}
+    artifact.save(router, tmp_path / "a", calibration=calibration)
+    loaded = artifact.load_artifact(tmp_path / "a")
+    assert loaded.calibration == {"strong_fraction_0.30": 0.42}
