@@ -33,6 +33,13 @@ def test_the_example_config_parses() -> None:
         ('[router]\nartifact = "x"\n[models.m]\nprovider = "openai"\n', "m"),
         (MODEL + '[telemetry]\nexporter = "zipkin"\n', "exporter"),
         ('[router\nartifact = "x"\n', "cannot read"),
+        (MODEL + '[[experiments]]\nname = "e"\narms = [{name = "a", policy = "zz"}]\n', "zz"),
+        (MODEL + '[[experiments]]\nname = "e"\narms = [{name = "a", weight = -1.0}]\n', "weight"),
+        (MODEL + '[[experiments]]\nname = "e"\narms = [{name = "a"}, {name = "a"}]\n', "distinct"),
+        (MODEL + '[shadow]\nsample = 0.1\njudge_model = "gpt-9"\n', "gpt-9"),
+        (MODEL + "[shadow]\nsample = 1.5\n", "sample"),
+        (MODEL + "[batch]\nflush_age_s = 0\n", "flush"),
+        (MODEL + '[batch]\non_item_failure = "drop"\n', "on_item_failure"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, text: str, fragment: str) -> None:
