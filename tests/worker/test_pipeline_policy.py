@@ -96,3 +96,29 @@ def test_a_threshold_policy_needs_a_calibrated_artifact(tmp_path: Path) -> None:
     (path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="no calibrated threshold"):
         _core(path, policies={"default": {"kind": "threshold"}})
+
+
+def test_batch_mode_comes_from_the_request_when_allowed_or_from_the_tenant(artifact: Path) -> None:
+    core = _core(
+        artifact,
+        tenants={"strict": {"allow_overrides": []}, "lowprio": {"mode": "batch"}},
+    )  # fmt: skip
+    batch = RoutingOptions(mode="batch")
+    assert core.resolve(request_event(ROWS[0], 1, routing=batch)).mode == "batch"
+    assert core.resolve(request_event(ROWS[0], 2)).mode == "interactive"
+    refused = core.resolve(request_event(ROWS[0], 3, tenant="strict", routing=batch))
+    assert refused.mode == "interactive" and any("mode" in n for n in refused.notes)
+    assert core.resolve(request_event(ROWS[0], 4, tenant="lowprio")).mode == "batch"
+
+
+def test_an_arm_policy_replaces_the_tenant_policy(artifact: Path) -> None:
+    core = _core(
+        artifact,
+        policies={"default": {"kind": "threshold", "strong_fraction": 0.5},
+                  "cheap": {"kind": "threshold", "strong_fraction": 0.05}},
+    )  # fmt: skip
+    req = request_event(ROWS[0], 1)
+    base, arm = core.resolve(req), core.resolve(req, policy="cheap")
+    assert (base.policy_name, arm.policy_name) == ("default", "cheap")
+    assert base.options.threshold is not None and arm.options.threshold is not None
+    assert arm.options.threshold > base.options.threshold
