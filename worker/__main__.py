@@ -13,7 +13,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "worker.routing_cli",
     "worker.provider_cli",
     "worker.run_cli",
+    "worker.ops_cli",
     "worker.demo",
+    "worker.dataset_cli",
+    "worker.judge",
+    "worker.retrain_cli",
+    "worker.ab_cli",
 )
 
 

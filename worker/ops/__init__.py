@@ -1,0 +1,12 @@
+"""The operator's tools behind `llmroute produce | tail | status | dlq replay` (worker/ops_cli.py).
+
+    common.py   connection settings (the worker's own [kafka] / [topics] structs), reading a
+                topic up to a snapshot of its end offsets, pacing, the stderr progress bar
+    produce.py  JSONL / stdin -> RouteRequest records, rate-limited
+    tail.py     follow responses or decisions, filtered, pretty or JSON
+    status.py   group lag per partition, members, in-flight (scraped), batch jobs, dead letters
+    dlq.py      re-drive dead letters' original bytes, with a dry run that says what and why
+
+Pure parts (parsing input lines, filters, formatting, planning a replay, pacing) take plain
+values and are tested without a broker; the Kafka parts are tested against a real one.
+"""
