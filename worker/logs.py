@@ -5,8 +5,9 @@
 
 Fields passed with `extra=` are written as top-level keys (values that JSON cannot encode are
 written as `str()`); an exception adds `exc_type` and `exc`. `RedactingFilter` scrubs API keys
-(`sk-...`, `sk-ant-...`, Langfuse `sk-lf-...`), `Bearer`/`Basic` credentials and
-`api-key`/`x-api-key`-style header values and SASL/PLAIN auth bytes from the message, the extras and the traceback.
+(`sk-...`, `sk-ant-...`, Langfuse `sk-lf-...`), `Bearer`/`Basic` credentials,
+`api-key`/`x-api-key`-style header values and SASL/PLAIN auth bytes from the message, the
+extras and the traceback.
 Nothing here runs at import; `setup_logging` installs one handler on the root logger.
 """
 
