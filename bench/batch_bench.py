@@ -13,7 +13,9 @@ started. Prints one JSON object:
 - cost_ratio_vs_interactive: the cost of the answers as billed (batch prices) over the same
   usage at the interactive prices of the same models (the routing is the same either way)
 - lost: requests without a response; resubmitted: items sent to the provider twice (must be 0)
-- peak_rss_mb: the worker process's VmHWM
+- peak_rss_mb: the worker process's VmHWM; worker_cpu_ms_per_req: its CPU (user + system) per
+  request over the whole run; simulator_cpu_s: the simulator's CPU (it parses the files and runs
+  every item at completion, on the same 2 cores)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import httpx  # noqa: E402
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 from worker_bench import (  # noqa: E402
     KEYS,
+    _cpu_s,
     _create,
     _localkafka,
     _peak_rss_mb,
@@ -119,6 +122,7 @@ async def run(bootstrap: str, n: int, workdir: Path) -> dict[str, Any]:
     try:
         seen = await _follow(bootstrap, topics, n, t0, timeout_s=900)
         rss = _peak_rss_mb(proc.pid)
+        worker_cpu_s, sim_cpu_s = _cpu_s(proc.pid), _cpu_s(sim.pid)
         async with httpx.AsyncClient() as client:
             stats = (await client.get(f"{base_url}/sim/stats")).json()
     finally:
@@ -140,6 +144,8 @@ async def run(bootstrap: str, n: int, workdir: Path) -> dict[str, Any]:
         "wall_s": round(seen["wall_s"], 2) if seen["wall_s"] is not None else None,
         "answered_s": round(seen["answered_s"], 2) if seen["answered_s"] is not None else None,
         "peak_rss_mb": round(rss, 1),
+        "worker_cpu_ms_per_req": round(worker_cpu_s * 1000 / n, 3),
+        "simulator_cpu_s": round(sim_cpu_s, 1),
         "files": stats["batch_files"],
         "file_bytes": stats["batch_file_bytes"],
         "batches": stats["batches_created"],
