@@ -1,6 +1,7 @@
 """End-to-end throughput of one worker process, against a bare aiokafka pass-through.
 
     .venv/bin/python bench/worker_bench.py [--requests 5000] [--requests-500ms 10000]
+        [--profile DIR]   # py-spy (when installed) samples each worker: DIR/worker-<tag>.txt
 
 Uses KAFKA_BOOTSTRAP when set, else starts the project's local broker (and stops it). The
 provider simulator runs in its own process (`llmroute sim-provider`), the worker in its own
@@ -23,6 +24,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -162,6 +164,21 @@ def _spawn_worker(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
         )  # fmt: skip
 
 
+def _profile(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling `pid` until it exits, as collapsed stacks (one `frames count` a line,
+    idle time left out): where the worker's CPU goes under the bench's load."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        print("py-spy is not installed: no profile", file=sys.stderr)
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--nonblocking",
+         "-o", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def _peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -177,6 +194,7 @@ async def _worker_run(
     tag: str,
     workdir: Path,
     max_in_flight: int,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     sim, base_url = _start_sim(latency)
     req = f"bench-{tag}-{int(time.time())}"
@@ -194,6 +212,7 @@ async def _worker_run(
     path = workdir / f"{tag}.json"
     path.write_text(json.dumps(data))
     proc = _spawn_worker(path, workdir / f"{tag}.log")
+    spy = _profile(proc.pid, profile / f"worker-{tag}.txt") if profile is not None else None
     try:
         got, rate, cpu_ms = await _count_responses(
             bootstrap, topics["responses"], n, timeout_s=300, pid=proc.pid
@@ -202,6 +221,8 @@ async def _worker_run(
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+        if spy is not None:
+            spy.wait(timeout=60)
         sim.terminate()
         sim.wait(timeout=30)
     pt_rate = 0.0
@@ -233,6 +254,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--requests-500ms", type=int, default=10000)
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy output folder")
     args = parser.parse_args()
     os.environ.update(KEYS)
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
@@ -246,11 +268,12 @@ async def main() -> None:
             artifact = train_artifact(workdir / "router", dataset_rows(2000))
             p50, p99 = _route_overhead(artifact)
             zero = await _worker_run(
-                bootstrap, artifact, "fixed:0", args.requests, "0ms", workdir, 256
+                bootstrap, artifact, "fixed:0", args.requests, "0ms", workdir, 256, args.profile
             )
             slow = await _worker_run(
-                bootstrap, artifact, "fixed:500", args.requests_500ms, "500ms", workdir, 2000
-            )
+                bootstrap, artifact, "fixed:500", args.requests_500ms, "500ms", workdir, 2000,
+                args.profile,
+            )  # fmt: skip
     finally:
         if lk is not None:
             lk.stop(name)

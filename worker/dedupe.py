@@ -39,7 +39,8 @@ class AnsweredIds:
 
 
 def marker(partition: int, offset: int) -> bytes:
-    return json.dumps({"partition": partition, "offset": offset}).encode()
+    """The marker's value: what `json.dumps({"partition": p, "offset": o})` writes."""
+    return b'{"partition": %d, "offset": %d}' % (partition, offset)
 
 
 def marker_partition(source_partition: int, done_partitions: int) -> int:

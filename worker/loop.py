@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 import schemas
 from worker.batch.backends import BatchBackend
@@ -191,6 +192,7 @@ class Worker:
             max_batch_size=self.kafka.producer_batch_bytes,
             max_request_size=self.kafka.producer_max_request_bytes,
             compression_type=self.kafka.producer_compression,
+            partitioner=KeyHashPartitioner(),
             **common,
         )
         self.consumer = AIOKafkaConsumer(
@@ -585,7 +587,7 @@ class Worker:
                     headers=handled.headers or None,
                 )
             )
-        await asyncio.gather(*acks)
+        await _all_acked(acks)
         self.stats["published"] += 1
         self.observer.published(handled)
         if self._done_partitions:
@@ -713,6 +715,48 @@ class Worker:
                             "%.0fs", partition, type(exc).__name__, exc, delay)  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+
+async def _all_acked(acks: list[Awaitable[Any]]) -> None:
+    """Wait for every acknowledgement; raise the first failure met (as `asyncio.gather`, without
+    its per-call future and callbacks), leaving no other failure unretrieved."""
+    try:
+        for ack in acks:
+            await ack
+    except BaseException:
+        for ack in acks:
+            if isinstance(ack, asyncio.Future):
+                if ack.done():
+                    if not ack.cancelled():
+                        ack.exception()
+                else:
+                    ack.add_done_callback(_retrieve)
+        raise
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+class KeyHashPartitioner:
+    """aiokafka's `DefaultPartitioner` (murmur2 of the key, as the Java client; random without a
+    key), remembering the last key's hash: a response and its decision share the key, and
+    murmur2 is pure Python in aiokafka."""
+
+    __slots__ = ("_hash", "_key")
+
+    def __init__(self) -> None:
+        self._key: bytes | None = None
+        self._hash = 0
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return int(DefaultPartitioner()(key, all_partitions, available))
+        if key != self._key:
+            self._hash = murmur2(key) & 0x7FFFFFFF
+            self._key = key
+        return all_partitions[self._hash % len(all_partitions)]
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -157,6 +157,12 @@ class WorkerMetrics:
             "event_loop_lag_seconds", "How late the last periodic event-loop wake-up fired.",
             namespace=ns, registry=reg,
         )  # fmt: skip
+        # labelled children of the per-request series, looked up once per label set (a
+        # `labels()` call takes a lock and validates the values: per request, that shows);
+        # label sets are bounded (module docstring), and these series are never cleared
+        self._per_model: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._model_cost: dict[str, Counter] = {}
+        self._per_arm: dict[tuple[str, str], tuple[Counter, Counter, Histogram]] = {}
 
     # The calls the loop makes; all O(1), lock-per-metric, safe from any thread.
 
@@ -166,9 +172,16 @@ class WorkerMetrics:
             self.cache_lookups.labels("hit" if cache_hit else "miss").inc()
 
     def observe_arm(self, arm: str, status: str, cost_usd: float, duration_s: float) -> None:
-        self.arm_requests.labels(arm, status).inc()
-        self.arm_cost_usd.labels(arm).inc(cost_usd)
-        self.arm_duration.labels(arm).observe(duration_s)
+        children = self._per_arm.get((arm, status))
+        if children is None:
+            children = self._per_arm[(arm, status)] = (
+                self.arm_requests.labels(arm, status),
+                self.arm_cost_usd.labels(arm),
+                self.arm_duration.labels(arm),
+            )
+        children[0].inc()
+        children[1].inc(cost_usd)
+        children[2].observe(duration_s)
 
     def set_router(self, router: str, version: str) -> None:
         self.router_version.clear()
@@ -176,12 +189,21 @@ class WorkerMetrics:
 
     def observe_request(self, model: str | None, status: str, duration_s: float) -> None:
         label = model or "none"
-        self.requests.labels(label, status).inc()
-        self.request_duration.labels(label).observe(duration_s)
+        children = self._per_model.get((label, status))
+        if children is None:
+            children = self._per_model[(label, status)] = (
+                self.requests.labels(label, status),
+                self.request_duration.labels(label),
+            )
+        children[0].inc()
+        children[1].observe(duration_s)
 
     def add_cost(self, model: str, cost_usd: float, always_strong_cost_usd: float) -> None:
         """Actual cost of a request's calls and what always-strong would have cost."""
-        self.cost_usd.labels(model).inc(cost_usd)
+        cost = self._model_cost.get(model)
+        if cost is None:
+            cost = self._model_cost[model] = self.cost_usd.labels(model)
+        cost.inc(cost_usd)
         self.always_strong_cost_usd.inc(always_strong_cost_usd)
         self.cost_saved_usd.inc(always_strong_cost_usd - cost_usd)
 

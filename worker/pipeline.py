@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 import numpy as np
@@ -146,6 +146,17 @@ class RoutingCore:
         self.routable = frozenset(routable)
         self._default_threshold = self._calibrated_default()
         self._fraction_thresholds: dict[float, float] = {}
+        # requests without routing overrides resolve alike per (tenant, arm policy): memoised,
+        # with their options as `decide` uses them (router roles filled in), by options' id
+        self._plain: dict[tuple[str, str | None], Resolved] = {}
+        self._routed: dict[int, tuple[rpolicy.PolicyOptions, rpolicy.PolicyOptions]] = {}
+        self._priced = [
+            (j, m, self.prices[m]) for j, m in enumerate(self.router.models) if m in self.prices
+        ]
+        # whether the routed prompt is `prompt_text`'s default one (the decision event's)
+        self.default_prompt = not (
+            config.router.prompt_include_system or config.router.prompt_include_history
+        )
         for name, spec in config.policies.items():
             needs = spec.kind in ("threshold", "cascade") and spec.threshold is None
             if needs and spec.strong_fraction is None and self._default_threshold is None:
@@ -159,6 +170,20 @@ class RoutingCore:
 
     def resolve(self, request: schemas.RouteRequest, policy: str | None = None) -> Resolved:
         """`policy` (an A/B arm's) replaces the tenant's policy; request overrides still apply."""
+        plain = request.routing == _NO_OVERRIDES
+        if plain:
+            known = self._plain.get((request.tenant, policy))
+            if known is not None:
+                return known
+        resolved = self._resolve(request, policy)
+        if plain and len(self._plain) < 1024:  # tenant names come from requests: bounded
+            self._plain[(request.tenant, policy)] = resolved
+            options = resolved.options
+            routed = _with_roles(options, self.router.strong, self.router.weak)
+            self._routed[id(options)] = (options, routed)
+        return resolved
+
+    def _resolve(self, request: schemas.RouteRequest, policy: str | None) -> Resolved:
         tenant = self.config.tenant(request.tenant)
         if policy is not None:
             tenant = msgspec.structs.replace(tenant, policy=policy)
@@ -263,15 +288,16 @@ class RoutingCore:
         else:
             text = self.prompt([schemas.to_builtins(m) for m in request.messages])
             predicted = self.router.predict([text])[0]
-        options = _with_roles(resolved.options, self.router.strong, self.router.weak)
+        known = self._routed.get(id(resolved.options))
+        if known is not None and known[0] is resolved.options:
+            options = known[1]
+        else:
+            options = _with_roles(resolved.options, self.router.strong, self.router.weak)
         n_in = rpolicy.estimate_input_tokens(text, options.chars_per_token)
         n_out = request.params.max_tokens or options.default_output_tokens
-        costs = {
-            m: rpolicy.estimate_cost_usd(self.prices[m], n_in, n_out)
-            for m in self.router.models
-            if m in self.prices
-        }
-        row = {m: float(predicted[j]) for j, m in enumerate(self.router.models) if m in self.prices}
+        costs = {m: rpolicy.estimate_cost_usd(price, n_in, n_out) for _, m, price in self._priced}
+        scores = predicted.tolist()
+        row = {m: float(scores[j]) for j, m, _ in self._priced}
         try:
             decision = rpolicy.decide(
                 row, costs, options, router=self.router.name, router_version=self.router.version
@@ -296,6 +322,9 @@ class RoutingCore:
             key=lambda c: (-c.predicted_quality, c.est_cost_usd),
         )
         return [decision.model, *(c.model for c in others)]
+
+
+_NO_OVERRIDES: Final = schemas.RoutingOptions()
 
 
 def _with_roles(options: rpolicy.PolicyOptions, strong: str, weak: str) -> rpolicy.PolicyOptions:
@@ -518,9 +547,10 @@ class Pipeline:
             created_at=self.wall_clock(),
             mode=request.routing.mode,
         )
+        routed_text = ready.text if ready is not None and core.default_prompt else None
         return Handled(
             response=response,
-            decision=self._decision_event(request, decision, info, messages, trace_id),
+            decision=self._decision_event(request, decision, info, messages, trace_id, routed_text),
             routing_ms=outcome.routing_ms,
             strong_cost_usd=outcome.strong_cost_usd,
         )
@@ -915,10 +945,13 @@ class Pipeline:
         info: schemas.DecisionInfo | None = None,
         messages: list[dict[str, Any]] | None = None,
         trace_id: str | None = None,
+        text: str | None = None,
     ) -> schemas.RoutingDecision:
-        if messages is None:
-            messages = [schemas.to_builtins(m) for m in request.messages]
-        text = prompt_text(messages)
+        """`text`: the messages' default `prompt_text`, when the caller has it already."""
+        if text is None:
+            if messages is None:
+                messages = [schemas.to_builtins(m) for m in request.messages]
+            text = prompt_text(messages)
         return schemas.RoutingDecision(
             schema_version=1,
             request_id=request.request_id,

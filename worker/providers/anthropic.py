@@ -25,7 +25,6 @@ from worker.providers.http import (
     decode_json,
     endpoint_url,
     send,
-    send_request,
 )
 from worker.providers.types import CompletionRequest, CompletionResult, FinishReason, Secret, Usage
 
@@ -203,7 +202,9 @@ class AnthropicTransport(PooledTransport):
     ):
         super().__init__(base_url=base_url, api_key=api_key, http=http, transport=transport)
         self._messages_url = endpoint_url(self._client, "/v1/messages")
-        self._messages = RequestTemplate(self._client, "POST", self._messages_url, self._headers())
+        self._messages = RequestTemplate(
+            self._client, "POST", self._messages_url, self._headers(), self._fast
+        )
 
     def _headers(self) -> dict[str, str]:
         headers = {
@@ -241,9 +242,8 @@ class AnthropicTransport(PooledTransport):
     ) -> CompletionResult:
         payload = msgspec.json.encode(messages_body(spec, request))
         started = time.perf_counter()
-        response = await send_request(
-            self._client,
-            self._messages.build(payload),
+        response = await self._messages.send(
+            payload,
             provider=PROVIDER,
             model=spec.name,
             secrets=self._secret_values,

@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Final
 
 import httpx
@@ -187,13 +187,29 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-def _read_failure(conn: _Connection, request: httpx.Request, what: str) -> httpx.TransportError:
+def _read_failure(
+    conn: _Connection, request: httpx.Request | None, what: str
+) -> httpx.TransportError:
     if isinstance(conn.error, OSError):
         return httpx.ReadError(f"{type(conn.error).__name__}: {conn.error}", request=request)
     return httpx.RemoteProtocolError(what, request=request)
 
 
-async def _wait(conn: _Connection, timeout_s: float | None, request: httpx.Request) -> None:
+async def _wait(
+    conn: _Connection,
+    timeout_s: float | None,
+    request: httpx.Request | None,
+    deadline: float | None = None,
+) -> None:
+    """Wait for bytes: httpx.ReadTimeout after ``timeout_s`` of silence; a bare TimeoutError
+    when the exchange's ``deadline`` (loop time, :meth:`FastTransport.round_trip`) comes first."""
+    if deadline is not None:
+        left = deadline - conn._loop.time()
+        if left <= 0:
+            raise TimeoutError
+        if timeout_s is None or left < timeout_s:
+            await conn.wait_data(left)
+            return
     try:
         await conn.wait_data(timeout_s)
     except TimeoutError:
@@ -213,7 +229,7 @@ class _Head:
         self.keep_alive = False
 
 
-def _parse_head(raw: bytes, request: httpx.Request) -> _Head:
+def _parse_head(raw: bytes, method: str, request: httpx.Request | None) -> _Head:
     lines = raw.split(b"\r\n")
     version, _, rest = lines[0].partition(b" ")
     code, _, reason = rest.partition(b" ")
@@ -256,7 +272,7 @@ def _parse_head(raw: bytes, request: httpx.Request) -> _Head:
     tokens = {t.strip() for t in connection.split(b",")}
     head.keep_alive = b"close" not in tokens if version == b"HTTP/1.1" else b"keep-alive" in tokens
     status = head.status
-    if request.method == "HEAD" or status < 200 or status in (204, 304):
+    if method == "HEAD" or status < 200 or status in (204, 304):
         head.mode = _EMPTY
     elif transfer_encoding:
         head.mode = _CHUNKED if chunked else _UNTIL_CLOSE
@@ -293,16 +309,20 @@ class _ResponseStream(httpx.AsyncByteStream):
     """The answer's body, read from the connection as httpx iterates; ``aclose`` hands the
     connection back to the pool (reusable only when the body was read to its end)."""
 
-    __slots__ = ("_complete", "_conn", "_done", "_head", "_pool", "_request", "_timeout")
+    __slots__ = (
+        "_complete", "_conn", "_deadline", "_done", "_head", "_pool", "_request", "_timeout",
+    )  # fmt: skip
 
     def __init__(
         self,
         pool: FastTransport,
         conn: _Connection,
         head: _Head,
-        request: httpx.Request,
+        request: httpx.Request | None,
         read_timeout: float | None,
+        deadline: float | None = None,
     ):
+        self._deadline = deadline
         self._pool = pool
         self._conn = conn
         self._head = head
@@ -363,7 +383,7 @@ class _ResponseStream(httpx.AsyncByteStream):
                     "peer closed connection without sending complete message body: "
                     f"received {expected - remaining} bytes, expected {expected}",
                 )
-            await _wait(conn, self._timeout, request)
+            await _wait(conn, self._timeout, request, self._deadline)
 
     async def _line(self) -> bytes:
         conn, request = self._conn, self._request
@@ -382,7 +402,7 @@ class _ResponseStream(httpx.AsyncByteStream):
                     conn, request, "peer closed connection without sending complete chunked body"
                 )
             start = max(0, len(buf) - 1)
-            await _wait(conn, self._timeout, request)
+            await _wait(conn, self._timeout, request, self._deadline)
 
     async def _chunked(self) -> AsyncIterator[bytes]:
         request = self._request
@@ -418,7 +438,7 @@ class _ResponseStream(httpx.AsyncByteStream):
                 if isinstance(conn.error, OSError):
                     raise _read_failure(conn, self._request, "")
                 return
-            await _wait(conn, self._timeout, self._request)
+            await _wait(conn, self._timeout, self._request, self._deadline)
 
     async def aclose(self) -> None:
         if self._done:
@@ -474,16 +494,7 @@ class FastTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._closed:
             raise RuntimeError("the transport is closed")
-        url = request.url
-        scheme = url.raw_scheme
-        default_port = DEFAULT_PORTS.get(scheme)
-        if default_port is None:
-            raise httpx.UnsupportedProtocol(
-                f"unsupported URL scheme {scheme.decode('ascii', 'replace')!r}", request=request
-            )
-        if not url.raw_host:
-            raise httpx.UnsupportedProtocol("request URL has no host", request=request)
-        origin: Origin = (scheme, url.raw_host, url.port or default_port)
+        origin = origin_of(request.url, request)
         timeouts = request.extensions.get("timeout") or {}
         head, chunked, close = _encode_head(request)
         try:
@@ -542,14 +553,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         await self._drain(conn, write_timeout, request)
 
         read_timeout = timeouts.get("read")
-        while True:
-            parsed = await self._read_head(conn, request, read_timeout)
-            if parsed.status >= 200:
-                break
-            if parsed.status == 101:
-                raise httpx.RemoteProtocolError(
-                    "protocol upgrade is not supported", request=request
-                )
+        parsed = await self._final_head(conn, request.method, request, read_timeout)
         if close:
             parsed.keep_alive = False
         return httpx.Response(
@@ -559,8 +563,98 @@ class FastTransport(httpx.AsyncBaseTransport):
             extensions={"http_version": parsed.version, "reason_phrase": parsed.reason},
         )
 
+    async def _final_head(
+        self,
+        conn: _Connection,
+        method: str,
+        request: httpx.Request | None,
+        read_timeout: float | None,
+        deadline: float | None = None,
+    ) -> _Head:
+        """The head of the final answer (1xx interim answers skipped)."""
+        while True:
+            parsed = await self._read_head(conn, method, request, read_timeout, deadline)
+            if parsed.status >= 200:
+                return parsed
+            if parsed.status == 101:
+                raise httpx.RemoteProtocolError(
+                    "protocol upgrade is not supported", request=request
+                )
+
+    # -- without httpx's request and response objects ----------------------------------------
+
+    async def round_trip(
+        self,
+        origin: Origin,
+        method: str,
+        message: bytes,
+        timeouts: Mapping[str, float | None],
+        *,
+        close: bool = False,
+        deadline: float | None = None,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """One exchange of a request already encoded whole (``message``: head from
+        :func:`encode_request_head`, the per-request headers, ``Content-Length``, the blank line
+        and the body). Returns the status, the raw headers and the whole body as received
+        (content-encoding not undone). Same pool, timeouts, stale-connection retry (idempotent
+        methods only) and httpx exceptions as :meth:`handle_async_request`, without building an
+        ``httpx.Request`` and ``httpx.Response`` per call; the exceptions carry no request.
+
+        ``deadline`` (event-loop time) bounds the whole exchange as an ``asyncio.timeout_at``
+        around it would, raising TimeoutError, but costs no timer of its own when a warm
+        connection is free: it only shortens the read waits (which arm one timer anyway)."""
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        retry_allowed = method in IDEMPOTENT
+        write_timeout = timeouts.get("write")
+        read_timeout = timeouts.get("read")
+        while True:
+            conn = self._idle_connection(origin)
+            if conn is None:
+                async with asyncio.timeout_at(deadline):
+                    conn = await self._acquire(origin, timeouts, None)
+            conn.used += 1
+            try:
+                transport = conn.transport
+                assert transport is not None
+                conn.received = 0
+                conn.buf.clear()
+                transport.write(message)
+                if conn.paused:
+                    async with asyncio.timeout_at(deadline):
+                        await self._drain(conn, write_timeout, None)
+                parsed = await self._final_head(conn, method, None, read_timeout, deadline)
+            except _Stale:
+                self._release(conn, False)
+                if not retry_allowed:
+                    raise _read_failure(
+                        conn, None, "Server disconnected without sending a response."
+                    ) from None
+                retry_allowed = False
+                continue
+            except BaseException:
+                self._release(conn, False)
+                raise
+            break
+        if close:
+            parsed.keep_alive = False
+        buf = conn.buf
+        if parsed.mode == _LENGTH and len(buf) == parsed.length:
+            # the common case: the whole body came with the head
+            body = bytes(buf)
+            buf.clear()
+            self._release(conn, parsed.keep_alive and not conn.eof)
+            return parsed.status, parsed.headers, body
+        stream = _ResponseStream(self, conn, parsed, None, read_timeout, deadline)
+        try:
+            chunks = [chunk async for chunk in stream]
+        finally:
+            await stream.aclose()
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return parsed.status, parsed.headers, body
+
     async def _drain(
-        self, conn: _Connection, timeout_s: float | None, request: httpx.Request
+        self, conn: _Connection, timeout_s: float | None, request: httpx.Request | None
     ) -> None:
         if not conn.paused:
             return
@@ -570,7 +664,12 @@ class FastTransport(httpx.AsyncBaseTransport):
             raise httpx.WriteTimeout("timed out sending the request", request=request) from None
 
     async def _read_head(
-        self, conn: _Connection, request: httpx.Request, timeout_s: float | None
+        self,
+        conn: _Connection,
+        method: str,
+        request: httpx.Request | None,
+        timeout_s: float | None,
+        deadline: float | None = None,
     ) -> _Head:
         start = 0
         while True:
@@ -579,7 +678,7 @@ class FastTransport(httpx.AsyncBaseTransport):
             if end >= 0:
                 raw = bytes(buf[:end])
                 del buf[: end + 4]
-                return _parse_head(raw, request)
+                return _parse_head(raw, method, request)
             if len(buf) > MAX_HEAD_BYTES:
                 raise httpx.RemoteProtocolError("response head too large", request=request)
             if conn.eof:
@@ -589,28 +688,39 @@ class FastTransport(httpx.AsyncBaseTransport):
                     conn, request, "Server disconnected without sending a response."
                 )
             start = max(0, len(buf) - 3)
-            await _wait(conn, timeout_s, request)
+            await _wait(conn, timeout_s, request, deadline)
 
     # -- pool --------------------------------------------------------------------------------
 
+    def _idle_connection(self, origin: Origin) -> _Connection | None:
+        """A warm connection to ``origin``, taken from the pool at once, or None."""
+        idle = self._idle.get(origin)
+        if not idle:
+            return None
+        now = asyncio.get_running_loop().time()
+        while idle:
+            conn, _ = idle.popitem()  # the most recently used
+            conn.idle = False
+            self._idle_count -= 1
+            if _dead(conn) or now - conn.idle_since > self._expiry:
+                self._discard(conn)
+                continue
+            self._expire_idle(now)
+            self._busy.add(conn)
+            return conn
+        return None
+
     async def _acquire(
-        self, origin: Origin, timeouts: dict[str, float | None], request: httpx.Request
+        self,
+        origin: Origin,
+        timeouts: Mapping[str, float | None],
+        request: httpx.Request | None,
     ) -> _Connection:
         loop = asyncio.get_running_loop()
         while True:
-            idle = self._idle.get(origin)
-            if idle:
-                now = loop.time()
-                while idle:
-                    conn, _ = idle.popitem()  # the most recently used
-                    conn.idle = False
-                    self._idle_count -= 1
-                    if _dead(conn) or now - conn.idle_since > self._expiry:
-                        self._discard(conn)
-                        continue
-                    self._expire_idle(now)
-                    self._busy.add(conn)
-                    return conn
+            warm = self._idle_connection(origin)
+            if warm is not None:
+                return warm
             if self._total < self._max or self._free_other_idle(origin):
                 self._total += 1
                 break
@@ -633,7 +743,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         return conn
 
     async def _wait_for_slot(
-        self, origin: Origin, timeout_s: float | None, request: httpx.Request
+        self, origin: Origin, timeout_s: float | None, request: httpx.Request | None
     ) -> _Connection | None:
         """Wait for a connection of ``origin`` handed over, or for a free slot (None)."""
         fut: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
@@ -667,7 +777,7 @@ class FastTransport(httpx.AsyncBaseTransport):
         self,
         origin: Origin,
         timeout_s: float | None,
-        request: httpx.Request,
+        request: httpx.Request | None,
         loop: asyncio.AbstractEventLoop,
     ) -> _Connection:
         scheme, raw_host, port = origin
@@ -678,7 +788,7 @@ class FastTransport(httpx.AsyncBaseTransport):
             if self._ssl is None:
                 self._ssl = httpx.create_ssl_context()
             tls = self._ssl
-            sni = request.extensions.get("sni_hostname")
+            sni = request.extensions.get("sni_hostname") if request is not None else None
             server_hostname = sni.decode("ascii") if isinstance(sni, bytes) else (sni or host)
         try:
             async with asyncio.timeout(timeout_s):
@@ -796,6 +906,47 @@ def _dead(conn: _Connection) -> bool:
     return conn.closed or conn.eof or bool(conn.buf)
 
 
+def origin_of(url: httpx.URL, request: httpx.Request | None = None) -> Origin:
+    """(scheme, host, port) of an absolute http(s) URL, as the pool keys connections."""
+    scheme = url.raw_scheme
+    default_port = DEFAULT_PORTS.get(scheme)
+    if default_port is None:
+        raise httpx.UnsupportedProtocol(
+            f"unsupported URL scheme {scheme.decode('ascii', 'replace')!r}", request=request
+        )
+    if not url.raw_host:
+        raise httpx.UnsupportedProtocol("request URL has no host", request=request)
+    return (scheme, url.raw_host, url.port or default_port)
+
+
+def header_line(name: bytes, value: bytes) -> bytes:
+    """``name: value\\r\\n``; LocalProtocolError for a CR or LF in either (as httpx sends)."""
+    if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
+        raise httpx.LocalProtocolError("illegal header value")
+    return name + b": " + value + b"\r\n"
+
+
+def encode_request_head(
+    method: str, url: httpx.URL, headers: Sequence[tuple[bytes, bytes]]
+) -> tuple[bytes, bool]:
+    """The request line, ``Host`` and ``headers`` as ``httpx.Request`` + this transport would
+    write them, without the blank line (callers append per-request headers, ``Content-Length``
+    and the body; see :meth:`FastTransport.round_trip`); and whether they ask the server to
+    close the connection."""
+    parts = [method.encode("ascii"), b" ", url.raw_path, b" HTTP/1.1\r\n"]
+    close = False
+    if not any(name.lower() == b"host" for name, _ in headers):
+        parts.append(header_line(b"Host", url.netloc))
+    for name, value in headers:
+        parts.append(header_line(name, value))
+        lname = name.lower()
+        if lname == b"connection":
+            close = b"close" in value.lower()
+        elif lname in (b"content-length", b"transfer-encoding"):
+            raise ValueError(f"{name.decode()} is set per request")
+    return b"".join(parts), close
+
+
 def _encode_head(request: httpx.Request) -> tuple[bytes, bool, bool]:
     """The request line and headers; whether the body goes chunked; whether the request asks
     the server to close the connection."""
@@ -815,4 +966,4 @@ def _encode_head(request: httpx.Request) -> tuple[bytes, bool, bool]:
     return b"".join(parts), chunked, close
 
 
-__all__ = ["FastTransport"]
+__all__ = ["FastTransport", "Origin", "encode_request_head", "header_line", "origin_of"]

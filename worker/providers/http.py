@@ -23,7 +23,12 @@ from worker.providers.errors import (
     redact,
     status_error,
 )
-from worker.providers.fasttransport import FastTransport
+from worker.providers.fasttransport import (
+    FastTransport,
+    encode_request_head,
+    header_line,
+    origin_of,
+)
 from worker.providers.pool import ShardedTransport
 from worker.providers.types import Secret
 
@@ -36,12 +41,21 @@ class HttpSettings:
     pool_timeout_s: float = 30.0
     total_timeout_s: float = 120.0  # one HTTP exchange, end to end
     max_connections: int = 2048
-    max_keepalive_connections: int = 512
+    # None: as many as max_connections, so a steady load of N calls in flight reuses N warm
+    # connections (a lower cap closes the surplus after each answer and reconnects next call)
+    max_keepalive_connections: int | None = None
     keepalive_expiry_s: float = 30.0
     connections_per_shard: int = 64  # "httpcore" only; see worker.providers.pool
     # "fast": worker.providers.fasttransport (lean asyncio HTTP/1.1 pool, ~5x less CPU per call);
     # "httpcore": httpx's own transport, sharded (worker.providers.pool)
     transport_impl: Literal["fast", "httpcore"] = "fast"
+
+    @property
+    def keepalive_limit(self) -> int:
+        """Idle connections kept for reuse."""
+        if self.max_keepalive_connections is None:
+            return self.max_connections
+        return self.max_keepalive_connections
 
 
 def default_transport(settings: HttpSettings) -> httpx.AsyncBaseTransport:
@@ -49,13 +63,13 @@ def default_transport(settings: HttpSettings) -> httpx.AsyncBaseTransport:
     if settings.transport_impl == "fast":
         return FastTransport(
             max_connections=settings.max_connections,
-            max_keepalive_connections=settings.max_keepalive_connections,
+            max_keepalive_connections=settings.keepalive_limit,
             keepalive_expiry_s=settings.keepalive_expiry_s,
             ssl_context=_shared_ssl_context(),
         )
     return ShardedTransport(
         max_connections=settings.max_connections,
-        max_keepalive_connections=settings.max_keepalive_connections,
+        max_keepalive_connections=settings.keepalive_limit,
         keepalive_expiry_s=settings.keepalive_expiry_s,
         connections_per_shard=settings.connections_per_shard,
     )
@@ -88,7 +102,7 @@ def make_client(
         ),
         limits=httpx.Limits(
             max_connections=settings.max_connections,
-            max_keepalive_connections=settings.max_keepalive_connections,
+            max_keepalive_connections=settings.keepalive_limit,
             keepalive_expiry=settings.keepalive_expiry_s,
         ),
         transport=transport or default_transport(settings),
@@ -116,18 +130,70 @@ def endpoint_url(client: httpx.AsyncClient, path: str) -> httpx.URL:
     return base.copy_with(raw_path=base.raw_path + path.lstrip("/").encode("ascii"))
 
 
+class RawHeaders:
+    """The headers of a :class:`RawResponse`: ``get`` as ``httpx.Headers.get`` (any case; several
+    values joined with ", ")."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.raw = raw
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        key = name.lower().encode("latin-1")
+        values = [v.decode("latin-1") for k, v in self.raw if k.lower() == key]
+        return ", ".join(values) if values else default
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+
+class RawResponse:
+    """A 2xx answer that came by :meth:`RequestTemplate.send`'s direct path: what the provider
+    transports read of a response (``content``, ``headers.get``), without an httpx.Response."""
+
+    __slots__ = ("content", "headers", "status_code")
+
+    def __init__(self, status_code: int, headers: list[tuple[bytes, bytes]], content: bytes):
+        self.status_code = status_code
+        self.headers = RawHeaders(headers)
+        self.content = content
+
+
+Answer = httpx.Response | RawResponse
+
+# answer headers that need httpx's own handling (decoding, the cookie jar)
+_HTTPX_HEADERS = frozenset({b"content-encoding", b"set-cookie"})
+
+
 class RequestTemplate:
     """Builds one endpoint's requests as ``client.build_request`` would (the client's headers
     merged under ours, the client's timeout, the URL as given), merging the fixed headers once
     instead of per call (that merge and its header normalisation were about half of httpx's own
-    CPU per call). Requests still go through ``client.send``: auth, hooks, redirects, cookie
-    extraction and the transport are httpx's. The client's headers and timeout are read when the
-    template is made; while the client holds cookies, ``build_request`` does the work."""
+    CPU per call). The client's headers and timeout are read when the template is made.
 
-    __slots__ = ("_client", "_fixed", "_headers", "_method", "_timeout", "_url")
+    :meth:`send` goes through ``client.send`` (auth, hooks, redirects, cookie extraction and the
+    transport are httpx's), except when the client's transport for the URL is our
+    :class:`FastTransport` (given as ``fast``) and the client has no auth, no event hooks and no
+    cookies: then the request is encoded once here (the same head httpx would send) and
+    exchanged by ``FastTransport.round_trip``, and a plain 2xx answer comes back as a
+    :class:`RawResponse`; an encoded or cookie-setting answer, and any non-2xx answer, is still
+    made an ``httpx.Response`` (decoded, cookies stored, errors mapped as before). httpx's
+    request and response objects and its client layers were about half of the client's CPU per
+    call. While the client holds cookies, ``build_request`` does the work."""
+
+    __slots__ = (
+        "_client", "_close", "_fast", "_fixed", "_fixed_names", "_headers", "_method",
+        "_origin", "_prefix", "_timeout", "_url",
+    )  # fmt: skip
 
     def __init__(
-        self, client: httpx.AsyncClient, method: str, url: httpx.URL, headers: Mapping[str, str]
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        url: httpx.URL,
+        headers: Mapping[str, str],
+        fast: FastTransport | None = None,
     ) -> None:
         if not url.is_absolute_url:
             raise ValueError("a request template needs an absolute URL (see endpoint_url)")
@@ -139,6 +205,14 @@ class RequestTemplate:
         merged.update(headers)
         self._headers = merged
         self._timeout = client.timeout.as_dict()
+        self._fixed_names = frozenset(name.lower() for name in merged)
+        self._fast: FastTransport | None = None
+        self._prefix = b""
+        self._close = False
+        if fast is not None and _direct_ok(client, url, fast):
+            self._origin = origin_of(url)
+            self._prefix, self._close = encode_request_head(method, url, merged.raw)
+            self._fast = fast
 
     def build(
         self, content: bytes, extra_headers: Mapping[str, str] | None = None
@@ -161,6 +235,69 @@ class RequestTemplate:
             request.headers.update(extra_headers)
         return request
 
+    async def send(
+        self,
+        content: bytes,
+        extra_headers: Mapping[str, str] | None = None,
+        *,
+        provider: str,
+        model: str | None,
+        secrets: Iterable[str],
+        timeout_s: float,
+    ) -> Answer:
+        """Send one request; return a 2xx answer or raise the mapped ProviderError (as
+        :func:`send_request`; ``timeout_s`` caps the whole exchange)."""
+        fast, client = self._fast, self._client
+        if (
+            fast is None
+            or client.cookies
+            or client.is_closed
+            or (extra_headers and not self._fixed_names.isdisjoint(map(str.lower, extra_headers)))
+        ):
+            return await send_request(
+                client,
+                self.build(content, extra_headers),
+                provider=provider,
+                model=model,
+                secrets=secrets,
+                timeout_s=timeout_s,
+            )
+        parts = [self._prefix]
+        if extra_headers:
+            for name, value in extra_headers.items():
+                parts.append(header_line(name.encode("ascii"), value.encode("ascii")))
+        parts.append(b"Content-Length: %d\r\n\r\n" % len(content))
+        parts.append(content)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        try:
+            status, headers, body = await fast.round_trip(
+                self._origin,
+                self._method,
+                b"".join(parts),
+                self._timeout,
+                close=self._close,
+                deadline=deadline,
+            )
+        except (httpx.TransportError, OSError) as exc:  # TimeoutError is an OSError
+            raise _mapped(exc, timeout_s, provider, model, secrets) from None
+        if status < 300 and not any(name.lower() in _HTTPX_HEADERS for name, _ in headers):
+            return RawResponse(status, headers, body)
+        request = httpx.Request(self._method, self._url)
+        response = httpx.Response(status, headers=headers, content=body, request=request)
+        client.cookies.extract_cookies(response)
+        if status < 300:
+            return response
+        raise error_from_response(response, provider=provider, model=model, secrets=tuple(secrets))
+
+
+def _direct_ok(client: httpx.AsyncClient, url: httpx.URL, fast: FastTransport) -> bool:
+    """Whether ``client.send`` would hand a request for ``url`` to ``fast`` with nothing of its
+    own on the way (no auth flow, no event hooks, no proxy mounted for the URL)."""
+    if client.auth is not None or any(client.event_hooks.values()):
+        return False
+    transport_for = getattr(client, "_transport_for_url", None)  # httpx's own choice of mount
+    return transport_for is not None and transport_for(url) is fast
+
 
 class PooledTransport:
     """What both provider transports share: one pooled client per ``base_url``, the key kept as a
@@ -177,7 +314,11 @@ class PooledTransport:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._http = http or HttpSettings()
+        if transport is None:
+            transport = default_transport(self._http)
         self._client = make_client(self.base_url, self._http, transport)
+        # requests templated for this client may skip httpx's layers (see RequestTemplate)
+        self._fast = transport if isinstance(transport, FastTransport) else None
         self._secret_values: tuple[str, ...] = (api_key.reveal(),) if api_key else ()
 
     def __repr__(self) -> str:
@@ -263,26 +404,33 @@ async def send_request(
     try:
         async with asyncio.timeout(timeout_s):
             response = await client.send(request)
-    except TimeoutError:
-        raise ProviderTimeoutError(
-            f"no complete answer within {timeout_s:.3f} s", provider=provider, model=model
-        ) from None
-    except httpx.TimeoutException as exc:
-        raise ProviderTimeoutError(
-            f"{type(exc).__name__}: {redact(str(exc), tuple(secrets))}",
-            provider=provider,
-            model=model,
-        ) from None
-    except (httpx.TransportError, OSError) as exc:
-        # ConnectError, ReadError, WriteError, RemoteProtocolError, ...: the connection failed.
-        raise ProviderConnectionError(
-            f"{type(exc).__name__}: {redact(str(exc), tuple(secrets))}",
-            provider=provider,
-            model=model,
-        ) from None
+    except (httpx.TransportError, OSError) as exc:  # TimeoutError is an OSError
+        raise _mapped(exc, timeout_s, provider, model, secrets) from None
     if response.status_code < 300:
         return response
     raise error_from_response(response, provider=provider, model=model, secrets=tuple(secrets))
+
+
+def _mapped(
+    exc: Exception, timeout_s: float, provider: str, model: str | None, secrets: Iterable[str]
+) -> ProviderError:
+    """The ProviderError for an exchange that timed out or whose connection failed."""
+    if isinstance(exc, TimeoutError):
+        return ProviderTimeoutError(
+            f"no complete answer within {timeout_s:.3f} s", provider=provider, model=model
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return ProviderTimeoutError(
+            f"{type(exc).__name__}: {redact(str(exc), tuple(secrets))}",
+            provider=provider,
+            model=model,
+        )
+    # ConnectError, ReadError, WriteError, RemoteProtocolError, ...: the connection failed.
+    return ProviderConnectionError(
+        f"{type(exc).__name__}: {redact(str(exc), tuple(secrets))}",
+        provider=provider,
+        model=model,
+    )
 
 
 def error_from_response(
@@ -317,6 +465,7 @@ def decode_json(content: bytes, typ: type[T], *, provider: str, model: str | Non
 __all__ = [
     "HttpSettings",
     "ProviderError",
+    "RawResponse",
     "RequestTemplate",
     "decode_json",
     "default_transport",

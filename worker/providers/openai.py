@@ -19,7 +19,6 @@ from worker.providers.http import (
     decode_json,
     endpoint_url,
     send,
-    send_request,
 )
 from worker.providers.types import (
     CompletionRequest,
@@ -190,7 +189,9 @@ class OpenAITransport(PooledTransport):
     ):
         super().__init__(base_url=base_url, api_key=api_key, http=http, transport=transport)
         self._chat_url = endpoint_url(self._client, "/chat/completions")
-        self._chat = RequestTemplate(self._client, "POST", self._chat_url, self._headers())
+        self._chat = RequestTemplate(
+            self._client, "POST", self._chat_url, self._headers(), self._fast
+        )
 
     def _headers(self, request_id: str | None = None, json: bool = True) -> dict[str, str]:
         headers = {"accept": "application/json"}
@@ -208,9 +209,9 @@ class OpenAITransport(PooledTransport):
         payload = msgspec.json.encode(chat_body(spec, request))
         extra = {"x-client-request-id": request.request_id[:512]} if request.request_id else None
         started = time.perf_counter()
-        response = await send_request(
-            self._client,
-            self._chat.build(payload, extra),
+        response = await self._chat.send(
+            payload,
+            extra,
             provider=PROVIDER,
             model=spec.name,
             secrets=self._secret_values,

@@ -35,10 +35,10 @@ import os
 import threading
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
 
 import msgspec
 from opentelemetry import context as otel_context
@@ -518,7 +518,6 @@ class Tracing:
         """The trace id (hex) of the request, as Langfuse derives it."""
         return derive_trace_id_hex(request_id)
 
-    @contextmanager
     def process_span(
         self,
         topic: str,
@@ -528,15 +527,27 @@ class Tracing:
         headers: Sequence[tuple[str, bytes]],
         group: str,
         request_id: str | None,
-    ) -> Iterator[RequestSpan]:
+    ) -> AbstractContextManager[RequestSpan]:
         """The root span of one consumed record; a trace id derived from `request_id`.
 
         An exception escaping the block is recorded (`error.type`, status ERROR) and re-raised.
         """
         if self.provider is None:  # nothing records: skip the work, keep the derived trace id
             derived = derive_trace_id_hex(request_id) if request_id else None
-            yield RequestSpan(trace.INVALID_SPAN, derived, _RequestState(), "", self._masks)
-            return
+            return _Entered(RequestSpan(trace.INVALID_SPAN, derived, _NO_STATE, "", self._masks))
+        return self._process_span(topic, partition, offset, key, headers, group, request_id)
+
+    @contextmanager
+    def _process_span(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        headers: Sequence[tuple[str, bytes]],
+        group: str,
+        request_id: str | None,
+    ) -> Iterator[RequestSpan]:
         attrs: Attributes = {
             sc.MESSAGING_SYSTEM: "kafka",
             sc.MESSAGING_OPERATION_TYPE: "process",
@@ -569,12 +580,14 @@ class Tracing:
         finally:
             _STATE.reset(token)
 
-    @contextmanager
-    def route_span(self, decision: DecisionInfo | None = None) -> Iterator[RouteSpan]:
+    def route_span(self, decision: DecisionInfo | None = None) -> AbstractContextManager[RouteSpan]:
         """The `route` span, a child of the current request; set the decision in or before."""
         if self.provider is None:
-            yield RouteSpan(trace.INVALID_SPAN, None)
-            return
+            return _NO_ROUTE
+        return self._route_span(decision)
+
+    @contextmanager
+    def _route_span(self, decision: DecisionInfo | None) -> Iterator[RouteSpan]:
         span = self._tracer.start_span("route", kind=SpanKind.INTERNAL)
         handle = RouteSpan(span, _STATE.get())
         if decision is not None:
@@ -582,7 +595,6 @@ class Tracing:
         with _ending(span):
             yield handle
 
-    @contextmanager
     def chat_span(
         self,
         model: str,
@@ -595,15 +607,32 @@ class Tracing:
         input_messages: Sequence[Message] | None = None,
         attempt: int | None = None,
         decision: DecisionInfo | None = None,
-    ) -> Iterator[ChatSpan]:
+    ) -> AbstractContextManager[ChatSpan]:
         """A `chat {model}` CLIENT span and Langfuse generation for one model call.
 
         `model` is the catalogue name that was routed to, `request_model` the provider's model
         id sent on the wire. The routing decision defaults to the one set by `route_span`.
         """
         if self.provider is None:
-            yield ChatSpan(trace.INVALID_SPAN, self._masks[1])
-            return
+            return _NO_CHAT[self._masks[1]]
+        return self._chat_span(
+            model, provider, request_model, max_tokens, temperature, top_p, input_messages,
+            attempt, decision,
+        )  # fmt: skip
+
+    @contextmanager
+    def _chat_span(
+        self,
+        model: str,
+        provider: str,
+        request_model: str,
+        max_tokens: int | None,
+        temperature: float | None,
+        top_p: float | None,
+        input_messages: Sequence[Message] | None,
+        attempt: int | None,
+        decision: DecisionInfo | None,
+    ) -> Iterator[ChatSpan]:
         state = _STATE.get()
         span = self._tracer.start_span(f"chat {model}", kind=SpanKind.CLIENT)
         if span.is_recording():
@@ -736,6 +765,31 @@ class Tracing:
         closer.start()
         closer.join(timeout_s)
         return not closer.is_alive() and all(flushed)
+
+
+_T = TypeVar("_T")
+
+
+class _Entered(Generic[_T]):
+    """A context manager that only hands out `value`: the handles of spans nothing records
+    (a class, not a generator: per request, with tracing off, that difference is measurable)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: _T) -> None:
+        self.value = value
+
+    def __enter__(self) -> _T:
+        return self.value
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# Handles of spans that record nothing hold no per-request state: shared.
+_NO_STATE: Final = _RequestState()
+_NO_ROUTE: Final = _Entered(RouteSpan(trace.INVALID_SPAN, None))
+_NO_CHAT: Final = {mask: _Entered(ChatSpan(trace.INVALID_SPAN, mask)) for mask in (False, True)}
 
 
 @contextmanager
