@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.kafka_support import create_topics, localkafka, unique_topic
+from tests.worker.support import ROWS, SIM_KEYS, replay_dataset, train_artifact
+from worker.sim import SimConfig, Simulator
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +40,26 @@ def new_topic(kafka_bootstrap: str) -> TopicFactory:
         return name
 
     return make
+
+
+# ------------------------------------------------------------ a trained router and the simulator
+# (shared by tests/worker and tests/loop: the router is trained once per session)
+
+
+@pytest.fixture(scope="session")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A default router trained on ROWS, calibrated, with score quantiles."""
+    return train_artifact(tmp_path_factory.mktemp("router"), ROWS)
+
+
+@pytest.fixture
+def sim_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in SIM_KEYS.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
+async def sim(sim_keys: None) -> AsyncIterator[Simulator]:
+    """The provider simulator on a free port, replaying ROWS, with no latency or faults."""
+    async with Simulator(SimConfig(seed=1), replay_dataset()) as server:
+        yield server

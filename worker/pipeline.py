@@ -528,25 +528,10 @@ class Pipeline:
             self._background.add(store)
             store.add_done_callback(self._background.discard)
         trace_id = trace_id_for(request.request_id)
-        response = schemas.RouteResponse(
-            schema_version=1,
-            request_id=request.request_id,
-            tenant=request.tenant,
-            status="ok",
-            model=result.model,
-            provider=result.provider,
-            message=schemas.OutputMessage(role="assistant", content=result.text),
-            finish_reason=result.finish_reason,
-            usage=_usage(result.usage),
-            cost_usd=cost,
-            latency_ms=(self.perf() - started) * 1000,
-            decision=info,
-            attempts=outcome.attempts,
-            error=None,
-            trace_id=trace_id,
-            created_at=self.wall_clock(),
-            mode=request.routing.mode,
-        )
+        response = _ok_response(
+            request, result, cost, outcome.attempts, (self.perf() - started) * 1000, info,
+            trace_id, self.wall_clock(),
+        )  # fmt: skip
         routed_text = ready.text if ready is not None and core.default_prompt else None
         return Handled(
             response=response,
@@ -760,25 +745,10 @@ class Pipeline:
         result = completion.result
         self.shadow_stats["calls"] += 1
         self.shadow_stats["cost_usd"] += completion.cost_usd
-        response = schemas.RouteResponse(
-            schema_version=1,
-            request_id=request.request_id,
-            tenant=request.tenant,
-            status="ok",
-            model=result.model,
-            provider=result.provider,
-            message=schemas.OutputMessage(role="assistant", content=result.text),
-            finish_reason=result.finish_reason,
-            usage=_usage(result.usage),
-            cost_usd=completion.cost_usd,
-            latency_ms=(self.perf() - started) * 1000,
-            decision=info,
-            attempts=_attempts(completion.attempts),
-            error=None,
-            trace_id=trace_id,
-            created_at=self.wall_clock(),
-            mode=request.routing.mode,
-        )
+        response = _ok_response(
+            request, result, completion.cost_usd, _attempts(completion.attempts),
+            (self.perf() - started) * 1000, info, trace_id, self.wall_clock(),
+        )  # fmt: skip
         event = msgspec.structs.replace(
             self._decision_event(request, decision, info, messages, trace_id),
             shadow=True,
@@ -966,16 +936,40 @@ class Pipeline:
         )
 
 
+def _ok_response(
+    request: schemas.RouteRequest,
+    result: CompletionResult,
+    cost_usd: float,
+    attempts: list[schemas.Attempt],
+    latency_ms: float,
+    decision: schemas.DecisionInfo | None,
+    trace_id: str | None,
+    created_at: datetime,
+) -> schemas.RouteResponse:
+    return schemas.RouteResponse(
+        schema_version=1,
+        request_id=request.request_id,
+        tenant=request.tenant,
+        status="ok",
+        model=result.model,
+        provider=result.provider,
+        message=schemas.OutputMessage(role="assistant", content=result.text),
+        finish_reason=result.finish_reason,
+        usage=_usage(result.usage),
+        cost_usd=cost_usd,
+        latency_ms=latency_ms,
+        decision=decision,
+        attempts=attempts,
+        error=None,
+        trace_id=trace_id,
+        created_at=created_at,
+        mode=request.routing.mode,
+    )
+
+
 def _answer_of(request: schemas.RouteRequest, result: CompletionResult) -> schemas.RouteResponse:
     """The minimal response the semantic cache stores for an answer."""
-    return schemas.RouteResponse(
-        schema_version=1, request_id=request.request_id, tenant=request.tenant, status="ok",
-        model=result.model, provider=result.provider,
-        message=schemas.OutputMessage(role="assistant", content=result.text),
-        finish_reason=result.finish_reason, usage=_usage(result.usage), cost_usd=result.cost_usd,
-        latency_ms=0.0, decision=None, attempts=[], error=None, trace_id=None,
-        created_at=datetime.now(UTC),
-    )  # fmt: skip
+    return _ok_response(request, result, result.cost_usd, [], 0.0, None, None, datetime.now(UTC))
 
 
 def _error_name(outcome: object) -> str:
