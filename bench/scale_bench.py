@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import signal
@@ -43,10 +42,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+from worker_bench import KEYS, _localkafka  # noqa: E402
 
 import schemas  # noqa: E402
 from tests.worker.support import (  # noqa: E402
@@ -58,21 +59,9 @@ from tests.worker.support import (  # noqa: E402
 from worker.kafka_config import TopicSettings  # noqa: E402
 from worker.topics import ensure_topics  # noqa: E402
 
-KEYS = {"SIM_OPENAI_API_KEY": "sk-bench", "SIM_ANTHROPIC_API_KEY": "sk-ant-bench"}
 PARTITIONS = 12
 LATENCY = "fixed:500"
 LOG_LEVEL = os.environ.get("SCALE_BENCH_LOG_LEVEL", "WARNING")  # the members' log level
-
-
-def _localkafka() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "localkafka", ROOT / "deploy" / "kafka" / "localkafka.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["localkafka"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _free_port() -> int:
