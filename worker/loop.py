@@ -13,6 +13,7 @@ At least once, nothing lost:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -167,6 +168,7 @@ class Worker:
         self._control_partitions = 0
         # operator commands from the control topic (`schemas.Control`), by action
         self.control_handlers: dict[str, Callable[[schemas.Control], Awaitable[None]]] = {}
+        self.control_ready = asyncio.Event()
         # awaited once the clients have started, and after the drain and the last commit
         self.on_start: list[Callable[[], Awaitable[None]]] = []
         self.before_stop: list[Callable[[], Awaitable[None]]] = []
@@ -221,6 +223,8 @@ class Worker:
                     await self._poll_until_stopped()
                 finally:
                     control.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await control
                 if self.batches is not None:
                     self.batches.flush_all()  # what waits for a batch is submitted, not dropped
                 await self._drain(self.settings.drain_timeout_s)
@@ -273,30 +277,43 @@ class Worker:
         self.control_handlers["cancel_batch"] = cancel
 
     async def _follow_control(self) -> None:
-        """Apply operator commands published after start-up (every member reads them all)."""
+        """Apply operator commands published after start-up (every member reads them all).
+        The start position is taken once; after a failure (a topic without a leader yet, a
+        broker restart) the follower resumes where it was, so no command is skipped."""
         if not self._control_partitions:
             return
-        consumer = AIOKafkaConsumer(
-            group_id=None, enable_auto_commit=False, **self.kafka.common_kwargs()
-        )
-        await consumer.start()
-        try:
-            tps = [TopicPartition(self.topics.control, p) for p in range(self._control_partitions)]
-            consumer.assign(tps)
-            for tp, end in (await consumer.end_offsets(tps)).items():
-                consumer.seek(tp, end)
-            seen: set[str] = set()
-            while True:
-                batch = await consumer.getmany(timeout_ms=1000)
-                for records in batch.values():
-                    for record in records:
-                        await self._apply_control(record.value, seen)
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("the control-topic follower stopped")
-        finally:
-            await consumer.stop()
+        tps = [TopicPartition(self.topics.control, p) for p in range(self._control_partitions)]
+        positions: dict[TopicPartition, int] | None = None
+        seen: set[str] = set()
+        delay = 0.5
+        while True:
+            consumer = AIOKafkaConsumer(
+                group_id=None, enable_auto_commit=False, **self.kafka.common_kwargs()
+            )
+            try:
+                await consumer.start()
+                consumer.assign(tps)
+                if positions is None:
+                    positions = dict(await consumer.end_offsets(tps))
+                    self.control_ready.set()  # commands from here on are applied
+                for tp, position in positions.items():
+                    consumer.seek(tp, position)
+                while True:
+                    batch = await consumer.getmany(timeout_ms=1000)
+                    delay = 0.5
+                    for tp, records in batch.items():
+                        for record in records:
+                            await self._apply_control(record.value, seen)
+                            positions[tp] = record.offset + 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reading %s failed (%s: %s); retrying in %.1fs",
+                            self.topics.control, type(exc).__name__, exc, delay)  # fmt: skip
+            finally:
+                await consumer.stop()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     async def _apply_control(self, value: bytes | None, seen: set[str]) -> None:
         try:

@@ -230,6 +230,7 @@ async def test_cancel_through_a_control_event(
                 lambda: app.worker.batches is not None and app.worker.batches.open_jobs > 0, 60
             )
             assert recorded
+            assert await poll_until(lambda: app.worker.control_ready.is_set(), 30)
             assert app.worker.batches is not None
             job_ids = sorted(app.worker.batches._jobs)
             producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)

@@ -177,6 +177,7 @@ async def test_reload_router_by_control_event_without_losing_requests(
         _Running(config) as app,
     ):
         await poll_until(lambda: app.worker.ready.is_set(), 30)
+        assert await poll_until(lambda: app.worker.control_ready.is_set(), 30)
         # requests keep flowing while the new version is announced and loaded
         sending = asyncio.create_task(produce(kafka_bootstrap, topics["requests"], _events(n // 2)))
         producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
