@@ -13,7 +13,6 @@ At least once, nothing lost:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -223,8 +222,7 @@ class Worker:
                     await self._poll_until_stopped()
                 finally:
                     control.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await control
+                    await asyncio.wait([control], timeout=10)
                 if self.batches is not None:
                     self.batches.flush_all()  # what waits for a batch is submitted, not dropped
                 await self._drain(self.settings.drain_timeout_s)
@@ -237,9 +235,24 @@ class Worker:
             finally:
                 if self.batches is not None:
                     await self.batches.close(self.settings.drain_timeout_s)
+                await self._cancel_leftovers()
                 await self.consumer.stop()
         finally:
             await self.producer.stop()
+
+    async def _cancel_leftovers(self) -> None:
+        """Requests still in flight after the drain, and partition-state loads: cancelled (their
+        offsets stay uncommitted, so the next owner redoes them), never left to the caller."""
+        leftovers: list[asyncio.Task[Any]] = [
+            t for tasks in self._tasks.values() for t in tasks if not t.done()
+        ]
+        leftovers += [t for t in self._answered.values() if not t.done()]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            _, stuck = await asyncio.wait(leftovers, timeout=10)
+            if stuck:
+                log.warning("%d tasks did not stop within 10 s of being cancelled", len(stuck))
 
     async def _partition_counts(self) -> None:
         counts = await partition_counts(
