@@ -480,7 +480,7 @@ class Pipeline:
             return Deferred(
                 model=decision.model,
                 call=call,
-                decision=self._decision_event(request, decision, info, messages, trace_id),
+                decision=self._decision_event(request, info, messages, trace_id),
             )
         chain = core.fallback_chain(decision, resolved.options)
         try:
@@ -535,7 +535,7 @@ class Pipeline:
         routed_text = ready.text if ready is not None and core.default_prompt else None
         return Handled(
             response=response,
-            decision=self._decision_event(request, decision, info, messages, trace_id, routed_text),
+            decision=self._decision_event(request, info, messages, trace_id, routed_text),
             routing_ms=outcome.routing_ms,
             strong_cost_usd=outcome.strong_cost_usd,
         )
@@ -655,20 +655,8 @@ class Pipeline:
             mode=request.routing.mode,
             cache_hit=True,
         )
-        messages = [schemas.to_builtins(m) for m in request.messages]
-        text = prompt_text(messages)
-        event = schemas.RoutingDecision(
-            schema_version=1,
-            request_id=request.request_id,
-            tenant=request.tenant,
-            decision=info,
-            trace_id=trace_id,
-            created_at=self.wall_clock(),
-            mode=request.routing.mode,
-            prompt=None if self.mask_prompts else text,
-            prompt_sha256=hashlib.sha256(text.encode()).hexdigest(),
-            params=schemas.to_builtins(request.params) or None,
-            cache_hit=True,
+        event = msgspec.structs.replace(
+            self._decision_event(request, info, trace_id=trace_id), cache_hit=True
         )
         strong = core.catalogue.models.get(core.router.strong)
         strong_cost = (
@@ -750,7 +738,7 @@ class Pipeline:
             (self.perf() - started) * 1000, info, trace_id, self.wall_clock(),
         )  # fmt: skip
         event = msgspec.structs.replace(
-            self._decision_event(request, decision, info, messages, trace_id),
+            self._decision_event(request, info, messages, trace_id),
             shadow=True,
             shadow_model=model,
         )
@@ -902,17 +890,14 @@ class Pipeline:
             mode=request.routing.mode,
         )
         event = (
-            self._decision_event(request, decision, info, messages, trace_id)
-            if decision is not None
-            else None
+            self._decision_event(request, info, messages, trace_id) if info is not None else None
         )
         return Handled(response=response, decision=event, routing_ms=outcome.routing_ms or None)
 
     def _decision_event(
         self,
         request: schemas.RouteRequest,
-        decision: Decision,
-        info: schemas.DecisionInfo | None = None,
+        info: schemas.DecisionInfo,
         messages: list[dict[str, Any]] | None = None,
         trace_id: str | None = None,
         text: str | None = None,
@@ -926,7 +911,7 @@ class Pipeline:
             schema_version=1,
             request_id=request.request_id,
             tenant=request.tenant,
-            decision=info if info is not None else _decision_info(decision),
+            decision=info,
             trace_id=trace_id if trace_id is not None else trace_id_for(request.request_id),
             created_at=self.wall_clock(),
             mode=request.routing.mode,
