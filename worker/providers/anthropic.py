@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Final
 
 import httpx
 import msgspec
 
 from worker.providers.catalogue import ModelSpec
+from worker.providers.deployments import parse_rate_limit_headers
 from worker.providers.errors import ProviderError, UnsupportedRequestError, status_error
 from worker.providers.http import (
     HttpSettings,
@@ -251,9 +253,11 @@ class AnthropicTransport(PooledTransport):
         )
         latency_ms = (time.perf_counter() - started) * 1000.0
         wire = decode_json(response.content, MessageWire, provider=PROVIDER, model=spec.name)
-        return result_from_wire(
+        result = result_from_wire(
             wire, spec, latency_ms=latency_ms, request_id=response.headers.get("request-id")
         )
+        limits = parse_rate_limit_headers(response.headers)
+        return result if limits is None else replace(result, rate_limit=limits)
 
     # -- Message Batches ---------------------------------------------------------------------
 

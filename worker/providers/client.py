@@ -4,16 +4,21 @@
         routed = await client.complete(request, ["gpt-4o-mini", "claude-3-haiku"], deadline_s=30)
         routed.result.text, routed.result.cost_usd, [a.to_dict() for a in routed.attempts]
 
-Per model: skip it while its circuit breaker is open; wait for one of its
-``max_concurrent_calls`` slots (within the deadline); call with SDK-style retries; on failure
-move to the next model. When every model fails, :class:`AllModelsFailedError` carries the
-attempts. Transports are built once per (provider, base_url, key env var) and share one pooled
-``httpx.AsyncClient``; keys are read from the environment when the client is built.
+Per model, its deployments (worker.providers.deployments) are ordered by the model's strategy,
+health and rate-limit headroom; per deployment: skip it while its circuit breaker is open; wait
+for its rate-limit headroom when that fits the deadline (else move on rather than collect 429s);
+wait for one of its ``max_concurrent_calls`` slots (within the deadline); call. A deployment
+with others after it is tried once (a failure fails over at once, a 429 blocks it for its
+``retry-after``); the last one gets SDK-style retries. Then the next model. When every model
+fails, :class:`AllModelsFailedError` carries the attempts. Transports are built once per
+(provider, base_url, key env var) and share one pooled ``httpx.AsyncClient``; keys are read from
+the environment when the client is built.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 import time
@@ -25,6 +30,7 @@ import httpx
 from worker.providers.anthropic import AnthropicTransport
 from worker.providers.breaker import BreakerSettings, CircuitBreaker
 from worker.providers.catalogue import Catalogue, ModelSpec
+from worker.providers.deployments import DeploymentState, order_deployments
 from worker.providers.errors import (
     AllModelsFailedError,
     CircuitOpenError,
@@ -32,6 +38,8 @@ from worker.providers.errors import (
     MissingApiKeyError,
     ProviderError,
     ProviderStatusError,
+    RateLimitError,
+    RateLimitWaitError,
 )
 from worker.providers.http import HttpSettings
 from worker.providers.openai import OpenAITransport
@@ -45,6 +53,7 @@ from worker.providers.types import (
 )
 
 AnyTransport = OpenAITransport | AnthropicTransport
+_NO_RETRY = RetryPolicy(max_retries=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +62,14 @@ class ClientSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     default_deadline_s: float = 120.0
+    # several deployments: the longest a call waits for rate-limit headroom (else the chain moves
+    # on), the output tokens assumed when a request sets no max_tokens, and the cap of a try that
+    # has other deployments after it: max(min, factor x its expected latency)
+    max_rate_limit_wait_s: float = 30.0
+    expected_output_tokens: int = 256
+    failover_timeout_factor: float = 5.0
+    failover_timeout_min_s: float = 2.0
+    latency_alpha: float = 0.2  # weight of the newest answer in the per-deployment latency fit
 
 
 class RouterClient:
@@ -74,16 +91,22 @@ class RouterClient:
         self._rand = rand
         environ = os.environ if env is None else env
         self._transports: dict[tuple[str, str, str], AnyTransport] = {}
-        self._model_transport: dict[str, AnyTransport | None] = {}
-        self._breakers: dict[str, CircuitBreaker] = {}
-        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._states: dict[str, tuple[DeploymentState, ...]] = {}
+        self._dep_transport: dict[tuple[str, str], AnyTransport | None] = {}
         for name, spec in catalogue.models.items():
-            raw_key = environ.get(spec.api_key_env)
-            self._model_transport[name] = (
-                None if not raw_key else self._transport(spec, Secret(raw_key), http_transport)
-            )
-            self._breakers[name] = CircuitBreaker(self.settings.breaker, clock)
-            self._slots[name] = asyncio.Semaphore(spec.max_concurrent_calls)
+            states = []
+            for deployment in spec.all_deployments:
+                dspec = deployment.spec
+                raw_key = environ.get(dspec.api_key_env)
+                self._dep_transport[(name, deployment.name)] = (
+                    None if not raw_key else self._transport(dspec, Secret(raw_key), http_transport)
+                )
+                states.append(
+                    DeploymentState(
+                        deployment, self.settings.breaker, clock, self.settings.latency_alpha
+                    )
+                )
+            self._states[name] = tuple(states)
 
     def _transport(
         self, spec: ModelSpec, key: Secret, http_transport: httpx.AsyncBaseTransport | None
@@ -104,23 +127,64 @@ class RouterClient:
 
     @property
     def missing_keys(self) -> tuple[str, ...]:
-        """Env var names (never values) of models that have no key set."""
+        """Env var names (never values) of deployments that have no key set."""
         return tuple(
             sorted(
                 {
-                    self.catalogue[n].api_key_env
-                    for n, t in self._model_transport.items()
-                    if t is None
+                    s.deployment.spec.api_key_env
+                    for name, states in self._states.items()
+                    for s in states
+                    if self._dep_transport[(name, s.name)] is None
                 }
             )
         )
 
-    def breaker(self, model: str) -> CircuitBreaker:
-        return self._breakers[model]
+    def breaker(self, model: str, deployment: str | None = None) -> CircuitBreaker:
+        """The circuit breaker of ``model``'s ``deployment`` (default: its first)."""
+        return self.deployment_state(model, deployment).breaker
+
+    def deployment_state(self, model: str, deployment: str | None = None) -> DeploymentState:
+        states = self._states[model]
+        if deployment is None:
+            return states[0]
+        for state in states:
+            if state.name == deployment:
+                return state
+        raise KeyError(f"model {model!r} has no deployment {deployment!r}")
+
+    def set_share(self, share: float) -> None:
+        """This member's share of the group's rate limits (its share of the request partitions:
+        ``owned / total``), applied to every deployment's ``rpm`` / ``tpm``."""
+        share = min(max(share, 0.0), 1.0)
+        for states in self._states.values():
+            for state in states:
+                state.limits.share = share
+
+    def expected_latency_ms(
+        self, models: Sequence[str], output_tokens: int | None = None
+    ) -> dict[str, float]:
+        """Per model, the expected time to answer a call with ``output_tokens`` on its fastest
+        available deployment (circuit not open; waiting for rate-limit headroom counted), from
+        live measurements. Models never measured are left out."""
+        n_out = output_tokens if output_tokens is not None else self.settings.expected_output_tokens
+        out: dict[str, float] = {}
+        for model in models:
+            best: float | None = None
+            for state in self._states.get(model, ()):
+                if state.breaker.state == "open":
+                    continue
+                expected = state.expected_ms(n_out)
+                if expected is None:
+                    continue
+                expected += state.limits.wait_s(n_out) * 1000.0
+                best = expected if best is None else min(best, expected)
+            if best is not None:
+                out[model] = best
+        return out
 
     def transport_for(self, model: str) -> AnyTransport:
-        """The transport serving ``model`` (for the Batch API calls)."""
-        transport = self._model_transport[model]
+        """The transport serving ``model``'s first deployment (for the Batch API calls)."""
+        transport = self._dep_transport[(model, self._states[model][0].name)]
         if transport is None:
             spec = self.catalogue[model]
             raise MissingApiKeyError(
@@ -136,8 +200,13 @@ class RouterClient:
         models: Sequence[str],
         *,
         deadline_s: float | None = None,
+        within_ms: float | None = None,
+        fastest: bool = False,
     ) -> RoutedCompletion:
-        """Try ``models`` in order; return the first success with every attempt made."""
+        """Try ``models`` in order; return the first success with every attempt made.
+
+        ``within_ms``: a latency budget (deployments expected to miss it go after the others);
+        ``fastest``: a tight deadline, the fastest deployment first whatever the strategy."""
         if not models:
             raise ValueError("the fallback chain is empty")
         for name in models:
@@ -151,7 +220,9 @@ class RouterClient:
         for name in models:
             spec = self.catalogue[name]
             try:
-                result = await self._call_model(spec, request, deadline, attempts)
+                result, chosen, reason = await self._call_model(
+                    spec, request, deadline, attempts, within_ms, fastest
+                )
             except DeadlineExceededError as exc:
                 last_error = exc
                 if not attempts or attempts[-1].error_type != type(exc).__name__:
@@ -160,7 +231,13 @@ class RouterClient:
             except ProviderError as exc:
                 last_error = exc
                 continue
-            return RoutedCompletion(result=result, attempts=tuple(attempts))
+            listed = chosen.deployment.listed
+            return RoutedCompletion(
+                result=result,
+                attempts=tuple(attempts),
+                deployment=chosen.name if listed else None,
+                deployment_reason=reason if listed else None,
+            )
         assert last_error is not None
         raise AllModelsFailedError(
             f"all {len(models)} models failed; last: {type(last_error).__name__}",
@@ -170,7 +247,12 @@ class RouterClient:
 
     @staticmethod
     def _attempt(
-        spec: ModelSpec, error: ProviderError | None, latency_ms: float, retry: int, status: str
+        spec: ModelSpec,
+        error: ProviderError | None,
+        latency_ms: float,
+        retry: int,
+        status: str,
+        deployment: str | None = None,
     ) -> Attempt:
         return Attempt(
             model=spec.name,
@@ -182,7 +264,21 @@ class RouterClient:
             else (200 if error is None else None),
             error_type=None if error is None else type(error).__name__,
             retry=retry,
+            deployment=deployment,
         )
+
+    def _tokens(self, request: CompletionRequest, spec: ModelSpec) -> tuple[int, int]:
+        """(tokens a call books against tpm, output tokens expected): the input estimated from
+        its characters (4 a token) plus max_tokens, as providers count a request for tpm."""
+        chars = 0
+        for message in request.messages:
+            content = message.get("content")
+            if isinstance(content, str):
+                chars += len(content)
+            elif isinstance(content, list):
+                chars += sum(len(str(p.get("text", ""))) for p in content if isinstance(p, dict))
+        n_out = request.max_tokens or self.settings.expected_output_tokens
+        return chars // 4 + 1 + (request.max_tokens or spec.default_max_tokens), n_out
 
     async def _call_model(
         self,
@@ -190,27 +286,91 @@ class RouterClient:
         request: CompletionRequest,
         deadline: Deadline,
         attempts: list[Attempt],
+        within_ms: float | None,
+        fastest: bool,
+    ) -> tuple[CompletionResult, DeploymentState, str]:
+        states = self._states[spec.name]
+        tokens, n_out = self._tokens(request, spec)
+        options = [s.option(i, tokens, n_out) for i, s in enumerate(states)]
+        order, reason = order_deployments(
+            options,
+            spec.routing_strategy,
+            self._rand,
+            lowest_latency_buffer=spec.lowest_latency_buffer,
+            within_ms=within_ms,
+            fastest=fastest,
+        )
+        if not order:  # every breaker open
+            listed = states[0].deployment.listed
+            err: ProviderError = CircuitOpenError(
+                "model is cooling down after repeated failures"
+                + (f" ({reason})" if listed else ""),
+                provider=spec.provider,
+                model=spec.name,
+            )
+            attempts.append(self._attempt(spec, err, 0.0, 0, "skipped"))
+            raise err
+        failed: list[str] = []
+        last_error: ProviderError | None = None
+        for k, option in enumerate(order):
+            state = states[option.index]
+            try:
+                result = await self._call_deployment(
+                    state, request, deadline, attempts, k < len(order) - 1, tokens, n_out
+                )
+            except DeadlineExceededError:
+                raise
+            except ProviderError as exc:
+                last_error = exc
+                failed.append(f"{state.name} ({type(exc).__name__})")
+                continue
+            if failed:
+                reason += "; failed over from " + ", ".join(failed)
+            return result, state, reason
+        assert last_error is not None
+        raise last_error
+
+    async def _call_deployment(
+        self,
+        state: DeploymentState,
+        request: CompletionRequest,
+        deadline: Deadline,
+        attempts: list[Attempt],
+        more: bool,
+        tokens: int,
+        n_out: int,
     ) -> CompletionResult:
-        transport = self._model_transport[spec.name]
+        spec = state.deployment.spec
+        label = state.name if state.deployment.listed else None
+        transport = self._dep_transport[(spec.name, state.name)]
         if transport is None:
             err: ProviderError = MissingApiKeyError(
                 f"environment variable {spec.api_key_env} is not set",
                 provider=spec.provider,
                 model=spec.name,
             )
-            attempts.append(self._attempt(spec, err, 0.0, 0, "skipped"))
+            attempts.append(self._attempt(spec, err, 0.0, 0, "skipped", label))
             raise err
-        breaker = self._breakers[spec.name]
+        await self._wait_for_headroom(state, spec, deadline, attempts, tokens, n_out, label)
+        breaker = state.breaker
         if not breaker.allow():
             err = CircuitOpenError(
                 "model is cooling down after repeated failures",
                 provider=spec.provider,
                 model=spec.name,
             )
-            attempts.append(self._attempt(spec, err, 0.0, 0, "skipped"))
+            attempts.append(self._attempt(spec, err, 0.0, 0, "skipped", label))
             raise err
         verdict_given = False
-        slot = self._slots[spec.name]
+        slot = state.slots
+        cap_s = math.inf
+        expected = state.expected_ms(n_out) if more else None
+        if expected is not None:
+            cap_s = max(
+                self.settings.failover_timeout_min_s,
+                self.settings.failover_timeout_factor * expected / 1000.0,
+            )
+        answered_ms = 0.0
         try:
             if slot.locked():  # only a wait needs the deadline (a timeout costs per call)
                 try:
@@ -224,14 +384,23 @@ class RouterClient:
                     ) from None
             else:
                 await slot.acquire()  # free: returns at once
+            booked = state.limits.take(tokens)
+            state.in_flight += 1
             try:
 
                 def on_attempt(retry: int, error: ProviderError | None, latency_ms: float) -> None:
-                    attempts.append(self._attempt(spec, error, latency_ms, retry, "error"))
+                    nonlocal answered_ms
+                    attempts.append(self._attempt(spec, error, latency_ms, retry, "error", label))
+                    if error is None:
+                        answered_ms = latency_ms
+                    elif isinstance(error, RateLimitError):
+                        state.limits.blocked_for(error.retry_after_s or 1.0)
 
                 result = await call_with_retries(
-                    lambda timeout_s: transport.complete(spec, request, timeout_s=timeout_s),
-                    policy=self.settings.retry,
+                    lambda timeout_s: transport.complete(
+                        spec, request, timeout_s=min(timeout_s, cap_s)
+                    ),
+                    policy=_NO_RETRY if more else self.settings.retry,
                     deadline=deadline,
                     on_attempt=on_attempt,
                     sleep=self._sleep,
@@ -239,9 +408,14 @@ class RouterClient:
                     clock=self._clock,
                 )
             finally:
+                state.in_flight -= 1
                 slot.release()
             breaker.record_success()
             verdict_given = True
+            state.latency.add(result.usage.output_tokens, answered_ms)
+            state.limits.settle(booked, result.usage.total_tokens)
+            if result.rate_limit is not None:
+                state.limits.observe(result.rate_limit, tokens)
             return result
         except ProviderError as exc:
             if exc.trips_breaker:
@@ -251,6 +425,34 @@ class RouterClient:
         finally:
             if not verdict_given:
                 breaker.release()
+
+    async def _wait_for_headroom(
+        self,
+        state: DeploymentState,
+        spec: ModelSpec,
+        deadline: Deadline,
+        attempts: list[Attempt],
+        tokens: int,
+        n_out: int,
+        label: str | None,
+    ) -> None:
+        """Wait until the deployment has rate-limit headroom, when that wait (plus the expected
+        answer time) fits the deadline and ``max_rate_limit_wait_s``; else RateLimitWaitError."""
+        wait = state.limits.wait_s(tokens)
+        while wait > 0:
+            answer_s = (state.expected_ms(n_out) or 0.0) / 1000.0
+            budget = min(self.settings.max_rate_limit_wait_s, deadline.remaining_s() - answer_s)
+            if wait > budget:
+                err = RateLimitWaitError(
+                    f"rate limit: {wait:.1f} s to headroom, more than the {max(budget, 0):.1f} s "
+                    "this request can wait",
+                    provider=spec.provider,
+                    model=spec.name,
+                )
+                attempts.append(self._attempt(spec, err, 0.0, 0, "skipped", label))
+                raise err
+            await self._sleep(wait)
+            wait = state.limits.wait_s(tokens)
 
     async def aclose(self) -> None:
         await asyncio.gather(*(t.aclose() for t in self._transports.values()))

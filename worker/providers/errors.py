@@ -19,6 +19,8 @@ The tree (``retriable``: the same model may be tried again after a backoff):
     │       └── OverloadedError          529 / overloaded_error / 503 overloaded  retriable=True
     ├── DeadlineExceededError            the per-request deadline ran out (no time left to try)
     ├── CircuitOpenError                 the model is cooling down after repeated failures
+    ├── RateLimitWaitError               retriable=True  every deployment of the model is at its
+    │                                    rate limit for longer than the request can wait
     ├── MissingApiKeyError               the catalogue names an env var that is not set
     ├── UnsupportedRequestError          the request cannot be expressed for this provider
     └── AllModelsFailedError             every model of a fallback chain failed (has ``attempts``)
@@ -168,6 +170,10 @@ class CircuitOpenError(ProviderError):
 
 class MissingApiKeyError(ProviderError):
     pass
+
+
+class RateLimitWaitError(ProviderError):
+    retriable = True
 
 
 class UnsupportedRequestError(ProviderError):

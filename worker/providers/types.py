@@ -100,6 +100,18 @@ class CompletionResult:
     logprobs: tuple[TokenLogprob, ...] | None = None
     provider_request_id: str | None = None
     raw_finish_reason: str | None = None
+    rate_limit: RateLimitInfo | None = None  # the answer's rate-limit headers, when it had any
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitInfo:
+    """What a provider said about its rate limits in one answer (None: not said); see
+    worker.providers.deployments.parse_rate_limit_headers."""
+
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+    reset_requests_s: float | None = None
+    reset_tokens_s: float | None = None
 
 
 AttemptStatus = Literal["ok", "error", "skipped"]
@@ -116,9 +128,10 @@ class Attempt:
     http_status: int | None = None
     error_type: str | None = None  # our error class name, e.g. "RateLimitError"
     retry: int = 0  # 0 for the first try of this model, 1.. for retries
+    deployment: str | None = None  # the catalogue's deployment name (models that list them)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "model": self.model,
             "provider": self.provider,
             "status": self.status,
@@ -127,6 +140,9 @@ class Attempt:
             "error_type": self.error_type,
             "retry": self.retry,
         }
+        if self.deployment is not None:
+            out["deployment"] = self.deployment
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +151,8 @@ class RoutedCompletion:
 
     result: CompletionResult
     attempts: tuple[Attempt, ...] = field(default=())
+    deployment: str | None = None  # which deployment answered (models that list them)
+    deployment_reason: str | None = None  # why that one (strategy, skipped ones, failovers)
 
     @property
     def cost_usd(self) -> float:

@@ -4,14 +4,16 @@ from worker.sim import Simulator, SimConfig, Latency, Fault, Dataset, grade
 """
 
 from worker.sim.answers import Dataset, Row, estimate_tokens, grade
-from worker.sim.config import BatchTiming, Fault, Latency, SimConfig
-from worker.sim.server import SimStats, Simulator
+from worker.sim.config import BatchTiming, Fault, Latency, RateLimit, SimConfig
+from worker.sim.server import Outage, SimStats, Simulator
 
 __all__ = [
     "BatchTiming",
     "Dataset",
     "Fault",
     "Latency",
+    "Outage",
+    "RateLimit",
     "Row",
     "SimConfig",
     "SimStats",

@@ -17,6 +17,12 @@ CLI spellings (``llmroute sim-provider``):
 Kinds: 429, quota, 500, 503, 529 (on the OpenAI API it becomes 503 "overloaded"), timeout,
 reset, malformed. Options: model=NAME (repeatable with '|'), api=openai|anthropic,
 retry_after=SECONDS, hang=SECONDS.
+
+One simulator stands for one deployment: several deployments of a model are several simulators,
+each with its own latency profile (``latency`` until the answer starts, plus
+``per_output_token_ms`` per output token), its own ``rate_limit`` (requests / tokens per minute:
+beyond it a 429 with ``retry-after`` and the ``x-ratelimit-*`` headers OpenAI sends; every answer
+carries them) and its own outages (``Simulator.set_outage``).
 """
 
 from __future__ import annotations
@@ -146,6 +152,15 @@ class BatchTiming:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A provider's limits per API key, per minute (None: none). Tokens count as OpenAI counts
+    them for its limits: the prompt plus ``max_tokens``."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SimConfig:
     latency: Latency = field(default_factory=Latency)
     faults: tuple[Fault, ...] = ()
@@ -162,6 +177,8 @@ class SimConfig:
     judge_accuracy: float = 0.9
     judge_position_bias: float = 0.7
     batch: BatchTiming = field(default_factory=BatchTiming)
+    per_output_token_ms: float = 0.0  # added to `latency` per output token of the answer
+    rate_limit: RateLimit | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "aliases", MappingProxyType(dict(self.aliases)))

@@ -21,11 +21,12 @@ import urllib.parse
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from worker.sim.answers import Answerer, Dataset, anthropic_system_text_or_empty, input_tokens
 from worker.sim.batches import AnthropicBatches, OpenAIBatches
-from worker.sim.config import Fault, SimConfig
+from worker.sim.config import Fault, RateLimit, SimConfig
 from worker.sim.http import HttpRequest, HttpResponse, HttpServer
 from worker.sim.wire import (
     WireError,
@@ -47,6 +48,70 @@ def _json(status: int, body: Any, headers: list[tuple[str, str]] | None = None) 
 
 def _query(query: str) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(query))
+
+
+Outage = Literal["503", "reset", "timeout"]
+
+
+class _Limiter:
+    """Sliding one-minute window of (time, tokens) per simulator, as one API key's limits."""
+
+    def __init__(self, limit: RateLimit, clock: Callable[[], float]) -> None:
+        self.limit = limit
+        self.clock = clock
+        self.calls: deque[tuple[float, int]] = deque()
+        self.tokens = 0
+
+    def _prune(self, now: float) -> None:
+        while self.calls and self.calls[0][0] <= now - 60.0:
+            self.tokens -= self.calls.popleft()[1]
+
+    def admit(self, tokens: int) -> tuple[float, list[tuple[str, str]]]:
+        """(seconds until it would fit, 0 when admitted and counted; the x-ratelimit headers)."""
+        now = self.clock()
+        self._prune(now)
+        rpm, tpm = self.limit.rpm, self.limit.tpm
+        wait = 0.0
+        if rpm is not None and len(self.calls) >= rpm:
+            wait = self.calls[len(self.calls) - rpm][0] + 60.0 - now
+        if tpm is not None and self.tokens + tokens > tpm:
+            excess, freed = self.tokens + tokens - tpm, 0
+            for at, n in self.calls:
+                freed += n
+                if freed >= excess:
+                    wait = max(wait, at + 60.0 - now)
+                    break
+        if wait <= 0:
+            self.calls.append((now, tokens))
+            self.tokens += tokens
+        headers: list[tuple[str, str]] = []
+        oldest = self.calls[0][0] + 60.0 - now if self.calls else 0.0
+        if rpm is not None:
+            headers += [
+                ("x-ratelimit-limit-requests", str(rpm)),
+                ("x-ratelimit-remaining-requests", str(max(0, rpm - len(self.calls)))),
+                ("x-ratelimit-reset-requests", f"{max(oldest, 0.0):.3f}s"),
+            ]
+        if tpm is not None:
+            headers += [
+                ("x-ratelimit-limit-tokens", str(tpm)),
+                ("x-ratelimit-remaining-tokens", str(max(0, tpm - self.tokens))),
+                ("x-ratelimit-reset-tokens", f"{max(oldest, 0.0):.3f}s"),
+            ]
+        return max(wait, 0.0), headers
+
+
+def _anthropic_limit_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """OpenAI's x-ratelimit-{limit,remaining,reset}-{requests,tokens} as Anthropic spells them
+    (anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}; reset as an RFC 3339 time)."""
+    out = []
+    for name, value in headers:
+        _, _, what, kind = name.split("-")
+        if what == "reset":
+            at = time.time() + float(value.rstrip("s"))
+            value = datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+        out.append((f"anthropic-ratelimit-{kind}-{what}", value))
+    return out
 
 
 class SimStats:
@@ -118,6 +183,9 @@ class Simulator:
         self._server = HttpServer(self._handle, host=host, port=port)
         self._host = host
         self.recent: deque[tuple[str, Any]] = deque(maxlen=256)  # (path, JSON body), no headers
+        self._clock = clock
+        self.outage: Outage | None = None
+        self._limiter = _Limiter(self.config.rate_limit, clock) if self.config.rate_limit else None
         self.openai_batches = OpenAIBatches(
             self.config.batch, self._run_item, self.config.seed, clock
         )
@@ -155,6 +223,11 @@ class Simulator:
     def set_faults(self, faults: tuple[Fault, ...]) -> None:
         self.faults = faults
         self._fault_counts.clear()
+
+    def set_outage(self, outage: Outage | None) -> None:
+        """From now on every completion fails: "503" answers 503 at once, "reset" resets the
+        connection, "timeout" never answers (until the client gives up); None ends it."""
+        self.outage = outage
 
     # -- dispatch ----------------------------------------------------------------------------
 
@@ -410,6 +483,28 @@ class Simulator:
                     "model_not_found",
                 )
             raise anthropic_error(404, "not_found_error", f"model: {model}")
+        if self.outage is not None:
+            self.stats.faults[f"outage_{self.outage}"] += 1
+            if self.outage == "reset":
+                return None
+            if self.outage == "timeout":
+                await asyncio.sleep(3600.0)
+            return self._fault_response(Fault("503"), api)
+        limit_headers: list[tuple[str, str]] = []
+        if self._limiter is not None:
+            max_tokens = (
+                body.get("max_completion_tokens") or body.get("max_tokens")
+                if api == "openai"
+                else body["max_tokens"]
+            )
+            system = anthropic_system_text_or_empty(body.get("system")) if api != "openai" else ""
+            wanted = input_tokens(body["messages"], system) + int(max_tokens or 16)
+            wait_s, limit_headers = self._limiter.admit(wanted)
+            if api == "anthropic":
+                limit_headers = _anthropic_limit_headers(limit_headers)
+            if wait_s > 0:
+                self.stats.faults["rate_limit"] += 1
+                return self._rate_limited(api, wait_s, limit_headers)
         fault = self._pick_fault(api, model)
         latency_s = self.config.latency.sample_ms(self._rng) / 1000.0
         if fault is not None:
@@ -424,10 +519,27 @@ class Simulator:
                 if latency_s > 0:
                     await asyncio.sleep(latency_s)
                 return self._fault_response(fault, api)
+        status, payload = self._answer(api, body, req.headers.get("x-sim-item-id"))
+        if self.config.per_output_token_ms > 0:
+            usage = payload.get("usage") or {}
+            out = usage.get("completion_tokens", usage.get("output_tokens", 0))
+            latency_s += out * self.config.per_output_token_ms / 1000.0
         if latency_s > 0:
             await asyncio.sleep(latency_s)
-        status, payload = self._answer(api, body, req.headers.get("x-sim-item-id"))
-        return _json(status, payload)
+        return _json(status, payload, limit_headers)
+
+    def _rate_limited(
+        self, api: str, wait_s: float, headers: list[tuple[str, str]]
+    ) -> HttpResponse:
+        response = self._fault_response(Fault("429", retry_after_s=None), api)
+        response.headers.extend(
+            [
+                ("retry-after", str(max(1, math.ceil(wait_s)))),
+                ("retry-after-ms", str(max(1, math.ceil(wait_s * 1000)))),
+                *headers,
+            ]
+        )
+        return response
 
     def _answer(
         self, api: str, body: dict[str, Any], item_id: str | None
