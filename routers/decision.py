@@ -12,6 +12,7 @@ class Candidate:
     model: str
     predicted_quality: float
     est_cost_usd: float
+    est_latency_ms: float | None = None  # expected time to answer (None: not measured)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,4 +26,5 @@ class Decision:
     reason: str
     router: str
     router_version: str
-    policy: str  # "threshold", "quality_target", "cost_tradeoff" or "only_candidate"
+    # "threshold", "quality_target", "cost_tradeoff", "only_candidate" or "latency_tight"
+    policy: str

@@ -1,14 +1,29 @@
 """The decision policy, separate from scoring: predicted quality + estimated cost -> Decision.
 
 Eligible models: those predicted, in `allow` (when given), not in `deny`, and whose estimated
-cost is within `max_cost_usd` (when given). Then, in order:
+cost is within `max_cost_usd` (when given).
+
+Latency (the shell passes each model's expected latency for the request, measured live on its
+deployments; a model without a measurement counts as meeting any budget):
+
+- `max_latency_ms`: when every eligible model is measured and even the fastest is expected to
+  need more than `max_latency_ms / tight_latency_factor`, the deadline is tight: the fastest
+  eligible model is chosen ("latency_tight"). Otherwise models expected to miss the budget are no
+  longer eligible.
+- `latency_weight_per_s`: subtracted per expected second in the cost trade-off (3. below), as
+  Unify's router weighs quality, cost and time.
+
+Then, in order:
 
 1. threshold (two models): when `threshold` is set and both the strong and the weak model are
    eligible, strong iff score = quality(strong) - quality(weak) >= threshold.
    If only one of the two is eligible, that one.
 2. quality target (N models): the cheapest eligible model whose predicted quality reaches
    `quality_target`; if none does, the best predicted quality (ties: cheaper).
-3. otherwise the best `quality - cost_weight_per_usd * cost` (ties: cheaper, then name).
+3. otherwise the best `quality - cost_weight_per_usd * cost - latency_weight_per_s * latency_s`
+   (ties: cheaper, then name).
+
+The reason names the latency constraint when it excluded a model or decided alone.
 
 No eligible model raises `NoEligibleModelError`: the shell decides what to do then.
 """
@@ -56,6 +71,13 @@ class PolicyOptions:
     max_cost_usd: float | None = None
     default_output_tokens: int = 256
     chars_per_token: float = 4.0
+    max_latency_ms: float | None = None
+    latency_weight_per_s: float = 0.0  # in quality - lambda * cost - this * expected seconds
+    tight_latency_factor: float = 1.5  # tight: max_latency_ms < this x the fastest's latency
+
+    def __post_init__(self) -> None:
+        if self.tight_latency_factor < 1.0:
+            raise ValueError("tight_latency_factor must be >= 1")
 
 
 def estimate_input_tokens(text: str, chars_per_token: float = 4.0) -> int:
@@ -71,6 +93,11 @@ def _fmt_cost(usd: float) -> str:
     return f"${usd:.6f}" if math.isfinite(usd) else "$?"
 
 
+def _latency_key(c: Candidate) -> tuple[float, float, str]:
+    est = c.est_latency_ms if c.est_latency_ms is not None else math.inf
+    return (est, c.est_cost_usd, c.model)
+
+
 def decide(
     predicted: Mapping[str, float],
     est_cost: Mapping[str, float],
@@ -78,11 +105,15 @@ def decide(
     *,
     router: str = "",
     router_version: str = "",
+    est_latency_ms: Mapping[str, float] | None = None,
 ) -> Decision:
     """Choose a model. `est_cost` lacks a model -> its cost is unknown (inf for budgets and
-    ordering, so it is never chosen under `max_cost_usd`)."""
+    ordering, so it is never chosen under `max_cost_usd`). `est_latency_ms` lacks a model -> its
+    latency is unknown (it meets any budget)."""
+    latency = est_latency_ms or {}
     candidates = tuple(
-        Candidate(m, float(q), float(est_cost.get(m, math.inf))) for m, q in predicted.items()
+        Candidate(m, float(q), float(est_cost.get(m, math.inf)), latency.get(m))
+        for m, q in predicted.items()
     )
     eligible = [
         c
@@ -96,12 +127,47 @@ def decide(
             f"no eligible model among {sorted(predicted)} (allow={sorted(options.allow)}, "
             f"deny={sorted(options.deny)}, max_cost_usd={options.max_cost_usd})"
         )
+    note = ""
+    budget = options.max_latency_ms
+    if budget is not None and latency:
+        timed = [c for c in eligible if c.est_latency_ms is not None]
+        fastest = min(timed, key=_latency_key) if timed else None
+        if fastest is not None and fastest.est_latency_ms is not None:
+            need = fastest.est_latency_ms
+            # tight: every eligible model measured, and the fastest leaves little slack
+            if len(timed) == len(eligible) and budget < options.tight_latency_factor * need:
+                return Decision(
+                    fastest.model,
+                    -need,
+                    None,
+                    candidates,
+                    f"{fastest.model}: tight deadline, fastest eligible (~{need:.0f} ms; "
+                    f"max_latency_ms {budget:.0f} < {options.tight_latency_factor:g} x that)",
+                    router,
+                    router_version,
+                    "latency_tight",
+                )
+            missing = [
+                c for c in timed if c.est_latency_ms is not None and c.est_latency_ms > budget
+            ]
+            if missing:
+                eligible = [c for c in eligible if c not in missing]
+                note = "; latency excluded " + ", ".join(
+                    f"{c.model} (~{c.est_latency_ms:.0f} ms > {budget:.0f} ms)" for c in missing
+                )
     by_name = {c.model: c for c in eligible}
 
     def done(chosen: Candidate, score: float, policy: str, reason: str) -> Decision:
         threshold = options.threshold if policy == "threshold" else None
         return Decision(
-            chosen.model, score, threshold, candidates, reason, router, router_version, policy
+            chosen.model,
+            score,
+            threshold,
+            candidates,
+            reason + note,
+            router,
+            router_version,
+            policy,
         )
 
     s, w = options.strong, options.weak
@@ -148,19 +214,34 @@ def decide(
             f"{chosen.predicted_quality:.3f}",
         )
     lam = options.cost_weight_per_usd
+    lat_w = options.latency_weight_per_s if latency else 0.0
 
     def objective(c: Candidate) -> float:
-        if lam == 0.0:
-            return c.predicted_quality
-        return c.predicted_quality - lam * c.est_cost_usd
+        value = c.predicted_quality
+        if lam != 0.0:
+            value -= lam * c.est_cost_usd
+        if lat_w != 0.0 and c.est_latency_ms is not None:
+            value -= lat_w * c.est_latency_ms / 1000.0
+        return value
 
     chosen = min(eligible, key=lambda c: (-objective(c), *cheaper_key(c)))
+    if lat_w == 0.0:
+        return done(
+            chosen,
+            objective(chosen),
+            "cost_tradeoff",
+            f"{chosen.model}: best quality - {lam:g} x cost = {objective(chosen):.4f} "
+            f"(quality {chosen.predicted_quality:.3f}, {_fmt_cost(chosen.est_cost_usd)})",
+        )
+    est = chosen.est_latency_ms
+    shown = f"~{est:.0f} ms" if est is not None else "untimed"
     return done(
         chosen,
         objective(chosen),
         "cost_tradeoff",
-        f"{chosen.model}: best quality - {lam:g} x cost = {objective(chosen):.4f} "
-        f"(quality {chosen.predicted_quality:.3f}, {_fmt_cost(chosen.est_cost_usd)})",
+        f"{chosen.model}: best quality - {lam:g} x cost - {lat_w:g} x latency_s = "
+        f"{objective(chosen):.4f} (quality {chosen.predicted_quality:.3f}, "
+        f"{_fmt_cost(chosen.est_cost_usd)}, {shown})",
     )
 
 
@@ -178,6 +259,9 @@ def _with_roles(router: Router, options: PolicyOptions) -> PolicyOptions:
         max_cost_usd=options.max_cost_usd,
         default_output_tokens=options.default_output_tokens,
         chars_per_token=options.chars_per_token,
+        max_latency_ms=options.max_latency_ms,
+        latency_weight_per_s=options.latency_weight_per_s,
+        tight_latency_factor=options.tight_latency_factor,
     )
 
 

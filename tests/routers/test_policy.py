@@ -28,6 +28,8 @@ def _options(obj):
         allow=frozenset(obj.get("allow", ())),
         deny=frozenset(obj.get("deny", ())),
         max_cost_usd=obj.get("max_cost_usd"),
+        max_latency_ms=obj.get("max_latency_ms"),
+        latency_weight_per_s=obj.get("latency_weight_per_s", 0.0),
     )
 
 
@@ -39,13 +41,21 @@ def test_golden_decisions(case):
         with pytest.raises(getattr(errors, expect["raises"])):
             decide(case["predicted"], case["est_cost"], options)
         return
-    d = decide(case["predicted"], case["est_cost"], options, router="r", router_version="v1")
+    d = decide(
+        case["predicted"],
+        case["est_cost"],
+        options,
+        router="r",
+        router_version="v1",
+        est_latency_ms=case.get("est_latency_ms"),
+    )
     assert d.model == expect["model"]
     assert d.policy == expect["policy"]
     if "score" in expect:
         assert d.score == pytest.approx(expect["score"])
     assert d.threshold == (options.threshold if d.policy == "threshold" else None)
     assert d.model in d.reason and "\n" not in d.reason
+    assert expect.get("reason_contains", "") in d.reason
     assert {c.model for c in d.candidates} == set(case["predicted"])
     assert (d.router, d.router_version) == ("r", "v1")
 
@@ -125,6 +135,45 @@ def test_quality_target_picks_the_cheapest_that_reaches_it(table, target):
         assert costs[d.model] == min(costs[m] for m in reaching)
     else:
         assert predicted[d.model] == max(predicted.values())
+
+
+latency = st.floats(1.0, 10_000.0, allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tables(),
+    st.dictionaries(st.sampled_from(MODELS), latency),
+    latency,
+    st.one_of(st.none(), quality),
+    st.one_of(st.none(), st.floats(-1, 1)),
+    st.floats(0, 10),
+)
+def test_never_a_model_that_would_miss_the_latency_budget_when_one_meets_it(
+    table, est_latency, budget, target, thr, weight
+):
+    predicted, costs = table
+    est_latency = {m: v for m, v in est_latency.items() if m in predicted}
+    opts = PolicyOptions(
+        strong="m0",
+        weak="m1",
+        threshold=thr,
+        quality_target=target,
+        max_latency_ms=budget,
+        latency_weight_per_s=weight,
+        tight_latency_factor=1.0,
+    )
+    d = decide(predicted, costs, opts, est_latency_ms=est_latency)
+    chosen = est_latency.get(d.model)
+    if any(est_latency.get(m, 0.0) <= budget for m in predicted):
+        assert chosen is None or chosen <= budget, d.reason
+    else:  # every model would miss it: the fastest, and the reason says so
+        assert d.policy == "latency_tight" and chosen == min(est_latency.values())
+
+
+def test_tight_latency_factor_below_one_is_refused():
+    with pytest.raises(ValueError, match="tight_latency_factor"):
+        PolicyOptions(tight_latency_factor=0.5)
 
 
 def test_cost_estimate():
