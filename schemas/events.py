@@ -87,6 +87,7 @@ class RoutingOptions(_Event, frozen=True, kw_only=True, omit_defaults=True):
     allowed_models: list[NonEmpty] | None = None
     denied_models: list[NonEmpty] | None = None
     max_cost_usd: NonNegative | None = None
+    max_latency_ms: Annotated[float, Meta(gt=0)] | None = None
     mode: Mode = "interactive"
 
 
@@ -114,10 +115,11 @@ class Usage(_Event, frozen=True, kw_only=True):
     cached_tokens: Count = 0
 
 
-class Candidate(_Event, frozen=True, kw_only=True):
+class Candidate(_Event, frozen=True, kw_only=True, omit_defaults=True):
     model: NonEmpty
     predicted_quality: Unit
     est_cost_usd: NonNegative
+    est_latency_ms: NonNegative | None = None
 
 
 class DecisionInfo(_Event, frozen=True, kw_only=True, omit_defaults=True):
@@ -131,6 +133,8 @@ class DecisionInfo(_Event, frozen=True, kw_only=True, omit_defaults=True):
     reason: str
     cache_hit: bool | None = None
     arm: str | None = None
+    deployment: NonEmpty | None = None
+    deployment_reason: str | None = None
 
 
 class ErrorInfo(_Event, frozen=True, kw_only=True):
@@ -147,6 +151,7 @@ class Attempt(_Event, frozen=True, kw_only=True, omit_defaults=True):
     http_status: int | None = None
     error_type: str | None = None
     retry: Count | None = None
+    deployment: NonEmpty | None = None
 
 
 class OutputMessage(_Event, frozen=True, kw_only=True):

@@ -122,7 +122,7 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
         pipeline.can_batch = lambda model: backends(model) is not None
     worker = Worker(
         config.kafka, config.topics, config.loop, pipeline, observer, tracing,
-        batch=config.batch, batch_backend=backends,
+        batch=config.batch, batch_backend=backends, on_share=client.set_share,
     )  # fmt: skip
     pipeline.set_experiments(_arms(config, catalogue))
     pipeline.shadow_sink = worker.publish_shadow

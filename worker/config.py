@@ -69,6 +69,10 @@ class PolicySpec(_Section, frozen=True, kw_only=True):
     strong: str | None = None  # cascade: default the router's strong model
     cascade_threshold: float = 0.5
     default_output_tokens: int = 256
+    # latency (see routers.policy): expected seconds weigh this much in the cost trade-off, and
+    # a budget below this factor x the fastest model's expected latency is a tight deadline
+    latency_weight_per_s: float = 0.0
+    tight_latency_factor: float = 1.5
 
 
 class TenantSettings(_Section, frozen=True, kw_only=True):
@@ -76,6 +80,7 @@ class TenantSettings(_Section, frozen=True, kw_only=True):
     allowed_models: tuple[str, ...] | None = None  # None: every catalogue model
     denied_models: tuple[str, ...] = ()
     max_cost_usd: float | None = None  # per request
+    max_latency_ms: float | None = None  # default latency budget (a request may narrow it)
     mode: Literal["interactive", "batch"] = "interactive"  # "batch": every request can wait
     allow_overrides: tuple[Override, ...] = (
         "policy", "threshold", "strong_fraction", "allowed_models", "denied_models",
@@ -185,7 +190,12 @@ class Config(_Section, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         Catalogue.from_dict({"models": self.models})  # raises, naming the model and field
         TelemetryConfig.from_mapping(self.telemetry)
+        for name, spec in self.policies.items():
+            if spec.tight_latency_factor < 1.0:
+                raise ValueError(f"policy {name!r}: tight_latency_factor must be >= 1")
         for name, tenant in {"default_tenant": self.default_tenant, **self.tenants}.items():
+            if tenant.max_latency_ms is not None and tenant.max_latency_ms <= 0:
+                raise ValueError(f"tenant {name!r}: max_latency_ms must be > 0")
             if tenant.policy not in self.policies:
                 raise ValueError(f"tenant {name!r} uses unknown policy {tenant.policy!r}")
             for model in [*(tenant.allowed_models or []), *tenant.denied_models]:

@@ -144,8 +144,12 @@ class Worker:
         clock: Callable[[], float] = time.monotonic,
         batch: BatchSettings | None = None,
         batch_backend: Callable[[str], BatchBackend | None] | None = None,
+        on_share: Callable[[float], None] | None = None,
     ) -> None:
         self.kafka = kafka
+        # told this member's share of the request partitions (owned / total) on every assignment
+        # (the provider client divides the deployments' rate limits by it)
+        self.on_share = on_share
         self.batch_settings = batch
         self.batch_backend = batch_backend
         self.batches: BatchManager | None = None
@@ -705,6 +709,9 @@ class Worker:
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         await self._partition_counts()
         await asyncio.gather(*(self.answered(tp.partition) for tp in assigned))
+        if self.on_share is not None and self._source_partitions > 0:
+            mine = sum(1 for tp in assigned if tp.topic == self.topics.requests)
+            self.on_share(mine / self._source_partitions)
         if self._paused and self.consumer is not None:
             self.consumer.pause(*assigned)
         self.ready.set()

@@ -28,7 +28,7 @@ from routers import split
 from routers.artifact import Artifact
 from routers.calibration import threshold_from_quantiles
 from routers.cascade import AnswerScorer, CascadeParams
-from routers.decision import Decision
+from routers.decision import Candidate, Decision
 from routers.errors import NoEligibleModelError
 from routers.features import prompt_text
 from worker.batch.jobs import Finished
@@ -211,6 +211,7 @@ class RoutingCore:
             allow &= set(ask.allowed_models)  # narrowing is always allowed
         deny = set(tenant.denied_models) | set(ask.denied_models or ())
         budgets = [b for b in (tenant.max_cost_usd, ask.max_cost_usd) if b is not None]
+        latency_budgets = [b for b in (tenant.max_latency_ms, ask.max_latency_ms) if b is not None]
         threshold = spec.threshold
         fraction = spec.strong_fraction
         if allowed("threshold", ask.threshold):
@@ -231,6 +232,9 @@ class RoutingCore:
             deny=frozenset(deny),
             max_cost_usd=min(budgets) if budgets else None,
             default_output_tokens=spec.default_output_tokens,
+            max_latency_ms=min(latency_budgets) if latency_budgets else None,
+            latency_weight_per_s=spec.latency_weight_per_s,
+            tight_latency_factor=spec.tight_latency_factor,
         )
         batch = tenant.mode == "batch" or (ask.mode == "batch" and allowed("mode", ask.mode))
         return Resolved(name, spec, options, tuple(notes), "batch" if batch else "interactive")
@@ -280,9 +284,14 @@ class RoutingCore:
         request: schemas.RouteRequest,
         resolved: Resolved,
         prepared: Prepared | None = None,
+        *,
+        est_latency_ms: dict[str, float] | None = None,
+        latency_budget_ms: float | None = None,
     ) -> Decision:
         """The routing decision; `prepared` carries the prompt and scores of a batched predict
-        (a router's row does not depend on the other texts of the batch)."""
+        (a router's row does not depend on the other texts of the batch). `est_latency_ms`: each
+        model's expected latency, measured live by the client; `latency_budget_ms`: the request's
+        budget (its `max_latency_ms` or the time left to its deadline, the smaller)."""
         if prepared is not None:
             text, predicted = prepared.text, prepared.predicted
         else:
@@ -293,6 +302,8 @@ class RoutingCore:
             options = known[1]
         else:
             options = _with_roles(resolved.options, self.router.strong, self.router.weak)
+        if latency_budget_ms != options.max_latency_ms:
+            options = replace(options, max_latency_ms=latency_budget_ms)
         n_in = rpolicy.estimate_input_tokens(text, options.chars_per_token)
         n_out = request.params.max_tokens or options.default_output_tokens
         costs = {m: rpolicy.estimate_cost_usd(price, n_in, n_out) for _, m, price in self._priced}
@@ -300,7 +311,12 @@ class RoutingCore:
         row = {m: float(scores[j]) for j, m, _ in self._priced}
         try:
             decision = rpolicy.decide(
-                row, costs, options, router=self.router.name, router_version=self.router.version
+                row,
+                costs,
+                options,
+                router=self.router.name,
+                router_version=self.router.version,
+                est_latency_ms=est_latency_ms,
             )
         except NoEligibleModelError as exc:
             raise RequestRejected(str(exc)) from None
@@ -308,8 +324,19 @@ class RoutingCore:
             decision = _with_reason(decision, decision.reason + "; " + "; ".join(resolved.notes))
         return decision
 
-    def fallback_chain(self, decision: Decision, options: rpolicy.PolicyOptions) -> list[str]:
-        """The chosen model, then the other eligible candidates, best predicted quality first."""
+    def fallback_chain(
+        self,
+        decision: Decision,
+        options: rpolicy.PolicyOptions,
+        latency_budget_ms: float | None = None,
+    ) -> list[str]:
+        """The chosen model, then the other eligible candidates, best predicted quality first
+        (with a latency budget: those expected to meet it first)."""
+
+        def misses(c: Candidate) -> bool:
+            est = c.est_latency_ms
+            return latency_budget_ms is not None and est is not None and est > latency_budget_ms
+
         others = sorted(
             (
                 c
@@ -319,12 +346,21 @@ class RoutingCore:
                 and c.model not in options.deny
                 and (options.max_cost_usd is None or c.est_cost_usd <= options.max_cost_usd)
             ),
-            key=lambda c: (-c.predicted_quality, c.est_cost_usd),
+            key=lambda c: (misses(c), -c.predicted_quality, c.est_cost_usd),
         )
         return [decision.model, *(c.model for c in others)]
 
 
 _NO_OVERRIDES: Final = schemas.RoutingOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What the client needs of the routing for choosing deployments: the latency budget, and
+    whether the deadline is tight (the fastest deployment first)."""
+
+    budget_ms: float | None
+    fastest: bool
 
 
 def _with_roles(options: rpolicy.PolicyOptions, strong: str, weak: str) -> rpolicy.PolicyOptions:
@@ -457,7 +493,18 @@ class Pipeline:
             with self.tracing.route_span() as route:
                 resolved = core.resolve(request, arm.policy if arm is not None else None)
                 t0 = self.perf()
-                decision = core.decide(request, resolved, ready)
+                budget = resolved.options.max_latency_ms
+                if request.deadline is not None:
+                    left_ms = (request.deadline - now).total_seconds() * 1000.0
+                    budget = left_ms if budget is None else min(budget, left_ms)
+                est = None
+                if budget is not None or resolved.options.latency_weight_per_s:
+                    est = self.client.expected_latency_ms(
+                        core.router.models, request.params.max_tokens
+                    )
+                decision = core.decide(
+                    request, resolved, ready, est_latency_ms=est, latency_budget_ms=budget
+                )
                 outcome.routing_ms = (self.perf() - t0) * 1000
                 if ready is not None:
                     outcome.routing_ms += ready.predict_ms
@@ -482,14 +529,22 @@ class Pipeline:
                 call=call,
                 decision=self._decision_event(request, info, messages, trace_id),
             )
-        chain = core.fallback_chain(decision, resolved.options)
+        chain = core.fallback_chain(decision, resolved.options, budget)
+        plan = _Route(budget, decision.policy == "latency_tight")
         try:
             if resolved.spec.kind == "cascade" and decision.model == core.router.weak:
                 completion = await self._cascade(
-                    request, call, chain, resolved.spec, deadline_s, outcome, core.router.strong
+                    request,
+                    call,
+                    chain,
+                    resolved.spec,
+                    deadline_s,
+                    outcome,
+                    core.router.strong,
+                    plan,
                 )
             else:
-                completion = await self._call(request, call, chain, deadline_s, outcome)
+                completion = await self._call(request, call, chain, deadline_s, outcome, plan)
         except AllModelsFailedError as exc:
             outcome.attempts.extend(_attempts(exc.attempts))
             last = exc.last_error
@@ -518,6 +573,12 @@ class Pipeline:
             )
         outcome.completion = completion
         result = completion.result
+        if completion.deployment is not None:
+            info = msgspec.structs.replace(
+                info,
+                deployment=completion.deployment,
+                deployment_reason=completion.deployment_reason,
+            )
         self._maybe_shadow(request, call, core, decision, info, result.model, result.text, messages)
         strong = core.catalogue.models.get(core.router.strong)
         if strong is not None:
@@ -547,6 +608,7 @@ class Pipeline:
         chain: Sequence[str],
         deadline_s: float,
         outcome: Outcome,
+        route: _Route | None = None,
     ) -> RoutedCompletion:
         """One fallback chain, inside a `chat {model}` span named for the first model."""
         spec = self.core.catalogue[chain[0]]
@@ -560,7 +622,13 @@ class Pipeline:
             input_messages=request.messages,
         ) as chat:
             try:
-                completion = await self.client.complete(call, chain, deadline_s=deadline_s)
+                completion = await self.client.complete(
+                    call,
+                    chain,
+                    deadline_s=deadline_s,
+                    within_ms=route.budget_ms if route is not None else None,
+                    fastest=route is not None and route.fastest,
+                )
             except AllModelsFailedError as exc:
                 attempts = _attempts(exc.attempts)
                 chat.add_attempts(attempts)
@@ -570,6 +638,8 @@ class Pipeline:
             outcome.attempts.extend(attempts)
             r = completion.result
             chat.add_attempts(attempts)
+            if completion.deployment is not None:
+                chat.set_deployment(completion.deployment, completion.deployment_reason or "")
             chat.set_response(
                 response_model=r.response_model,
                 input_tokens=r.usage.input_tokens,
@@ -591,12 +661,13 @@ class Pipeline:
         deadline_s: float,
         outcome: Outcome,
         router_strong: str,
+        route: _Route | None = None,
     ) -> RoutedCompletion:
         """Cheap model first; escalate to the strong model when the scorer rejects the answer."""
         cheap = chain[0]
         strong = spec.strong or router_strong
         started = self.perf()
-        first = await self._call(request, call, [cheap], deadline_s, outcome)
+        first = await self._call(request, call, [cheap], deadline_s, outcome, route)
         scorer = self.scorer_cache.setdefault(
             spec.cascade_threshold, AnswerScorer(CascadeParams(threshold=spec.cascade_threshold))
         )
@@ -610,7 +681,7 @@ class Pipeline:
         outcome.extra_cost_usd += first.cost_usd
         remaining = deadline_s - (self.perf() - started)
         rest = [strong, *(m for m in chain[1:] if m != strong)]
-        return await self._call(request, call, rest, max(remaining, 0.001), outcome)
+        return await self._call(request, call, rest, max(remaining, 0.001), outcome, route)
 
     def _cached(
         self, request: schemas.RouteRequest, hit: CacheHit[CachedAnswer], started: float
@@ -1004,6 +1075,7 @@ def _attempts(attempts: Sequence[Attempt]) -> list[schemas.Attempt]:
             http_status=a.http_status,
             error_type=a.error_type,
             retry=a.retry,
+            deployment=a.deployment,
         )
         for a in attempts
     ]
@@ -1031,6 +1103,9 @@ def _decision_info(decision: Decision, arm: str | None = None) -> schemas.Decisi
                 model=c.model,
                 predicted_quality=min(1.0, max(0.0, c.predicted_quality)),
                 est_cost_usd=c.est_cost_usd,
+                est_latency_ms=c.est_latency_ms
+                if c.est_latency_ms is not None and math.isfinite(c.est_latency_ms)
+                else None,
             )
             for c in decision.candidates
             if math.isfinite(c.est_cost_usd)

@@ -293,7 +293,19 @@ class ChatSpan:
                 attrs[sc.ERROR_TYPE] = a.error_type
             if a.retry is not None:
                 attrs["llm_router.attempt.retry"] = a.retry
+            if a.deployment is not None:
+                attrs["llm_router.attempt.deployment"] = a.deployment
             self.span.add_event("attempt", attrs)
+
+    def set_deployment(self, deployment: str, reason: str) -> None:
+        """Which of the model's deployments answered, and why that one."""
+        if self.span.is_recording():
+            self.span.set_attributes(
+                {
+                    f"{ROUTER_PREFIX}deployment": deployment,
+                    f"{ROUTER_PREFIX}deployment_reason": reason,
+                }
+            )
 
     def set_error(self, error_type: str, message: str = "") -> None:
         """A failed call that did not raise out of the `with` (e.g. mapped to a fallback)."""
