@@ -198,6 +198,16 @@ def test_untried_deployments_are_explored_first_and_the_buffer_spreads():
     assert picks == {"a", "b"}
 
 
+def test_one_probe_at_a_time_and_no_exploring_under_a_budget():
+    probing = [opt(0, "a", ms=100.0), opt(1, "b", busy=1), opt(2, "c")]
+    order, reason = order_deployments(probing, "latency-based-routing", lambda: 0.0)
+    assert names(order) == ["c", "a", "b"] and "c untried" in reason  # b's probe is out
+    order, reason = order_deployments(
+        probing, "latency-based-routing", lambda: 0.0, within_ms=300.0
+    )
+    assert names(order) == ["a", "c", "b"] and "a first: ~100 ms is measured" in reason
+
+
 def test_a_latency_budget_and_a_tight_deadline():
     order, reason = order_deployments(OPTIONS, "cost-based-routing", lambda: 0.0, within_ms=400.0)
     assert names(order) == ["a", "b", "c"]  # c (cheapest) expected 900 ms: after those that meet it

@@ -18,13 +18,15 @@ free first; the rest are ranked by the strategy, named as LiteLLM's router names
     simple-shuffle         weighted random order (``weight``, else ``rpm``, else ``tpm``, else even)
     least-busy             fewest calls in flight
     latency-based-routing  lowest expected latency for this request (untried first, as LiteLLM's
-                           untried deployments count as 0); ``lowest_latency_buffer`` picks at
-                           random among those within (1 + buffer) x the lowest
+                           untried deployments count as 0, one probe call at a time);
+                           ``lowest_latency_buffer`` picks at random among those within
+                           (1 + buffer) x the lowest
     usage-based-routing    fewest tokens used in the last minute (LiteLLM's v2)
     cost-based-routing     lowest price (input + output per token)
 
-A latency budget (``within_ms``) moves deployments expected to miss it after those that will meet
-it; ``fastest=True`` (a tight deadline) ranks by expected latency whatever the strategy.
+A latency budget (``within_ms``) puts measured deployments expected to meet it first, untried ones
+next and those expected to miss it last; ``fastest=True`` (a tight deadline) ranks by expected
+latency whatever the strategy.
 """
 
 from __future__ import annotations
@@ -381,16 +383,16 @@ def order_deployments(
     skipped += [f"{o.name} (rate limit, {o.wait_s:.1f} s)" for o in waiting]
     rank = "latency-based-routing" if fastest else strategy
     ranked, why = _rank(ready, rank, rand, lowest_latency_buffer)
-    if within_ms is not None:
-        meets = [o for o in ranked if o.expected_ms is None or o.expected_ms <= within_ms]
-        misses = [o for o in ranked if o not in meets]
-        if misses and meets:
-            why += (
-                "; expected to miss "
-                + f"{within_ms:.0f} ms: "
-                + ", ".join(f"{o.name} ({_fmt_ms(o.expected_ms)})" for o in misses)
-            )
-        ranked = meets + misses
+    if within_ms is not None:  # a budget is no time to explore: measured ones that meet it first
+        meets = [o for o in ranked if o.expected_ms is not None and o.expected_ms <= within_ms]
+        untried = [o for o in ranked if o.expected_ms is None]
+        misses = [o for o in ranked if o.expected_ms is not None and o.expected_ms > within_ms]
+        if misses and (meets or untried):
+            missed = ", ".join(f"{o.name} ({_fmt_ms(o.expected_ms)})" for o in misses)
+            why += f"; expected to miss {within_ms:.0f} ms: {missed}"
+        if untried and meets and ranked[0].expected_ms is None:
+            why += f"; {meets[0].name} first: {_fmt_ms(meets[0].expected_ms)} is measured"
+        ranked = meets + untried + misses
     order = ranked + waiting
     if not order:
         return [], "no deployment available: " + ", ".join(skipped)
@@ -434,8 +436,15 @@ def _rank(
     if strategy == "cost-based-routing":
         out = sorted(ready, key=lambda o: (o.price_per_mtok, o.index))
         return out, f"{out[0].name} is the cheapest (${out[0].price_per_mtok:g}/Mtok in+out)"
-    # latency-based-routing: untried ones first (explored), as LiteLLM counts them as 0
-    out = sorted(ready, key=lambda o: (o.expected_ms or 0.0, o.index))
+
+    # latency-based-routing: untried ones first (explored), as LiteLLM counts them as 0, but one
+    # probe at a time: an untried one with a call in flight waits for that answer (last)
+    def key(o: Option) -> tuple[float, int]:
+        if o.expected_ms is not None:
+            return (o.expected_ms, o.index)
+        return (0.0 if o.in_flight == 0 else math.inf, o.index)
+
+    out = sorted(ready, key=key)
     low = out[0].expected_ms or 0.0
     if buffer > 0 and low > 0:
         near = [o for o in out if (o.expected_ms or 0.0) <= low * (1.0 + buffer)]
@@ -444,5 +453,5 @@ def _rank(
             out = [first, *(o for o in out if o is not first)]
     first = out[0]
     if first.expected_ms is None:
-        return out, f"{first.name} untried"
+        return out, f"{first.name} untried" + (" (its probe is out)" if first.in_flight else "")
     return out, f"{first.name} expected {_fmt_ms(first.expected_ms)}, the lowest"
