@@ -9,7 +9,7 @@ import json
 import signal
 import sys
 
-from worker.sim import Dataset, Fault, Latency, SimConfig, Simulator
+from worker.sim import Dataset, Fault, Latency, RateLimit, SimConfig, Simulator
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--latency", default="fixed:0", help="fixed:MS | uniform:LO:HI | lognormal:MEDIAN:SIGMA"
     )
     p.add_argument("--fault", action="append", default=[], help="e.g. 429:0.1, 500@1,2, reset:0.01")
+    p.add_argument("--per-token-ms", type=float, default=0.0, help="added per output token")
+    p.add_argument("--rpm", type=int, help="requests per minute; beyond: 429 + x-ratelimit-*")
+    p.add_argument("--tpm", type=int, help="tokens per minute (prompt + max_tokens)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--default-accuracy", type=float, default=0.7)
     p.add_argument(
@@ -50,6 +53,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         seed=args.seed,
         default_accuracy=args.default_accuracy,
         aliases=aliases,
+        per_output_token_ms=args.per_token_ms,
+        rate_limit=RateLimit(args.rpm, args.tpm) if args.rpm or args.tpm else None,
     )
 
 

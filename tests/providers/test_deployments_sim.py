@@ -5,9 +5,12 @@ minute-long rate-limit window passes without waiting."""
 
 from __future__ import annotations
 
+import argparse
+
 import httpx
 
 from tests.providers.conftest import FakeClock
+from worker import provider_cli
 from worker.providers import ClientSettings, CompletionRequest, HttpSettings, RouterClient
 from worker.providers.catalogue import Catalogue
 from worker.sim import Latency, RateLimit, SimConfig, Simulator
@@ -113,3 +116,24 @@ async def test_failover_across_simulated_deployments_and_no_429s_with_limits():
     assert all(429 not in s for s in statuses.values()), statuses  # waited, never collected 429s
     assert sorted(set(used)) == ["fast", "slow"]
     assert clock.now - started >= 120.0  # 25 calls at 10 a minute: the client waited its turn
+
+
+async def test_an_outage_starts_and_ends_over_http():
+    sim = Simulator(SimConfig())
+    async with sim, httpx.AsyncClient() as http:
+        url = f"{sim.openai_base_url}/chat/completions"
+        started = await http.post(f"{sim.base_url}/sim/outage?kind=503")
+        down = await http.post(url, json=BODY, headers=AUTH)
+        ended = await http.post(f"{sim.base_url}/sim/outage?kind=none")
+        up = await http.post(url, json=BODY, headers=AUTH)
+        bad = await http.post(f"{sim.base_url}/sim/outage?kind=flood")
+    assert started.json() == {"outage": "503"} and ended.json() == {"outage": None}
+    assert (down.status_code, up.status_code, bad.status_code) == (503, 200, 400)
+
+
+def test_the_cli_builds_rate_limits_and_per_token_latency():
+    parser = argparse.ArgumentParser()
+    provider_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["sim-provider", "--rpm", "60", "--per-token-ms", "20"])
+    config = provider_cli.config_from_args(args)
+    assert config.rate_limit == RateLimit(rpm=60) and config.per_output_token_ms == 20.0

@@ -291,6 +291,14 @@ class RouterClient:
     ) -> tuple[CompletionResult, DeploymentState, str]:
         states = self._states[spec.name]
         tokens, n_out = self._tokens(request, spec)
+        if len(states) == 1:  # nothing to choose (a breaker is asked when the call is made)
+            return (
+                await self._call_deployment(
+                    states[0], request, deadline, attempts, False, tokens, n_out
+                ),
+                states[0],
+                "the only deployment",
+            )
         options = [s.option(i, tokens, n_out) for i, s in enumerate(states)]
         order, reason = order_deployments(
             options,

@@ -7,7 +7,8 @@ Files and Batches, and Anthropic Messages and Message Batches.
 
 Keys: ``Authorization: Bearer K`` (OpenAI) or ``x-api-key: K`` (Anthropic); any non-empty key
 unless ``SimConfig.api_keys`` lists the accepted ones. ``GET /sim/stats`` reports requests,
-statuses, injected faults and the peak of concurrent in-flight calls.
+statuses, injected faults and the peak of concurrent in-flight calls; ``POST
+/sim/outage?kind=503|reset|timeout|none`` starts or ends an outage (``Simulator.set_outage``).
 """
 
 from __future__ import annotations
@@ -266,6 +267,18 @@ class Simulator:
             return _json(200, body)
         if path == "/healthz":
             return _json(200, {"ok": True})
+        if path == "/sim/outage" and method == "POST":  # ?kind=503|reset|timeout|none
+            kinds: dict[str, Outage | None] = {
+                "503": "503",
+                "reset": "reset",
+                "timeout": "timeout",
+                "none": None,
+            }
+            kind = _query(req.query).get("kind", "none")
+            if kind not in kinds:
+                return _json(400, {"error": "kind: 503, reset, timeout or none"})
+            self.set_outage(kinds[kind])
+            return _json(200, {"outage": self.outage})
         self._check_auth(req, api)
         parts = path.strip("/").split("/")
         if method == "POST" and path == "/v1/chat/completions":
