@@ -241,18 +241,31 @@ def test_rate_limits_count_our_own_calls_per_member_share():
         assert limits.wait_s(10) == 0.0
         limits.take(10)
         clock.now += 1.0
-    assert limits.wait_s(10) == pytest.approx(55.0)  # the first call leaves the window at +60 s
-    clock.now += 55.0
+    # the first call's one-second bucket leaves the window a minute after it ends (+61 s)
+    assert limits.wait_s(10) == pytest.approx(56.0)
+    clock.now += 56.0
     assert limits.wait_s(10) == 0.0
     clock.now += 10.0  # the window is empty again
-    entry = limits.take(400)
+    booked = limits.take(400)
     assert limits.wait_s(200) > 0  # 400 + 200 tokens > 500
-    limits.settle(entry, 50)  # the answer used fewer
+    limits.settle(booked, 50)  # the answer used fewer
     assert limits.wait_s(200) == 0.0
     limits.blocked_for(3.0)
     assert limits.wait_s(1) == pytest.approx(3.0)
     limits.observe(RateLimitInfo(remaining_requests=0, reset_requests_s=7.0), 1)
     assert limits.wait_s(1) == pytest.approx(7.0)
+
+
+def test_rate_limit_memory_is_bounded_at_any_rate():
+    clock = FakeClock()
+    limits = RateLimits(rpm=None, tpm=None, clock=clock)
+    for _ in range(100_000):
+        limits.take(5)
+        clock.now += 0.01  # 100 calls a second for 1000 s
+        limits.wait_s(5)
+    assert len(limits._buckets) <= 62
+    requests, tokens = limits.used()  # about 61 one-second buckets of 100 calls
+    assert 6000 <= requests <= 6100 and tokens == requests * 5
 
 
 def test_rate_limit_headers_of_both_providers():
@@ -436,7 +449,8 @@ async def test_own_rate_limit_counts_wait_or_reroute_instead_of_collecting_429s(
             await client.complete(REQ, [MODEL, "other"])
         started = clock.now
         routed = await client.complete(REQ, [MODEL, "other"], deadline_s=120.0)
-        assert routed.deployment == "b" and clock.now - started == pytest.approx(60.0)  # waited
+        # waited: a minute after the end of the first calls' one-second bucket
+        assert routed.deployment == "b" and clock.now - started == pytest.approx(61.0)
         await client.complete(REQ, [MODEL, "other"])  # the second of this minute
         routed = await client.complete(REQ, [MODEL, "other"], deadline_s=10.0)  # cannot wait
     assert routed.result.model == "other"

@@ -196,13 +196,25 @@ class LatencyFit:
 
 
 class RateLimits:
-    """Our own sliding-window counts against a deployment's rpm / tpm, scaled by this member's
-    ``share`` of the group, plus what the provider told us (headers, a 429's retry-after).
+    """Our own counts against a deployment's rpm / tpm, scaled by this member's ``share`` of the
+    group, plus what the provider told us (headers, a 429's retry-after).
 
+    Calls are counted in one-second buckets (memory stays bounded at any rate), each bucket held
+    until a full minute after its end: never less than a sliding minute, at most one second more.
     ``wait_s(tokens)`` is how long a call of ``tokens`` must wait before it fits (0: now);
-    ``take(tokens)`` books it (returns a handle for :meth:`settle` with the real count)."""
+    ``take(tokens)`` books it and returns a handle for :meth:`settle` with the real count."""
 
-    __slots__ = ("_blocked_until", "_clock", "_entries", "_tokens", "rpm", "share", "tpm")
+    __slots__ = (
+        "_blocked_until",
+        "_buckets",
+        "_clock",
+        "_requests",
+        "_tokens",
+        "bucket_s",
+        "rpm",
+        "share",
+        "tpm",
+    )
 
     def __init__(
         self, rpm: int | None, tpm: int | None, clock: Callable[[], float] = time.monotonic
@@ -210,56 +222,69 @@ class RateLimits:
         self.rpm = rpm
         self.tpm = tpm
         self.share = 1.0
+        self.bucket_s = 1.0
         self._clock = clock
-        self._entries: deque[list[float]] = deque()  # [time, tokens]
+        self._buckets: deque[list[float]] = deque()  # [start, requests, tokens]
+        self._requests = 0.0
         self._tokens = 0.0
         self._blocked_until = 0.0  # from the provider: retry-after, or remaining 0 until reset
 
     def _prune(self, now: float) -> None:
-        entries = self._entries
-        while entries and entries[0][0] <= now - WINDOW_S:
-            self._tokens -= entries.popleft()[1]
+        buckets, span = self._buckets, self.bucket_s + WINDOW_S
+        while buckets and buckets[0][0] + span <= now:
+            _, requests, tokens = buckets.popleft()
+            self._requests -= requests
+            self._tokens -= tokens
 
     def used(self) -> tuple[int, float]:
         """(requests, tokens) booked in the last minute."""
         self._prune(self._clock())
-        return len(self._entries), max(self._tokens, 0.0)
+        return round(self._requests), max(self._tokens, 0.0)
 
     def wait_s(self, tokens: float) -> float:
         now = self._clock()
         self._prune(now)
         wait = max(0.0, self._blocked_until - now)
-        entries = self._entries
+        span = self.bucket_s + WINDOW_S
         if self.rpm is not None:
-            allowed = max(1, math.floor(self.rpm * self.share))
-            over = len(entries) + 1 - allowed
-            if over > 0:
-                wait = max(wait, entries[over - 1][0] + WINDOW_S - now)
-        if self.tpm is not None and entries:
-            allowed_tokens = self.tpm * self.share
-            excess = self._tokens + tokens - allowed_tokens
-            if excess > 0:
-                freed = 0.0
-                for at, booked in entries:
-                    freed += booked
-                    if freed >= excess:
-                        wait = max(wait, at + WINDOW_S - now)
-                        break
-                else:
-                    wait = max(wait, entries[-1][0] + WINDOW_S - now)
+            excess = self._requests + 1 - max(1, math.floor(self.rpm * self.share))
+            wait = max(wait, self._freed_at(excess, 1, span) - now)
+        if self.tpm is not None and self._buckets:
+            excess = self._tokens + tokens - self.tpm * self.share
+            wait = max(wait, self._freed_at(excess, 2, span) - now)
         return wait
 
-    def take(self, tokens: float) -> list[float]:
-        entry = [self._clock(), float(tokens)]
-        self._entries.append(entry)
-        self._tokens += entry[1]
-        return entry
+    def _freed_at(self, excess: float, column: int, span: float) -> float:
+        """When enough of the booked ``column`` (1: requests, 2: tokens) leaves the window."""
+        if excess <= 0:
+            return 0.0
+        freed = 0.0
+        for bucket in self._buckets:
+            freed += bucket[column]
+            if freed >= excess:
+                return bucket[0] + span
+        return self._buckets[-1][0] + span if self._buckets else 0.0
 
-    def settle(self, entry: list[float], tokens: float) -> None:
+    def take(self, tokens: float) -> tuple[list[float], float]:
+        start = math.floor(self._clock() / self.bucket_s) * self.bucket_s
+        buckets = self._buckets
+        if buckets and buckets[-1][0] == start:
+            bucket = buckets[-1]
+            bucket[1] += 1
+            bucket[2] += tokens
+        else:
+            bucket = [start, 1.0, float(tokens)]
+            buckets.append(bucket)
+        self._requests += 1
+        self._tokens += tokens
+        return bucket, float(tokens)
+
+    def settle(self, booked: tuple[list[float], float], tokens: float) -> None:
         """Replace a booking's estimate by the tokens the answer reports."""
-        if self._entries and entry[0] > self._clock() - WINDOW_S:
-            self._tokens += tokens - entry[1]
-            entry[1] = float(tokens)
+        bucket, estimate = booked
+        if self._buckets and bucket[0] >= self._buckets[0][0]:  # still in the window
+            bucket[2] += tokens - estimate
+            self._tokens += tokens - estimate
 
     def blocked_for(self, seconds: float) -> None:
         self._blocked_until = max(self._blocked_until, self._clock() + max(seconds, 0.0))
