@@ -1,12 +1,13 @@
 """Model providers: OpenAI-compatible and Anthropic transports, the model catalogue, SDK-style
-retries, per-model circuit breakers and concurrency limits, and the fallback-chain client.
+retries, circuit breakers, concurrency and rate limits per deployment (a model may have several,
+worker.providers.deployments), and the fallback-chain client.
 
 Nothing here does I/O at import time; clients are built explicitly from a :class:`Catalogue`.
 """
 
 from worker.providers.anthropic import AnthropicTransport, MessageBatch
 from worker.providers.breaker import BreakerSettings, CircuitBreaker
-from worker.providers.catalogue import Catalogue, CatalogueError, ModelSpec, Prices
+from worker.providers.catalogue import Catalogue, CatalogueError, Deployment, ModelSpec, Prices
 from worker.providers.client import ClientSettings, RouterClient
 from worker.providers.errors import (
     AllModelsFailedError,
@@ -27,6 +28,7 @@ from worker.providers.errors import (
     ProviderStatusError,
     ProviderTimeoutError,
     RateLimitError,
+    RateLimitWaitError,
     RequestTimeoutError,
     UnsupportedRequestError,
 )
@@ -62,6 +64,7 @@ __all__ = [
     "ConflictError",
     "Deadline",
     "DeadlineExceededError",
+    "Deployment",
     "FileObject",
     "HttpSettings",
     "InsufficientQuotaError",
@@ -80,6 +83,7 @@ __all__ = [
     "ProviderStatusError",
     "ProviderTimeoutError",
     "RateLimitError",
+    "RateLimitWaitError",
     "RequestTimeoutError",
     "RetryPolicy",
     "RoutedCompletion",
