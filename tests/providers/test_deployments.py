@@ -258,7 +258,7 @@ def test_rate_limits_count_our_own_calls_per_member_share():
 
 def test_rate_limit_memory_is_bounded_at_any_rate():
     clock = FakeClock()
-    limits = RateLimits(rpm=None, tpm=None, clock=clock)
+    limits = RateLimits(rpm=None, tpm=None, clock=clock, track=True)  # as usage-based-routing
     for _ in range(100_000):
         limits.take(5)
         clock.now += 0.01  # 100 calls a second for 1000 s
@@ -266,6 +266,9 @@ def test_rate_limit_memory_is_bounded_at_any_rate():
     assert len(limits._buckets) <= 62
     requests, tokens = limits.used()  # about 61 one-second buckets of 100 calls
     assert 6000 <= requests <= 6100 and tokens == requests * 5
+    untracked = RateLimits(rpm=None, tpm=None, clock=clock)  # no limit: nothing to count
+    untracked.take(5)
+    assert untracked.used() == (0, 0.0) and untracked.wait_s(5) == 0.0
 
 
 def test_rate_limit_headers_of_both_providers():

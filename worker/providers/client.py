@@ -267,9 +267,15 @@ class RouterClient:
             deployment=deployment,
         )
 
-    def _tokens(self, request: CompletionRequest, spec: ModelSpec) -> tuple[int, int]:
+    def _tokens(
+        self, request: CompletionRequest, spec: ModelSpec, states: Sequence[DeploymentState]
+    ) -> tuple[int, int]:
         """(tokens a call books against tpm, output tokens expected): the input estimated from
-        its characters (4 a token) plus max_tokens, as providers count a request for tpm."""
+        its characters (4 a token) plus max_tokens, as providers count a request for tpm (0 when
+        no deployment counts tokens)."""
+        n_out = request.max_tokens or self.settings.expected_output_tokens
+        if not any(s.limits.track for s in states):
+            return 0, n_out
         chars = 0
         for message in request.messages:
             content = message.get("content")
@@ -277,7 +283,6 @@ class RouterClient:
                 chars += len(content)
             elif isinstance(content, list):
                 chars += sum(len(str(p.get("text", ""))) for p in content if isinstance(p, dict))
-        n_out = request.max_tokens or self.settings.expected_output_tokens
         return chars // 4 + 1 + (request.max_tokens or spec.default_max_tokens), n_out
 
     async def _call_model(
@@ -290,7 +295,7 @@ class RouterClient:
         fastest: bool,
     ) -> tuple[CompletionResult, DeploymentState, str]:
         states = self._states[spec.name]
-        tokens, n_out = self._tokens(request, spec)
+        tokens, n_out = self._tokens(request, spec, states)
         if len(states) == 1:  # nothing to choose (a breaker is asked when the call is made)
             return (
                 await self._call_deployment(

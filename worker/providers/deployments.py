@@ -96,33 +96,47 @@ def _int(text: str | None) -> int | None:
 
 
 class _Headers(Protocol):
-    def get(self, name: str, default: None = None) -> str | None: ...
+    @property
+    def raw(self) -> list[tuple[bytes, bytes]]: ...
+
+
+_PREFIXES = (b"x-ratelimit-", b"anthropic-ratelimit-")
 
 
 def parse_rate_limit_headers(
     headers: _Headers, *, wall_clock: Callable[[], float] = time.time
 ) -> RateLimitInfo | None:
     """The ``x-ratelimit-*`` (OpenAI and compatible) or ``anthropic-ratelimit-*`` headers of an
-    answer; None when it has neither."""
-    remaining = headers.get("x-ratelimit-remaining-requests")
-    if remaining is not None or headers.get("x-ratelimit-remaining-tokens") is not None:
-        reset_r = headers.get("x-ratelimit-reset-requests")
-        reset_t = headers.get("x-ratelimit-reset-tokens")
+    answer (``httpx.Headers`` or the direct path's ``RawHeaders``, read in one pass); None when
+    it has neither."""
+    found: dict[bytes, str] = {}
+    for name, value in headers.raw:
+        if len(name) > 12 and name[:1] in b"xXaA":
+            lower = name.lower()
+            if lower.startswith(_PREFIXES):
+                found[lower] = value.decode("latin-1")
+    if not found:
+        return None
+    get = found.get
+    remaining = get(b"x-ratelimit-remaining-requests")
+    if remaining is not None or get(b"x-ratelimit-remaining-tokens") is not None:
+        reset_r = get(b"x-ratelimit-reset-requests")
+        reset_t = get(b"x-ratelimit-reset-tokens")
         return RateLimitInfo(
             _int(remaining),
-            _int(headers.get("x-ratelimit-remaining-tokens")),
+            _int(get(b"x-ratelimit-remaining-tokens")),
             _duration_s(reset_r) if reset_r else None,
             _duration_s(reset_t) if reset_t else None,
         )
-    remaining = headers.get("anthropic-ratelimit-requests-remaining")
-    if remaining is None and headers.get("anthropic-ratelimit-tokens-remaining") is None:
+    remaining = get(b"anthropic-ratelimit-requests-remaining")
+    if remaining is None and get(b"anthropic-ratelimit-tokens-remaining") is None:
         return None
     now = wall_clock()
-    reset_r = headers.get("anthropic-ratelimit-requests-reset")
-    reset_t = headers.get("anthropic-ratelimit-tokens-reset")
+    reset_r = get(b"anthropic-ratelimit-requests-reset")
+    reset_t = get(b"anthropic-ratelimit-tokens-reset")
     return RateLimitInfo(
         _int(remaining),
-        _int(headers.get("anthropic-ratelimit-tokens-remaining")),
+        _int(get(b"anthropic-ratelimit-tokens-remaining")),
         _rfc3339_in_s(reset_r, now) if reset_r else None,
         _rfc3339_in_s(reset_t, now) if reset_t else None,
     )
@@ -214,13 +228,21 @@ class RateLimits:
         "rpm",
         "share",
         "tpm",
+        "track",
     )
 
     def __init__(
-        self, rpm: int | None, tpm: int | None, clock: Callable[[], float] = time.monotonic
+        self,
+        rpm: int | None,
+        tpm: int | None,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        track: bool | None = None,
     ) -> None:
         self.rpm = rpm
         self.tpm = tpm
+        # count calls (default: when there is a limit to count them against)
+        self.track = track if track is not None else (rpm is not None or tpm is not None)
         self.share = 1.0
         self.bucket_s = 1.0
         self._clock = clock
@@ -243,8 +265,10 @@ class RateLimits:
 
     def wait_s(self, tokens: float) -> float:
         now = self._clock()
-        self._prune(now)
         wait = max(0.0, self._blocked_until - now)
+        if not self.track:
+            return wait
+        self._prune(now)
         span = self.bucket_s + WINDOW_S
         if self.rpm is not None:
             excess = self._requests + 1 - max(1, math.floor(self.rpm * self.share))
@@ -266,6 +290,8 @@ class RateLimits:
         return self._buckets[-1][0] + span if self._buckets else 0.0
 
     def take(self, tokens: float) -> tuple[list[float], float]:
+        if not self.track:
+            return _NOT_BOOKED
         start = math.floor(self._clock() / self.bucket_s) * self.bucket_s
         buckets = self._buckets
         if buckets and buckets[-1][0] == start:
@@ -282,7 +308,9 @@ class RateLimits:
     def settle(self, booked: tuple[list[float], float], tokens: float) -> None:
         """Replace a booking's estimate by the tokens the answer reports."""
         bucket, estimate = booked
-        if self._buckets and bucket[0] >= self._buckets[0][0]:  # still in the window
+        if (
+            bucket is not _NOT_BOOKED[0] and self._buckets and bucket[0] >= self._buckets[0][0]
+        ):  # still in the window
             bucket[2] += tokens - estimate
             self._tokens += tokens - estimate
 
@@ -307,6 +335,9 @@ class RateLimits:
         return max(0.0, min(fractions))
 
 
+_NOT_BOOKED: tuple[list[float], float] = ([0.0, 0.0, 0.0], 0.0)
+
+
 # ---------------------------------------------------------------- one deployment
 
 
@@ -326,7 +357,13 @@ class DeploymentState:
         self.breaker = CircuitBreaker(breaker, clock)
         self.slots = asyncio.Semaphore(deployment.spec.max_concurrent_calls)
         self.latency = LatencyFit(latency_alpha)
-        self.limits = RateLimits(deployment.rpm, deployment.tpm, clock)
+        limited = deployment.rpm is not None or deployment.tpm is not None
+        self.limits = RateLimits(
+            deployment.rpm,
+            deployment.tpm,
+            clock,
+            track=limited or deployment.spec.routing_strategy == "usage-based-routing",
+        )
         self.in_flight = 0
 
     @property
