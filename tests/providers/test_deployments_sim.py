@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 import httpx
+import pytest
 
 from tests.providers.conftest import FakeClock
 from worker import provider_cli
@@ -137,3 +138,41 @@ def test_the_cli_builds_rate_limits_and_per_token_latency():
     args = parser.parse_args(["sim-provider", "--rpm", "60", "--per-token-ms", "20"])
     config = provider_cli.config_from_args(args)
     assert config.rate_limit == RateLimit(rpm=60) and config.per_output_token_ms == 20.0
+
+
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+async def test_the_providers_headers_alone_keep_the_client_off_a_spent_limit(api):
+    """The catalogue gives no limit; the simulator's rate-limit headers say none is left: the next
+    call goes elsewhere instead of collecting a 429."""
+    clock = FakeClock()
+    spent = Simulator(SimConfig(rate_limit=RateLimit(rpm=1)), clock=clock)
+    spare = Simulator(SimConfig(), clock=clock)
+    async with spent, spare:
+        base = {"openai": "openai_base_url", "anthropic": "base_url"}[api]
+        cat = Catalogue.from_dict(
+            {
+                "m": {
+                    "provider": api,
+                    "api_key_env": "SIM_KEY",
+                    "provider_model": "sim-model",
+                    "input_usd_per_mtok": 1.0,
+                    "output_usd_per_mtok": 1.0,
+                    "context_window_tokens": 8192,
+                    "routing_strategy": "cost-based-routing",
+                    "deployments": [
+                        {"name": "spent", "base_url": getattr(spent, base)},
+                        {
+                            "name": "spare",
+                            "base_url": getattr(spare, base),
+                            "input_usd_per_mtok": 2.0,
+                        },
+                    ],
+                }
+            }
+        )
+        async with RouterClient(cat, env=KEY, clock=clock, sleep=clock.sleep) as client:
+            first = await client.complete(REQ, ["m"])
+            second = await client.complete(REQ, ["m"])
+    assert (first.deployment, second.deployment) == ("spent", "spare")
+    assert "spent (rate limit" in (second.deployment_reason or "")
+    assert 429 not in spent.stats.statuses
