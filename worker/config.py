@@ -7,7 +7,7 @@
     [policies.NAME]   named routing policies (threshold, strong_fraction, quality_target,
                       cost_tradeoff, cascade)
     [tenants.NAME]    per-tenant policy, allow/deny lists, budget, allowed overrides
-    [models.NAME]     the model catalogue                               (worker.providers)
+    [models.NAME]     the model catalogue, one or several deployments each (worker.providers)
     [telemetry]  OTLP and Langfuse export (off by default)
     [metrics]    Prometheus /metrics, /healthz, /readyz
 
