@@ -108,6 +108,9 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
             ),
             retry=RetryPolicy(max_retries=p.max_retries),
             default_deadline_s=p.request_deadline_s,
+            max_rate_limit_wait_s=p.rate_limit_max_wait_s,
+            failover_timeout_min_s=p.failover_timeout_min_s,
+            failover_timeout_factor=p.failover_timeout_factor,
         ),
     )
     if client.missing_keys:

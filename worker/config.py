@@ -165,6 +165,10 @@ class ProviderSettings(_Section, frozen=True, kw_only=True):
     max_retries: int = 2
     request_deadline_s: float = 300.0  # when the request carries no deadline
     max_connections: int = 2_000
+    # several deployments per model (docs/deployments-per-model.md)
+    rate_limit_max_wait_s: float = 30.0  # longest wait for rate-limit headroom, else reroute
+    failover_timeout_min_s: float = 2.0  # a try with deployments after it: max(this,
+    failover_timeout_factor: float = 5.0  # this x its expected latency)
 
 
 class Config(_Section, frozen=True, kw_only=True):

@@ -30,9 +30,18 @@ async def test_two_members_take_half_of_every_limit_each(
     base = worker_config(kafka_bootstrap, topics, artifact, sim.base_url)
     models = dict(base.models)
     models[STRONG_MODEL] = {**models[STRONG_MODEL], "rpm": 600}
-    config = worker_config(kafka_bootstrap, topics, artifact, sim.base_url, models=models)
+    config = worker_config(
+        kafka_bootstrap,
+        topics,
+        artifact,
+        sim.base_url,
+        models=models,
+        providers={"rate_limit_max_wait_s": 5.0, "failover_timeout_min_s": 0.5},
+    )
     await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
     apps = [build(config), build(config)]
+    settings = apps[0].client.settings
+    assert (settings.max_rate_limit_wait_s, settings.failover_timeout_min_s) == (5.0, 0.5)
     for app in apps:
         app.client.set_share(0.0)  # replaced on assignment
     shares = [app.client.deployment_state(STRONG_MODEL).limits for app in apps]
