@@ -573,13 +573,13 @@ class Pipeline:
             )
         outcome.completion = completion
         result = completion.result
-        if completion.deployment is not None:
+        self._maybe_shadow(request, call, core, decision, info, result.model, result.text, messages)
+        if completion.deployment is not None:  # on the response and its decision event only
             info = msgspec.structs.replace(
                 info,
                 deployment=completion.deployment,
                 deployment_reason=completion.deployment_reason,
             )
-        self._maybe_shadow(request, call, core, decision, info, result.model, result.text, messages)
         strong = core.catalogue.models.get(core.router.strong)
         if strong is not None:
             outcome.strong_cost_usd = strong.cost_usd(result.usage)
