@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import re
+import tomllib
+from pathlib import Path
 
 import httpx
 import pytest
@@ -507,3 +510,12 @@ async def test_a_latency_budget_prefers_deployments_that_meet_it():
         within.deployment_reason or ""
     )
     assert tight.deployment == "b" and "tight deadline" in (tight.deployment_reason or "")
+
+
+def test_the_documented_example_is_a_valid_catalogue():
+    doc = Path(__file__).parents[2] / "docs" / "deployments-per-model.md"
+    block = re.search(r"```toml\n(.*?)```", doc.read_text(), re.S)
+    assert block is not None
+    spec = Catalogue.from_dict(tomllib.loads(block.group(1)))["llama-3-70b"]
+    assert [d.name for d in spec.deployments] == ["together", "groq"]
+    assert spec.deployments[1].spec.provider_model == "llama3-70b-8192"
