@@ -324,16 +324,6 @@ class RateLimits:
         if info.remaining_tokens is not None and info.remaining_tokens < tokens_next:
             self.blocked_for(info.reset_tokens_s if info.reset_tokens_s is not None else 1.0)
 
-    def headroom(self) -> float:
-        """The fraction of this member's budget left this minute (1.0 without limits)."""
-        requests, tokens = self.used()
-        fractions = [1.0]
-        if self.rpm is not None:
-            fractions.append(1.0 - requests / max(1.0, self.rpm * self.share))
-        if self.tpm is not None:
-            fractions.append(1.0 - tokens / max(1.0, self.tpm * self.share))
-        return max(0.0, min(fractions))
-
 
 _NOT_BOOKED: tuple[list[float], float] = ([0.0, 0.0, 0.0], 0.0)
 
