@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import schemas
 from routers.artifact import load_artifact
 from worker.batch.backends import backend_factory
 from worker.config import Config
-from worker.feedback import run_feedback
+from worker.feedback import FeedbackStats, run_feedback
 from worker.judge import Judge, JudgeSettings
 from worker.loop import Worker
 from worker.metrics import Health, OpsServer, OpsServerConfig, WorkerMetrics
@@ -28,6 +29,7 @@ from worker.providers.http import HttpSettings
 from worker.providers.retry import RetryPolicy
 from worker.semcache_sync import SemanticCacheSync
 from worker.telemetry import TelemetryConfig, Tracing
+from worker.telemetry.scores import LangfuseScores
 from worker.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -256,14 +258,18 @@ class _FeedbackTask:
     def __init__(self, app: App) -> None:
         self.app = app
         self.stop = asyncio.Event()
-        self.task: asyncio.Task[int] | None = None
+        self.task: asyncio.Task[FeedbackStats] | None = None
         self.producer = AIOKafkaProducer(acks="all", **app.config.kafka.common_kwargs())
+        langfuse = app.tracing.config.langfuse
+        self.scores = (
+            LangfuseScores(langfuse, environ=os.environ) if langfuse is not None else None
+        )
 
     async def __aenter__(self) -> _FeedbackTask:
         await self.producer.start()
         c = self.app.config
         self.task = asyncio.create_task(
-            run_feedback(c.kafka, c.topics, self.app.tracing, self.producer, self.stop)
+            run_feedback(c.kafka, c.topics, self.scores, self.producer, self.stop)
         )
         return self
 
@@ -275,3 +281,5 @@ class _FeedbackTask:
             except Exception:
                 log.exception("feedback consumer failed")
         await self.producer.stop()
+        if self.scores is not None:
+            await self.scores.aclose()

@@ -104,6 +104,7 @@ class TopicSettings(_Settings, frozen=True, kw_only=True):
     shadow: str = schemas.TOPICS["shadow"]  # shadow answers (worker.pipeline shadow mode)
     cache: str = schemas.TOPICS["cache"]  # compacted: semantic cache entries (routers.semcache)
     done: str = "llm.requests.done"  # compacted dedupe log: request ids already answered
+    feedback_dlq: str = "llm.feedback.dlq"  # feedback Langfuse refused, with its answer
 
 
 class LoopSettings(_Settings, frozen=True, kw_only=True):

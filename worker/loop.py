@@ -34,6 +34,7 @@ from worker.kafka_config import KafkaSettings, LoopSettings, TopicSettings
 from worker.offsets import OffsetTracker
 from worker.providers.types import CompletionRequest, CompletionResult
 from worker.telemetry import RequestSpan, TelemetryConfig, Tracing
+from worker.telemetry.propagation import context_headers, record_context_headers
 from worker.topics import partition_counts
 
 log = logging.getLogger(__name__)
@@ -462,6 +463,7 @@ class Worker:
                             request_id=request.request_id,
                             mode=request.routing.mode,
                             metadata=request.metadata,
+                            input_messages=request.messages,
                         )
                         await self._answer(tp, request, info, span, prepared)
                     break
@@ -604,12 +606,14 @@ class Worker:
         assert self.producer is not None
         key = handled.response.request_id.encode()
         reply = request.reply_topic if request is not None else None
+        # traceparent (+ tracestate) of the request's span: consumers continue the trace
+        headers = record_context_headers(handled.headers, handled.response.trace_id)
         acks: list[Awaitable[Any]] = [
             await self.producer.send(
                 handled.reply_topic or reply or self.topics.responses,
                 schemas.encode(handled.response),
                 key=key,
-                headers=handled.headers or None,
+                headers=headers,
             )
         ]
         if handled.decision is not None and self.settings.publish_decisions:
@@ -618,7 +622,7 @@ class Worker:
                     self.topics.decisions,
                     schemas.encode(handled.decision),
                     key=key,
-                    headers=handled.headers or None,
+                    headers=headers,
                 )
             )
         await _all_acked(acks)
@@ -650,7 +654,9 @@ class Worker:
             reason=reason,
             worker_id=self.settings.worker_id,
         )
-        await self.producer.send_and_wait(self.topics.dlq, schemas.encode(letter), key=info.key)
+        await self.producer.send_and_wait(
+            self.topics.dlq, schemas.encode(letter), key=info.key, headers=context_headers()
+        )
         self.stats["dead_letters"] += 1
         self.observer.dead_letter(error_type)
 

@@ -345,8 +345,10 @@ def _message(response: httpx.Response) -> str:
 
 
 def _meta_value(value: Any) -> Any:
-    """Metadata values arrive JSON-encoded (the SDK writes them so); decode when they are."""
-    if isinstance(value, str):
+    """A metadata value as the worker writes it: strings plain, other values JSON. JSON objects,
+    arrays, quoted strings (older workers quoted every value) and true/false are decoded; any
+    other string is kept as it is, so "2026.1" stays a string."""
+    if isinstance(value, str) and (value[:1] in ('"', "[", "{") or value in ("true", "false")):
         try:
             return json.loads(value)
         except ValueError:

@@ -34,6 +34,7 @@ async def ensure_topics(
             topics.decisions,
             topics.feedback,
             topics.dlq,
+            topics.feedback_dlq,
             topics.done,
             topics.batch_jobs,
             topics.control,

@@ -195,7 +195,7 @@ def generation(
     user: str = "acme",
 ) -> dict[str, Any]:
     """A GENERATION observation with the worker's shapes: input = JSON chat messages, metadata
-    values JSON-encoded (as the Langfuse 5.x SDK writes them)."""
+    strings plain and other values JSON-encoded (as the worker writes them)."""
     return {
         "id": f"obs-{trace_id[:8]}-{n}",
         "traceId": trace_id,
@@ -210,7 +210,7 @@ def generation(
         "userId": user,
         "input": json.dumps([{"role": "user", "content": prompt}]),
         "output": output,
-        "metadata": {k: json.dumps(v) for k, v in metadata.items()},
+        "metadata": {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()},
         "model": model,
         "totalCost": cost,
         "usageDetails": {"input": 10, "output": 20},

@@ -123,3 +123,24 @@ def test_dataset_build_command_needs_the_keys(tmp_path, monkeypatch, capsys):
     )  # fmt: skip
     assert rc == 2
     assert "LANGFUSE_PUBLIC_KEY" in capsys.readouterr().err
+
+
+def test_metadata_reads_plain_values_and_the_older_json_quoted_ones() -> None:
+    from worker.outcome_sources import answered_from_observations
+
+    plain = generation(
+        T1,
+        n=1,
+        model=WEAK,
+        prompt="p",
+        output="o",
+        metadata={"router_version": "2026.1", "cache_hit": False, "arm": "a"},
+    )
+    quoted = generation(
+        T2, n=1, model=WEAK, prompt="p", output="o", metadata={"router_version": "v1", "arm": "b"}
+    )
+    quoted["metadata"] = {k: json.dumps(v) for k, v in quoted["metadata"].items()}
+    by_trace = {a.router_version: a for a in answered_from_observations([plain, quoted])}
+    assert set(by_trace) == {"2026.1", "v1"}  # "2026.1" stays a string
+    assert by_trace["2026.1"].cache_hit is False and by_trace["2026.1"].arm == "a"
+    assert by_trace["v1"].arm == "b"

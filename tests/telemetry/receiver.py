@@ -1,18 +1,25 @@
 """A local stand-in for the Langfuse server's ingestion endpoints, on a real socket.
 
-It implements what the Langfuse Python SDK 5.x talks to:
+It implements what the worker and the Langfuse Python SDK 4.x talk to:
 
     POST /api/public/otel/v1/traces   OTLP/HTTP protobuf (gzip or not) -> ExportTraceServiceResponse
-    POST /api/public/scores           JSON list of scores -> 202 {"message": "Accepted"}
+    POST /api/public/scores           ONE score object, validated as Langfuse v3/v4 servers do
+                                      (`PostScoresBodyV1`, see `validate_score`) -> 200 {"id": ...};
+                                      what the server refuses -> 400 {"message", "error"}; no or
+                                      malformed basic auth -> 401
     GET  /api/public/health           200 (the SDK does not call it on start-up; kept for probes)
     GET  /api/public/projects         200 (what `Langfuse.auth_check()` calls)
     POST /v1/traces                   plain OTLP/HTTP, for the worker's own OTLP exporter
 
 and records every request (path, headers) so tests can assert nothing else was called.
+`score_answers` scripts the next answers to score posts (e.g. `[503, 429]`: two refusals, then
+the normal handling); `refused` keeps every refused body with the answer given.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import gzip
 import json
 import threading
@@ -69,13 +76,99 @@ class Received:
     body: bytes
 
 
+# ---------------------------------------------------------------- the server's score validation
+
+SCORE_FIELDS = frozenset(
+    {"id", "name", "traceId", "sessionId", "datasetRunId", "observationId", "comment", "metadata",
+     "environment", "queueId", "source", "value", "dataType", "configId"}
+)  # fmt: skip
+_OPTIONAL_STRINGS = ("traceId", "sessionId", "datasetRunId", "observationId", "comment", "queueId",
+                     "configId")  # fmt: skip
+TEXT_SCORE_MAX_LENGTH = 500
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def validate_score(body: Any) -> list[str]:
+    """What Langfuse's `PostScoresBodyV1` (v3.225.4 and v4.16.0, identical) refuses, as a list of
+    issues (empty: accepted). Unknown fields are stripped by the server, not refused."""
+    if not isinstance(body, dict):
+        return [f"Expected object, received {type(body).__name__}"]
+    issues = []
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        issues.append("name: a non-empty string is required")
+    sid = body.get("id")
+    if sid is not None and (not isinstance(sid, str) or not 0 < len(sid) <= 800 or "\r" in sid):
+        issues.append("id: a string of 1 to 800 characters without carriage returns")
+    for key in _OPTIONAL_STRINGS:
+        if body.get(key) is not None and not isinstance(body[key], str):
+            issues.append(f"{key}: expected string")
+    if "environment" in body and not isinstance(body["environment"], str):
+        issues.append("environment: expected string")
+    if "metadata" in body and body["metadata"] is not None:
+        try:
+            json.dumps(body["metadata"], allow_nan=False)
+        except ValueError:
+            issues.append("metadata: not JSON")
+    source = body.get("source", "API")
+    if source not in ("API", "ANNOTATION"):
+        issues.append("source: expected 'API' | 'ANNOTATION'")
+    value, data_type = body.get("value"), body.get("dataType")
+    if data_type in ("NUMERIC", "BOOLEAN") and not _is_number(value):
+        issues.append(f"value: expected number for data type {data_type}")
+    elif data_type == "BOOLEAN" and value not in (0, 1):
+        issues.append("Value must be a number equal to either 0 or 1 for data type BOOLEAN")
+    elif data_type in ("CATEGORICAL", "CORRECTION") and not isinstance(value, str):
+        issues.append(f"value: expected string for data type {data_type}")
+    elif data_type == "TEXT" and not (
+        isinstance(value, str) and 1 <= len(value) <= TEXT_SCORE_MAX_LENGTH
+    ):
+        issues.append("value: a string of 1 to 500 characters for data type TEXT")
+    elif data_type is None and not (_is_number(value) or isinstance(value, str)):
+        issues.append("value: expected number or string")
+    elif data_type not in (None, "NUMERIC", "BOOLEAN", "CATEGORICAL", "CORRECTION", "TEXT"):
+        issues.append("dataType: invalid discriminator value")
+    if data_type == "CORRECTION" and body.get("configId") is not None:
+        issues.append("configId: not allowed for data type CORRECTION")
+    if source == "ANNOTATION" and data_type != "CORRECTION" and not body.get("configId"):
+        issues.append("configId: required for ANNOTATION scores")
+    has = {k: bool(body.get(k)) for k in ("traceId", "sessionId", "datasetRunId")}
+    observation = bool(body.get("observationId"))
+    if not (
+        (has["traceId"] and not has["sessionId"] and not has["datasetRunId"])
+        or (has["sessionId"] and not has["traceId"] and not has["datasetRunId"] and not observation)
+        or (has["datasetRunId"] and not has["traceId"] and not has["sessionId"] and not observation)
+    ):
+        issues.append(
+            "Provide exactly one of the following: traceId (with optional observationId), "
+            "sessionId or datasetRunId. ObservationId requires traceId."
+        )
+    return issues
+
+
+def _basic_auth_ok(header: str | None) -> bool:
+    if not header or not header.startswith("Basic "):
+        return False
+    try:
+        user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    return bool(user) and bool(password)
+
+
 @dataclass
 class LangfuseReceiver:
     score_delay_s: float = 0.0
     trace_delay_s: float = 0.0
     requests: list[Received] = field(default_factory=list)
     spans: list[WireSpan] = field(default_factory=list)
-    scores: list[dict[str, Any]] = field(default_factory=list)
+    scores: list[dict[str, Any]] = field(default_factory=list)  # accepted, as sent
+    score_answers: list[int] = field(default_factory=list)  # scripted answers, used up in order
+    refused: list[tuple[int, Any]] = field(default_factory=list)  # (status, body) of refusals
+    unknown_fields: set[str] = field(default_factory=set)  # sent, but not in the server schema
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -133,9 +226,8 @@ class LangfuseReceiver:
                     self._send(200, out, "application/x-protobuf")
                 elif path == "/api/public/scores":
                     time.sleep(receiver.score_delay_s)
-                    with receiver._lock:
-                        receiver.scores.extend(json.loads(body))
-                    self._send(202, b'{"message":"Accepted"}', "application/json")
+                    status, answer = receiver._score(self.headers.get("Authorization"), body)
+                    self._send(status, json.dumps(answer).encode(), "application/json")
                 else:
                     self._send(404, b"{}", "application/json")
 
@@ -145,6 +237,28 @@ class LangfuseReceiver:
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         ).start()
         return self
+
+    def _score(self, authorization: str | None, raw: bytes) -> tuple[int, Any]:
+        with self._lock:
+            scripted = self.score_answers.pop(0) if self.score_answers else None
+        try:
+            body: Any = json.loads(raw)
+        except ValueError:
+            body = None
+        if scripted is not None:
+            answer: Any = {"message": f"scripted answer {scripted}"}
+        elif not _basic_auth_ok(authorization):
+            scripted, answer = 401, {"message": "Invalid authorization header"}
+        elif issues := validate_score(body):
+            scripted, answer = 400, {"message": "Invalid request data", "error": issues}
+        if scripted is not None:
+            with self._lock:
+                self.refused.append((scripted, body))
+            return scripted, answer
+        with self._lock:
+            self.unknown_fields |= set(body) - SCORE_FIELDS
+            self.scores.append(body)
+        return 200, {"id": body.get("id") or f"score-{len(self.scores)}"}
 
     def stop(self) -> None:
         if self._server is not None:

@@ -1,5 +1,7 @@
-"""What the Langfuse SDK (and our own OTLP exporter) put on the wire, read by a local receiver of
-Langfuse's OTLP/HTTP trace endpoint and scores endpoint (tests/telemetry/receiver.py)."""
+"""What the Langfuse SDK, our score client and our own OTLP exporter put on the wire, read by a
+local stand-in of Langfuse's OTLP/HTTP trace endpoint and scores endpoint that refuses what the
+real servers refuse (tests/telemetry/receiver.py); score bodies are also checked against the
+vendored fragment of Langfuse's API definition (fixtures/langfuse_scores_api.json)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from tests.telemetry.conftest import (
 )
 from tests.telemetry.receiver import LangfuseReceiver
 from worker.telemetry import TelemetryConfig, TelemetryConfigError, Tracing, derive_trace_id_hex
+from worker.telemetry.scores import LangfuseScores
 
 OTLP_PATH = "/api/public/otel/v1/traces"
 KIND_CONSUMER, KIND_CLIENT = 5, 3
@@ -51,16 +54,18 @@ def one_request(tracing: Tracing, request_id: str = "req-1") -> str | None:
     return request.trace_id
 
 
-def test_generation_and_score_reach_langfuse_on_the_derived_trace(receiver: LangfuseReceiver):
+async def test_generation_and_score_reach_langfuse_on_the_derived_trace(
+    receiver: LangfuseReceiver,
+):
     config = TelemetryConfig(langfuse=langfuse_config(receiver.url, environment="test"))
     tracing = Tracing(config, environ={})
     trace_id = one_request(tracing)
-    assert tracing.record_feedback(feedback(value=True, comment="matched label")) == trace_id
-    assert tracing.record_feedback(feedback(name="quality", value=0.8, source="judge"))
-    assert tracing.record_feedback(
-        feedback(name="label", value="B", request_id=None, trace_id=trace_id)
-    )
-    assert tracing.shutdown(10) is True
+    assert config.langfuse is not None
+    async with LangfuseScores(config.langfuse, environ={}) as scores:
+        await scores.post(feedback(value=True, comment="matched label"))
+        await scores.post(feedback(name="quality", value=0.8, source="judge"))
+        await scores.post(feedback(name="label", value="B", request_id=None, trace_id=trace_id))
+    assert await tracing.aclose(10) is True
 
     assert trace_id == derive_trace_id_hex("req-1")
     spans = {s.name: s for s in receiver.spans}
@@ -88,12 +93,20 @@ def test_generation_and_score_reach_langfuse_on_the_derived_trace(receiver: Lang
     }
     assert json.loads(a["langfuse.observation.cost_details"]) == {"total": 0.00042}
     assert a["gen_ai.usage.input_tokens"] == 50 and a["gen_ai.provider.name"] == "openai"
-    assert json.loads(a["langfuse.observation.metadata.router"]) == "mf"
+    assert a["langfuse.observation.metadata.router"] == "mf"  # plain, not JSON-quoted
+    assert a["langfuse.observation.metadata.router_version"] == "2026.1"
     assert json.loads(a["langfuse.observation.metadata.score"]) == 0.31
     assert json.loads(a["langfuse.observation.metadata.candidates"])[1]["model"] == "strong"
     assert PROMPT in a["langfuse.observation.input"]
     assert a["langfuse.observation.output"] == ANSWER
     assert a["user.id"] == "acme" and a["langfuse.trace.name"] == "llmroute.request"
+    assert a["langfuse.trace.metadata.tenant"] == "acme"
+    # the trace's input is the routed prompt, its output the answer (root observation)
+    assert PROMPT in process.attributes["langfuse.trace.input"]
+    assert process.attributes["langfuse.observation.input"] == (
+        process.attributes["langfuse.trace.input"]
+    )
+    assert process.attributes["langfuse.trace.output"] == ANSWER
 
     # Basic auth with the keys, on every request; the secret nowhere in span data.
     public_key = config.langfuse.public_key if config.langfuse else ""
@@ -105,22 +118,31 @@ def test_generation_and_score_reach_langfuse_on_the_derived_trace(receiver: Lang
 
     scores = {s["name"]: s for s in receiver.scores}
     assert {s["traceId"] for s in receiver.scores} == {trace_id}
-    assert scores["correct"]["value"] == 1.0 and scores["correct"]["dataType"] == "BOOLEAN"
+    assert scores["correct"]["value"] == 1 and scores["correct"]["dataType"] == "BOOLEAN"
     assert scores["correct"]["comment"] == "matched label"
-    assert scores["correct"]["metadata"] == {"source": "task", "request_id": "req-1"}
+    assert scores["correct"]["metadata"] == {
+        "source": "task",
+        "request_id": "req-1",
+        "created_at": "2026-01-02T03:04:05+00:00",
+    }
     assert scores["correct"]["environment"] == "test"
     assert scores["quality"]["value"] == 0.8 and scores["quality"]["dataType"] == "NUMERIC"
     assert scores["label"]["value"] == "B" and scores["label"]["dataType"] == "CATEGORICAL"
+    assert receiver.refused == [] and receiver.unknown_fields == set()
     # Nothing else was called: no start-up probe, only the two ingestion endpoints.
     assert {r.path for r in receiver.requests} == {OTLP_PATH, "/api/public/scores"}
+    # one object per score request, never a list (Langfuse v3 / v4 answer a list with 400)
+    score_posts = [r for r in receiver.requests if r.path == "/api/public/scores"]
+    assert len(score_posts) == 3
+    assert all(isinstance(json.loads(r.body), dict) for r in score_posts)
 
 
-def test_a_redelivered_feedback_event_upserts_the_same_score(receiver: LangfuseReceiver):
-    tracing = Tracing(TelemetryConfig(langfuse=langfuse_config(receiver.url)), environ={})
-    tracing.record_feedback(feedback())
-    tracing.record_feedback(feedback())
-    tracing.record_feedback(feedback(source="user"))
-    tracing.shutdown(10)
+async def test_a_redelivered_feedback_event_upserts_the_same_score(receiver: LangfuseReceiver):
+    async with LangfuseScores(langfuse_config(receiver.url), environ={}) as scores:
+        first = await scores.post(feedback())
+        again = await scores.post(feedback())
+        other = await scores.post(feedback(source="user"))
+    assert first == again != other
     ids = [s["id"] for s in receiver.scores]
     assert len(ids) == 3 and ids[0] == ids[1] != ids[2]
 
@@ -166,27 +188,22 @@ def test_otlp_export_and_langfuse_share_one_provider(receiver: LangfuseReceiver)
     assert "authorization" not in otlp_request.headers
 
 
-def test_ending_spans_and_recording_feedback_never_wait_for_the_server(
-    receiver: LangfuseReceiver,
-):
-    receiver.score_delay_s = 0.5
+def test_ending_spans_never_waits_for_the_server(receiver: LangfuseReceiver):
+    receiver.trace_delay_s = 0.5
     tracing = Tracing(TelemetryConfig(langfuse=langfuse_config(receiver.url)), environ={})
     started = time.perf_counter()
     for i in range(50):
         one_request(tracing, request_id=f"req-{i}")
-        tracing.record_feedback(feedback(request_id=f"req-{i}"))
     elapsed_s = time.perf_counter() - started
     assert elapsed_s < 0.5, elapsed_s
     assert tracing.shutdown(10) is True
-    assert len(receiver.scores) == 50 and len(receiver.spans) == 150
+    assert len(receiver.spans) == 150
 
 
-@pytest.mark.parametrize("hanging", ["score_delay_s", "trace_delay_s"])
-def test_shutdown_is_bounded_when_the_server_hangs(receiver: LangfuseReceiver, hanging: str):
-    setattr(receiver, hanging, 1.5)
+def test_shutdown_is_bounded_when_the_server_hangs(receiver: LangfuseReceiver):
+    receiver.trace_delay_s = 1.5
     tracing = Tracing(TelemetryConfig(langfuse=langfuse_config(receiver.url)), environ={})
     one_request(tracing)
-    tracing.record_feedback(feedback())
     started = time.perf_counter()
     assert tracing.shutdown(0.3) is False
     assert time.perf_counter() - started < 0.6

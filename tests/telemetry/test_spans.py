@@ -171,8 +171,8 @@ def test_a_request_makes_process_route_chat_with_a_trace_id_from_request_id(memo
     }
     assert json.loads(c["langfuse.observation.input"])[1] == {"role": "user", "content": PROMPT}
     assert c["langfuse.observation.output"] == ANSWER
-    assert json.loads(c["langfuse.observation.metadata.router"]) == "mf"
-    assert json.loads(c["langfuse.observation.metadata.routed_model"]) == "small"
+    assert c["langfuse.observation.metadata.router"] == "mf"  # plain strings, not JSON
+    assert c["langfuse.observation.metadata.routed_model"] == "small"
     assert json.loads(c["langfuse.observation.metadata.threshold"]) == 0.5
     # Trace-level attributes ride on the root and the generation (not the cheap route span).
     assert "user.id" not in route.attributes
@@ -180,7 +180,7 @@ def test_a_request_makes_process_route_chat_with_a_trace_id_from_request_id(memo
         assert span.attributes["user.id"] == "acme"
         assert span.attributes["langfuse.trace.name"] == "llmroute.request"
         assert span.attributes["langfuse.trace.tags"] == ("tenant:acme", "mode:interactive")
-        assert json.loads(span.attributes["langfuse.trace.metadata.request_id"]) == "req-1"
+        assert span.attributes["langfuse.trace.metadata.request_id"] == "req-1"
 
 
 def test_the_same_request_id_always_gives_the_same_trace(memory: Memory):
@@ -287,7 +287,7 @@ def test_chat_span_takes_an_explicit_decision_and_works_without_a_request(memory
     with tracing.chat_span("small", "openai", "m", decision=DECISION):
         pass
     chat = by_name(exporter)["chat small"]
-    assert json.loads(chat.attributes["langfuse.observation.metadata.policy"]) == "balanced"
+    assert chat.attributes["langfuse.observation.metadata.policy"] == "balanced"
 
 
 def test_sampling_is_decided_by_request_id():
@@ -312,7 +312,7 @@ def test_with_nothing_configured_nothing_is_recorded_but_trace_ids_are_derived()
     assert request.trace_id == derive_trace_id_hex("req-1")
     assert not request.span.is_recording()
     assert one_request(tracing, request_id=None).trace_id is None
-    assert tracing.record_feedback is not None and tracing.shutdown(1) is True
+    assert tracing.shutdown(1) is True
 
 
 def test_a_foreign_provider_is_refused():

@@ -1,7 +1,7 @@
 """Attribute names written on spans: OpenTelemetry semantic conventions and Langfuse's.
 
 Checked against opentelemetry-semantic-conventions 0.66b2 (`_incubating/attributes/*`) and
-langfuse 5.0.4 (`_client/attributes.py`, `LangfuseOtelSpanAttributes`).
+langfuse 4.18.0 (`_client/attributes.py`, `LangfuseOtelSpanAttributes`).
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ GEN_AI_USAGE_OUTPUT_TOKENS: Final = "gen_ai.usage.output_tokens"
 GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
 ERROR_TYPE: Final = "error.type"
 
-# Langfuse attributes (langfuse 5.x `_client/attributes.py`, LangfuseOtelSpanAttributes).
+# Langfuse attributes (langfuse 4.x `_client/attributes.py`, LangfuseOtelSpanAttributes).
 LF_TRACE_NAME: Final = "langfuse.trace.name"
 LF_TRACE_USER_ID: Final = "user.id"
 LF_TRACE_TAGS: Final = "langfuse.trace.tags"
 LF_TRACE_METADATA: Final = "langfuse.trace.metadata"
+LF_TRACE_INPUT: Final = "langfuse.trace.input"
+LF_TRACE_OUTPUT: Final = "langfuse.trace.output"
 LF_TYPE: Final = "langfuse.observation.type"
 LF_LEVEL: Final = "langfuse.observation.level"
 LF_STATUS_MESSAGE: Final = "langfuse.observation.status_message"

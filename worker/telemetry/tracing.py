@@ -11,8 +11,8 @@ One request makes one trace whose id is derived from `request_id` (see `ids.py`)
 Export: an OTLP/HTTP `BatchSpanProcessor` when `otlp_endpoint` is set, and the Langfuse SDK's own
 span processor (a `BatchSpanProcessor` subclass) on the SAME provider when `langfuse` is set. Both
 queue spans and export from a background thread, so ending a span never blocks the event loop.
-Feedback becomes a Langfuse score through `Langfuse.create_score`, which only enqueues; the SDK's
-score thread posts batches to `/api/public/scores`.
+Feedback becomes a Langfuse score through `worker.telemetry.scores` (one POST per score, every
+refusal seen), not through the SDK's score queue.
 
 Spans are plain OpenTelemetry spans of the scope `llmroute.worker`; the Langfuse processor is told
 to export that scope (its default filter keeps only LLM spans). Trace-level Langfuse attributes
@@ -52,7 +52,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
-from schemas.events import Attempt, DecisionInfo, Feedback, Message
+from schemas.events import Attempt, DecisionInfo, Message
 from worker.logs import redact
 from worker.telemetry import semconv as sc
 from worker.telemetry.config import TelemetryConfig, TelemetryConfigError
@@ -85,8 +85,17 @@ _JSON = msgspec.json.Encoder()
 
 
 def _lf_json(value: object) -> str:
-    """A Langfuse metadata value: JSON-encoded, strings included (as the 5.x SDK writes them)."""
+    """A JSON attribute value (usage and cost details, model parameters, chat messages)."""
     return _JSON.encode(value).decode()
+
+
+def _lf_meta(value: object) -> AttributeValue:
+    """A Langfuse metadata value as the 4.x SDK writes it: strings and integers (bools too) as
+    they are, anything else JSON-encoded. Langfuse stores prefixed metadata attributes raw, so a
+    JSON-encoded string would arrive quoted."""
+    if isinstance(value, str | int):
+        return value
+    return _lf_json(value)
 
 
 def _error_type(exc: BaseException) -> str:
@@ -159,8 +168,8 @@ class RequestSpan:
     ) -> None:
         """Once the request is decoded: tenant (Langfuse user id and tag), trace metadata.
 
-        `input_messages` become the root observation's input (so the Langfuse trace's input),
-        masked when `mask_prompts` is set; leave them out to keep spans small.
+        `input_messages` (the routed prompt) become the root observation's input and the
+        Langfuse trace's input, masked when `mask_prompts` is set.
         """
         if not self.span.is_recording():
             return
@@ -169,19 +178,20 @@ class RequestSpan:
             sc.LF_TRACE_NAME: self._trace_name,
             sc.LF_TRACE_USER_ID: tenant,
             sc.LF_TRACE_TAGS: tags,
-            f"{sc.LF_TRACE_METADATA}.tenant": _lf_json(tenant),
+            f"{sc.LF_TRACE_METADATA}.tenant": tenant,
         }
         if request_id is not None:
-            trace_attrs[f"{sc.LF_TRACE_METADATA}.request_id"] = _lf_json(request_id)
+            trace_attrs[f"{sc.LF_TRACE_METADATA}.request_id"] = request_id
         for key, value in (metadata or {}).items():
-            trace_attrs[f"{sc.LF_TRACE_METADATA}.{key}"] = _lf_json(value)
+            trace_attrs[f"{sc.LF_TRACE_METADATA}.{key}"] = value
         self._state.trace_attributes = trace_attrs
         self.span.set_attributes(trace_attrs)
         self.span.set_attribute(f"{ROUTER_PREFIX}tenant", tenant)
         if request_id is not None:
             self.span.set_attribute(f"{ROUTER_PREFIX}request_id", request_id)
         if input_messages is not None:
-            self.span.set_attribute(sc.LF_INPUT, _messages_json(input_messages, self._masks[0]))
+            text = _messages_json(input_messages, self._masks[0])
+            self.span.set_attributes({sc.LF_INPUT: text, sc.LF_TRACE_INPUT: text})
 
     def set_response(
         self,
@@ -202,7 +212,9 @@ class RequestSpan:
         if cost_usd is not None:
             attrs[f"{ROUTER_PREFIX}cost_usd"] = cost_usd
         if output_text is not None:
-            attrs[sc.LF_OUTPUT] = MASKED if self._masks[1] else output_text
+            attrs[sc.LF_OUTPUT] = attrs[sc.LF_TRACE_OUTPUT] = (
+                MASKED if self._masks[1] else output_text
+            )
         self.span.set_attributes(attrs)
         if status == "error":
             _set_error(self.span, error_type or "error", error_message)
@@ -355,7 +367,7 @@ def _decision_metadata(d: DecisionInfo) -> Attributes:
         "arm": d.arm,
         "candidates": msgspec.to_builtins(d.candidates),
     }
-    return {f"{sc.LF_METADATA}.{k}": _lf_json(v) for k, v in meta.items() if v is not None}
+    return {f"{sc.LF_METADATA}.{k}": _lf_meta(v) for k, v in meta.items() if v is not None}
 
 
 def _producer_links(headers: Sequence[tuple[str, bytes]]) -> list[Link]:
@@ -676,64 +688,6 @@ class Tracing:
             span.set_attributes(attrs)
         with _ending(span):
             yield ChatSpan(span, self._masks[1])
-
-    # ------------------------------------------------------------ feedback
-
-    def record_feedback(self, feedback: Feedback) -> str | None:
-        """A Langfuse score on the request's trace; returns that trace id (None: Langfuse off).
-
-        Only enqueues (the SDK's score thread posts to `/api/public/scores`), never blocks.
-        The score id is derived from the event, so a redelivered feedback event upserts the
-        same score instead of adding one.
-        """
-        if self.langfuse is None:
-            return None
-        if feedback.trace_id is not None:
-            trace_id = feedback.trace_id
-        else:
-            assert feedback.request_id is not None  # Feedback.__post_init__ guarantees one
-            trace_id = derive_trace_id_hex(feedback.request_id)
-        seed = "\x1f".join(
-            (trace_id, feedback.name, feedback.source, feedback.created_at.isoformat())
-        )
-        metadata = {
-            k: v
-            for k, v in (
-                ("source", feedback.source),
-                ("request_id", feedback.request_id),
-                ("model", feedback.model),
-            )
-            if v is not None
-        }
-        score_id = derive_trace_id_hex(seed)
-        value = feedback.value
-        if isinstance(value, str):
-            self.langfuse.create_score(
-                name=feedback.name,
-                value=value,
-                data_type="CATEGORICAL",
-                trace_id=trace_id,
-                score_id=score_id,
-                comment=feedback.comment,
-                metadata=metadata,
-                timestamp=feedback.created_at,
-            )
-        else:
-            # bool first: a bool is an int. The SDK sends BOOLEAN values as 1.0 / 0.0.
-            data_type: Literal["NUMERIC", "BOOLEAN"] = (
-                "BOOLEAN" if isinstance(value, bool) else "NUMERIC"
-            )
-            self.langfuse.create_score(
-                name=feedback.name,
-                value=float(value),
-                data_type=data_type,
-                trace_id=trace_id,
-                score_id=score_id,
-                comment=feedback.comment,
-                metadata=metadata,
-                timestamp=feedback.created_at,
-            )
-        return trace_id
 
     # ------------------------------------------------------------ lifecycle
 
