@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-unit lint typecheck bench kafka-jars kafka-up kafka-down kafka-cluster-up kafka-cluster-down clean
+.PHONY: help install demo test test-unit lint typecheck bench kafka-jars kafka-tools otelcol kafka-up kafka-down kafka-cluster-up kafka-cluster-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -25,10 +25,16 @@ install: $(STAMP) ## create .venv and install the package with its dev extra
 kafka-jars: ## resolve the Kafka broker jars from Maven Central into .kafka/jars (cached)
 	$(KAFKA) jars
 
+kafka-tools: ## resolve Kafka's command-line tools from Maven Central into .kafka/tools-jars (cached)
+	$(KAFKA) tools-jars
+
+otelcol: ## build the OpenTelemetry Collector with ocb from the Go module proxy into .otelcol (cached)
+	$(PYTHON) deploy/otelcol/build.py
+
 demo: install kafka-jars ## the main job: Kafka, simulator, two workers, a few thousand requests, a summary
 	$(KAFKA) run --name demo -- $(PY) -m worker demo $(DEMO_ARGS)
 
-test: install kafka-jars ## every test (unit + real broker + three-node cluster); starts and stops Kafka
+test: install kafka-jars kafka-tools otelcol ## every test (unit, real broker, cluster, real tools); starts and stops Kafka
 	$(KAFKA) run --name test -- $(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install ## only the tests that need no broker
@@ -57,4 +63,4 @@ kafka-cluster-down: ## stop the three-node cluster
 	$(KAFKA) down --name cluster
 
 clean: kafka-down ## remove the venv and every local Kafka file
-	rm -rf $(VENV) .kafka .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .kafka .otelcol .mypy_cache .ruff_cache .pytest_cache

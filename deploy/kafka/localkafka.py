@@ -4,6 +4,10 @@
 Standard library only, so it runs before (and without) the project's virtualenv.
 
     localkafka.py jars                         resolve the broker jars into .kafka/jars (cached)
+    localkafka.py tools-jars                   resolve Kafka's command-line tools (console producer
+                                               and consumer, consumer groups) into .kafka/tools-jars
+    localkafka.py tool NAME -- ARGS ...        run one of them (console-producer, console-consumer,
+                                               consumer-groups) with those jars
     localkafka.py up [--name N] [--port P]     start a single combined broker+controller node
                      [--secure]                ... with SASL_PLAINTEXT, SSL, SASL_SSL and mTLS
                                                listeners too (see "Secured listeners" below)
@@ -56,6 +60,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 STATE = Path(os.environ.get("LLMROUTE_KAFKA_HOME", ROOT / ".kafka"))
 JARS = STATE / "jars"
+TOOLS_JARS = STATE / "tools-jars"
+TOOLS = {
+    "console-producer": "org.apache.kafka.tools.ConsoleProducer",
+    "console-consumer": "org.apache.kafka.tools.consumer.ConsoleConsumer",
+    "consumer-groups": "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+}
 DEP_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 
 SINGLE_PORT = 19092
@@ -81,13 +91,50 @@ class KafkaError(RuntimeError):
 
 def ensure_jars() -> Path:
     """Resolve the runtime jars once; later calls (and ~/.m2) make this offline."""
-    marker = JARS / ".complete"
-    pom = HERE / "pom.xml"
+    return _resolve(HERE / "pom.xml", JARS, "kafka_2.13-*.jar")
+
+
+def ensure_tools_jars() -> Path:
+    """Kafka's command-line tools (kafka-tools and what it needs), resolved once like the jars."""
+    return _resolve(HERE / "tools-pom.xml", TOOLS_JARS, "kafka-tools-*.jar")
+
+
+def tool_command(name: str, *args: str) -> list[str]:
+    """The command line that runs one of Kafka's tools (`TOOLS`) with `args`."""
+    if name not in TOOLS:
+        raise KafkaError(f"unknown tool {name!r}; known: {', '.join(sorted(TOOLS))}")
+    jars = ensure_tools_jars()
+    log4j = jars / "log4j2-tools.xml"
+    if not log4j.exists():
+        log4j.write_text(_TOOLS_LOG4J)
+    return [
+        _java(),
+        "-Xmx256m",
+        "-XX:+UseSerialGC",
+        "-cp",
+        f"{jars}/*",
+        f"-Dlog4j2.configurationFile={log4j}",
+        TOOLS[name],
+        *args,
+    ]
+
+
+_TOOLS_LOG4J = """<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="WARN">
+  <Appenders><Console name="err" target="SYSTEM_ERR"><PatternLayout pattern="%p %m%n"/></Console>
+  </Appenders>
+  <Loggers><Root level="WARN"><AppenderRef ref="err"/></Root></Loggers>
+</Configuration>
+"""
+
+
+def _resolve(pom: Path, dest: Path, expect: str) -> Path:
+    marker = dest / ".complete"
     if marker.exists() and marker.read_text() == _pom_digest(pom):
-        return JARS
-    if JARS.exists():
-        shutil.rmtree(JARS)
-    JARS.mkdir(parents=True)
+        return dest
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
     mvn = shutil.which("mvn")
     if mvn is None:
         raise KafkaError("mvn is not on PATH: install Maven (apt-get install maven)")
@@ -99,13 +146,13 @@ def ensure_jars() -> Path:
         str(pom),
         f"{DEP_PLUGIN}:copy-dependencies",
         "-DincludeScope=runtime",
-        f"-DoutputDirectory={JARS}",
+        f"-DoutputDirectory={dest}",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0 or not any(JARS.glob("kafka_2.13-*.jar")):
-        raise KafkaError(f"maven could not resolve the Kafka jars:\n{proc.stdout}\n{proc.stderr}")
+    if proc.returncode != 0 or not any(dest.glob(expect)):
+        raise KafkaError(f"maven could not resolve {pom.name}:\n{proc.stdout}\n{proc.stderr}")
     marker.write_text(_pom_digest(pom))
-    return JARS
+    return dest
 
 
 def _pom_digest(pom: Path) -> str:
@@ -646,6 +693,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("jars")
+    sub.add_parser("tools-jars")
+    p = sub.add_parser("tool")
+    p.add_argument("tool", choices=sorted(TOOLS))
+    p.add_argument("args", nargs=argparse.REMAINDER)
     for cmd, default_name, default_port in (
         ("up", "single", SINGLE_PORT),
         ("cluster-up", "cluster", CLUSTER_PORT),
@@ -692,6 +743,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "jars":
         print(ensure_jars())
         return 0
+    if args.cmd == "tools-jars":
+        print(ensure_tools_jars())
+        return 0
+    if args.cmd == "tool":
+        rest = args.args[1:] if args.args[:1] == ["--"] else args.args
+        return subprocess.run(tool_command(args.tool, *rest), check=False).returncode
     if args.cmd in ("up", "cluster-up"):
         size = 3 if args.cmd == "cluster-up" else 1
         secure = bool(getattr(args, "secure", False))
