@@ -261,9 +261,7 @@ class _FeedbackTask:
         self.task: asyncio.Task[FeedbackStats] | None = None
         self.producer = AIOKafkaProducer(acks="all", **app.config.kafka.common_kwargs())
         langfuse = app.tracing.config.langfuse
-        self.scores = (
-            LangfuseScores(langfuse, environ=os.environ) if langfuse is not None else None
-        )
+        self.scores = LangfuseScores(langfuse, environ=os.environ) if langfuse is not None else None
 
     async def __aenter__(self) -> _FeedbackTask:
         await self.producer.start()

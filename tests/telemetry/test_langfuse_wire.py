@@ -103,8 +103,9 @@ async def test_generation_and_score_reach_langfuse_on_the_derived_trace(
     assert a["langfuse.trace.metadata.tenant"] == "acme"
     # the trace's input is the routed prompt, its output the answer (root observation)
     assert PROMPT in process.attributes["langfuse.trace.input"]
-    assert process.attributes["langfuse.observation.input"] == (
-        process.attributes["langfuse.trace.input"]
+    assert (
+        process.attributes["langfuse.observation.input"]
+        == (process.attributes["langfuse.trace.input"])
     )
     assert process.attributes["langfuse.trace.output"] == ANSWER
 
