@@ -17,14 +17,16 @@ from tests.telemetry.conftest import langfuse_config
 from tests.telemetry.receiver import LangfuseReceiver
 from tests.worker.support import (
     ROWS,
+    read_all,
     request_event,
     worker_config,
 )
 from tests.worker.test_worker_kafka import _run_until, _topics
 from worker.app import build
-from worker.feedback import run_feedback
+from worker.feedback import FeedbackRetry, FeedbackStats, run_feedback
 from worker.sim import Simulator
 from worker.telemetry import TelemetryConfig, Tracing, derive_trace_id_hex
+from worker.telemetry.scores import LangfuseScores
 from worker.topics import ensure_topics
 
 pytestmark = pytest.mark.kafka
@@ -76,12 +78,14 @@ async def test_each_request_is_one_langfuse_trace_with_a_generation_and_scores(
         dlq_producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
         await dlq_producer.start()
         try:
-            recorded = asyncio.create_task(
-                run_feedback(config.kafka, config.topics, tracing, dlq_producer, stop)
-            )
-            await asyncio.to_thread(receiver.wait_for, lambda r: len(r.scores) >= 1, 30)
-            stop.set()
-            assert await recorded == 1
+            assert tracing.config.langfuse is not None
+            async with LangfuseScores(tracing.config.langfuse, environ={}) as scores:
+                recorded = asyncio.create_task(
+                    run_feedback(config.kafka, config.topics, scores, dlq_producer, stop)
+                )
+                await asyncio.to_thread(receiver.wait_for, lambda r: len(r.scores) >= 1, 30)
+                stop.set()
+                assert (await recorded).accepted == 1
         finally:
             await dlq_producer.stop()
         tracing.force_flush(10)
@@ -106,6 +110,119 @@ async def test_each_request_is_one_langfuse_trace_with_a_generation_and_scores(
         assert chat.attributes["gen_ai.request.model"] == chosen
         assert chat.attributes["gen_ai.usage.input_tokens"] > 0
         assert chat.attributes["langfuse.observation.type"] == "generation"
+        assert root.attributes["langfuse.trace.metadata.tenant"] == "acme"  # plain
+        assert "langfuse.trace.input" in root.attributes  # the routed prompt
     [score] = receiver.scores
     assert score["traceId"] == derive_trace_id_hex("req-000001")
     assert score["name"] == "correct"
+
+
+# ---------------------------------------------------------------- feedback is never lost
+
+FAST = FeedbackRetry(initial_s=0.01, max_s=0.05)
+
+
+def _feedback(i: int) -> schemas.Feedback:
+    return schemas.Feedback(
+        schema_version=1, request_id=f"fb-{i}", name="correct", value=i % 2 == 0,
+        source="task", created_at=datetime(2026, 12, 1, 0, 0, i, tzinfo=UTC),
+    )  # fmt: skip
+
+
+async def _feedback_topics(new_topic: TopicFactory) -> dict[str, str]:
+    topics = await _topics(new_topic, partitions=1)
+    topics["feedback_dlq"] = f"{topics['requests']}.feedback-dlq"
+    return topics
+
+
+async def _committed(bootstrap: str, group: str, topic: str) -> int | None:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        return await consumer.committed(TopicPartition(topic, 0))
+    finally:
+        await consumer.stop()
+
+
+async def _feed(
+    config: Any, receiver: LangfuseReceiver, until: Any, stats: FeedbackStats
+) -> FeedbackStats:
+    stop = asyncio.Event()
+    producer = AIOKafkaProducer(bootstrap_servers=config.kafka.bootstrap_servers)
+    await producer.start()
+    try:
+        async with LangfuseScores(langfuse_config(receiver.url), environ={}) as scores:
+            task = asyncio.create_task(
+                run_feedback(
+                    config.kafka, config.topics, scores, producer, stop, retry=FAST, stats=stats
+                )
+            )
+            await asyncio.to_thread(receiver.wait_for, until, 30)
+            stop.set()
+            return await task
+    finally:
+        await producer.stop()
+
+
+async def test_retriable_refusals_are_retried_and_the_offset_waits_for_the_score(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, receiver: LangfuseReceiver
+) -> None:
+    topics = await _feedback_topics(new_topic)
+    config = worker_config(kafka_bootstrap, topics, artifact, "http://127.0.0.1:9")
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i in range(3):
+            await producer.send_and_wait(topics["feedback"], schemas.encode(_feedback(i)))
+    finally:
+        await producer.stop()
+    group = f"{config.kafka.group_id}.feedback"
+
+    # Langfuse is down (503) for the first event: the worker stops while still retrying
+    receiver.score_answers = [503] * 1000
+    stats = await _feed(config, receiver, lambda r: len(r.refused) >= 3, FeedbackStats())
+    assert stats.accepted == 0 and stats.retries >= 3 and stats.answers[503] >= 3
+    assert await _committed(kafka_bootstrap, group, topics["feedback"]) is None  # not lost
+
+    # back, after a 429 and a 502: every event becomes exactly one accepted score
+    receiver.score_answers = [429, 502]
+    stats = await _feed(config, receiver, lambda r: len(r.scores) >= 3, FeedbackStats())
+    assert stats.accepted == 3 and stats.retries == 2 and stats.rejected == 0
+    assert [s["traceId"] for s in receiver.scores] == [
+        derive_trace_id_hex(f"fb-{i}") for i in range(3)
+    ]
+    assert await _committed(kafka_bootstrap, group, topics["feedback"]) == 3
+
+
+async def test_a_refused_score_goes_to_the_feedback_dead_letter_topic_with_the_answer(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, receiver: LangfuseReceiver
+) -> None:
+    topics = await _feedback_topics(new_topic)
+    config = worker_config(kafka_bootstrap, topics, artifact, "http://127.0.0.1:9")
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i in range(2):
+            await producer.send_and_wait(
+                topics["feedback"], schemas.encode(_feedback(i)), key=f"k{i}".encode()
+            )
+    finally:
+        await producer.stop()
+
+    receiver.score_answers = [400]  # the first is refused, the second accepted
+    stats = await _feed(config, receiver, lambda r: len(r.scores) >= 1, FeedbackStats())
+    assert stats.rejected == 1 and stats.accepted == 1 and stats.retries == 0
+    [record] = await read_all(kafka_bootstrap, topics["feedback_dlq"], expect=1)
+    letter = schemas.decode(record.value, schemas.DeadLetter)
+    assert letter.error_type == "ScoreRejected"
+    assert "Langfuse answered 400" in letter.reason and "scripted answer 400" in letter.reason
+    assert letter.source.topic == topics["feedback"] and letter.source.offset == 0
+    assert record.key == b"k0"
+    headers = dict(record.headers)
+    assert headers["traceparent"].decode().split("-")[1] == derive_trace_id_hex("fb-0")
+    group = f"{config.kafka.group_id}.feedback"
+    assert await _committed(kafka_bootstrap, group, topics["feedback"]) == 2
