@@ -235,12 +235,14 @@ class Control(_Event, frozen=True, kw_only=True, omit_defaults=True):
 # ---------------------------------------------------------------- batch jobs and dead letters
 
 
-class BatchItem(_Event, frozen=True, kw_only=True):
+class BatchItem(_Event, frozen=True, kw_only=True, omit_defaults=True):
     custom_id: Annotated[str, Meta(min_length=1, max_length=64)]
     request_id: RequestId
     topic: NonEmpty
     partition: Count
     offset: Count
+    decision: DecisionInfo | None = None  # made at submission; the answer carries it
+    traceparent: str | None = None  # the submission span's context; the answer span links to it
 
 
 BatchStatus = Literal[

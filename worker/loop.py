@@ -500,9 +500,11 @@ class Worker:
         try:
             result = await self.pipeline.handle(request, info, prepared)
             if isinstance(result, Deferred):
+                decided = result.decision.decision if result.decision is not None else None
                 if batches is not None and await batches.submit(
-                    tp.partition, info.offset, request.request_id, result.model, result.call
-                ):
+                    tp.partition, info.offset, request.request_id, result.model, result.call,
+                    decision=decided, traceparent=span.traceparent(),
+                ):  # fmt: skip
                     span.set_response(status="batched", model=result.model)
                     await self._publish_decision(result.decision, request)
                     self.stats["batched"] += 1
@@ -566,9 +568,36 @@ class Worker:
         request = finished.request
         info = RecordInfo(item.topic, item.partition, item.offset, item.request_id.encode(),
                           [], None)  # fmt: skip
+        # the answer's span: in the request's trace, linked to the submission's span
+        with self.tracing.answer_span(
+            item.topic, item.partition, item.offset, item.request_id, finished.job_id,
+            item.traceparent,
+        ) as span:  # fmt: skip
+            handled = await self._batch_answer(finished, info, span)
+            while True:
+                try:
+                    await self._publish(handled, request, info)
+                    break
+                except KafkaError as exc:
+                    log.warning("publishing batch answer %s failed, retrying: %s",
+                                item.request_id, exc)  # fmt: skip
+                    await asyncio.sleep(1.0)
+        answered.add(item.request_id)
+
+    async def _batch_answer(
+        self, finished: Finished, info: RecordInfo, span: RequestSpan
+    ) -> Handled:
+        """The response for an ended batch item (retried interactively when so configured),
+        traced on `span`: a `chat` span for the batch's own answer, the outcome on the root."""
+        item, request, outcome = finished.item, finished.request, finished.outcome
+        if request is not None:
+            span.set_request(
+                tenant=request.tenant, request_id=request.request_id, mode="batch",
+                metadata=request.metadata, input_messages=request.messages,
+            )  # fmt: skip
         retry = (
             request is not None
-            and not isinstance(finished.outcome, CompletionResult)
+            and not isinstance(outcome, CompletionResult)
             and not finished.cancelled
             and self.batch_settings is not None
             and self.batch_settings.on_item_failure == "interactive"
@@ -589,16 +618,32 @@ class Worker:
                 )  # fmt: skip (the decision event was published at submission)
         else:
             handled = self.pipeline.batch_response(finished)
+            if isinstance(outcome, CompletionResult):
+                with self.tracing.chat_span(
+                    finished.model, outcome.provider, outcome.response_model,
+                    decision=item.decision,
+                ) as chat:  # fmt: skip
+                    chat.set_response(
+                        response_model=outcome.response_model,
+                        input_tokens=outcome.usage.input_tokens,
+                        output_tokens=outcome.usage.output_tokens,
+                        cached_tokens=outcome.usage.cached_input_tokens,
+                        cost_usd=outcome.cost_usd,
+                        finish_reason=outcome.finish_reason,
+                        output_text=outcome.text,
+                        response_id=outcome.provider_request_id,
+                    )
         assert isinstance(handled, Handled)
-        while True:
-            try:
-                await self._publish(handled, request, info)
-                break
-            except KafkaError as exc:
-                log.warning("publishing batch answer %s failed, retrying: %s",
-                            item.request_id, exc)  # fmt: skip
-                await asyncio.sleep(1.0)
-        answered.add(item.request_id)
+        r = handled.response
+        span.set_response(
+            status=r.status,
+            model=r.model,
+            cost_usd=r.cost_usd,
+            output_text=r.message.content if r.message is not None else None,
+            error_type=r.error.type if r.error is not None else None,
+            error_message=r.error.message if r.error is not None else "",
+        )
+        return handled
 
     async def _publish(
         self, handled: Handled, request: schemas.RouteRequest | None, info: RecordInfo

@@ -869,7 +869,7 @@ class Pipeline:
             usage=schemas.Usage(),
             cost_usd=0.0,
             latency_ms=_since_ms(request.created_at if request else None, self.wall_clock()),
-            decision=None,
+            decision=item.decision,
             attempts=[attempt],
             error=None,
             trace_id=trace_id,

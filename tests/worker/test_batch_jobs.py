@@ -326,3 +326,62 @@ async def test_killed_between_steps_every_request_answered_once_never_resubmitte
         assert all(v is None for v in records.values())
     finally:
         await sim.close()
+
+
+async def test_batch_answers_carry_their_decision_and_spans_linked_to_the_submission(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, batch_sim: Simulator
+) -> None:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from worker.telemetry import TelemetryConfig, Tracing, build_tracer_provider
+
+    topics = await _topics(new_topic, partitions=1)
+    config = worker_config(kafka_bootstrap, topics, artifact, batch_sim.base_url,
+                           batch=FAST_POLL)  # fmt: skip
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
+    n = 6
+    await produce(kafka_bootstrap, topics["requests"], _batch_requests(n))
+    exporter = InMemorySpanExporter()
+    provider = build_tracer_provider(TelemetryConfig())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(TelemetryConfig(), tracer_provider=provider)
+    wanted = {f"req-{i:06d}" for i in range(n)}
+    async with Collector(kafka_bootstrap, topics["responses"]) as responses:
+        app = build(config, tracing=tracing)
+        task = asyncio.create_task(app.worker.run())
+        try:
+            assert await poll_until(lambda: wanted <= set(responses.counts) or task.done(), 90)
+        finally:
+            app.worker.stop()
+            await asyncio.wait_for(task, timeout=60)
+            await app.close()
+    spans = exporter.get_finished_spans()
+    provider.shutdown()
+    records = await _records(kafka_bootstrap, topics["responses"], n)
+    for rid, r in _responses(responses.values).items():
+        assert r.mode == "batch" and r.status == "ok"
+        assert r.decision is not None and r.decision.model == r.model  # not null any more
+        mine = [s for s in spans if s.context.trace_id == int(r.trace_id, 16)]
+        submission = next(s for s in mine if s.name == f"process {topics['requests']}")
+        answer = next(s for s in mine if s.name == f"batch answer {topics['requests']}")
+        chat = next(s for s in mine if s.name == f"chat {r.model}")
+        assert submission.attributes["llm_router.status"] == "batched"
+        assert answer.parent is None
+        assert [(lk.context.trace_id, lk.context.span_id) for lk in answer.links] == [
+            (submission.context.trace_id, submission.context.span_id)
+        ]
+        assert chat.parent is not None and chat.parent.span_id == answer.context.span_id
+        assert chat.attributes["gen_ai.usage.output_tokens"] == r.usage.output_tokens
+        assert chat.attributes["llm_router.cost_usd"] == pytest.approx(r.cost_usd)
+        assert answer.attributes["llm_router.status"] == "ok"
+        assert chat.attributes["langfuse.observation.metadata.routed_model"] == r.decision.model
+        # the response record continues the answer's span
+        traceparent = dict(records[rid].headers)["traceparent"].decode()
+        assert traceparent == f"00-{r.trace_id}-{answer.context.span_id:016x}-01"
+
+
+async def _records(bootstrap: str, topic: str, expect: int) -> dict[str, Any]:
+    from tests.worker.support import read_all
+
+    return {r.key.decode(): r for r in await read_all(bootstrap, topic, expect)}

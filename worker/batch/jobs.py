@@ -75,6 +75,8 @@ class _Waiting:
     custom_id: str
     line: bytes
     done: asyncio.Future[bool]
+    decision: schemas.DecisionInfo | None = None
+    traceparent: str | None = None
 
 
 @dataclass(slots=True)
@@ -163,11 +165,20 @@ class BatchManager:
         return request_id in self._batched.get(partition, ())
 
     async def submit(
-        self, partition: int, offset: int, request_id: str, model: str, call: CompletionRequest
+        self,
+        partition: int,
+        offset: int,
+        request_id: str,
+        model: str,
+        call: CompletionRequest,
+        *,
+        decision: schemas.DecisionInfo | None = None,
+        traceparent: str | None = None,
     ) -> bool:
         """Queue one routed request; True once a submitted job that holds it is recorded (its
         offset may then be committed), False when it cannot go through a batch (answer it
-        interactively)."""
+        interactively). `decision` and `traceparent` (the submission span's) are kept with the
+        item: the answer carries the decision and its span links to the submission."""
         backend = self.backend_for(model)
         if backend is None:
             return False
@@ -184,7 +195,9 @@ class BatchManager:
         if bucket is None:
             bucket = self._buckets[model] = _Bucket(first_at=self.clock())
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        bucket.items.append(_Waiting(partition, offset, request_id, custom_id, line, done))
+        bucket.items.append(
+            _Waiting(partition, offset, request_id, custom_id, line, done, decision, traceparent)
+        )
         bucket.size += len(line) + 1
         if len(bucket.items) >= max_requests:
             self._flush(model)
@@ -264,7 +277,8 @@ class BatchManager:
         for w in waiting:
             by_partition[w.partition].append(
                 schemas.BatchItem(custom_id=w.custom_id, request_id=w.request_id,
-                                  topic=self.source_topic, partition=w.partition, offset=w.offset)
+                                  topic=self.source_topic, partition=w.partition, offset=w.offset,
+                                  decision=w.decision, traceparent=w.traceparent)
             )  # fmt: skip
         out: dict[bytes, tuple[int, schemas.BatchJob]] = {}
         for partition, items in by_partition.items():

@@ -193,6 +193,13 @@ class RequestSpan:
             text = _messages_json(input_messages, self._masks[0])
             self.span.set_attributes({sc.LF_INPUT: text, sc.LF_TRACE_INPUT: text})
 
+    def traceparent(self) -> str | None:
+        """This span's W3C `traceparent` (None when it records nothing)."""
+        ctx = self.span.get_span_context()
+        if not ctx.is_valid:
+            return None
+        return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
     def set_response(
         self,
         *,
@@ -561,6 +568,27 @@ class Tracing:
             return _Entered(RequestSpan(trace.INVALID_SPAN, derived, _NO_STATE, "", self._masks))
         return self._process_span(topic, partition, offset, key, headers, group, request_id)
 
+    def answer_span(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        request_id: str,
+        job_id: str,
+        submission: str | None,
+    ) -> AbstractContextManager[RequestSpan]:
+        """The root span of a batch answer, `batch answer {topic}`: in the request's trace (the
+        trace id derived from `request_id`, like its `process` span at submission) and linked to
+        that submission span (`submission`: its traceparent, kept with the job's item)."""
+        if self.provider is None:
+            derived = derive_trace_id_hex(request_id)
+            return _Entered(RequestSpan(trace.INVALID_SPAN, derived, _NO_STATE, "", self._masks))
+        headers = [("traceparent", submission.encode())] if submission else []
+        return self._process_span(
+            topic, partition, offset, request_id.encode(), headers, "", request_id,
+            name=f"batch answer {topic}", extra={f"{ROUTER_PREFIX}batch.job_id": job_id},
+        )  # fmt: skip
+
     @contextmanager
     def _process_span(
         self,
@@ -571,6 +599,9 @@ class Tracing:
         headers: Sequence[tuple[str, bytes]],
         group: str,
         request_id: str | None,
+        *,
+        name: str | None = None,
+        extra: Attributes | None = None,
     ) -> Iterator[RequestSpan]:
         attrs: Attributes = {
             sc.MESSAGING_SYSTEM: "kafka",
@@ -583,9 +614,13 @@ class Tracing:
         }
         if key is not None:
             attrs[sc.MESSAGING_KAFKA_MESSAGE_KEY] = key.decode("utf-8", errors="replace")
+        if not group:
+            del attrs[sc.MESSAGING_CONSUMER_GROUP_NAME]
+        if extra:
+            attrs.update(extra)
         with RequestIdGenerator.seeded(request_id):
             span = self._tracer.start_span(
-                f"process {topic}",
+                name or f"process {topic}",
                 context=otel_context.Context(),  # always a root: the producer is a link
                 kind=SpanKind.CONSUMER,
                 attributes=attrs,
