@@ -61,6 +61,8 @@ CODEC_LIBRARY = {
 }
 OK_PER_CODEC = 6
 ERRORS = 2  # requests whose deadline has passed: error responses, sent uncompressed
+BATCH = 4  # batch-mode requests (the simulator's Batch API), sent uncompressed
+BATCH_SETTINGS = {"flush_age_s": 0.5, "poll_initial_s": 0.2, "poll_max_s": 0.5}
 KIND_INTERNAL, KIND_CLIENT, KIND_CONSUMER = 1, 3, 5
 STATUS_ERROR = 2
 TOPIC_NAMES = ("responses", "decisions", "dlq", "feedback_dlq", "done", "feedback", "batch_jobs",
@@ -107,6 +109,7 @@ class Run:
     def __init__(self) -> None:
         self.sent: dict[str, list[str]] = {}  # codec -> request ids
         self.errors: list[str] = []
+        self.batch: list[str] = []
         self.consumed: list[tuple[dict[str, str], str, str]] = []
         self.lag_rows: list[dict[str, str]] = []
         self.spans: list[Any] = []
@@ -148,8 +151,17 @@ async def _run(bootstrap: str, tmp: Path, artifact: Path) -> Run:
                     past = datetime.now(UTC) - timedelta(minutes=5)
                     errors = [request_event(ROWS[0], 900 + i, deadline=past) for i in range(ERRORS)]
                     result.errors = [e.request_id for e in errors]
-                    events += errors
-                result.sent[codec] = [e.request_id for e in events if e.deadline is None]
+                    batch_mode = schemas.RoutingOptions(mode="batch")
+                    batch = [
+                        request_event(ROWS[i], 800 + i, routing=batch_mode) for i in range(BATCH)
+                    ]
+                    result.batch = [e.request_id for e in batch]
+                    events += errors + batch
+                result.sent[codec] = [
+                    e.request_id
+                    for e in events
+                    if e.deadline is None and e.request_id not in result.batch
+                ]
                 kafka_tool(
                     "console-producer", "--bootstrap-server", bootstrap,
                     "--topic", topics["requests"], "--compression-codec", codec,
@@ -157,11 +169,11 @@ async def _run(bootstrap: str, tmp: Path, artifact: Path) -> Run:
                     "--batch-size", "100", "--sync",
                     stdin=b"".join(_line(e) for e in events),
                 )  # fmt: skip
-            total = sum(len(v) for v in result.sent.values()) + len(result.errors)
+            total = sum(len(v) for v in result.sent.values()) + len(result.errors + result.batch)
             port = free_port()
             data = worker_config_data(
                 bootstrap, topics, artifact, sim.base_url,
-                metrics={"enabled": True, "port": port},
+                metrics={"enabled": True, "port": port}, batch=BATCH_SETTINGS,
                 telemetry={"otlp_endpoint": collector.endpoint,
                            "export": {"schedule_delay_ms": 200}},
             )  # fmt: skip
@@ -235,7 +247,9 @@ def _table(text: str) -> list[dict[str, str]]:
 
 def _expected_spans(run: Run) -> int:
     ok = sum(len(v) for v in run.sent.values())
-    return 3 * ok + len(run.errors)  # process + route + chat per answer; process per error
+    # process + route + chat per answer; process per error; process + route at a batch
+    # submission, then `batch answer` + chat when the job ends
+    return 3 * ok + len(run.errors) + 4 * len(run.batch)
 
 
 def _report(run: Run) -> None:
@@ -250,6 +264,7 @@ def _report(run: Run) -> None:
             "sent_by_codec": {c: len(ids) for c, ids in run.sent.items()},
             "not_run_codecs": {c: CODEC_LIBRARY[c][1] for c in CODECS if not _decodable(c)},
             "error_requests_sent": len(run.errors),
+            "batch_requests_sent": len(run.batch),
             "responses_read": len(run.consumed),
             "distinct_responses": len(keys),
             "lag": {r.get("PARTITION", "?"): r.get("LAG", "?") for r in run.lag_rows},
@@ -279,7 +294,7 @@ def test_console_producer_to_llmroute_to_console_consumer_exactly_once(run: Run,
 
 def test_nothing_but_the_requests_was_answered_and_errors_are_answered_too(run: Run):
     keys = Counter(key for _, key, _ in run.consumed)
-    wanted = {r for ids in run.sent.values() for r in ids} | set(run.errors)
+    wanted = {r for ids in run.sent.values() for r in ids} | set(run.errors) | set(run.batch)
     assert set(keys) == wanted and set(keys.values()) == {1}
     for request_id in run.errors:
         assert run.responses[request_id].status == "error"
@@ -288,12 +303,14 @@ def test_nothing_but_the_requests_was_answered_and_errors_are_answered_too(run: 
 
 
 def test_every_response_carries_the_traceparent_of_its_request(run: Run):
-    process = {s.trace_id: s for s in run.spans if s.kind == KIND_CONSUMER}
+    # the request's `process` span, or for a batch request the answer's span (it answers)
+    roots = {s.trace_id: s for s in run.spans if s.name.startswith("process")}
+    roots |= {s.trace_id: s for s in run.spans if s.name.startswith("batch answer")}
     for headers, key, _ in run.consumed:
         version, trace_id, span_id, flags = headers["traceparent"].split("-")
         assert version == "00" and flags == "01"
         assert trace_id == run.responses[key].trace_id == derive_trace_id_hex(key)
-        assert process[trace_id].span_id == span_id  # the consumer continues the trace
+        assert roots[trace_id].span_id == span_id  # the consumer continues the trace
 
 
 def test_kafka_consumer_groups_shows_lag_zero(run: Run):
@@ -344,3 +361,21 @@ def test_error_requests_are_error_spans(run: Run):
         assert root.kind == KIND_CONSUMER and root.status_code == STATUS_ERROR
         assert root.attributes["error.type"] == "DeadlineExceeded"
         assert root.attributes["llm_router.status"] == "error"
+
+
+def test_batch_requests_answer_with_their_decision_and_linked_spans(run: Run):
+    assert run.batch
+    for request_id in run.batch:
+        response = run.responses[request_id]
+        assert response.mode == "batch" and response.status == "ok"
+        assert response.decision is not None and response.decision.model == response.model
+        spans = [s for s in run.spans if s.trace_id == derive_trace_id_hex(request_id)]
+        by_name = {s.name.split(" ")[0]: s for s in spans}
+        submission, answer = by_name["process"], by_name["batch"]
+        assert submission.attributes["llm_router.status"] == "batched"
+        assert by_name["route"].parent_span_id == submission.span_id
+        assert answer.parent_span_id == "" and answer.kind == KIND_CONSUMER
+        assert answer.links == [(submission.trace_id, submission.span_id)]
+        assert by_name["chat"].parent_span_id == answer.span_id
+        assert by_name["chat"].attributes["llm_router.cost_usd"] == pytest.approx(response.cost_usd)
+        assert answer.attributes["llm_router.batch.job_id"]
