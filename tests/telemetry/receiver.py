@@ -13,7 +13,8 @@ It implements what the worker and the Langfuse Python SDK 4.x talk to:
 
 and records every request (path, headers) so tests can assert nothing else was called.
 `score_answers` scripts the next answers to score posts (e.g. `[503, 429]`: two refusals, then
-the normal handling); `refused` keeps every refused body with the answer given.
+the normal handling; a 0 in the list means "as usual"); `refused` keeps every refused body
+with the answer given.
 """
 
 from __future__ import annotations
@@ -241,6 +242,7 @@ class LangfuseReceiver:
     def _score(self, authorization: str | None, raw: bytes) -> tuple[int, Any]:
         with self._lock:
             scripted = self.score_answers.pop(0) if self.score_answers else None
+        scripted = scripted or None  # 0: answer as usual
         try:
             body: Any = json.loads(raw)
         except ValueError:
