@@ -81,8 +81,9 @@ def test_the_stack_has_every_part() -> None:
     kafka = services["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
     assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft
-    assert services["langfuse-web"]["image"].endswith("langfuse/langfuse:3")
-    assert services["langfuse-worker"]["image"].endswith("langfuse/langfuse-worker:3")
+    # Langfuse v4, the current self-hosted line (docs/real-tools.md names what is supported)
+    assert services["langfuse-web"]["image"].endswith("langfuse/langfuse:4")
+    assert services["langfuse-worker"]["image"].endswith("langfuse/langfuse-worker:4")
     # Langfuse waits for its stores to be healthy, as its own compose file has it
     for name in ("langfuse-web", "langfuse-worker"):
         deps = services[name]["depends_on"]
