@@ -3,8 +3,9 @@
 It speaks what `worker.outcome_sources.LangfuseSource` reads, as Langfuse documents it (the
 generated client in the langfuse 5.x SDK, `langfuse/api/observations` and `langfuse/api/scores`):
 
-    GET /api/public/v2/observations   cursor pages; `limit` <= 1000 (else 400); field groups
-                                      core (always), basic, time, io, metadata, model, usage, ...;
+    GET /api/public/v2/observations   cursor pages; `limit` 0..1000 (else 400); field groups
+                                      core (always), basic, time, io, metadata, model, usage, ...
+                                      (unknown ones are left out, as the server does);
                                       filters type, traceId, fromStartTime, environment
     GET /api/public/v3/scores         cursor pages; `limit` <= 100 (else 400); field groups
                                       details, subject, annotation (unknown group: 400);
@@ -124,10 +125,10 @@ class LangfuseApi:
         return 404, {"message": "not found"}, {}
 
     @staticmethod
-    def _page(items: list[dict[str, Any]], query: dict[str, str], top: int) -> Any:
+    def _page(items: list[dict[str, Any]], query: dict[str, str], top: int, low: int = 1) -> Any:
         limit = int(query.get("limit", "50"))
-        if not 1 <= limit <= top:
-            raise ValueError(f"limit must be between 1 and {top}")
+        if not low <= limit <= top:
+            raise ValueError(f"limit must be between {low} and {top}")
         start = 0
         if query.get("cursor"):
             start = int(base64.urlsafe_b64decode(query["cursor"].encode()).decode())
@@ -137,9 +138,9 @@ class LangfuseApi:
         return page, limit, cursor
 
     def _observations(self, q: dict[str, str]) -> tuple[int, Any, dict[str, str]]:
-        groups = (q.get("fields") or "core,basic").split(",")
-        if any(g not in OBS_GROUPS for g in groups):
-            return 400, {"message": f"unknown field group in {groups}"}, {}
+        # the server filters unknown field groups out (`unknownValues: "filter"`), it does not
+        # refuse them (web/src/features/public-api/types/observations.ts, v4.16.0)
+        groups = [g for g in (q.get("fields") or "core,basic").split(",") if g in OBS_GROUPS]
         items = [
             o
             for o in self.observations
@@ -149,7 +150,7 @@ class LangfuseApi:
             and (not q.get("fromStartTime") or o["startTime"] >= q["fromStartTime"])
         ]
         try:
-            page, _, cursor = self._page(items, q, 1000)
+            page, _, cursor = self._page(items, q, 1000, low=0)  # nonnegative().lte(1000)
         except ValueError as exc:
             return 400, {"message": str(exc)}, {}
         keep = {f for g in ("core", *groups) for f in OBS_GROUPS[g]}
