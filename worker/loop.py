@@ -540,13 +540,24 @@ class Worker:
         if producer is None:
             return
         key = response.request_id.encode()
-        acks = [await producer.send(self.topics.shadow, schemas.encode(response), key=key)]
+        headers = context_headers(response.trace_id)
+        acks = [
+            await producer.send(
+                self.topics.shadow, schemas.encode(response), key=key, headers=headers
+            )
+        ]
         if self.settings.publish_decisions:
             acks.append(
-                await producer.send(self.topics.decisions, schemas.encode(decision), key=key)
+                await producer.send(
+                    self.topics.decisions, schemas.encode(decision), key=key, headers=headers
+                )
             )
         for event in feedback:
-            acks.append(await producer.send(self.topics.feedback, schemas.encode(event), key=key))
+            acks.append(
+                await producer.send(
+                    self.topics.feedback, schemas.encode(event), key=key, headers=headers
+                )
+            )
         await asyncio.gather(*acks)
 
     async def _publish_decision(
@@ -556,7 +567,10 @@ class Worker:
             return
         assert self.producer is not None
         await self.producer.send_and_wait(
-            self.topics.decisions, schemas.encode(decision), key=request.request_id.encode()
+            self.topics.decisions,
+            schemas.encode(decision),
+            key=request.request_id.encode(),
+            headers=context_headers(decision.trace_id),
         )
 
     async def _batch_finished(self, finished: Finished) -> None:

@@ -226,3 +226,39 @@ async def test_a_refused_score_goes_to_the_feedback_dead_letter_topic_with_the_a
     assert headers["traceparent"].decode().split("-")[1] == derive_trace_id_hex("fb-0")
     group = f"{config.kafka.group_id}.feedback"
     assert await _committed(kafka_bootstrap, group, topics["feedback"]) == 2
+
+
+# ---------------------------------------------------------------- trace context on records
+
+
+async def test_responses_and_dead_letters_carry_traceparent_even_with_tracing_off(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator
+) -> None:
+    topics = await _topics(new_topic, partitions=1)
+    config = worker_config(kafka_bootstrap, topics, artifact, sim.base_url)
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i in range(2):
+            event = request_event(ROWS[i], i)
+            await producer.send_and_wait(
+                topics["requests"], schemas.encode(event), key=event.request_id.encode()
+            )
+        await producer.send_and_wait(topics["requests"], b"{not json", key=b"bad")
+    finally:
+        await producer.stop()
+    app = build(config, tracing=Tracing(TelemetryConfig()))  # nothing exported or recorded
+    try:
+        await _run_until(app.worker, lambda: app.worker.stats["published"] >= 2)
+        await _run_until(app.worker, lambda: app.worker.stats["dead_letters"] >= 1)
+    finally:
+        await app.close()
+    for record in await read_all(kafka_bootstrap, topics["responses"], 2):
+        response = schemas.decode(record.value, schemas.RouteResponse)
+        version, trace_id, span_id, flags = dict(record.headers)["traceparent"].decode().split("-")
+        assert (version, flags) == ("00", "00")  # not sampled: nothing recorded it
+        assert trace_id == response.trace_id == derive_trace_id_hex(response.request_id)
+        assert len(span_id) == 16 and int(span_id, 16) != 0
+    [letter] = await read_all(kafka_bootstrap, topics["dlq"], 1)
+    assert "traceparent" in dict(letter.headers)
