@@ -81,6 +81,9 @@ async def run_feedback(
         group_id=f"{kafka.group_id}.feedback",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+        max_poll_interval_ms=kafka.max_poll_interval_ms,
         **kafka.common_kwargs(),
     )
     await consumer.start()

@@ -262,3 +262,45 @@ async def test_responses_and_dead_letters_carry_traceparent_even_with_tracing_of
         assert len(span_id) == 16 and int(span_id, 16) != 0
     [letter] = await read_all(kafka_bootstrap, topics["dlq"], 1)
     assert "traceparent" in dict(letter.headers)
+
+
+async def test_an_outage_longer_than_max_poll_interval_keeps_the_member_and_sends_each_once(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, receiver: LangfuseReceiver
+) -> None:
+    topics = await _feedback_topics(new_topic)
+    config = worker_config(
+        kafka_bootstrap, topics, artifact, "http://127.0.0.1:9",
+        kafka={"max_poll_interval_ms": 1500, "session_timeout_ms": 6000,
+               "heartbeat_interval_ms": 500},
+    )  # fmt: skip
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i in range(3):
+            await producer.send_and_wait(topics["feedback"], schemas.encode(_feedback(i)))
+    finally:
+        await producer.stop()
+    # Langfuse down for ~4 s (longer than max.poll.interval.ms) at the first event
+    receiver.score_answers = [503] * 9
+    slow = FeedbackRetry(initial_s=0.5, max_s=0.5)
+    stop = asyncio.Event()
+    dlq = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await dlq.start()
+    try:
+        async with LangfuseScores(langfuse_config(receiver.url), environ={}) as scores:
+            stats = FeedbackStats()
+            task = asyncio.create_task(
+                run_feedback(config.kafka, config.topics, scores, dlq, stop, retry=slow,
+                             stats=stats)
+            )  # fmt: skip
+            await asyncio.to_thread(receiver.wait_for, lambda r: len(r.scores) >= 3, 60)
+            await asyncio.sleep(2.0)  # time for a redelivery, if the member had been dropped
+            stop.set()
+            await task
+    finally:
+        await dlq.stop()
+    assert stats.retries == 9
+    assert len(receiver.scores) == 3  # each event posted (and accepted) once
+    group = f"{config.kafka.group_id}.feedback"
+    assert await _committed(kafka_bootstrap, group, topics["feedback"]) == 3
