@@ -220,7 +220,13 @@ class LangfuseReceiver:
             def do_POST(self) -> None:
                 body = self._read()
                 path = self.path.split("?", 1)[0]
-                if path in ("/api/public/otel/v1/traces", "/v1/traces"):
+                if path == "/api/public/otel/v1/traces" and not _basic_auth_ok(
+                    self.headers.get("Authorization")
+                ):  # Langfuse's OTLP endpoint wants the project keys, like the rest of its API
+                    self._send(
+                        401, b'{"message":"Invalid authorization header"}', "application/json"
+                    )
+                elif path in ("/api/public/otel/v1/traces", "/v1/traces"):
                     time.sleep(receiver.trace_delay_s)
                     receiver._add_spans(path, body)
                     out = ExportTraceServiceResponse().SerializeToString()

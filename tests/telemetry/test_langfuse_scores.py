@@ -146,3 +146,11 @@ async def test_a_server_that_cannot_be_reached_is_retriable() -> None:
         with pytest.raises(ScoreUnavailable) as raised:
             await scores.post(EVENTS["boolean"])
     assert raised.value.status is None
+
+
+def test_the_stand_in_wants_basic_auth_on_the_otlp_endpoint_too(receiver: LangfuseReceiver) -> None:
+    url = f"{receiver.url}/api/public/otel/v1/traces"
+    headers = {"content-type": "application/x-protobuf"}
+    assert httpx.post(url, content=b"", headers=headers).status_code == 401
+    ok = httpx.post(url, content=b"", headers=headers, auth=("pk", "sk"))
+    assert ok.status_code == 200
