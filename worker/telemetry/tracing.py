@@ -8,6 +8,11 @@ One request makes one trace whose id is derived from `request_id` (see `ids.py`)
                                 + langfuse.observation.* so Langfuse shows a generation with model,
                                   usage, cost, input/output and the routing metadata
 
+The root carries the trace's input (the routed prompt) and output. A batch-mode request's answer
+comes later, in the same trace: `batch answer {topic}` (CONSUMER, linked to the submission's
+`process` span) with its own `chat {model}` child. Records the worker writes carry the trace
+context of these spans (`propagation.py`).
+
 Export: an OTLP/HTTP `BatchSpanProcessor` when `otlp_endpoint` is set, and the Langfuse SDK's own
 span processor (a `BatchSpanProcessor` subclass) on the SAME provider when `langfuse` is set. Both
 queue spans and export from a background thread, so ending a span never blocks the event loop.
