@@ -304,3 +304,42 @@ async def test_an_outage_longer_than_max_poll_interval_keeps_the_member_and_send
     assert len(receiver.scores) == 3  # each event posted (and accepted) once
     group = f"{config.kafka.group_id}.feedback"
     assert await _committed(kafka_bootstrap, group, topics["feedback"]) == 3
+
+
+async def test_a_dead_lettered_score_is_replayed_with_llmroute_dlq_replay_once_fixed(
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    artifact: Path,
+    receiver: LangfuseReceiver,
+    tmp_path: Path,
+) -> None:
+    from worker.__main__ import main
+
+    topics = await _feedback_topics(new_topic)
+    config = worker_config(kafka_bootstrap, topics, artifact, "http://127.0.0.1:9")
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics["feedback"], schemas.encode(_feedback(0)))
+        await producer.send_and_wait(topics["feedback"], schemas.encode(_feedback(1)))
+    finally:
+        await producer.stop()
+    receiver.score_answers = [401]  # e.g. a wrong key: not retriable, dead-lettered
+    stats = await _feed(config, receiver, lambda r: len(r.scores) >= 1, FeedbackStats())
+    assert stats.rejected == 1 and [s["traceId"] for s in receiver.scores] == [
+        derive_trace_id_hex("fb-1")
+    ]
+    ops = tmp_path / "ops.toml"
+    ops.write_text(
+        f'[kafka]\nbootstrap_servers = "{kafka_bootstrap}"\ngroup_id = "ops"\n'
+        f'[topics]\nfeedback = "{topics["feedback"]}"\n'
+    )
+    argv = ["dlq", "replay", "--config", str(ops), "--from-topic", topics["feedback_dlq"]]
+    assert await asyncio.to_thread(main, [*argv, "--quiet"]) == 0
+    # fixed: the replayed event becomes its score; nothing was lost
+    stats = await _feed(config, receiver, lambda r: len(r.scores) >= 2, FeedbackStats())
+    assert stats.accepted == 1
+    assert sorted(s["traceId"] for s in receiver.scores) == sorted(
+        derive_trace_id_hex(f"fb-{i}") for i in range(2)
+    )
