@@ -16,13 +16,15 @@ __all__ = ["Record", "data_sha256", "record_from_obj", "split_by_id"]
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One labelled prompt: the text a router sees and each model's quality on it in [0, 1]."""
+    """One labelled prompt: the text a router sees and each model's quality on it in [0, 1];
+    optionally each model's answer text (cascade answer scorers train on those)."""
 
     id: str
     text: str
     scores: Mapping[str, float]
     costs: Mapping[str, float] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
+    answers: Mapping[str, str] = field(default_factory=dict)
 
 
 def record_from_obj(
@@ -45,7 +47,10 @@ def record_from_obj(
             raise TrainingDataError(f"record {rid!r}: score {value} of {model!r} not in [0, 1]")
     costs = {str(k): float(v) for k, v in (obj.get("costs") or {}).items()}
     tags = {str(k): str(v) for k, v in (obj.get("tags") or {}).items()}
-    return Record(rid, text, scores, costs, tags)
+    answers = obj.get("answers") or {}
+    if not isinstance(answers, Mapping) or not all(isinstance(v, str) for v in answers.values()):
+        raise TrainingDataError(f"record {rid!r}: answers must map model names to texts")
+    return Record(rid, text, scores, costs, tags, {str(k): v for k, v in answers.items()})
 
 
 def data_sha256(records: Sequence[Record]) -> str:

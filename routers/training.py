@@ -23,7 +23,14 @@ from routers.learned import (
 from routers.reference import OracleRouter, RandomRouter, text_key
 from routers.semantic import Category, SemanticConfig, SemanticRouter
 
-__all__ = ["DEFAULT_ROUTER", "ROUTER_NAMES", "TrainOptions", "label_matrix", "train"]
+__all__ = [
+    "DEFAULT_ROUTER",
+    "ROUTER_NAMES",
+    "TrainOptions",
+    "cheapest_model",
+    "label_matrix",
+    "train",
+]
 
 ROUTER_NAMES: tuple[str, ...] = (
     "classifier",
@@ -42,7 +49,7 @@ WEAK_ALIAS = "$weak"
 class TrainOptions:
     router: str = DEFAULT_ROUTER
     strong: str | None = None  # default: the model with the best mean score
-    weak: str | None = None  # default: the model with the worst mean score
+    weak: str | None = None  # default: the cheapest model (record costs), else the worst mean
     features: HashingParams = field(default_factory=HashingParams)
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
     mf: MFParams = field(default_factory=MFParams)
@@ -62,6 +69,18 @@ def label_matrix(records: Sequence[Record], models: Sequence[str]) -> FloatArray
     return out
 
 
+def cheapest_model(records: Sequence[Record], models: Sequence[str]) -> str | None:
+    """The model with the lowest mean cost over the records that give costs for it (every model
+    needs at least one), or None when the records carry no costs for some model."""
+    means: dict[str, float] = {}
+    for m in models:
+        costs = [r.costs[m] for r in records if m in r.costs]
+        if not costs:
+            return None
+        means[m] = float(np.mean(costs))
+    return min(models, key=lambda m: (means[m], m)) if means else None
+
+
 def _identity(records: Sequence[Record], options: TrainOptions, name: str) -> Identity:
     models = tuple(sorted({m for r in records for m in r.scores}))
     for role, chosen in (("strong", options.strong), ("weak", options.weak)):
@@ -72,7 +91,8 @@ def _identity(records: Sequence[Record], options: TrainOptions, name: str) -> Id
     y = label_matrix(records, models)
     means = np.nanmean(y, axis=0) if len(records) else np.zeros(len(models))
     strong = options.strong or models[int(np.argmax(means))]
-    weak = options.weak or models[int(np.argmin(means))]
+    cheapest = cheapest_model(records, [m for m in models if m != strong])
+    weak = options.weak or cheapest or models[int(np.argmin(means))]
     if strong == weak:
         raise TrainingDataError("strong and weak must be different models")
     version = f"{name}-{data_sha256(records)[:12]}"

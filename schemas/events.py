@@ -337,6 +337,7 @@ class DatasetRecord(_Event, frozen=True, kw_only=True, omit_defaults=True):
     messages: Annotated[list[Message], Meta(min_length=1)] | None = None
     costs: dict[str, NonNegative] | None = None
     tags: dict[str, str] | None = None
+    answers: dict[str, str] | None = None  # model -> its answer text (cascade training)
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):

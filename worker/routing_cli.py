@@ -1,12 +1,18 @@
 """`llmroute train | score | calibrate | eval`: the routing core's file I/O and commands.
 
     llmroute train --data F.jsonl [--data G.jsonl ...] --router NAME --out DIR [--strong M --weak M]
+    llmroute train --router cascade --data F.jsonl --out DIR [--strong S --weak W]
     llmroute score --router DIR --data F.jsonl --out S.jsonl
     llmroute calibrate --router DIR --data F.jsonl [--strong-fraction 0.3] [--quality-ratio 0.95]
     llmroute eval --router DIR --data F.jsonl [--json] [--plot P.png] [--prices prices.json]
 
 Datasets are JSONL, one record a line: {"id", "prompt" | "messages", "scores": {model: 0..1},
-"costs"?: {model: usd}, "tags"?: {...}}. `--router default` trains the recommended router.
+"costs"?: {model: usd}, "tags"?: {...}, "answers"?: {model: text}}. `--router default` trains the
+recommended router; `--router cascade` trains an answer scorer for the cascade policy (prompt +
+the cheap model's answer -> escalate?) from the rows' `answers`. `score` writes one line per
+record: {"id", "score", "predicted"?}, higher score = more need of the strong model (for a
+cascade scorer: P(the cheap answer is not good enough)); routers add every model's predicted
+quality (`predicted`), the input of N-model policies.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from routers import answer_scorer as cascade
 from routers.artifact import load_artifact, save, update_meta
-from routers.base import strong_need
+from routers.base import FloatArray, strong_need
 from routers.calibration import (
     score_quantiles,
     threshold_for_quality,
@@ -33,6 +40,7 @@ from routers.calibration import (
 from routers.dataset import Record, data_sha256, record_from_obj, split_by_id
 from routers.errors import RoutingError
 from routers.evaluation import EvalOptions, evaluate
+from routers.metrics import two_model_report
 from routers.policy import ModelPrice
 from routers.semantic import semantic_config_from_obj
 from routers.training import DEFAULT_ROUTER, ROUTER_NAMES, TrainOptions, label_matrix, train
@@ -127,6 +135,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     records = read_records(
         args.data, include_system=args.include_system, include_history=args.include_history
     )
+    if name == cascade.CASCADE_KIND:
+        return _train_cascade(args, records)
     semantic = None
     if name == "semantic":
         if args.semantic_config is None:
@@ -171,10 +181,90 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cascade_calibration(good: FloatArray, qs: FloatArray, qw: FloatArray) -> dict[str, float]:
+    """Thresholds on P(good enough) (accept iff >= threshold): about a fraction f of the cheap
+    answers escalated, and the fewest escalations reaching 95% of always-strong quality."""
+    escalate = 1.0 - good
+    out = {
+        f"escalate_fraction_{f:.2f}": 1.0 - threshold_for_strong_fraction(escalate, f)
+        for f in (0.1, 0.2, 0.3, 0.5)
+    }
+    out["quality_95pct"] = 1.0 - threshold_for_quality(escalate, qs, qw, 0.95)
+    return out
+
+
+def _train_cascade(args: argparse.Namespace, records: list[Record]) -> int:
+    held = split_by_id([r.id for r in records], args.holdout, args.split_salt)
+    fit = [r for r, h in zip(records, held, strict=True) if not h]
+    heldout = [r for r, h in zip(records, held, strict=True) if h]
+    started = time.perf_counter()
+    scorer = cascade.train_answer_scorer(fit, strong=args.strong, weak=args.weak)
+    rows = cascade.answered_rows(fit, scorer.weak)
+    metrics: dict[str, Any] = {
+        "train_seconds": round(time.perf_counter() - started, 3),
+        "n_train": len(rows),
+        "n_skipped_without_cheap_answer": len(fit) - len(rows),
+    }
+    calibration: dict[str, float] = {}
+    test = [r for r in cascade.answered_rows(heldout, scorer.weak) if scorer.strong in r.scores]
+    if test:
+        good = scorer.good_probability(
+            [r.text for r in test], [r.answers[scorer.weak] for r in test]
+        )
+        qs = np.array([r.scores[scorer.strong] for r in test])
+        qw = np.array([r.scores[scorer.weak] for r in test])
+        report = two_model_report(1.0 - good, qs, qw)
+        metrics["heldout"] = report.summary()
+        calibration = _cascade_calibration(good, qs, qw)
+    cascade.save_answer_scorer(
+        scorer,
+        args.out,
+        data_sha256=cascade.cascade_data_sha256(rows, scorer.weak),
+        metrics=metrics,
+        calibration=calibration,
+    )
+    summary = {
+        "router": scorer.name,
+        "version": scorer.version,
+        "out": str(args.out),
+        "strong": scorer.strong,
+        "weak": scorer.weak,
+        **metrics,
+        "calibration": calibration,
+    }
+    _write_json(_finite(summary))
+    return 0
+
+
 # --- score ----------------------------------------------------------------------------------
 
 
+def _score_cascade(args: argparse.Namespace) -> int:
+    scorer, _ = cascade.load_answer_scorer(args.router)
+    records = read_records(args.data)
+    missing = [r.id for r in records if scorer.weak not in r.answers]
+    if missing:
+        raise CliError(
+            f"{len(missing)} record(s) carry no answer of the cheap model {scorer.weak!r} "
+            f"(`answers`), e.g. {missing[:3]}: a cascade scorer scores the cheap answer"
+        )
+    escalate = scorer.escalate_score(
+        [r.text for r in records], [r.answers[scorer.weak] for r in records]
+    )
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with out_path.open("w", encoding="utf-8") as fh:
+        for r, s in zip(records, escalate.tolist(), strict=True):
+            fh.write(json.dumps({"id": r.id, "score": s}) + "\n")
+    _write_json(
+        {"router": scorer.name, "version": scorer.version, "n": len(records), "out": str(out_path)}
+    )
+    return 0
+
+
 def cmd_score(args: argparse.Namespace) -> int:
+    if cascade.is_answer_scorer(args.router):
+        return _score_cascade(args)
     artifact = load_artifact(args.router)
     router = artifact.router
     records = read_records(args.data)
@@ -324,10 +414,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the routing commands to the `llmroute` parser."""
     p = sub.add_parser("train", help="train a router from dataset JSONL files")
     p.add_argument("--data", type=Path, action="append", required=True, help="dataset JSONL")
-    p.add_argument("--router", default="default", choices=("default", *ROUTER_NAMES))
+    p.add_argument(
+        "--router", default="default", choices=("default", *ROUTER_NAMES, cascade.CASCADE_KIND)
+    )
     p.add_argument("--out", type=Path, required=True, help="artifact folder to write")
     p.add_argument("--strong", help="strong model (default: best mean score)")
-    p.add_argument("--weak", help="weak model (default: worst mean score)")
+    p.add_argument(
+        "--weak", help="weak (cheap) model (default: cheapest by the rows' costs, else worst mean)"
+    )
     p.add_argument(
         "--holdout",
         type=float,
@@ -340,7 +434,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--include-history", action="store_true", help="score earlier turns too")
     p.set_defaults(handler=_guard(cmd_train))
 
-    p = sub.add_parser("score", help="write each prompt's strong-need score and predictions")
+    p = sub.add_parser(
+        "score", help="write each prompt's strong-need (or escalation) score and predictions"
+    )
     p.add_argument("--router", type=Path, required=True, help="artifact folder")
     p.add_argument("--data", type=Path, action="append", required=True)
     p.add_argument("--out", type=Path, required=True, help="output JSONL")

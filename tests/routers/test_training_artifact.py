@@ -123,6 +123,24 @@ def test_default_strong_and_weak_come_from_mean_scores(data):
     assert router.weak == synth.WEAK
 
 
+def test_weak_defaults_to_the_cheapest_model_not_the_worst():
+    # three models: "worst" is the least accurate but costs the most; "budget" is the cheapest
+    recs = [
+        Record(
+            f"r{i}",
+            f"question {i}",
+            {"best": 1.0, "budget": float(i % 3 != 0), "worst": float(i % 2 == 0)},
+            {"best": 0.01, "budget": 0.0002, "worst": 0.02},
+        )
+        for i in range(30)
+    ]
+    router = train(recs, TrainOptions(router="random"))
+    assert (router.strong, router.weak) == ("best", "budget")
+    # without costs in the rows, the worst mean score stays the rule
+    no_costs = [Record(r.id, r.text, r.scores) for r in recs]
+    assert train(no_costs, TrainOptions(router="random")).weak == "worst"
+
+
 def test_training_errors():
     one_model = [Record("a", "x", {"m": 1.0})]
     with pytest.raises(TrainingDataError, match="two models"):
