@@ -22,7 +22,7 @@ from worker.judge import Judge, JudgeSettings
 from worker.loop import Worker
 from worker.metrics import Health, OpsServer, OpsServerConfig, WorkerMetrics
 from worker.observer import MetricsObserver
-from worker.pipeline import Arm, Pipeline, RoutingCore
+from worker.pipeline import Arm, Pipeline, RoutingCore, load_answer_scorers
 from worker.providers.catalogue import Catalogue
 from worker.providers.client import ClientSettings, RouterClient
 from worker.providers.http import HttpSettings
@@ -119,7 +119,13 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
         log.warning("no API key set in %s; those models will fail", ", ".join(client.missing_keys))
     tracing = tracing or Tracing(TelemetryConfig.from_mapping(config.telemetry))
     core = RoutingCore(config, artifact, catalogue)
-    pipeline = Pipeline(core, client, tracing=tracing, mask_prompts=tracing_masks(config))
+    pipeline = Pipeline(
+        core,
+        client,
+        tracing=tracing,
+        mask_prompts=tracing_masks(config),
+        answer_scorers=load_answer_scorers(config),
+    )
     metrics, health = WorkerMetrics(), Health()
     observer = MetricsObserver(metrics, health, config.topics.requests)
     backends = backend_factory(client, catalogue)

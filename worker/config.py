@@ -57,7 +57,12 @@ class RouterSettings(_Section, frozen=True, kw_only=True):
 class PolicySpec(_Section, frozen=True, kw_only=True):
     """A named routing policy. `threshold` and `strong_fraction` are for two models (the router's
     strong and weak ones); `strong_fraction` picks the threshold from the artifact's calibration
-    scores. `cascade` calls `cheap` first and escalates to `strong` when the answer scorer says so.
+    scores. `cascade` calls `cheap` first and escalates to `strong` when the answer scorer says so:
+    by default marker rules (`routers.cascade`); with `cascade_scorer`, a learned scorer (an
+    artifact of `llmroute train --router cascade`); with `cascade_grader`, a catalogue model that
+    grades the cheap answer with a rubric (its call is paid for and counted in the cost). The
+    answer is accepted iff its score >= `cascade_threshold` (unset: 0.5 for rules and grader; for
+    a learned scorer its artifact's `quality_95pct` calibration, else 0.5).
     """
 
     kind: PolicyKind = "threshold"
@@ -67,12 +72,18 @@ class PolicySpec(_Section, frozen=True, kw_only=True):
     cost_weight_per_usd: float = 0.0
     cheap: str | None = None  # cascade: default the router's weak model
     strong: str | None = None  # cascade: default the router's strong model
-    cascade_threshold: float = 0.5
+    cascade_threshold: float | None = None
+    cascade_scorer: str | None = None  # folder of a learned answer scorer
+    cascade_grader: str | None = None  # catalogue model grading the cheap answer
     default_output_tokens: int = 256
     # latency (see routers.policy): expected seconds weigh this much in the cost trade-off, and
     # a budget below this factor x the fastest model's expected latency is a tight deadline
     latency_weight_per_s: float = 0.0
     tight_latency_factor: float = 1.5
+
+    def __post_init__(self) -> None:
+        if self.cascade_scorer is not None and self.cascade_grader is not None:
+            raise ValueError("a cascade policy takes cascade_scorer or cascade_grader, not both")
 
 
 class TenantSettings(_Section, frozen=True, kw_only=True):
@@ -212,6 +223,11 @@ class Config(_Section, frozen=True, kw_only=True):
                                      f"policy {arm.policy!r}")  # fmt: skip
         if len({e.name for e in self.experiments}) != len(self.experiments):
             raise ValueError("experiment names must be distinct")
+        for name, spec in self.policies.items():
+            if spec.cascade_grader is not None and spec.cascade_grader not in self.models:
+                raise ValueError(
+                    f"policy {name!r}: cascade_grader names unknown model {spec.cascade_grader!r}"
+                )
         shadow = self.shadow
         for model in (
             shadow.judge_model,
@@ -238,6 +254,16 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
             config.router, artifact=str((base_dir / config.router.artifact).resolve())
         )
         config = msgspec.structs.replace(config, router=router)
+    if base_dir is not None:
+        policies = {
+            name: msgspec.structs.replace(
+                spec, cascade_scorer=str((base_dir / spec.cascade_scorer).resolve())
+            )
+            if spec.cascade_scorer is not None and not Path(spec.cascade_scorer).is_absolute()
+            else spec
+            for name, spec in config.policies.items()
+        }
+        config = msgspec.structs.replace(config, policies=policies)
     if base_dir is not None and config.experiments:
         experiments = tuple(
             msgspec.structs.replace(e, arms=tuple(

@@ -25,14 +25,16 @@ import numpy.typing as npt
 import schemas
 from routers import policy as rpolicy
 from routers import split
+from routers.answer_scorer import LearnedAnswerScorer, load_answer_scorer
 from routers.artifact import Artifact
 from routers.calibration import threshold_from_quantiles
-from routers.cascade import AnswerScorer, CascadeParams
+from routers.cascade import AnswerScorer, CascadeParams, CascadeResult
 from routers.decision import Candidate, Decision
 from routers.errors import NoEligibleModelError
 from routers.features import prompt_text
 from worker.batch.jobs import Finished
 from worker.config import Config, PolicySpec
+from worker.judge import Judge, JudgeSettings
 from worker.loop import Deferred, Handled, RecordInfo
 from worker.providers.catalogue import Catalogue
 from worker.providers.client import RouterClient
@@ -48,7 +50,6 @@ from worker.telemetry import TelemetryConfig, Tracing
 
 if TYPE_CHECKING:
     from routers.semcache import CacheHit
-    from worker.judge import Judge
     from worker.semcache_sync import CachedAnswer, SemanticCacheSync
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,8 @@ class Outcome:
     completion: RoutedCompletion | None = None
     strong_cost_usd: float | None = None  # the same usage priced at the strong model
     escalated: bool = False
-    extra_cost_usd: float = 0.0  # paid for answers that were not used (cascade escalation)
+    extra_cost_usd: float = 0.0  # paid beyond the answer used (escalated answer, grader call)
+    cascade_reason: str | None = None  # why the cascade accepted or escalated
     attempts: list[schemas.Attempt] = field(default_factory=list)
 
 
@@ -116,6 +118,33 @@ class Arm:
     @property
     def label(self) -> str:
         return f"{self.experiment}:{self.name}"
+
+
+@dataclass(frozen=True)
+class LoadedAnswerScorer:
+    """A learned cascade scorer loaded at start-up, with its calibrated default threshold."""
+
+    scorer: LearnedAnswerScorer
+    default_threshold: float
+
+
+def load_answer_scorers(config: Config) -> dict[str, LoadedAnswerScorer]:
+    """Every learned scorer the cascade policies name, by folder (file I/O: call at start-up)."""
+    out: dict[str, LoadedAnswerScorer] = {}
+    for spec in config.policies.values():
+        path = spec.cascade_scorer
+        if path is None or path in out:
+            continue
+        scorer, meta = load_answer_scorer(path)
+        calibration = meta.get("calibration") or {}
+        default = 0.5
+        for key in ("quality_95pct", "escalate_fraction_0.30"):
+            value = calibration.get(key)
+            if isinstance(value, int | float) and math.isfinite(value):
+                default = float(value)
+                break
+        out[path] = LoadedAnswerScorer(scorer, default)
+    return out
 
 
 def trace_id_for(request_id: str) -> str:
@@ -383,9 +412,16 @@ class Pipeline:
         perf: Callable[[], float] = time.perf_counter,
         mask_prompts: bool = False,
         tracing: Tracing | None = None,
+        answer_scorers: dict[str, LoadedAnswerScorer] | None = None,
     ) -> None:
         self.core = core
         self.client = client
+        self.answer_scorers = answer_scorers or {}
+        for name, spec in core.config.policies.items():
+            if spec.cascade_scorer is not None and spec.cascade_scorer not in self.answer_scorers:
+                raise ValueError(
+                    f"policy {name!r}: the learned scorer {spec.cascade_scorer} is not loaded"
+                )
         self.tracing = tracing or Tracing(TelemetryConfig())
         self.wall_clock = wall_clock
         self.perf = perf
@@ -533,6 +569,7 @@ class Pipeline:
         plan = _Route(budget, decision.policy == "latency_tight")
         try:
             if resolved.spec.kind == "cascade" and decision.model == core.router.weak:
+                question = ready.text if ready is not None else core.prompt(messages)
                 completion = await self._cascade(
                     request,
                     call,
@@ -541,6 +578,7 @@ class Pipeline:
                     deadline_s,
                     outcome,
                     core.router.strong,
+                    question,
                     plan,
                 )
             else:
@@ -573,6 +611,8 @@ class Pipeline:
             )
         outcome.completion = completion
         result = completion.result
+        if outcome.cascade_reason is not None:
+            info = msgspec.structs.replace(info, reason=f"{info.reason}; {outcome.cascade_reason}")
         self._maybe_shadow(request, call, core, decision, info, result.model, result.text, messages)
         if completion.deployment is not None:  # on the response and its decision event only
             info = msgspec.structs.replace(
@@ -661,6 +701,7 @@ class Pipeline:
         deadline_s: float,
         outcome: Outcome,
         router_strong: str,
+        question: str,
         route: _Route | None = None,
     ) -> RoutedCompletion:
         """Cheap model first; escalate to the strong model when the scorer rejects the answer."""
@@ -668,13 +709,12 @@ class Pipeline:
         strong = spec.strong or router_strong
         started = self.perf()
         first = await self._call(request, call, [cheap], deadline_s, outcome, route)
-        scorer = self.scorer_cache.setdefault(
-            spec.cascade_threshold, AnswerScorer(CascadeParams(threshold=spec.cascade_threshold))
-        )
-        logprobs = [t.logprob for t in first.result.logprobs] if first.result.logprobs else None
-        verdict = scorer.score(first.result.text, logprobs)
+        remaining = deadline_s - (self.perf() - started)
+        verdict, how = await self._judge_answer(spec, question, first, remaining, outcome)
+        outcome.cascade_reason = f"cascade {how}: {verdict.reason}"
         if verdict.accept or strong == cheap:
             return first
+        # the grader's call is not an attempt: the last attempt is the cheap answer's
         last = outcome.attempts[-1]
         outcome.attempts[-1] = msgspec.structs.replace(last, status="escalated")
         outcome.escalated = True
@@ -682,6 +722,53 @@ class Pipeline:
         remaining = deadline_s - (self.perf() - started)
         rest = [strong, *(m for m in chain[1:] if m != strong)]
         return await self._call(request, call, rest, max(remaining, 0.001), outcome, route)
+
+    async def _judge_answer(
+        self,
+        spec: PolicySpec,
+        question: str,
+        first: RoutedCompletion,
+        remaining_s: float,
+        outcome: Outcome,
+    ) -> tuple[CascadeResult, str]:
+        """The cascade's verdict on the cheap answer and how it was reached (rules, learned
+        scorer or grader model). A grader call is paid for: its cost goes to the request."""
+        answer = first.result.text
+        if spec.cascade_grader is not None:
+            threshold = 0.5 if spec.cascade_threshold is None else spec.cascade_threshold
+            judge = Judge(
+                self.client,
+                JudgeSettings(model=spec.cascade_grader, deadline_s=max(remaining_s, 0.001)),
+            )
+            try:
+                graded = await judge.score(question, answer)
+            except ProviderError as exc:
+                reason = f"grader {spec.cascade_grader} failed ({type(exc).__name__})"
+                return CascadeResult(False, 0.0, threshold, (reason,)), "grader"
+            outcome.extra_cost_usd += graded.cost_usd
+            if graded.score is None:
+                reason = f"grader {spec.cascade_grader} gave no readable rating"
+                return CascadeResult(False, 0.0, threshold, (reason,)), "grader"
+            accept = graded.score >= threshold
+            why = (f"{spec.cascade_grader} rated it {graded.rating:g}",)
+            return CascadeResult(accept, graded.score, threshold, why), "grader"
+        if spec.cascade_scorer is not None:
+            loaded = self.answer_scorers[spec.cascade_scorer]
+            threshold = (
+                loaded.default_threshold
+                if spec.cascade_threshold is None
+                else spec.cascade_threshold
+            )
+            return loaded.scorer.verdict(question, answer, threshold), "learned scorer"
+        threshold = 0.5 if spec.cascade_threshold is None else spec.cascade_threshold
+        scorer = self.scorer_cache.get(threshold)
+        if scorer is None:
+            scorer = AnswerScorer(CascadeParams(threshold=threshold))
+            if len(self.scorer_cache) < 64:
+                self.scorer_cache[threshold] = scorer
+        r = first.result
+        logprobs = [t.logprob for t in r.logprobs] if r.logprobs else None
+        return scorer.score(answer, logprobs), "rules"
 
     def _cached(
         self, request: schemas.RouteRequest, hit: CacheHit[CachedAnswer], started: float
