@@ -10,7 +10,10 @@ The shell (`worker/dataset_cli.py`) reads `llm.decisions`, `llm.responses` and `
   trace id from the request id: `trace_id_for`, Langfuse's `create_trace_id(seed=...)` rule).
 
 `build_dataset` turns them into rows of the routing dataset format (`schemas/dataset.schema.json`):
-`{"id": request_id, "prompt", "scores": {model: 0..1}, "costs"?, "tags"}`.
+`{"id": request_id, "prompt", "scores": {model: 0..1}, "costs"?, "tags", "answers"?}`; `answers`
+holds the text the user got when the response carried it, so `llmroute train --router cascade`
+retrains the cascade's answer scorer from outcomes (only answers that reached the user: a cheap
+answer the cascade escalated is not among them).
 
 Which model a label scores: its own `model` when set (a shadow answer, a pairwise judge), else the
 model whose answer reached the user (the response's model, else the decision's). A request with
@@ -90,6 +93,7 @@ class Answered:
     arm: str | None = None
     cache_hit: bool | None = None
     shadow_model: str | None = None
+    answer_text: str | None = None  # the text the user got (None: masked, failed or unseen)
 
     @property
     def model(self) -> str | None:
@@ -279,6 +283,8 @@ def build_dataset(
         }
         if tags:
             row["tags"] = tags
+        if model is not None and a.answer_text is not None and model in scores[rid]:
+            row["answers"] = {model: a.answer_text}  # cascade answer scorers train on these
         rows.append(row)
         if len(row["scores"]) == 1:
             stats.one_model += 1

@@ -142,6 +142,7 @@ def answered_from_response(r: schemas.RouteResponse) -> Answered:
     return Answered(
         request_id=r.request_id,
         answer_model=r.model if r.status == "ok" else None,
+        answer_text=r.message.content if r.status == "ok" and r.message is not None else None,
         failed=r.status == "error",
         cost_usd=r.cost_usd,
         latency_ms=r.latency_ms,

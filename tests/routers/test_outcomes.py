@@ -157,3 +157,31 @@ def test_training_uses_rows_with_one_model_scored():
     p_hard = router.predict(hard)[:, w].mean()
     p_easy = router.predict(easy)[:, w].mean()
     assert p_easy - p_hard > 0.3, (p_easy, p_hard)
+
+
+def test_rows_carry_the_answer_the_user_got_and_retrain_the_cascade_scorer():
+    from routers.answer_scorer import train_answer_scorer
+    from tests.routers.synth import CHEAP, answered_records
+
+    parts, labels = [], []
+    for i, row in enumerate(answered_records(120, seed=9)):
+        rid = f"q{i}"
+        cheap = i % 2 == 0  # half answered by the cheap model, half by the strong one
+        model = CHEAP if cheap else STRONG
+        parts.append(Answered(rid, prompt=row["prompt"], routed_model=model))
+        parts.append(Answered(rid, answer_model=model, answer_text=row["answers"][model]))
+        labels.append(Label("correct", bool(row["scores"][model]), "task", 1.0, request_id=rid))
+    rows, _ = build_dataset(merge_answered(parts), labels)
+    assert all(
+        r["answers"] == {next(iter(r["scores"])): r["answers"][next(iter(r["scores"]))]}
+        for r in rows
+    )
+    recs = [record_from_obj(r) for r in rows]
+    scorer = train_answer_scorer(recs, strong=STRONG, weak=CHEAP)
+    assert scorer.weak == CHEAP
+    # no answer text (masked or never seen): no `answers` field
+    bare, _ = build_dataset(
+        merge_answered([Answered("x", prompt="p", routed_model=CHEAP, answer_model=CHEAP)]),
+        [Label("correct", True, "task", 1.0, request_id="x")],
+    )
+    assert "answers" not in bare[0]
