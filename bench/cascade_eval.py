@@ -52,7 +52,8 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
+    with args.data.open(encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
     rows = [r for r in rows if args.weak in r.get("answers", {}) and args.strong in r["scores"]]
     ids = [r["id"] for r in rows]
     prompts = [r["prompt"] for r in rows]

@@ -28,6 +28,7 @@ from routers.learned import (
     SWParams,
     SWRankingRouter,
 )
+from routers.multi import pooled_from_arrays
 from routers.reference import OracleRouter, RandomRouter
 from routers.semantic import SemanticRouter, semantic_config_from_obj
 
@@ -184,6 +185,8 @@ def _build(meta: Mapping[str, Any], a: Mapping[str, np.ndarray[Any, Any]]) -> Ro
             featurizer=featurizer,
             standardizer=std,
         )
+    if name == "pooled":
+        return pooled_from_arrays(a, params, identity, featurizer, std)
     if name == "sw_ranking":
         return SWRankingRouter(
             projection=a["projection"],

@@ -20,14 +20,17 @@ from routers.learned import (
     SWParams,
     SWRankingRouter,
 )
+from routers.multi import PooledParams, PooledRouter, fit_pooled
 from routers.reference import OracleRouter, RandomRouter, text_key
 from routers.semantic import Category, SemanticConfig, SemanticRouter
 
 __all__ = [
+    "DEFAULT_N_MODEL_ROUTER",
     "DEFAULT_ROUTER",
     "ROUTER_NAMES",
     "TrainOptions",
     "cheapest_model",
+    "default_router",
     "label_matrix",
     "train",
 ]
@@ -36,11 +39,13 @@ ROUTER_NAMES: tuple[str, ...] = (
     "classifier",
     "mf",
     "sw_ranking",
+    "pooled",
     "semantic",
     "random",
     "oracle",
 )
 DEFAULT_ROUTER = "classifier"
+DEFAULT_N_MODEL_ROUTER = "pooled"  # three or more models: shrinkage and pooled residuals
 STRONG_ALIAS = "$strong"
 WEAK_ALIAS = "$weak"
 
@@ -54,6 +59,7 @@ class TrainOptions:
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
     mf: MFParams = field(default_factory=MFParams)
     sw: SWParams = field(default_factory=SWParams)
+    pooled: PooledParams = field(default_factory=PooledParams)
     semantic: SemanticConfig | None = None
     seed: int = 0
 
@@ -67,6 +73,13 @@ def label_matrix(records: Sequence[Record], models: Sequence[str]) -> FloatArray
             if v is not None:
                 out[i, j] = v
     return out
+
+
+def default_router(records: Sequence[Record]) -> str:
+    """The recommended router for these records: `DEFAULT_ROUTER` for two models,
+    `DEFAULT_N_MODEL_ROUTER` for three or more."""
+    models = {m for r in records for m in r.scores}
+    return DEFAULT_N_MODEL_ROUTER if len(models) >= 3 else DEFAULT_ROUTER
 
 
 def cheapest_model(records: Sequence[Record], models: Sequence[str]) -> str | None:
@@ -144,6 +157,20 @@ def train(records: Sequence[Record], options: TrainOptions) -> Router:
             out=out,
             bias=bias,
             params=options.mf,
+            identity=identity,
+            featurizer=featurizer,
+            standardizer=standardizer,
+        )
+    if name == "pooled":
+        pproj, pkeys, alpha, means, temperature, penalty = fit_pooled(xs, y, options.pooled)
+        return PooledRouter(
+            projection=pproj,
+            keys=pkeys,
+            alpha=alpha,
+            means=means,
+            temperature=temperature,
+            penalty=penalty,
+            params=options.pooled,
             identity=identity,
             featurizer=featurizer,
             standardizer=standardizer,

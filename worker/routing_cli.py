@@ -4,6 +4,7 @@
     llmroute train --router cascade --data F.jsonl --out DIR [--strong S --weak W]
     llmroute score --router DIR --data F.jsonl --out S.jsonl
     llmroute calibrate --router DIR --data F.jsonl [--strong-fraction 0.3] [--quality-ratio 0.95]
+        [--budget-usd 0.002] [--budget-fraction 0.5] [--quality-target 0.8] [--prices P.json]
     llmroute eval --router DIR --data F.jsonl [--json] [--plot P.png] [--prices prices.json]
 
 Datasets are JSONL, one record a line: {"id", "prompt" | "messages", "scores": {model: 0..1},
@@ -39,11 +40,12 @@ from routers.calibration import (
 )
 from routers.dataset import Record, data_sha256, record_from_obj, split_by_id
 from routers.errors import RoutingError
-from routers.evaluation import EvalOptions, evaluate
+from routers.evaluation import EvalOptions, cost_matrix, evaluate
 from routers.metrics import two_model_report
+from routers.multi import lambda_curve, lambda_for_budget, lambda_for_quality
 from routers.policy import ModelPrice
 from routers.semantic import semantic_config_from_obj
-from routers.training import DEFAULT_ROUTER, ROUTER_NAMES, TrainOptions, label_matrix, train
+from routers.training import ROUTER_NAMES, TrainOptions, default_router, label_matrix, train
 
 __all__ = ["read_prices", "read_records", "register"]
 
@@ -131,10 +133,10 @@ def _calibration(
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    name = DEFAULT_ROUTER if args.router == "default" else args.router
     records = read_records(
         args.data, include_system=args.include_system, include_history=args.include_history
     )
+    name = default_router(records) if args.router == "default" else args.router
     if name == cascade.CASCADE_KIND:
         return _train_cascade(args, records)
     semantic = None
@@ -289,13 +291,42 @@ def cmd_score(args: argparse.Namespace) -> int:
 # --- calibrate ------------------------------------------------------------------------------
 
 
+def _budget_lambdas(
+    args: argparse.Namespace, router: Any, records: list[Record], predicted: FloatArray
+) -> tuple[dict[str, float], list[list[float]]]:
+    """N models: the lambda (cost weight per USD) meeting each budget or quality target on
+    these records, and the lambda curve stored in the artifact."""
+    asked = (args.budget_usd or []) + (args.budget_fraction or []) + (args.quality_target or [])
+    if not asked:
+        return {}, []
+    cost = cost_matrix(records, router.models, read_prices(args.prices))
+    if np.isnan(cost).any(axis=1).all():
+        raise CliError("budgets need every model's cost: `costs` in the rows or --prices")
+    curve = lambda_curve(predicted, cost)
+    out: dict[str, float] = {}
+    for usd in args.budget_usd or []:
+        out[f"lambda_budget_usd_{usd:g}"] = lambda_for_budget(curve, usd)
+    if args.budget_fraction:
+        y = label_matrix(records, router.models)
+        quality = np.nanmean(y, axis=0) if not np.isnan(y).all() else predicted.mean(axis=0)
+        best = int(np.nanargmax(quality))
+        best_cost = float(np.nanmean(cost[:, best]))
+        for f in args.budget_fraction:
+            out[f"lambda_budget_fraction_{f:.2f}"] = lambda_for_budget(curve, f * best_cost)
+    for q in args.quality_target or []:
+        out[f"lambda_quality_{q:.3f}"] = lambda_for_quality(curve, q)
+    table = [[p.cost_weight_per_usd, p.mean_cost_usd, p.mean_predicted_quality] for p in curve]
+    return out, table
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     artifact = load_artifact(args.router)
     router = artifact.router
     records = read_records(args.data)
     y = label_matrix(records, router.models)
     s, w = router.models.index(router.strong), router.models.index(router.weak)
-    need = strong_need(router, router.predict([r.text for r in records]))
+    predicted = router.predict([r.text for r in records])
+    need = strong_need(router, predicted)
     fractions = args.strong_fraction or []
     thresholds = {
         f"strong_fraction_{f:.2f}": threshold_for_strong_fraction(need, f) for f in fractions
@@ -309,13 +340,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         thresholds[f"quality_{round(ratio * 100)}pct"] = threshold_for_quality(
             need[labelled], y[labelled, s], y[labelled, w], ratio
         )
+    lambdas, curve = _budget_lambdas(args, router, records, predicted)
+    thresholds.update(lambdas)
     if not thresholds:
-        raise CliError("give at least one --strong-fraction or --quality-ratio")
+        raise CliError(
+            "give at least one --strong-fraction, --quality-ratio, --budget-usd, "
+            "--budget-fraction or --quality-target"
+        )
     calibration = {**artifact.calibration, **thresholds}
     if not args.dry_run:
-        update_meta(
-            args.router, {"calibration": calibration, "score_quantiles": score_quantiles(need)}
-        )
+        fields: dict[str, Any] = {
+            "calibration": calibration,
+            "score_quantiles": score_quantiles(need),
+        }
+        if curve:
+            fields["lambda_curve"] = curve
+        update_meta(args.router, fields)
     _write_json(_finite({"router": str(args.router), "n": len(records), "thresholds": thresholds}))
     return 0
 
@@ -457,6 +497,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="append",
         help="target quality as a fraction of always-strong (repeatable)",
     )
+    p.add_argument(
+        "--budget-usd",
+        type=float,
+        action="append",
+        help="N models: the lambda whose mean cost per request is within this USD (repeatable)",
+    )
+    p.add_argument(
+        "--budget-fraction",
+        type=float,
+        action="append",
+        help="N models: budget as a fraction of the best model's mean cost (repeatable)",
+    )
+    p.add_argument(
+        "--quality-target",
+        type=float,
+        action="append",
+        help="N models: the cheapest lambda whose mean predicted quality reaches it (repeatable)",
+    )
+    p.add_argument("--prices", type=Path, help="price table JSON when rows carry no costs")
     p.add_argument("--dry-run", action="store_true", help="print, do not write the artifact")
     p.set_defaults(handler=_guard(cmd_calibrate))
 

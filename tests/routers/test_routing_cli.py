@@ -40,7 +40,7 @@ def trained(files):
 
 def test_train_writes_an_artifact_with_metrics_and_calibration(trained):
     art = load_artifact(trained)
-    assert art.router.name == "classifier"
+    assert art.router.name == "pooled"  # `default` for three or more models
     assert art.meta["strong"] == synth.STRONG
     assert set(art.calibration) >= {"strong_fraction_0.30", "quality_95pct"}
     assert 0.0 <= art.metrics["heldout"]["apgr"] <= 1.5

@@ -1,0 +1,255 @@
+"""`PooledRouter` (`pooled`): N models from little data.
+
+Every model's quality is its mean quality plus a residual that depends on the prompt:
+
+    q(x, m) = mu_m + sum_i alpha_im k(x, x_i),   k(x, x') = exp(t (cos(z(x), z(x')) - 1))
+
+- `mu_m`: the model's mean score, shrunk towards the mean over models (`prior_weight`
+  pseudo-counts), so a model with few labels does not get an extreme mean;
+- the residuals of all models share one kernel over the training prompts (pooled features:
+  a seeded random projection `z` of the standardised hashing features, unit length), and are
+  fitted by kernel ridge regression with one penalty for all models, chosen by exact
+  leave-one-out error over a grid (the data pick how far to trust prompt-level signal; with
+  little or no signal, predictions fall back to the per-model means, i.e. picking by price);
+- optionally (`rank` > 0) the residual targets are first reduced to their top components
+  across models, so models share how prompts move them (on the 14-model proxy of
+  bench/n_model_small.py this lost more than it pooled, so it is off by default).
+
+Predictions are on the scale of the scores themselves (means plus residuals, clipped to [0, 1]),
+so one model's prediction can be compared with another's: the quality-target and lambda policies
+see calibrated per-model qualities. Missing labels (NaN) are filled with the model's mean before
+fitting (they add no residual). Training solves an (n x n) system: above `max_anchors` rows a
+deterministic subset of anchors carries the kernel (subset of regressors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from routers.base import FloatArray, Identity
+from routers.features import Featurizer
+from routers.learned import F32, AnyFloat, FeatureRouter, Standardizer, SWRankingRouter
+
+__all__ = [
+    "LambdaPoint",
+    "PooledParams",
+    "PooledRouter",
+    "fit_pooled",
+    "lambda_curve",
+    "lambda_for_budget",
+    "lambda_for_quality",
+    "pooled_from_arrays",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PooledParams:
+    proj_dim: int = 256
+    temperatures: tuple[float, ...] = (1.0, 3.0, 10.0)  # kernel widths tried (by LOO error)
+    penalties: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)  # ridge grid
+    rank: int = 0  # > 0: keep only this many components of the residuals (0: all)
+    prior_weight: float = 5.0  # pseudo-counts shrinking each model's mean to the overall mean
+    max_anchors: int = 2000
+    seed: int = 0
+
+
+class PooledRouter(FeatureRouter):
+    name = "pooled"
+
+    def __init__(
+        self,
+        *,
+        projection: AnyFloat,
+        keys: AnyFloat,
+        alpha: AnyFloat,
+        means: AnyFloat,
+        temperature: float,
+        penalty: float,
+        params: PooledParams,
+        identity: Identity,
+        featurizer: Featurizer,
+        standardizer: Standardizer,
+    ) -> None:
+        super().__init__(identity, featurizer, standardizer)
+        self.projection = projection.astype(np.float32)  # (dim, proj_dim)
+        self.keys = keys.astype(np.float32)  # (n_anchors, proj_dim), unit rows
+        self.alpha = alpha.astype(np.float64)  # (n_anchors, n_models)
+        self.means = means.astype(np.float64)  # (n_models,)
+        self.temperature = float(temperature)
+        self.penalty = float(penalty)
+        self.hyper = params
+
+    def predict_features(self, x: F32) -> FloatArray:
+        z = SWRankingRouter.embed(self.standardizer.apply(x), self.projection)
+        k = np.exp(self.temperature * ((z @ self.keys.T).astype(np.float64) - 1.0))
+        out: FloatArray = np.clip(self.means + k @ self.alpha, 0.0, 1.0)
+        return out
+
+    def params(self) -> dict[str, Any]:
+        out = asdict(self.hyper)
+        out["temperatures"] = list(self.hyper.temperatures)
+        out["penalties"] = list(self.hyper.penalties)
+        out["chosen_temperature"] = self.temperature
+        out["chosen_penalty"] = self.penalty
+        return out
+
+    def arrays(self) -> Mapping[str, npt.NDArray[Any]]:
+        return {
+            **self._base_arrays(),
+            "projection": self.projection,
+            "keys": self.keys,
+            "alpha": self.alpha,
+            "means": self.means,
+        }
+
+    @staticmethod
+    def params_from_meta(params: Mapping[str, Any]) -> tuple[PooledParams, float, float]:
+        p = dict(params)
+        temperature = float(p.pop("chosen_temperature"))
+        penalty = float(p.pop("chosen_penalty"))
+        p["temperatures"] = tuple(p["temperatures"])
+        p["penalties"] = tuple(p["penalties"])
+        return PooledParams(**p), temperature, penalty
+
+
+def _shrunk_means(y: FloatArray, prior_weight: float) -> FloatArray:
+    known = ~np.isnan(y)
+    overall = float(np.nanmean(y)) if known.any() else 0.5
+    total = np.where(known, y, 0.0).sum(axis=0)
+    count = known.sum(axis=0)
+    out: FloatArray = (total + prior_weight * overall) / (count + prior_weight)
+    return out
+
+
+def _low_rank(r: FloatArray, rank: int) -> FloatArray:
+    if rank <= 0 or rank >= min(r.shape):
+        return r
+    u, s, vt = np.linalg.svd(r, full_matrices=False)
+    out: FloatArray = (u[:, :rank] * s[:rank]) @ vt[:rank]
+    return out
+
+
+def _loo_error(k: FloatArray, r: FloatArray, penalty: float) -> float:
+    """Exact leave-one-out mean squared error of kernel ridge regression (all models)."""
+    w, v = np.linalg.eigh(k)
+    w = np.maximum(w, 0.0)
+    shrink = w / (w + penalty)
+    hat_diag = (v * v) @ shrink
+    fitted = v @ (shrink[:, None] * (v.T @ r))
+    resid = (r - fitted) / np.maximum(1.0 - hat_diag, 1e-6)[:, None]
+    return float(np.mean(resid * resid))
+
+
+def fit_pooled(
+    xs: F32, y: FloatArray, params: PooledParams
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, float, float]:
+    """(projection, keys, alpha, means, temperature, penalty) from standardised features."""
+    rng = np.random.default_rng(params.seed)
+    projection = rng.normal(0.0, 1.0, (xs.shape[1], params.proj_dim)).astype(np.float32)
+    z = SWRankingRouter.embed(xs, projection)
+    means = _shrunk_means(y, params.prior_weight)
+    filled = np.where(np.isnan(y), means, y)
+    r = _low_rank(filled - means, params.rank)
+    n = len(z)
+    anchors = np.arange(n) if n <= params.max_anchors else rng.permutation(n)[: params.max_anchors]
+    za = z[anchors]
+    cos_aa = (za @ za.T).astype(np.float64)
+    best: tuple[float, float, float] | None = None
+    for t in params.temperatures:
+        k_aa = np.exp(t * (cos_aa - 1.0))
+        for lam in params.penalties:
+            err = _loo_error(k_aa, r[anchors], lam)
+            if best is None or err < best[0] - 1e-12:
+                best = (err, t, lam)
+    assert best is not None
+    _, t, lam = best
+    if n <= params.max_anchors:
+        k = np.exp(t * (cos_aa - 1.0))
+        alpha: FloatArray = np.linalg.solve(k + lam * np.eye(n), r).astype(np.float64)
+    else:  # subset of regressors: min |K_na a - r|^2 + lam a' K_aa a
+        k_na = np.exp(t * ((z @ za.T).astype(np.float64) - 1.0))
+        k_aa = np.exp(t * (cos_aa - 1.0))
+        lhs = k_na.T @ k_na + lam * k_aa + 1e-8 * np.eye(len(anchors))
+        alpha = np.linalg.solve(lhs, k_na.T @ r).astype(np.float64)
+    return projection.astype(np.float64), za.astype(np.float64), alpha, means, t, lam
+
+
+def pooled_from_arrays(
+    a: Mapping[str, npt.NDArray[Any]],
+    params: Mapping[str, Any],
+    identity: Identity,
+    featurizer: Featurizer,
+    standardizer: Standardizer,
+) -> PooledRouter:
+    hyper, temperature, penalty = PooledRouter.params_from_meta(params)
+    return PooledRouter(
+        projection=a["projection"],
+        keys=a["keys"],
+        alpha=a["alpha"],
+        means=a["means"],
+        temperature=temperature,
+        penalty=penalty,
+        params=hyper,
+        identity=identity,
+        featurizer=featurizer,
+        standardizer=standardizer,
+    )
+
+
+# --- budgets and quality targets -> lambda ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LambdaPoint:
+    """The lambda policy (argmax predicted - lambda x cost) on a calibration set."""
+
+    cost_weight_per_usd: float
+    mean_cost_usd: float
+    mean_predicted_quality: float
+
+
+def lambda_curve(predicted: FloatArray, cost: FloatArray, points: int = 200) -> list[LambdaPoint]:
+    """Mean cost and mean predicted quality of the lambda policy as lambda sweeps from 0 (best
+    predicted quality) to where the cheapest model always wins; cost decreasing along the list.
+    Rows with an unknown cost (NaN) for some model are left out."""
+    ok = ~np.isnan(cost).any(axis=1)
+    p, c = predicted[ok], cost[ok]
+    if len(p) == 0:
+        raise ValueError("no calibration rows with every model's cost")
+    rows = np.arange(len(p))
+    spread = float(np.ptp(p)) or 1.0
+    gaps = np.ptp(c, axis=1)
+    smallest = float(gaps[gaps > 0].min()) if (gaps > 0).any() else 1.0
+    grid = np.concatenate(
+        [[0.0], np.geomspace(spread / c.max() * 1e-3, 100 * spread / smallest, points - 1)]
+    )
+    out = []
+    for lam in grid:
+        pick = np.argmax(p - lam * c, axis=1)
+        out.append(
+            LambdaPoint(float(lam), float(c[rows, pick].mean()), float(p[rows, pick].mean()))
+        )
+    return out
+
+
+def lambda_for_budget(curve: list[LambdaPoint], budget_usd: float) -> float:
+    """The smallest lambda (best predicted quality) whose mean cost per request on the
+    calibration set is within `budget_usd`; the largest lambda when none is."""
+    within = [pt for pt in curve if pt.mean_cost_usd <= budget_usd + 1e-15]
+    if not within:
+        return max(pt.cost_weight_per_usd for pt in curve)
+    return min(pt.cost_weight_per_usd for pt in within)
+
+
+def lambda_for_quality(curve: list[LambdaPoint], target: float) -> float:
+    """The largest lambda (cheapest) whose mean predicted quality reaches `target`; 0 (best
+    predicted quality) when none does."""
+    reaching = [pt for pt in curve if pt.mean_predicted_quality >= target - 1e-12]
+    if not reaching:
+        return 0.0
+    return max(pt.cost_weight_per_usd for pt in reaching)

@@ -1,0 +1,132 @@
+"""N models: the pooled router (shrinkage to per-model means, kernel ridge residuals with a
+leave-one-out penalty), `default` choosing it for three or more models, and budgets / quality
+targets mapped to the lambda policy."""
+
+import itertools
+import json
+import random
+
+import numpy as np
+import pytest
+
+from routers import artifact
+from routers.base import strong_need
+from routers.dataset import Record, record_from_obj
+from routers.features import HashingParams
+from routers.metrics import two_model_report
+from routers.multi import LambdaPoint, lambda_curve, lambda_for_budget, lambda_for_quality
+from routers.training import TrainOptions, default_router, label_matrix, train
+from worker.__main__ import main
+
+from . import synth
+
+SMALL = HashingParams(word_dim=512, char_dim=512)
+
+
+def _records(n, seed):
+    return [record_from_obj(r) for r in synth.records(n, seed=seed, with_mid=True)]
+
+
+def test_default_is_pooled_for_three_or_more_models():
+    assert default_router(_records(10, 0)) == "pooled"
+    two = [
+        Record(r.id, r.text, {m: r.scores[m] for m in (synth.STRONG, synth.WEAK)})
+        for r in _records(10, 0)
+    ]
+    assert default_router(two) == "classifier"
+
+
+def test_pooled_learns_prompt_signal_from_little_data_and_round_trips(tmp_path):
+    fit, test = _records(150, 1), _records(300, 2)
+    router = train(fit, TrainOptions(router="pooled", features=SMALL))
+    assert router.weak == synth.WEAK  # the cheapest (row costs)
+    pred = router.predict([r.text for r in test])
+    assert pred.shape == (300, 3) and (pred >= 0).all() and (pred <= 1).all()
+    y = label_matrix(test, router.models)
+    s, w = router.models.index(synth.STRONG), router.models.index(synth.WEAK)
+    assert two_model_report(strong_need(router, pred), y[:, s], y[:, w]).apgr > 0.75
+    artifact.save(router, tmp_path / "p")
+    loaded = artifact.load(tmp_path / "p")
+    np.testing.assert_allclose(loaded.predict([r.text for r in test]), pred)
+
+
+def test_without_signal_predictions_shrink_to_each_models_mean():
+    rng = random.Random(3)
+    recs = [
+        Record(
+            f"r{i}",
+            f"prompt number {rng.random()}",
+            {
+                "a": float(rng.random() < 0.8),
+                "b": float(rng.random() < 0.5),
+                "c": float(rng.random() < 0.3),
+            },
+        )
+        for i in range(150)
+    ]
+    router = train(recs, TrainOptions(router="pooled", features=SMALL))
+    pred = router.predict([f"another prompt {i}" for i in range(50)])
+    means = np.nanmean(label_matrix(recs, router.models), axis=0)
+    assert np.abs(pred - means).max() < 0.1  # labels are noise: no prompt-level trust
+    assert router.params()["chosen_penalty"] >= 10.0
+
+
+def test_lambda_policies_by_hand():
+    predicted = np.array([[0.9, 0.5], [0.9, 0.85]])
+    cost = np.array([[1.0, 0.1], [1.0, 0.1]])
+    curve = lambda_curve(predicted, cost, points=50)
+    assert curve[0] == LambdaPoint(0.0, 1.0, 0.9)  # lambda 0: best predicted everywhere
+    assert curve[-1].mean_cost_usd == pytest.approx(0.1)
+    # a budget of 0.55 per request affords the dear model on one prompt of two: the one where
+    # it gains most (0.4 > 0.05 per 0.9 USD)
+    lam = lambda_for_budget(curve, 0.55)
+    pick = np.argmax(predicted - lam * cost, axis=1)
+    assert pick.tolist() == [0, 1]
+    assert lambda_for_budget(curve, 0.01) == max(p.cost_weight_per_usd for p in curve)
+    lam_q = lambda_for_quality(curve, 0.87)
+    assert np.argmax(predicted - lam_q * cost, axis=1).tolist() == [0, 1]
+    assert lambda_for_quality(curve, 0.99) == 0.0
+
+
+def test_cli_train_default_score_and_budget_calibration(tmp_path, capsys):
+    train_f = synth.write_jsonl(tmp_path / "t.jsonl", synth.records(150, seed=4, with_mid=True))
+    test_f = synth.write_jsonl(tmp_path / "s.jsonl", synth.records(40, seed=5, with_mid=True))
+    out = tmp_path / "r"
+    assert main(["train", "--data", str(train_f), "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["router"] == "pooled" and summary["weak"] == synth.WEAK
+    scores = tmp_path / "scores.jsonl"
+    assert main(["score", "--router", str(out), "--data", str(test_f), "--out", str(scores)]) == 0
+    lines = [json.loads(x) for x in scores.read_text().splitlines()]
+    assert all(set(x["predicted"]) == {synth.STRONG, synth.MID, synth.WEAK} for x in lines)
+    capsys.readouterr()
+    rc = main(
+        [
+            "calibrate",
+            "--router",
+            str(out),
+            "--data",
+            str(test_f),
+            "--budget-usd",
+            "0.004",
+            "--budget-fraction",
+            "0.5",
+            "--quality-target",
+            "0.8",
+        ]
+    )
+    assert rc == 0
+    got = json.loads(capsys.readouterr().out)["thresholds"]
+    assert set(got) == {
+        "lambda_budget_usd_0.004",
+        "lambda_budget_fraction_0.50",
+        "lambda_quality_0.800",
+    }
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["calibration"]["lambda_budget_usd_0.004"] == got["lambda_budget_usd_0.004"]
+    assert len(meta["lambda_curve"]) > 10
+    # costs decrease as lambda grows, and the budget's lambda keeps within it
+    curve = meta["lambda_curve"]
+    assert all(a[1] >= b[1] - 1e-12 for a, b in itertools.pairwise(curve))
+    at = next(c for c in curve if c[0] == got["lambda_budget_usd_0.004"])
+    assert at[1] <= 0.004
