@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from routers.dataset import Record  # noqa: E402
-from routers.training import ROUTER_NAMES, TrainOptions, train  # noqa: E402
+from routers.training import TrainOptions, default_router, train  # noqa: E402
 
 DATA_CANDIDATES = [
     REPO.parent / "shared" / "data" / "routing" / "mmlu_dev.jsonl",
@@ -49,12 +49,21 @@ STRONG = "gpt-4-1106-preview"
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 # (name, input USD/Mtok, output USD/Mtok), list-price-like, cheapest first
 MODELS: tuple[tuple[str, float, float], ...] = (
-    ("m01-nano", 0.05, 0.10), ("m02-mini", 0.10, 0.30), ("m03-flash", 0.15, 0.60),
-    ("m04-haiku", 0.25, 1.25), ("m05-small", 0.50, 1.50), ("m06-medium", 0.80, 4.00),
-    ("m07-open70b", 1.00, 3.00), ("m08-pro", 2.00, 8.00), ("m09-4o", 2.50, 10.0),
-    ("m10-sonnet", 3.00, 15.0), ("m11-large", 5.00, 15.0), ("m12-turbo", 10.0, 30.0),
-    ("m13-opus", 15.0, 75.0), ("m14-legacy", 30.0, 60.0),
-)  # fmt: skip
+    ("m01-nano", 0.05, 0.10),
+    ("m02-mini", 0.10, 0.30),
+    ("m03-flash", 0.15, 0.60),
+    ("m04-haiku", 0.25, 1.25),
+    ("m05-small", 0.50, 1.50),
+    ("m06-medium", 0.80, 4.00),
+    ("m07-open70b", 1.00, 3.00),
+    ("m08-pro", 2.00, 8.00),
+    ("m09-4o", 2.50, 10.0),
+    ("m10-sonnet", 3.00, 15.0),
+    ("m11-large", 5.00, 15.0),
+    ("m12-turbo", 10.0, 30.0),
+    ("m13-opus", 15.0, 75.0),
+    ("m14-legacy", 30.0, 60.0),
+)
 
 
 def _seed(*parts: object) -> int:
@@ -88,9 +97,7 @@ def synthetic_world(rows: list[dict[str, Any]], seed: int = 0) -> tuple[list[Rec
         )
         rating = np.clip(np.round(1 + 9 / (1 + np.exp(-z))), 1, 10)
         n_in = math.ceil(len(r["prompt"]) / 4)
-        costs = {
-            m: (n_in * i + verbosity[j] * o) / 1e6 for j, (m, i, o) in enumerate(MODELS)
-        }
+        costs = {m: (n_in * i + verbosity[j] * o) / 1e6 for j, (m, i, o) in enumerate(MODELS)}
         scores = {m: float((rating[j] - 1) / 9) for j, m in enumerate(names)}
         out.append(Record(r["id"], r["prompt"], scores, costs, {"subject": r["tags"]["subject"]}))
     return out, names
@@ -131,7 +138,8 @@ def lambda_points(pred: np.ndarray, q: np.ndarray, c: np.ndarray) -> list[tuple[
     gap = float(np.ptp(pred)) or 1.0
     smallest = float(np.min(np.ptp(c, axis=1))) or 1e-9
     pts = []
-    for lam in np.concatenate([[0.0], np.geomspace(gap / c.max() * 1e-3, 100 * gap / smallest, 400)]):
+    grid = np.geomspace(gap / c.max() * 1e-3, 100 * gap / smallest, 400)
+    for lam in np.concatenate([[0.0], grid]):
         pick = np.argmax(pred - lam * c, axis=1)
         pts.append((float(c[rows, pick].mean()), float(q[rows, pick].mean())))
     return pts
@@ -171,7 +179,8 @@ def evaluate(pred: np.ndarray, q: np.ndarray, c: np.ndarray) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data", type=Path, default=next((p for p in DATA_CANDIDATES if p.exists()), None))
+    found = next((p for p in DATA_CANDIDATES if p.exists()), None)
+    ap.add_argument("--data", type=Path, default=found)
     ap.add_argument("--train", type=int, default=150)
     ap.add_argument("--test", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=5)
@@ -181,7 +190,7 @@ def main() -> None:
         raise SystemExit("mmlu_dev.jsonl not found: pass --data")
     with args.data.open(encoding="utf-8") as fh:
         rows = [json.loads(x) for x in fh if x.strip()]
-    routers = args.router or ["default", "classifier", "mf", "sw_ranking"]
+    routers = args.router or ["default", "classifier", "sw_ranking"]
     results: dict[str, list[dict[str, Any]]] = {r: [] for r in routers}
     for rep in range(args.repeats):
         world, names = synthetic_world(rows, seed=rep)
@@ -191,7 +200,8 @@ def main() -> None:
         q = np.array([[r.scores[m] for m in names] for r in test])
         c = np.array([[r.costs[m] for m in names] for r in test])
         for name in routers:
-            options = TrainOptions() if name == "default" else TrainOptions(router=name)
+            chosen = default_router(train_recs) if name == "default" else name
+            options = TrainOptions(router=chosen)
             started = time.perf_counter()
             router = train(train_recs, options)
             seconds = time.perf_counter() - started
@@ -224,5 +234,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    _ = ROUTER_NAMES
     main()
