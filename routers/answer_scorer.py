@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 CASCADE_KIND = "cascade"
+MAX_READ_CHARS = 16_000  # longer answers (and prompts) are read in part
 MAX_CHECKED_STEPS = 24  # arithmetic steps re-evaluated per answer (bounds the scoring time)
 FORMAT_VERSION = 1
 
@@ -333,9 +334,14 @@ def _numbers(text: str) -> list[float]:
 
 def answer_features(prompt: str, answer: str) -> list[float]:
     """The features of one (prompt, answer) pair, in the order of `ANSWER_FEATURE_NAMES`."""
-    text = answer.strip()
+    full = answer.strip()
+    n_chars = len(full)
+    # a very long answer is read as its head and its tail (where the final answer is): the
+    # scoring time stays bounded whatever the input
+    text = full if n_chars <= MAX_READ_CHARS else full[:12_000] + "\n" + full[-4_000:]
+    n_prompt = len(prompt)
+    prompt = prompt[:MAX_READ_CHARS]
     low = text.lower().replace("\u2019", "'")
-    n_chars = len(text)
     lines = [ln for ln in text.splitlines() if ln.strip()]
     prompt_nums = set(_numbers(prompt))
     prompt_nums.update(
@@ -378,7 +384,7 @@ def answer_features(prompt: str, answer: str) -> list[float]:
 
     return [
         math.log1p(n_chars),
-        math.log((n_chars + 10) / (len(prompt) + 10)),
+        math.log((n_chars + 10) / (n_prompt + 10)),
         math.log1p(len(lines)),
         float(has_marker),
         float(final is not None),
@@ -393,7 +399,7 @@ def answer_features(prompt: str, answer: str) -> list[float]:
         used / len(prompt_nums) if prompt_nums else 1.0,
         novel / len(answer_nums) if answer_nums else 0.0,
         math.log1p(len(prompt_nums)),
-        math.log1p(len(prompt)),
+        math.log1p(n_prompt),
         float(min(hedges, 3)),
         float(any(m in low for m in REFUSALS)),
         float(min(sum(low.count(m) for m in _CORRECTIONS), 3)),

@@ -240,3 +240,11 @@ def test_held_out_gsm8k_cheap_answers_rank_well_above_prompt_only():
     ).apgr
     # 5x5-fold CV gives ~0.72 (bench/cascade_eval.py); one 30% split of 522 rows varies ~±0.04
     assert apgr > 0.64
+
+
+def test_a_huge_answer_is_read_in_part_and_keeps_its_length():
+    huge = "So 2 + 2 = 4 and <<3*3=9>>9. " * 40_000 + "\n#### 4"
+    f = answer_features("What is 2 + 2? " * 5_000, huge)
+    assert f[ANSWER_FEATURE_NAMES.index("log_answer_chars")] == pytest.approx(math.log1p(len(huge)))
+    assert f[ANSWER_FEATURE_NAMES.index("has_final_marker")] == 1.0  # the tail is read
+    assert all(math.isfinite(v) for v in f)
