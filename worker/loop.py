@@ -177,6 +177,7 @@ class Worker:
         self.before_stop: list[Callable[[], Awaitable[None]]] = []
         self._source_partitions = 0
         self.ready = asyncio.Event()
+        self._readiness: asyncio.Task[None] | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.stats = {
@@ -251,6 +252,8 @@ class Worker:
             t for tasks in self._tasks.values() for t in tasks if not t.done()
         ]
         leftovers += [t for t in self._answered.values() if not t.done()]
+        if self._readiness is not None and not self._readiness.done():
+            leftovers.append(self._readiness)
         for task in leftovers:
             task.cancel()
         if leftovers:
@@ -694,6 +697,8 @@ class Worker:
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         self.ready.clear()
         self.observer.ready(False, "rebalancing")
+        if self._readiness is not None:
+            self._readiness.cancel()
         if self.batches is not None:
             self.batches.revoke(tp.partition for tp in revoked)
         await self._drain(self.settings.revoke_drain_timeout_s, revoked)
@@ -707,25 +712,44 @@ class Worker:
                 task.cancel()
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._partition_counts()
-        await asyncio.gather(*(self.answered(tp.partition) for tp in assigned))
+        """Start loading the partitions' state and return: the rebalance callback never waits
+        for a load (a stop mid-rebalance would wait for it, or cancel it under the callback);
+        requests wait for their partition's load themselves, and readiness follows the loads."""
+        try:
+            await self._partition_counts()
+        except KafkaError as exc:
+            log.warning("reading partition counts failed (%s); keeping the previous ones", exc)
         if self.on_share is not None and self._source_partitions > 0:
             mine = sum(1 for tp in assigned if tp.topic == self.topics.requests)
             self.on_share(mine / self._source_partitions)
         if self._paused and self.consumer is not None:
             self.consumer.pause(*assigned)
+        loads = [self._load_task(tp.partition) for tp in assigned]
+        if self._readiness is not None:
+            self._readiness.cancel()
+        self._readiness = asyncio.create_task(self._ready_after(loads, len(assigned)))
+
+    async def _ready_after(self, loads: list[asyncio.Task[AnsweredIds]], count: int) -> None:
+        if loads:
+            await asyncio.wait(loads)
+        if self._stopping.is_set():
+            return
         self.ready.set()
-        self.observer.ready(True, f"{len(assigned)} partitions assigned")
+        self.observer.ready(True, f"{count} partitions assigned")
 
     async def answered(self, partition: int) -> AnsweredIds:
         """The request ids of `partition` that already have a response (loaded on first use)."""
         load = self._answered.get(partition)
         if load is not None and load.done() and not load.cancelled() and load.exception() is None:
             return load.result()  # loaded: no shield (and no task switch) per request
+        return await asyncio.shield(self._load_task(partition))
+
+    def _load_task(self, partition: int) -> asyncio.Task[AnsweredIds]:
+        load = self._answered.get(partition)
         if load is None or (load.done() and (load.cancelled() or load.exception() is not None)):
             load = asyncio.create_task(self._load_answered(partition))
             self._answered[partition] = load
-        return await asyncio.shield(load)
+        return load
 
     async def _load_answered(self, partition: int) -> AnsweredIds:
         """Read back the partition's answered ids (and batch jobs); a failure (a slow broker, a
