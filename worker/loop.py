@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    CorruptRecordException,
+    IllegalStateError,
+    KafkaError,
+    UnsupportedCodecError,
+)
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 import schemas
@@ -33,12 +39,15 @@ from worker.dedupe import AnsweredIds, load_answered, marker, marker_partition
 from worker.kafka_config import KafkaSettings, LoopSettings, TopicSettings
 from worker.offsets import OffsetTracker
 from worker.providers.types import CompletionRequest, CompletionResult
+from worker.records import RawFetcher, read_batches
 from worker.telemetry import RequestSpan, TelemetryConfig, Tracing
 from worker.topics import partition_counts
 
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+# what `getmany` raises on a record it cannot read (besides non-Kafka errors of its reader)
+_UNREADABLE = (CorruptRecordException, UnsupportedCodecError)
 Decoded = schemas.RouteRequest | tuple[str, str]  # the request, or (error type, reason)
 
 
@@ -180,6 +189,7 @@ class Worker:
         self._readiness: asyncio.Task[None] | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self._raw = RawFetcher(kafka.common_kwargs)
         self.stats = {
             "records": 0, "dead_letters": 0, "duplicates": 0, "published": 0, "batched": 0,
         }  # fmt: skip
@@ -241,6 +251,7 @@ class Worker:
                 if self.batches is not None:
                     await self.batches.close(self.settings.drain_timeout_s)
                 await self._cancel_leftovers()
+                await self._raw.close()
                 await self.consumer.stop()
         finally:
             await self.producer.stop()
@@ -360,7 +371,17 @@ class Worker:
             self.observer.heartbeat()
             # fetch no more than there is room for, so in-flight work never exceeds the bound
             room = max(1, self.settings.max_in_flight - self.tracker.in_flight())
-            batch = await self.consumer.getmany(timeout_ms=100, max_records=room)
+            try:
+                batch = await self.consumer.getmany(timeout_ms=100, max_records=room)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if isinstance(exc, KafkaError) and not isinstance(exc, _UNREADABLE):
+                    log.warning("fetching failed (%s: %s)", type(exc).__name__, exc)
+                    await asyncio.sleep(0.5)
+                else:  # a record aiokafka cannot read: stops only that record
+                    await self._salvage(exc)
+                continue
             if batch:
                 self._start_batch(batch)
             self._backpressure()
@@ -389,8 +410,41 @@ class Worker:
             ready = next(prepared, None) if isinstance(item, schemas.RouteRequest) else None
             self._start(tp, record, item, ready)
 
+    async def _salvage(self, exc: Exception) -> None:
+        """`getmany` raised on a record it cannot read (and would again on every poll): read
+        the partitions' raw batches from their positions, start every readable record, leave
+        the unreadable ones to the dead-letter path, and move the partition past them."""
+        assert self.consumer is not None
+        paused = self.consumer.paused()
+        found = False
+        for tp in sorted(self.consumer.assignment() - paused):
+            try:
+                position = await self.consumer.position(tp)
+                data = await self._raw.fetch(tp, position)
+            except KafkaError as fetch_exc:
+                log.warning("reading %s raw failed: %s", tp, fetch_exc)
+                continue
+            salvaged = read_batches(tp.topic, tp.partition, data, position)
+            if not salvaged.found_problem:
+                continue
+            found = True
+            bad = [r for r in salvaged.records if r.problem is not None]
+            log.warning("%s: %d unreadable records from offset %d (%s); dead-lettering them, "
+                        "keeping %d readable ones", tp, len(bad), bad[0].offset, bad[0].problem,
+                        len(salvaged.records) - len(bad))  # fmt: skip
+            self.consumer.seek(tp, salvaged.next_offset)
+            if salvaged.records:
+                self._start_batch({tp: salvaged.records})
+        if not found:
+            log.warning("fetching failed on a record no partition shows raw (%s: %s); retrying",
+                        type(exc).__name__, exc)  # fmt: skip
+            await asyncio.sleep(1.0)
+
     def _decode(self, record: Any) -> Decoded:
         """The request, or the dead-letter reason (error type, message)."""
+        problem = getattr(record, "problem", None)  # set on records read raw (worker.records)
+        if problem is not None:
+            return ("UnreadableRecord", problem)
         value: bytes = record.value if record.value is not None else b""
         if len(value) > self.settings.max_request_bytes:
             return (
@@ -439,7 +493,9 @@ class Worker:
             partition=record.partition,
             offset=record.offset,
             key=record.key,
-            headers=[(k, bytes(v)) for k, v in record.headers] if record.headers else [],
+            headers=[(k, b"" if v is None else bytes(v)) for k, v in record.headers]
+            if record.headers
+            else [],
             timestamp_ms=record.timestamp,
         )
         value: bytes = record.value if record.value is not None else b""

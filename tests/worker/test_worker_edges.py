@@ -4,6 +4,7 @@ undecodable headers, unpublishable results), and the paid model call made once."
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +14,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 import schemas
 from tests.conftest import TopicFactory
 from tests.kafka_support import java_produce
-from tests.worker.support import ROWS, poll_until, read_all, request_event, worker_config
+from tests.worker.support import (
+    ROWS,
+    poll_until,
+    produce,
+    read_all,
+    request_event,
+    worker_config,
+)
 from tests.worker.test_worker_kafka import _run_until, _topics
 from worker.app import build
 from worker.dedupe import marker
@@ -121,3 +129,84 @@ async def test_every_kafka_codec_is_decoded(
                            for i in range(j * per, (j + 1) * per)}  # fmt: skip
     assert max(counts.values()) == 1
     assert await _committed_to_end(kafka_bootstrap, config.kafka.group_id, topics["requests"], 2)
+
+
+class _NotUtf8(str):
+    """A header key whose encoding is not UTF-8: what a hostile or broken producer can write
+    (aiokafka's own builder encodes keys with `str.encode`)."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return b"\xff\xfebad-\xc3"
+
+
+async def _send_raw_batch(
+    bootstrap: str, topic: str, records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]],
+    codec: int = 0,
+) -> None:  # fmt: skip
+    """One record batch, built by aiokafka's pure-Python builder (which writes header keys as
+    given) and sent as is to partition 0."""
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        batch._builder = _DefaultRecordBatchBuilderPy(
+            2, codec, is_transactional=0, producer_id=-1, producer_epoch=-1, base_sequence=0,
+            batch_size=1 << 20,
+        )  # fmt: skip
+        for key, value, headers in records:
+            assert batch.append(timestamp=None, key=key, value=value, headers=headers)
+        await (await producer.send_batch(batch, topic, partition=0))
+    finally:
+        await producer.stop()
+
+
+async def test_an_unreadable_header_is_dead_lettered_and_its_neighbours_answered(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator
+) -> None:
+    """A header key that is not UTF-8 made aiokafka's reader raise inside `getmany`: the member
+    exited 1 on every restart. Now exactly that record is dead-lettered (with its coordinates,
+    raw key and value) and every other record of its batch, and after it, is answered."""
+    topics = await _topics(new_topic, partitions=1)
+    config = worker_config(kafka_bootstrap, topics, artifact, sim.base_url)
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
+    good = _request_values(range(12))
+    bad_header = [(_NotUtf8("x"), b"1")]
+    plain = [(k, v, []) for k, v in good[:3]] + [(b"poison-1", good[3][1], bad_header)]
+    plain += [(k, v, []) for k, v in good[4:6]]
+    lz4 = [(k, v, []) for k, v in good[6:8]] + [(b"poison-2", b"{}", bad_header)]
+    lz4 += [(k, v, []) for k, v in good[8:10]]
+    await _send_raw_batch(kafka_bootstrap, topics["requests"], plain)
+    await _send_raw_batch(kafka_bootstrap, topics["requests"], lz4, codec=3)
+    await produce(kafka_bootstrap, topics["requests"], list(good[10:]))
+    answered = {k.decode() for k, _ in good if k not in (good[3][0],)}
+    app = build(config)
+    try:
+        await _run_until(
+            app.worker,
+            lambda: (
+                app.worker.stats["published"] >= len(answered)
+                and app.worker.stats["dead_letters"] >= 2
+            ),
+            timeout_s=90,
+        )
+    finally:
+        await app.close()
+    responses = [
+        schemas.decode(r.value, schemas.RouteResponse)
+        for r in await read_all(kafka_bootstrap, topics["responses"], len(answered))
+    ]
+    counts = Counter(r.request_id for r in responses)
+    assert set(counts) == answered and max(counts.values()) == 1
+    letters = [
+        schemas.decode(r.value, schemas.DeadLetter)
+        for r in await read_all(kafka_bootstrap, topics["dlq"], 2)
+    ]
+    by_key = {base64.b64decode(d.original_key_b64 or ""): d for d in letters}
+    assert set(by_key) == {b"poison-1", b"poison-2"}
+    assert by_key[b"poison-1"].source.offset == 3 and by_key[b"poison-2"].source.offset == 8
+    assert base64.b64decode(by_key[b"poison-1"].original_value_b64) == good[3][1]
+    for letter in letters:
+        assert letter.error_type == "UnreadableRecord" and "UTF-8" in letter.reason
+    assert await _committed_to_end(kafka_bootstrap, config.kafka.group_id, topics["requests"], 1)
