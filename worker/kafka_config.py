@@ -116,3 +116,8 @@ class LoopSettings(_Settings, frozen=True, kw_only=True):
     dedupe_window: int = 50_000  # answered request ids remembered per partition
     publish_decisions: bool = True
     worker_id: str | None = None
+    # a record whose result its topic refuses (too large, an invalid or absent reply topic) is
+    # tried this often, then dead-lettered; broker outages are retried until the member stops
+    max_publish_attempts: int = 3
+    reply_publish_timeout_s: float = 5.0  # a reply topic without metadata by then: a failure
+    reply_topic_pattern: str | None = None  # when set, reply topics must match it (fullmatch)

@@ -13,18 +13,28 @@ At least once, nothing lost:
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import (
     CommitFailedError,
     CorruptRecordException,
     IllegalStateError,
+    InvalidTopicError,
     KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
     UnsupportedCodecError,
 )
 from aiokafka.partitioner import DefaultPartitioner, murmur2
@@ -41,13 +51,108 @@ from worker.offsets import OffsetTracker
 from worker.providers.types import CompletionRequest, CompletionResult
 from worker.records import RawFetcher, read_batches
 from worker.telemetry import RequestSpan, TelemetryConfig, Tracing
-from worker.topics import partition_counts
+from worker.topics import max_message_bytes, partition_counts
 
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
 # what `getmany` raises on a record it cannot read (besides non-Kafka errors of its reader)
 _UNREADABLE = (CorruptRecordException, UnsupportedCodecError)
+# publish failures that are the record's own fault (retrying cannot help it for long); any other
+# Kafka error is the broker's trouble and is retried until the member stops
+_RECORD_FAULTS = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+    TimeoutError,  # a reply topic that never gets metadata (absent, auto-create off)
+)
+_RECORD_OVERHEAD = 512  # batch and record framing, key and headers, below a topic's limit
+# Kafka's topic-name grammar (`Topic.validate`): 1-249 of [a-zA-Z0-9._-], not "." or ".."
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def _record_fault(exc: BaseException) -> bool:
+    return isinstance(exc, _RECORD_FAULTS) or not isinstance(exc, KafkaError)
+
+
+def _quietly(call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Metrics and telemetry never raise into the request path (a negative count from a
+    hostile provider once made a metric raise after the response was acknowledged)."""
+    try:
+        call(*args, **kwargs)
+    except Exception as exc:
+        log.warning("%s failed: %s: %s", getattr(call, "__qualname__", call),
+                    type(exc).__name__, exc)  # fmt: skip
+
+
+@dataclass
+class _Publishing:
+    """What one record's attempts have done so far."""
+
+    handled_once: bool = False
+    handled: Handled | None = None
+    decision_sent: bool = False
+    cut_to: int | None = None  # the target topic's limit, once a send was too large
+
+
+class _NoSpan:
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+def _cut_response(
+    response: schemas.RouteResponse, info: RecordInfo, limit: int
+) -> schemas.RouteResponse:
+    """The response cut to fit `limit` bytes: the answer's text first, then the parts the
+    decision event also carries; `truncated` says the original size and the source record."""
+    budget = limit - _RECORD_OVERHEAD
+    original = len(schemas.encode(response))
+    source = schemas.SourceRecord(topic=info.topic, partition=info.partition, offset=info.offset)
+    r = msgspec.structs.replace(
+        response, truncated=schemas.Truncated(original_bytes=original, source=source)
+    )
+    for _ in range(6):
+        excess = len(schemas.encode(r)) - budget
+        if excess <= 0:
+            return r
+        if r.message is not None and r.message.content:
+            text = r.message.content.encode()
+            keep = max(0, len(text) - excess - 64)
+            content = text[:keep].decode(errors="ignore")
+            r = msgspec.structs.replace(
+                r, message=msgspec.structs.replace(r.message, content=content)
+            )
+        elif r.error is not None and len(r.error.message) > 200:
+            r = msgspec.structs.replace(
+                r, error=msgspec.structs.replace(r.error, message=r.error.message[:200])
+            )
+        else:
+            r = msgspec.structs.replace(r, decision=None, attempts=[])
+    return r
+
+
+def _cut_letter(
+    letter: schemas.DeadLetter, value: bytes, info: RecordInfo, original: int, limit: int
+) -> schemas.DeadLetter:
+    """The dead letter cut to fit `limit` bytes: a prefix of the original value (headers
+    dropped when they alone are too large), the original size and the source record."""
+    budget = limit - _RECORD_OVERHEAD
+    source = schemas.SourceRecord(topic=info.topic, partition=info.partition, offset=info.offset)
+    cut = msgspec.structs.replace(
+        letter,
+        original_value_b64="",
+        truncated=schemas.Truncated(original_bytes=original, source=source),
+    )
+    if len(schemas.encode(cut)) > budget // 2:
+        cut = msgspec.structs.replace(cut, original_headers=None)
+    room = max(0, budget - len(schemas.encode(cut)))
+    keep = room * 3 // 4
+    return msgspec.structs.replace(cut, original_value_b64=base64.b64encode(value[:keep]).decode())
+
+
 Decoded = schemas.RouteRequest | tuple[str, str]  # the request, or (error type, reason)
 
 
@@ -192,7 +297,11 @@ class Worker:
         self._raw = RawFetcher(kafka.common_kwargs)
         self.stats = {
             "records": 0, "dead_letters": 0, "duplicates": 0, "published": 0, "batched": 0,
+            "abandoned": 0,
         }  # fmt: skip
+        self._limits: dict[str, int] = {}  # topic -> max.message.bytes
+        self._trouble_count = 0
+        self._trouble_logged = float("-inf")
 
     # ------------------------------------------------------------ lifecycle
 
@@ -201,11 +310,17 @@ class Worker:
 
     async def run(self) -> None:
         common = self.kafka.common_kwargs()
+        # a batch larger than its topic's max.message.bytes fails whole (aiokafka does not split
+        # it): batches stay within the smallest limit of the topics written most
+        t = self.topics
+        self._limits.update(await max_message_bytes(common, [t.responses, t.decisions, t.dlq]))
+        batch_bytes = min(self.kafka.producer_batch_bytes,
+                          *(v - _RECORD_OVERHEAD for v in self._limits.values()))  # fmt: skip
         self.producer = AIOKafkaProducer(
             acks="all",
             enable_idempotence=True,
             linger_ms=self.kafka.producer_linger_ms,
-            max_batch_size=self.kafka.producer_batch_bytes,
+            max_batch_size=max(1024, batch_bytes),
             max_request_size=self.kafka.producer_max_request_bytes,
             compression_type=self.kafka.producer_compression,
             partitioner=KeyHashPartitioner(),
@@ -453,11 +568,34 @@ class Worker:
                 f"{self.settings.max_request_bytes}",
             )
         try:
-            return schemas.decode(value, schemas.RouteRequest)
+            request = schemas.decode(value, schemas.RouteRequest)
         except schemas.InvalidEvent as exc:
             return ("InvalidEvent", str(exc))
         except Exception as exc:  # never let one record stop the poll loop
             return ("InvalidEvent", f"{type(exc).__name__} while decoding: {exc}")
+        if request.reply_topic is not None:
+            refused = self._refused_reply_topic(request.reply_topic)
+            if refused is not None:
+                return ("InvalidEvent", f"$.reply_topic: {refused}")
+        return request
+
+    def _refused_reply_topic(self, topic: str) -> str | None:
+        """Why responses cannot go to `topic` (None: they can): Kafka's topic-name grammar,
+        no internal (`__`) topics, none of the worker's own topics but the responses topic, and
+        the configured pattern."""
+        if topic in (".", "..") or not _TOPIC_NAME.fullmatch(topic):
+            return f"{topic!r} is not a valid Kafka topic name"
+        if topic.startswith("__"):
+            return f"{topic!r} is an internal topic"
+        t = self.topics
+        own = {t.requests, t.decisions, t.feedback, t.dlq, t.batch_jobs, t.control, t.shadow,
+               t.cache, t.done}  # fmt: skip
+        if topic in own:
+            return f"{topic!r} is one of the worker's own topics"
+        pattern = self.settings.reply_topic_pattern
+        if pattern is not None and not re.fullmatch(pattern, topic):
+            return f"{topic!r} does not match the allowed reply topics {pattern!r}"
+        return None
 
     def _start(self, tp: TopicPartition, record: Any, item: Decoded, prepared: object) -> None:
         self.stats["records"] += 1
@@ -488,6 +626,10 @@ class Worker:
     async def _process(
         self, tp: TopicPartition, record: Any, item: Decoded, prepared: object = None
     ) -> None:
+        """End one record: a response, an error response or a dead letter, after a bounded
+        number of attempts for faults of the record itself (a reply topic that refuses it, a
+        record too large); the model is called at most once whatever is retried. Broker outages
+        are retried until the member stops (the offset stays unfinished: nothing is lost)."""
         info = RecordInfo(
             topic=record.topic,
             partition=record.partition,
@@ -499,71 +641,115 @@ class Worker:
             timestamp_ms=record.timestamp,
         )
         value: bytes = record.value if record.value is not None else b""
-        request: schemas.RouteRequest | None = None
-        problem: tuple[str, str] | None = None
-        if isinstance(item, schemas.RouteRequest):
-            request = item
-        else:
-            problem = item
-        with self.tracing.process_span(
-            info.topic, info.partition, info.offset, info.key, info.headers,
-            self.kafka.group_id, request.request_id if request is not None else None,
-        ) as span:  # fmt: skip
+        request = item if isinstance(item, schemas.RouteRequest) else None
+        state = _Publishing()
+        with self._span(info, request) as span:
+            faults = 0
+            delay = 0.5
             while True:
                 try:
                     if request is None:
-                        assert problem is not None
-                        await self._dead_letter(info, value, *problem)
-                        span.set_response(status="error", error_type=problem[0])
+                        assert not isinstance(item, schemas.RouteRequest)
+                        await self._dead_letter(info, value, *item)
+                        _quietly(span.set_response, status="error", error_type=item[0])
                     else:
-                        span.set_request(
-                            tenant=request.tenant,
-                            request_id=request.request_id,
-                            mode=request.routing.mode,
-                            metadata=request.metadata,
-                        )
-                        await self._answer(tp, request, info, span, prepared)
+                        if not state.handled_once:
+                            state.handled_once = True
+                            _quietly(span.set_request, tenant=request.tenant,
+                                     request_id=request.request_id, mode=request.routing.mode,
+                                     metadata=request.metadata)  # fmt: skip
+                            state.handled = await self._handle(tp, request, info, span, prepared)
+                        if state.handled is not None:
+                            await self._publish(state.handled, request, info, state)
+                            (await self.answered(tp.partition)).add(request.request_id)
                     break
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # Kafka trouble (pipeline bugs end in responses)
-                    # publishing failed beyond the producer's own retries: try again until it
-                    # works or the member stops; the offset stays unfinished meanwhile
+                except Exception as exc:
                     if self._stopping.is_set():
                         log.warning("giving up publishing %s:%s at shutdown: %s",
                                     info.partition, info.offset, exc)  # fmt: skip
                         return
-                    log.warning("publishing %s:%s failed, retrying: %s",
-                                info.partition, info.offset, exc)  # fmt: skip
-                    await asyncio.sleep(1.0)
+                    if not _record_fault(exc):  # the broker's trouble, not the record's
+                        self._log_publish_trouble(exc)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 10.0)
+                        continue
+                    faults += 1
+                    if faults < self.settings.max_publish_attempts:
+                        log.warning("publishing %s:%s failed (%s: %s), attempt %d of %d",
+                                    info.partition, info.offset, type(exc).__name__, exc, faults,
+                                    self.settings.max_publish_attempts)  # fmt: skip
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 10.0)
+                        continue
+                    if request is None:
+                        self._give_up(info, exc)
+                        break
+                    request = None  # dead-letter it instead, with the reason
+                    item = ("Unpublishable", f"its result could not be published: "
+                            f"{type(exc).__name__}: {exc}")  # fmt: skip
+                    faults = 0
         self.tracker.finish(tp, record.offset)
 
-    async def _answer(
+    def _span(self, info: RecordInfo, request: schemas.RouteRequest | None) -> Any:
+        try:
+            return self.tracing.process_span(
+                info.topic, info.partition, info.offset, info.key, info.headers,
+                self.kafka.group_id, request.request_id if request is not None else None,
+            )  # fmt: skip
+        except Exception:
+            log.exception("opening the record's span failed; the record goes on without it")
+            return contextlib.nullcontext(_NoSpan())
+
+    def _give_up(self, info: RecordInfo, exc: Exception) -> None:
+        """A dead letter could not be published either: count it and log it once with its
+        coordinates; the caller finishes its offset so the partition moves."""
+        self.stats["abandoned"] += 1
+        log.error("record %s[%d]@%d cannot be ended (%s: %s): offset finished without output",
+                  info.topic, info.partition, info.offset, type(exc).__name__, exc)  # fmt: skip
+
+    def _log_publish_trouble(self, exc: Exception) -> None:
+        now = self.clock()
+        self._trouble_count += 1
+        if now - self._trouble_logged >= 10.0:
+            log.warning("publishing fails (%s: %s); %d failures in the last interval, retrying",
+                        type(exc).__name__, exc, self._trouble_count)  # fmt: skip
+            self._trouble_logged = now
+            self._trouble_count = 0
+
+    async def _handle(
         self,
         tp: TopicPartition,
         request: schemas.RouteRequest,
         info: RecordInfo,
         span: RequestSpan,
         prepared: object = None,
-    ) -> None:
+    ) -> Handled | None:
+        """The pipeline's answer (None: already answered, or handed to a batch job). Called
+        once per record: the model call is paid for once, whatever publishing needs."""
         answered = await self.answered(tp.partition)
         batches = self.batches
         if request.request_id in answered or (
             batches is not None and batches.is_batched(tp.partition, request.request_id)
         ):
             self.stats["duplicates"] += 1
-            self.observer.duplicate()
-            return
+            _quietly(self.observer.duplicate)
+            return None
         try:
             result = await self.pipeline.handle(request, info, prepared)
             if isinstance(result, Deferred):
                 if batches is not None and await batches.submit(
                     tp.partition, info.offset, request.request_id, result.model, result.call
                 ):
-                    span.set_response(status="batched", model=result.model)
-                    await self._publish_decision(result.decision, request)
+                    _quietly(span.set_response, status="batched", model=result.model)
+                    try:
+                        await self._publish_decision(result.decision, request)
+                    except KafkaError as exc:
+                        log.warning("the decision event of batched %s was not published: %s",
+                                    request.request_id, exc)  # fmt: skip
                     self.stats["batched"] += 1
-                    return  # answered when the job ends (worker.batch.jobs)
+                    return None  # answered when the job ends (worker.batch.jobs)
                 result = await self.pipeline.handle(request, info, prepared, interactive=True)
             assert isinstance(result, Handled)
             handled = result
@@ -573,7 +759,8 @@ class Worker:
             log.exception("pipeline failed on request %s", request.request_id)
             handled = self.pipeline.internal_error(request, info, exc)
         r = handled.response
-        span.set_response(
+        _quietly(
+            span.set_response,
             status=r.status,
             model=r.model,
             cost_usd=r.cost_usd,
@@ -581,8 +768,7 @@ class Worker:
             error_type=r.error.type if r.error is not None else None,
             error_message=r.error.message if r.error is not None else "",
         )
-        await self._publish(handled, request, info)
-        answered.add(request.request_id)
+        return handled
 
     async def publish_shadow(
         self,
@@ -647,9 +833,10 @@ class Worker:
         else:
             handled = self.pipeline.batch_response(finished)
         assert isinstance(handled, Handled)
+        state = _Publishing(handled_once=True, handled=handled)
         while True:
             try:
-                await self._publish(handled, request, info)
+                await self._publish(handled, request, info, state)
                 break
             except KafkaError as exc:
                 log.warning("publishing batch answer %s failed, retrying: %s",
@@ -658,31 +845,55 @@ class Worker:
         answered.add(item.request_id)
 
     async def _publish(
-        self, handled: Handled, request: schemas.RouteRequest | None, info: RecordInfo
+        self,
+        handled: Handled,
+        request: schemas.RouteRequest | None,
+        info: RecordInfo,
+        state: _Publishing | None = None,
     ) -> None:
+        """The response (cut to fit its topic when too large), and the decision event once
+        (`state` remembers it across attempts), then the dedupe marker."""
         assert self.producer is not None
+        state = state if state is not None else _Publishing()
         key = handled.response.request_id.encode()
         reply = request.reply_topic if request is not None else None
-        acks: list[Awaitable[Any]] = [
-            await self.producer.send(
-                handled.reply_topic or reply or self.topics.responses,
-                schemas.encode(handled.response),
-                key=key,
-                headers=handled.headers or None,
+        target = handled.reply_topic or reply or self.topics.responses
+        response = handled.response
+        if state.cut_to is not None:
+            response = _cut_response(response, info, state.cut_to)
+        value = schemas.encode(response)
+        if len(value) > self.kafka.producer_max_request_bytes - _RECORD_OVERHEAD:
+            response = _cut_response(response, info, self.kafka.producer_max_request_bytes)
+            value = schemas.encode(response)
+        headers = handled.headers or None
+        send = self.producer.send(target, value, key=key, headers=headers)
+        if target != self.topics.responses:  # a reply topic may not exist: bound the wait
+            ack = await asyncio.wait_for(send, timeout=self.settings.reply_publish_timeout_s)
+        else:
+            ack = await send
+        acks: list[Awaitable[Any]] = [ack]
+        decision = handled.decision is not None and self.settings.publish_decisions
+        decision_ack: Awaitable[Any] | None = None
+        if decision and not state.decision_sent:
+            assert handled.decision is not None
+            decision_ack = await self.producer.send(
+                self.topics.decisions, schemas.encode(handled.decision), key=key, headers=headers
             )
-        ]
-        if handled.decision is not None and self.settings.publish_decisions:
-            acks.append(
-                await self.producer.send(
-                    self.topics.decisions,
-                    schemas.encode(handled.decision),
-                    key=key,
-                    headers=handled.headers or None,
-                )
-            )
-        await _all_acked(acks)
+        try:
+            await _all_acked(acks)
+        except MessageSizeTooLargeError:
+            if state.cut_to is None:  # once more, cut to the topic's own limit
+                state.cut_to = await self._topic_limit(target)
+            raise
+        finally:
+            if decision_ack is not None:
+                try:
+                    await decision_ack
+                    state.decision_sent = True
+                except Exception as exc:
+                    log.warning("decision event of %s not published: %s", key.decode(), exc)
         self.stats["published"] += 1
-        self.observer.published(handled)
+        _quietly(self.observer.published, handled)
         if self._done_partitions:
             # the dedupe marker need not be acknowledged before the commit: if it is lost, the
             # committed offset already keeps the record from being redelivered
@@ -696,6 +907,7 @@ class Worker:
     async def _dead_letter(
         self, info: RecordInfo, value: bytes, error_type: str, reason: str
     ) -> None:
+        """The dead-letter record, cut to fit the dead-letter topic when it is too large."""
         assert self.producer is not None
         letter = dead_letter(
             topic=info.topic,
@@ -709,9 +921,23 @@ class Worker:
             reason=reason,
             worker_id=self.settings.worker_id,
         )
-        await self.producer.send_and_wait(self.topics.dlq, schemas.encode(letter), key=info.key)
+        encoded = schemas.encode(letter)
+        limit = min(self.kafka.producer_max_request_bytes, await self._topic_limit(self.topics.dlq))
+        if len(encoded) > limit - _RECORD_OVERHEAD:
+            encoded = schemas.encode(_cut_letter(letter, value, info, len(value), limit))
+        await self.producer.send_and_wait(self.topics.dlq, encoded, key=info.key)
         self.stats["dead_letters"] += 1
-        self.observer.dead_letter(error_type)
+        _quietly(self.observer.dead_letter, error_type)
+
+    async def _topic_limit(self, topic: str) -> int:
+        """The topic's `max.message.bytes` (read once per topic; the broker default when it
+        cannot be read)."""
+        known = self._limits.get(topic)
+        if known is not None:
+            return known
+        limits = await max_message_bytes(self.kafka.common_kwargs(), [topic])
+        self._limits[topic] = limits[topic]
+        return limits[topic]
 
     # ------------------------------------------------------------ commits and rebalances
 

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 import schemas
 from tests.conftest import TopicFactory
-from tests.kafka_support import java_produce
+from tests.kafka_support import create_topics, java_produce
 from tests.worker.support import (
     ROWS,
     poll_until,
@@ -209,4 +209,79 @@ async def test_an_unreadable_header_is_dead_lettered_and_its_neighbours_answered
     assert base64.b64decode(by_key[b"poison-1"].original_value_b64) == good[3][1]
     for letter in letters:
         assert letter.error_type == "UnreadableRecord" and "UTF-8" in letter.reason
+    assert await _committed_to_end(kafka_bootstrap, config.kafka.group_id, topics["requests"], 1)
+
+
+async def test_results_that_cannot_be_published_as_asked_still_end(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator
+) -> None:
+    """Each of these froze its partition forever (the publish was retried until the member
+    stopped): a header with a null value, reply topics that cannot take a record, a dead letter
+    or a response larger than its topic's max.message.bytes. Each now ends in a response, a
+    response cut to fit, or a dead-letter record, and the partition's commits reach its end."""
+    topics = await _topics(new_topic, partitions=1)
+    await create_topics(kafka_bootstrap, [topics["dlq"]], configs={"max.message.bytes": "60000"})
+    await create_topics(kafka_bootstrap, [topics["responses"]],
+                        configs={"max.message.bytes": "1100"})  # fmt: skip
+    taken = f"{topics['requests']}.taken"
+    await create_topics(kafka_bootstrap, [taken])
+    config = worker_config(kafka_bootstrap, topics, artifact, sim.base_url)
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
+    good = _request_values(range(4))
+    await asyncio.to_thread(
+        java_produce, kafka_bootstrap, topics["requests"],
+        [("none", k, v) for k, v in good[:2]], null_header=True,
+    )  # fmt: skip
+    replies = {
+        "dots": "..",
+        "internal": "__consumer_offsets",
+        "ours": topics["done"],
+        "collides": taken.replace(".", "_"),  # Kafka refuses names that collide in metrics
+    }
+    poison = [
+        (f"reply-{name}".encode(), schemas.encode(request_event(
+            ROWS[i], 100 + i, request_id=f"reply-{name}", reply_topic=reply)))
+        for i, (name, reply) in enumerate(replies.items())
+    ]  # fmt: skip
+    long_answer = request_event(ROWS[5], 200, request_id="long-answer",
+                                params=schemas.GenerationParams(max_tokens=2000))  # fmt: skip
+    poison.append((b"long-answer", schemas.encode(long_answer)))
+    poison.append((b"big-letter", b"\x00not json" * 8000))  # ~80 KB: ~107 KB in base64
+    await produce(kafka_bootstrap, topics["requests"], poison + list(good[2:]))
+    total = len(good) + len(poison)
+    app = build(config)
+    try:
+        await _run_until(
+            app.worker,
+            lambda: app.worker.stats["published"] + app.worker.stats["dead_letters"] >= total,
+            timeout_s=120,
+        )
+    finally:
+        await app.close()
+    responses = [
+        schemas.decode(r.value, schemas.RouteResponse)
+        for r in await read_all(kafka_bootstrap, topics["responses"], 5)
+    ]
+    by_id = Counter(r.request_id for r in responses)
+    assert {k.decode() for k, _ in good} | {"long-answer"} <= set(by_id)
+    assert max(by_id.values()) == 1
+    letters = [
+        schemas.decode(r.value, schemas.DeadLetter)
+        for r in await read_all(kafka_bootstrap, topics["dlq"], len(replies) + 1)
+    ]
+    by_key = {base64.b64decode(d.original_key_b64 or b""): d for d in letters}
+    assert set(by_key) == {f"reply-{n}".encode() for n in replies} | {b"big-letter"}
+    big = by_key[b"big-letter"]
+    assert big.truncated is not None and big.truncated.original_bytes == 72_000
+    assert big.truncated.source.offset == big.source.offset
+    assert (
+        base64.b64decode(big.original_value_b64)
+        == (b"\x00not json" * 8000)[: len(base64.b64decode(big.original_value_b64))]
+    )
+    # the responses topic takes 1,100 bytes: larger responses were cut, saying so
+    cut = [r for r in responses if r.truncated is not None]
+    assert cut, "no response was cut: the limit did not bite"
+    for r in cut:
+        assert r.truncated is not None and r.truncated.original_bytes > 1100 - 512
+        assert r.truncated.source.topic == topics["requests"] and r.status == "ok"
     assert await _committed_to_end(kafka_bootstrap, config.kafka.group_id, topics["requests"], 1)
