@@ -111,6 +111,7 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
             max_rate_limit_wait_s=p.rate_limit_max_wait_s,
             failover_timeout_min_s=p.failover_timeout_min_s,
             failover_timeout_factor=p.failover_timeout_factor,
+            max_answer_bytes=p.max_answer_bytes,
         ),
     )
     if client.missing_keys:

@@ -25,6 +25,7 @@ from tests.worker.support import (
 from tests.worker.test_worker_kafka import _run_until, _topics
 from worker.app import build
 from worker.dedupe import marker
+from worker.loop import Worker
 from worker.sim import Simulator
 from worker.topics import ensure_topics
 
@@ -284,4 +285,60 @@ async def test_results_that_cannot_be_published_as_asked_still_end(
     for r in cut:
         assert r.truncated is not None and r.truncated.original_bytes > 1100 - 512
         assert r.truncated.source.topic == topics["requests"] and r.status == "ok"
+    assert await _committed_to_end(kafka_bootstrap, config.kafka.group_id, topics["requests"], 1)
+
+
+class _FailingMetrics:
+    """A loop observer whose `published` raises, as a metric did on a negative count."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def heartbeat(self) -> None:
+        pass
+
+    def ready(self, ready: bool, reason: str) -> None:
+        pass
+
+    def dead_letter(self, error_type: str) -> None:
+        pass
+
+    def duplicate(self) -> None:
+        pass
+
+    def in_flight(self, count: int) -> None:
+        pass
+
+    def lag(self, partition: int, lag: int) -> None:
+        pass
+
+    def published(self, handled: object) -> None:
+        self.calls += 1
+        raise ValueError("Counters can only be incremented by non-negative amounts.")
+
+
+async def test_a_model_answer_is_paid_for_once_when_what_follows_fails(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator
+) -> None:
+    """A metric raising after the response was acknowledged made the loop redo the whole
+    request: a new model call and a new response each second. Now the model is called once,
+    one response and one decision event go out per request, and the member carries on."""
+    topics = await _topics(new_topic, partitions=1)
+    config = worker_config(kafka_bootstrap, topics, artifact, sim.base_url)
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
+    n = 6
+    await produce(kafka_bootstrap, topics["requests"], list(_request_values(range(n))))
+    app = build(config)
+    metrics = _FailingMetrics()
+    worker = Worker(config.kafka, config.topics, config.loop, app.pipeline, metrics, app.tracing)
+    before = sim.stats.requests
+    try:
+        await _run_until(worker, lambda: metrics.calls >= n, timeout_s=60)
+        await asyncio.sleep(2.0)  # time for any repeat to show
+    finally:
+        await app.close()
+    assert sim.stats.requests - before == n
+    responses = await read_all(kafka_bootstrap, topics["responses"], n)
+    decisions = await read_all(kafka_bootstrap, topics["decisions"], n)
+    assert len(responses) == n and len(decisions) == n
     assert await _committed_to_end(kafka_bootstrap, config.kafka.group_id, topics["requests"], 1)
