@@ -300,6 +300,7 @@ class Worker:
             "abandoned": 0,
         }  # fmt: skip
         self._limits: dict[str, int] = {}  # topic -> max.message.bytes
+        self._in_flight_ids: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._trouble_count = 0
         self._trouble_logged = float("-inf")
 
@@ -643,6 +644,39 @@ class Worker:
         value: bytes = record.value if record.value is not None else b""
         request = item if isinstance(item, schemas.RouteRequest) else None
         state = _Publishing()
+        owned: tuple[str, str] | None = None
+        if request is not None:
+            # one model call per request id in flight in this member: a second record of it
+            # waits for the first to end, then finds it answered (a duplicate)
+            key = (request.tenant, request.request_id)
+            first = self._in_flight_ids.get(key)
+            if first is not None:
+                await asyncio.shield(first)
+            else:
+                self._in_flight_ids[key] = asyncio.get_running_loop().create_future()
+                owned = key
+        try:
+            ended = await self._end_record(tp, info, value, item, request, state, prepared)
+        finally:
+            if owned is not None:
+                done = self._in_flight_ids.pop(owned)
+                if not done.done():
+                    done.set_result(None)
+        if ended:
+            self.tracker.finish(tp, record.offset)
+
+    async def _end_record(
+        self,
+        tp: TopicPartition,
+        info: RecordInfo,
+        value: bytes,
+        item: Decoded,
+        request: schemas.RouteRequest | None,
+        state: _Publishing,
+        prepared: object,
+    ) -> bool:
+        """True once the record has ended; False when the member stops first (its offset
+        stays unfinished, so the next owner redoes it)."""
         with self._span(info, request) as span:
             faults = 0
             delay = 0.5
@@ -669,7 +703,7 @@ class Worker:
                     if self._stopping.is_set():
                         log.warning("giving up publishing %s:%s at shutdown: %s",
                                     info.partition, info.offset, exc)  # fmt: skip
-                        return
+                        return False
                     if not _record_fault(exc):  # the broker's trouble, not the record's
                         self._log_publish_trouble(exc)
                         await asyncio.sleep(delay)
@@ -690,7 +724,7 @@ class Worker:
                     item = ("Unpublishable", f"its result could not be published: "
                             f"{type(exc).__name__}: {exc}")  # fmt: skip
                     faults = 0
-        self.tracker.finish(tp, record.offset)
+        return True
 
     def _span(self, info: RecordInfo, request: schemas.RouteRequest | None) -> Any:
         try:

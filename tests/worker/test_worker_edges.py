@@ -342,3 +342,29 @@ async def test_a_model_answer_is_paid_for_once_when_what_follows_fails(
     decisions = await read_all(kafka_bootstrap, topics["decisions"], n)
     assert len(responses) == n and len(decisions) == n
     assert await _committed_to_end(kafka_bootstrap, config.kafka.group_id, topics["requests"], 1)
+
+
+async def test_the_same_request_twice_in_flight_makes_one_model_call(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator
+) -> None:
+    """Two records of one request (a producer's retry) fetched together were both answered:
+    two model calls, two responses. Now they share one call and one response."""
+    topics = await _topics(new_topic, partitions=1)
+    config = worker_config(kafka_bootstrap, topics, artifact, sim.base_url)
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
+    values = list(_request_values(range(5)))
+    await produce(kafka_bootstrap, topics["requests"], values + values)  # one fetch: all in flight
+    app = build(config)
+    before = sim.stats.requests
+    try:
+        await _run_until(
+            app.worker,
+            lambda: app.worker.stats["published"] + app.worker.stats["duplicates"] >= 10,
+            timeout_s=60,
+        )
+    finally:
+        await app.close()
+    assert sim.stats.requests - before == 5
+    responses = await read_all(kafka_bootstrap, topics["responses"], 5)
+    assert Counter(r.key for r in responses) == Counter({k: 1 for k, _ in values})
+    assert await _committed_to_end(kafka_bootstrap, config.kafka.group_id, topics["requests"], 1)
