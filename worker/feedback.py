@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 import schemas
 from worker.deadletter import dead_letter
 from worker.kafka_config import KafkaSettings, TopicSettings
+from worker.loop import close_quietly
 from worker.telemetry import Tracing
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ async def run_feedback(
             if batch:
                 await consumer.commit()
     finally:
-        await consumer.stop()
+        await close_quietly("the feedback consumer", consumer.stop)
     return recorded
 
 

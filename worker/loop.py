@@ -301,6 +301,7 @@ class Worker:
         }  # fmt: skip
         self._limits: dict[str, int] = {}  # topic -> max.message.bytes
         self._in_flight_ids: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self.broker_reachable = True
         self._trouble_count = 0
         self._trouble_logged = float("-inf")
 
@@ -348,12 +349,14 @@ class Worker:
                     await hook()
                 self._start_batches()
                 control = asyncio.create_task(self._follow_control())
+                watch = asyncio.create_task(self._watch_broker())
                 self.consumer.subscribe([self.topics.requests], listener=_Rebalance(self))
                 try:
                     await self._poll_until_stopped()
                 finally:
                     control.cancel()
-                    await asyncio.wait([control], timeout=10)
+                    watch.cancel()
+                    await asyncio.wait([control, watch], timeout=10)
                 if self.batches is not None:
                     self.batches.flush_all()  # what waits for a batch is submitted, not dropped
                 await self._drain(self.settings.drain_timeout_s)
@@ -367,10 +370,43 @@ class Worker:
                 if self.batches is not None:
                     await self.batches.close(self.settings.drain_timeout_s)
                 await self._cancel_leftovers()
-                await self._raw.close()
-                await self.consumer.stop()
+                await close_quietly("the raw fetch client", self._raw.close)
+                await close_quietly("the consumer", self.consumer.stop)
         finally:
-            await self.producer.stop()
+            await close_quietly("the producer", self.producer.stop)
+
+    async def _watch_broker(self, every_s: float = 2.0) -> None:
+        """Readiness follows the broker: unreachable (no metadata answer within 5 s) makes the
+        member unready within `every_s + 5` seconds, logged once per minute with a count;
+        ready again when it answers."""
+        down_since: float | None = None
+        failures = 0
+        logged = float("-inf")
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self._raw.probe()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                now = self.clock()
+                if down_since is None:
+                    down_since = now
+                    self.broker_reachable = False
+                    _quietly(self.observer.ready, False, "broker unreachable")
+                if now - logged >= 60.0:
+                    log.warning("the Kafka cluster does not answer (%s: %s); %d failed probes "
+                                "over %.0fs", type(exc).__name__, exc, failures,
+                                now - down_since)  # fmt: skip
+                    logged = now
+                continue
+            if down_since is not None:
+                log.info("the Kafka cluster answers again after %.0fs", self.clock() - down_since)
+                down_since, failures, logged = None, 0, float("-inf")
+                self.broker_reachable = True
+                if self.ready.is_set():
+                    _quietly(self.observer.ready, True, "broker reachable again")
 
     async def _cancel_leftovers(self) -> None:
         """Requests still in flight after the drain, and partition-state loads: cancelled (their
@@ -1051,7 +1087,8 @@ class Worker:
         if self._stopping.is_set():
             return
         self.ready.set()
-        self.observer.ready(True, f"{count} partitions assigned")
+        if self.broker_reachable:
+            self.observer.ready(True, f"{count} partitions assigned")
 
     async def answered(self, partition: int) -> AnsweredIds:
         """The request ids of `partition` that already have a response (loaded on first use)."""
@@ -1092,6 +1129,26 @@ class Worker:
                             "%.0fs", partition, type(exc).__name__, exc, delay)  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+
+async def close_quietly(
+    what: str, close: Callable[[], Awaitable[None]], timeout_s: float = 30.0
+) -> None:
+    """Stop a Kafka client at shutdown, whatever state the cluster is in: its failure (a
+    broker gone, its own tasks cancelled under it) is an expected condition, logged in one
+    line, never raised into the caller (and never a CancelledError the caller did not ask
+    for)."""
+    task = asyncio.ensure_future(close())
+    done, _ = await asyncio.wait([task], timeout=timeout_s)
+    if not done:
+        task.cancel()
+        log.warning("stopping %s took longer than %.0fs; left behind", what, timeout_s)
+        return
+    if task.cancelled():
+        log.warning("stopping %s was interrupted (the cluster is unreachable?)", what)
+    elif task.exception() is not None:
+        exc = task.exception()
+        log.warning("stopping %s failed: %s: %s", what, type(exc).__name__, exc)
 
 
 async def _all_acked(acks: list[Awaitable[Any]]) -> None:

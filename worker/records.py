@@ -12,6 +12,7 @@ Only the v2 record-batch format exists on the brokers we support (Kafka 4 remove
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -208,6 +209,15 @@ class RawFetcher:
                     raise for_code(error_code)(f"fetching {tp} at {offset}")
                 return bytes(rest[-1] or b"")
         return b""
+
+    async def probe(self, timeout_s: float = 5.0) -> None:
+        """Raise unless the cluster answers a metadata request within `timeout_s`."""
+        async with asyncio.timeout(timeout_s):
+            if self._client is None:
+                client = AIOKafkaClient(**self._kwargs())
+                await client.bootstrap()
+                self._client = client
+            await self._client.fetch_all_metadata()
 
     async def close(self) -> None:
         if self._client is not None:
