@@ -109,6 +109,9 @@ class TopicSettings(_Settings, frozen=True, kw_only=True):
 class LoopSettings(_Settings, frozen=True, kw_only=True):
     max_in_flight: int = 2_000  # pause fetching at this many unfinished requests
     resume_below: int = 1_500  # resume under this many
+    # ... or at this many record bytes in flight (resume under 3/4 of it): memory is bounded
+    # by bytes too, whatever the request sizes (see docs/deployment.md for the arithmetic)
+    max_in_flight_bytes: int = 64 * 1024 * 1024
     drain_timeout_s: float = 30.0  # SIGTERM: finish in-flight work for at most this long
     revoke_drain_timeout_s: float = 10.0  # rebalance: wait this long for a revoked partition
     commit_interval_ms: int = 500

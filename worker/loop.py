@@ -302,6 +302,8 @@ class Worker:
         self._limits: dict[str, int] = {}  # topic -> max.message.bytes
         self._in_flight_ids: dict[tuple[str, str], asyncio.Future[None]] = {}
         self.broker_reachable = True
+        self.in_flight_bytes = 0  # record bytes (value + key) of the records in flight
+        self._mean_record_bytes = 1024
         self._trouble_count = 0
         self._trouble_logged = float("-inf")
 
@@ -337,7 +339,8 @@ class Worker:
             heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
             max_poll_interval_ms=self.kafka.max_poll_interval_ms,
             max_poll_records=self.kafka.max_poll_records,
-            fetch_max_bytes=self.kafka.fetch_max_bytes,
+            # one fetch brings at most the in-flight byte bound: in flight stays under twice it
+            fetch_max_bytes=min(self.kafka.fetch_max_bytes, self.settings.max_in_flight_bytes),
             **common,
         )
         await self.producer.start()
@@ -523,6 +526,9 @@ class Worker:
             self.observer.heartbeat()
             # fetch no more than there is room for, so in-flight work never exceeds the bound
             room = max(1, self.settings.max_in_flight - self.tracker.in_flight())
+            if self.in_flight_bytes:  # and no more bytes than there is room for (on average)
+                free = self.settings.max_in_flight_bytes - self.in_flight_bytes
+                room = max(1, min(room, free // max(1, self._mean_record_bytes)))
             try:
                 batch = await self.consumer.getmany(timeout_ms=100, max_records=room)
             except asyncio.CancelledError:
@@ -637,22 +643,37 @@ class Worker:
     def _start(self, tp: TopicPartition, record: Any, item: Decoded, prepared: object) -> None:
         self.stats["records"] += 1
         self.tracker.received(tp, record.offset)
+        size = len(record.value or b"") + len(record.key or b"")
+        self.in_flight_bytes += size
+        self._mean_record_bytes += (size - self._mean_record_bytes) // 64
         task = asyncio.create_task(self._process(tp, record, item, prepared))
+        task.add_done_callback(lambda _: self._release(size))
         tasks = self._tasks.get(tp)
         if tasks is None:
             tasks = self._tasks[tp] = set()
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    def _release(self, size: int) -> None:
+        self.in_flight_bytes -= size
+
     def _backpressure(self) -> None:
         assert self.consumer is not None
         in_flight = self.tracker.in_flight()
-        self.observer.in_flight(in_flight)
+        _quietly(self.observer.in_flight, in_flight)
         assignment = self.consumer.assignment()
-        if not self._paused and in_flight >= self.settings.max_in_flight:
+        full = (
+            in_flight >= self.settings.max_in_flight
+            or self.in_flight_bytes >= self.settings.max_in_flight_bytes
+        )
+        if not self._paused and full:
             self.consumer.pause(*assignment)
             self._paused = True
-        elif self._paused and in_flight <= self.settings.resume_below:
+        elif (
+            self._paused
+            and in_flight <= self.settings.resume_below
+            and self.in_flight_bytes <= self.settings.max_in_flight_bytes * 3 // 4
+        ):
             self.consumer.resume(*assignment)
             self._paused = False
         elif self._paused:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -368,3 +369,47 @@ async def test_the_same_request_twice_in_flight_makes_one_model_call(
     responses = await read_all(kafka_bootstrap, topics["responses"], 5)
     assert Counter(r.key for r in responses) == Counter({k: 1 for k, _ in values})
     assert await _committed_to_end(kafka_bootstrap, config.kafka.group_id, topics["requests"], 1)
+
+
+class _PeakInFlight(_FailingMetrics):
+    def __init__(self) -> None:
+        super().__init__()
+        self.peak = 0
+        self.done = 0
+
+    def in_flight(self, count: int) -> None:
+        self.peak = max(self.peak, count)
+
+    def published(self, handled: object) -> None:
+        self.done += 1
+
+
+async def test_in_flight_memory_is_bounded_in_bytes(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator
+) -> None:
+    """Large requests: the count bound (2,000) let 400 requests of 0.9 MB in at once. With
+    `max_in_flight_bytes` the member holds about that many bytes (at most twice: the bound,
+    plus one fetch, which is capped by it)."""
+    from worker.sim import Latency
+
+    sim.config = dataclasses.replace(sim.config, latency=Latency(ms=300))
+    topics = await _topics(new_topic, partitions=1)
+    config = worker_config(kafka_bootstrap, topics, artifact, sim.base_url,
+                           loop={"max_in_flight_bytes": 400_000})  # fmt: skip
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
+    n = 16
+    values = [
+        (f"big-{i:06d}".encode(), schemas.encode(request_event(
+            ROWS[i], i, request_id=f"big-{i:06d}", metadata={"pad": "x" * 100_000})))
+        for i in range(n)
+    ]  # fmt: skip
+    await produce(kafka_bootstrap, topics["requests"], values)
+    app = build(config)
+    observer = _PeakInFlight()
+    worker = Worker(config.kafka, config.topics, config.loop, app.pipeline, observer, app.tracing)
+    try:
+        await _run_until(worker, lambda: observer.done >= n, timeout_s=120)
+    finally:
+        await app.close()
+    print(f"\npeak in flight: {observer.peak} records of ~100 KB (bound 400 KB)")
+    assert observer.peak <= 2 * 400_000 // 100_000 + 1
