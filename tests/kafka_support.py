@@ -61,8 +61,14 @@ def java_produce(
     gzip, snappy, lz4, zstd). Keys and values must be one-line UTF-8."""
     jars = localkafka().ensure_jars()
     lines = b"".join(c.encode() + b"\t" + k + b"\t" + v + b"\n" for c, k, v in values)
-    args = ["java", "-cp", f"{jars}/*", str(ROOT / "tests" / "java" / "Produce.java"), bootstrap,
-            topic]  # fmt: skip
+    args = [
+        "java",
+        "-cp",
+        f"{jars}/*",
+        str(ROOT / "tests" / "java" / "Produce.java"),
+        bootstrap,
+        topic,
+    ]
     if null_header:
         args.append("null-header")
     proc = subprocess.run(args, input=lines, capture_output=True, timeout=120, check=False)

@@ -84,8 +84,9 @@ def _quietly(call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     try:
         call(*args, **kwargs)
     except Exception as exc:
-        log.warning("%s failed: %s: %s", getattr(call, "__qualname__", call),
-                    type(exc).__name__, exc)  # fmt: skip
+        log.warning(
+            "%s failed: %s: %s", getattr(call, "__qualname__", call), type(exc).__name__, exc
+        )
 
 
 @dataclass
@@ -318,8 +319,9 @@ class Worker:
         # it): batches stay within the smallest limit of the topics written most
         t = self.topics
         self._limits.update(await max_message_bytes(common, [t.responses, t.decisions, t.dlq]))
-        batch_bytes = min(self.kafka.producer_batch_bytes,
-                          *(v - _RECORD_OVERHEAD for v in self._limits.values()))  # fmt: skip
+        batch_bytes = min(
+            self.kafka.producer_batch_bytes, *(v - _RECORD_OVERHEAD for v in self._limits.values())
+        )
         self.producer = AIOKafkaProducer(
             acks="all",
             enable_idempotence=True,
@@ -399,9 +401,13 @@ class Worker:
                     self.broker_reachable = False
                     _quietly(self.observer.ready, False, "broker unreachable")
                 if now - logged >= 60.0:
-                    log.warning("the Kafka cluster does not answer (%s: %s); %d failed probes "
-                                "over %.0fs", type(exc).__name__, exc, failures,
-                                now - down_since)  # fmt: skip
+                    log.warning(
+                        "the Kafka cluster does not answer (%s: %s); %d failed probes over %.0fs",
+                        type(exc).__name__,
+                        exc,
+                        failures,
+                        now - down_since,
+                    )
                     logged = now
                 continue
             if down_since is not None:
@@ -587,15 +593,24 @@ class Worker:
                 continue
             found = True
             bad = [r for r in salvaged.records if r.problem is not None]
-            log.warning("%s: %d unreadable records from offset %d (%s); dead-lettering them, "
-                        "keeping %d readable ones", tp, len(bad), bad[0].offset, bad[0].problem,
-                        len(salvaged.records) - len(bad))  # fmt: skip
+            log.warning(
+                "%s: %d unreadable records from offset %d (%s); dead-lettering them, "
+                "keeping %d readable ones",
+                tp,
+                len(bad),
+                bad[0].offset,
+                bad[0].problem,
+                len(salvaged.records) - len(bad),
+            )
             self.consumer.seek(tp, salvaged.next_offset)
             if salvaged.records:
                 self._start_batch({tp: salvaged.records})
         if not found:
-            log.warning("fetching failed on a record no partition shows raw (%s: %s); retrying",
-                        type(exc).__name__, exc)  # fmt: skip
+            log.warning(
+                "fetching failed on a record no partition shows raw (%s: %s); retrying",
+                type(exc).__name__,
+                exc,
+            )
             await asyncio.sleep(1.0)
 
     def _decode(self, record: Any) -> Decoded:
@@ -631,8 +646,17 @@ class Worker:
         if topic.startswith("__"):
             return f"{topic!r} is an internal topic"
         t = self.topics
-        own = {t.requests, t.decisions, t.feedback, t.dlq, t.batch_jobs, t.control, t.shadow,
-               t.cache, t.done}  # fmt: skip
+        own = {
+            t.requests,
+            t.decisions,
+            t.feedback,
+            t.dlq,
+            t.batch_jobs,
+            t.control,
+            t.shadow,
+            t.cache,
+            t.done,
+        }
         if topic in own:
             return f"{topic!r} is one of the worker's own topics"
         pattern = self.settings.reply_topic_pattern
@@ -746,9 +770,13 @@ class Worker:
                     else:
                         if not state.handled_once:
                             state.handled_once = True
-                            _quietly(span.set_request, tenant=request.tenant,
-                                     request_id=request.request_id, mode=request.routing.mode,
-                                     metadata=request.metadata)  # fmt: skip
+                            _quietly(
+                                span.set_request,
+                                tenant=request.tenant,
+                                request_id=request.request_id,
+                                mode=request.routing.mode,
+                                metadata=request.metadata,
+                            )
                             state.handled = await self._handle(tp, request, info, span, prepared)
                         if state.handled is not None:
                             await self._publish(state.handled, request, info, state)
@@ -768,9 +796,15 @@ class Worker:
                         continue
                     faults += 1
                     if faults < self.settings.max_publish_attempts:
-                        log.warning("publishing %s:%s failed (%s: %s), attempt %d of %d",
-                                    info.partition, info.offset, type(exc).__name__, exc, faults,
-                                    self.settings.max_publish_attempts)  # fmt: skip
+                        log.warning(
+                            "publishing %s:%s failed (%s: %s), attempt %d of %d",
+                            info.partition,
+                            info.offset,
+                            type(exc).__name__,
+                            exc,
+                            faults,
+                            self.settings.max_publish_attempts,
+                        )
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, 10.0)
                         continue
@@ -778,17 +812,24 @@ class Worker:
                         self._give_up(info, exc)
                         break
                     request = None  # dead-letter it instead, with the reason
-                    item = ("Unpublishable", f"its result could not be published: "
-                            f"{type(exc).__name__}: {exc}")  # fmt: skip
+                    item = (
+                        "Unpublishable",
+                        f"its result could not be published: {type(exc).__name__}: {exc}",
+                    )
                     faults = 0
         return True
 
     def _span(self, info: RecordInfo, request: schemas.RouteRequest | None) -> Any:
         try:
             return self.tracing.process_span(
-                info.topic, info.partition, info.offset, info.key, info.headers,
-                self.kafka.group_id, request.request_id if request is not None else None,
-            )  # fmt: skip
+                info.topic,
+                info.partition,
+                info.offset,
+                info.key,
+                info.headers,
+                self.kafka.group_id,
+                request.request_id if request is not None else None,
+            )
         except Exception:
             log.exception("opening the record's span failed; the record goes on without it")
             return contextlib.nullcontext(_NoSpan())
@@ -797,15 +838,25 @@ class Worker:
         """A dead letter could not be published either: count it and log it once with its
         coordinates; the caller finishes its offset so the partition moves."""
         self.stats["abandoned"] += 1
-        log.error("record %s[%d]@%d cannot be ended (%s: %s): offset finished without output",
-                  info.topic, info.partition, info.offset, type(exc).__name__, exc)  # fmt: skip
+        log.error(
+            "record %s[%d]@%d cannot be ended (%s: %s): offset finished without output",
+            info.topic,
+            info.partition,
+            info.offset,
+            type(exc).__name__,
+            exc,
+        )
 
     def _log_publish_trouble(self, exc: Exception) -> None:
         now = self.clock()
         self._trouble_count += 1
         if now - self._trouble_logged >= 10.0:
-            log.warning("publishing fails (%s: %s); %d failures in the last interval, retrying",
-                        type(exc).__name__, exc, self._trouble_count)  # fmt: skip
+            log.warning(
+                "publishing fails (%s: %s); %d failures in the last interval, retrying",
+                type(exc).__name__,
+                exc,
+                self._trouble_count,
+            )
             self._trouble_logged = now
             self._trouble_count = 0
 
@@ -837,8 +888,11 @@ class Worker:
                     try:
                         await self._publish_decision(result.decision, request)
                     except KafkaError as exc:
-                        log.warning("the decision event of batched %s was not published: %s",
-                                    request.request_id, exc)  # fmt: skip
+                        log.warning(
+                            "the decision event of batched %s was not published: %s",
+                            request.request_id,
+                            exc,
+                        )
                     self.stats["batched"] += 1
                     return None  # answered when the job ends (worker.batch.jobs)
                 result = await self.pipeline.handle(request, info, prepared, interactive=True)

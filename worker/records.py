@@ -67,8 +67,21 @@ def read_batches(topic: str, partition: int, data: bytes, start: int) -> Salvage
     pos, next_offset = 0, start
     view = memoryview(data)
     while len(data) - pos >= _BATCH_HEADER.size:
-        (base, length, _epoch, magic, crc, attributes, last_delta, base_ts, _max_ts, _pid,
-         _pepoch, _seq, count) = _BATCH_HEADER.unpack_from(data, pos)  # fmt: skip
+        (
+            base,
+            length,
+            _epoch,
+            magic,
+            crc,
+            attributes,
+            last_delta,
+            base_ts,
+            _max_ts,
+            _pid,
+            _pepoch,
+            _seq,
+            count,
+        ) = _BATCH_HEADER.unpack_from(data, pos)
         end = pos + 12 + length
         if length < _BATCH_HEADER.size - 12 or end > len(data):
             break  # truncated
@@ -125,8 +138,18 @@ def _records(
             record, problem = _record(topic, partition, buf, pos, end, base, base_ts)
         except (ValueError, IndexError) as exc:
             # the rest of the batch cannot be framed: nothing more is readable in it
-            out.append(RawRecord(topic, partition, base + len(out), None, None, None, [],
-                                 f"malformed record ({exc})"))  # fmt: skip
+            out.append(
+                RawRecord(
+                    topic,
+                    partition,
+                    base + len(out),
+                    None,
+                    None,
+                    None,
+                    [],
+                    f"malformed record ({exc})",
+                )
+            )
             return True, [r for r in out if r.offset >= first]
         pos = end
         found = found or problem is not None
@@ -159,8 +182,9 @@ def _record(
         headers.append((h_key, h_value))
     if pos > end:
         raise ValueError("record fields beyond its length")
-    record = RawRecord(topic, partition, base + offset_delta, base_ts + ts_delta, key, value,
-                       headers, problem)  # fmt: skip
+    record = RawRecord(
+        topic, partition, base + offset_delta, base_ts + ts_delta, key, value, headers, problem
+    )
     return record, problem
 
 

@@ -76,8 +76,10 @@ async def test_an_impossible_answer_is_refused_without_a_retry(body: dict[str, A
 
 
 async def test_a_plausible_answer_passes() -> None:
-    client = mock_client(lambda request: httpx.Response(200, json=OK),
-                         settings=ClientSettings(max_answer_bytes=4_096))  # fmt: skip
+    client = mock_client(
+        lambda request: httpx.Response(200, json=OK),
+        settings=ClientSettings(max_answer_bytes=4_096),
+    )
     done = await client.complete(REQ, [STRONG_MODEL])
     assert done.result.text == "hello" and done.result.usage.output_tokens == 2
     await client.aclose()

@@ -14,9 +14,14 @@ class _NotUtf8(str):
 
 def _batch(base: int, values: list[bytes], codec: int = 0, bad: int | None = None) -> bytes:
     builder = _DefaultRecordBatchBuilderPy(
-        2, codec, is_transactional=0, producer_id=-1, producer_epoch=-1, base_sequence=0,
+        2,
+        codec,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=0,
         batch_size=1 << 20,
-    )  # fmt: skip
+    )
     for i, value in enumerate(values):
         headers = [(_NotUtf8("k"), b"v")] if i == bad else [("h", None)]
         assert builder.append(i, 1_000 + i, key=b"k%d" % i, value=value, headers=headers)
@@ -30,8 +35,10 @@ def test_readable_batches_are_read_whole_from_the_start_offset() -> None:
     out = read_batches("t", 0, data, start=11)
     assert not out.found_problem and out.next_offset == 14
     assert [(r.offset, r.value, r.problem) for r in out.records] == [
-        (11, b"b", None), (12, b"c", None), (13, b"d", None),
-    ]  # fmt: skip
+        (11, b"b", None),
+        (12, b"c", None),
+        (13, b"d", None),
+    ]
     assert out.records[0].headers == [("h", None)] and out.records[0].key == b"k1"
 
 

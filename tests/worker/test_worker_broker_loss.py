@@ -40,17 +40,25 @@ async def test_broker_gone_unready_then_sigterm_exits_zero(
     bootstrap = own_broker.bootstrap
     requests = unique_topic("requests")
     await create_topics(bootstrap, [requests], partitions=2)
-    topics = {"requests": requests, "responses": f"{requests}.responses",
-              "decisions": f"{requests}.decisions", "dlq": f"{requests}.dlq",
-              "done": f"{requests}.done", "feedback": f"{requests}.feedback",
-              "batch_jobs": f"{requests}.batch-jobs", "control": f"{requests}.control"}  # fmt: skip
+    topics = {
+        "requests": requests,
+        "responses": f"{requests}.responses",
+        "decisions": f"{requests}.decisions",
+        "dlq": f"{requests}.dlq",
+        "done": f"{requests}.done",
+        "feedback": f"{requests}.feedback",
+        "batch_jobs": f"{requests}.batch-jobs",
+        "control": f"{requests}.control",
+    }
     await ensure_topics(
-        worker_config(bootstrap, topics, artifact, sim.base_url).kafka.common_kwargs(), 
-        worker_config(bootstrap, topics, artifact, sim.base_url).topics, 1,
-    )  # fmt: skip
+        worker_config(bootstrap, topics, artifact, sim.base_url).kafka.common_kwargs(),
+        worker_config(bootstrap, topics, artifact, sim.base_url).topics,
+        1,
+    )
     port = _free_port()
-    data = worker_config_data(bootstrap, topics, artifact, sim.base_url,
-                              metrics={"enabled": True, "port": port})  # fmt: skip
+    data = worker_config_data(
+        bootstrap, topics, artifact, sim.base_url, metrics={"enabled": True, "port": port}
+    )
     path = tmp_path / "member.json"
     path.write_text(json.dumps(data))
     member = _spawn(path, "member")
@@ -64,8 +72,10 @@ async def test_broker_gone_unready_then_sigterm_exits_zero(
         lines_before = len(log.read_text().splitlines())
         await poll_until(lambda: False, 10.0)  # ten seconds of a member without its broker
         lines = len(log.read_text().splitlines()) - lines_before
-        print(f"\nunready {unready_after:.1f}s after the broker stopped; {lines} log lines in "
-              "the next 10 s")  # fmt: skip
+        print(
+            f"\nunready {unready_after:.1f}s after the broker stopped; {lines} log lines in "
+            "the next 10 s"
+        )
         member.send_signal(signal.SIGTERM)
         rc = member.wait(timeout=120)
     finally:

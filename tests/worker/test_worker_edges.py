@@ -127,8 +127,9 @@ async def test_every_kafka_codec_is_decoded(
         for r in await read_all(kafka_bootstrap, topics["responses"], n)
     ]
     counts = Counter(r.request_id for r in responses)
-    assert set(counts) == {f"{c}-{i:06d}" for j, c in enumerate(codecs)
-                           for i in range(j * per, (j + 1) * per)}  # fmt: skip
+    assert set(counts) == {
+        f"{c}-{i:06d}" for j, c in enumerate(codecs) for i in range(j * per, (j + 1) * per)
+    }
     assert max(counts.values()) == 1
     assert await _committed_to_end(kafka_bootstrap, config.kafka.group_id, topics["requests"], 2)
 
@@ -142,9 +143,11 @@ class _NotUtf8(str):
 
 
 async def _send_raw_batch(
-    bootstrap: str, topic: str, records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]],
+    bootstrap: str,
+    topic: str,
+    records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]],
     codec: int = 0,
-) -> None:  # fmt: skip
+) -> None:
     """One record batch, built by aiokafka's pure-Python builder (which writes header keys as
     given) and sent as is to partition 0."""
     from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
@@ -154,9 +157,14 @@ async def _send_raw_batch(
     try:
         batch = producer.create_batch()
         batch._builder = _DefaultRecordBatchBuilderPy(
-            2, codec, is_transactional=0, producer_id=-1, producer_epoch=-1, base_sequence=0,
+            2,
+            codec,
+            is_transactional=0,
+            producer_id=-1,
+            producer_epoch=-1,
+            base_sequence=0,
             batch_size=1 << 20,
-        )  # fmt: skip
+        )
         for key, value, headers in records:
             assert batch.append(timestamp=None, key=key, value=value, headers=headers)
         await (await producer.send_batch(batch, topic, partition=0))
@@ -223,17 +231,21 @@ async def test_results_that_cannot_be_published_as_asked_still_end(
     response cut to fit, or a dead-letter record, and the partition's commits reach its end."""
     topics = await _topics(new_topic, partitions=1)
     await create_topics(kafka_bootstrap, [topics["dlq"]], configs={"max.message.bytes": "60000"})
-    await create_topics(kafka_bootstrap, [topics["responses"]],
-                        configs={"max.message.bytes": "1100"})  # fmt: skip
+    await create_topics(
+        kafka_bootstrap, [topics["responses"]], configs={"max.message.bytes": "1100"}
+    )
     taken = f"{topics['requests']}.taken"
     await create_topics(kafka_bootstrap, [taken])
     config = worker_config(kafka_bootstrap, topics, artifact, sim.base_url)
     await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
     good = _request_values(range(4))
     await asyncio.to_thread(
-        java_produce, kafka_bootstrap, topics["requests"],
-        [("none", k, v) for k, v in good[:2]], null_header=True,
-    )  # fmt: skip
+        java_produce,
+        kafka_bootstrap,
+        topics["requests"],
+        [("none", k, v) for k, v in good[:2]],
+        null_header=True,
+    )
     replies = {
         "dots": "..",
         "internal": "__consumer_offsets",
@@ -241,12 +253,17 @@ async def test_results_that_cannot_be_published_as_asked_still_end(
         "collides": taken.replace(".", "_"),  # Kafka refuses names that collide in metrics
     }
     poison = [
-        (f"reply-{name}".encode(), schemas.encode(request_event(
-            ROWS[i], 100 + i, request_id=f"reply-{name}", reply_topic=reply)))
+        (
+            f"reply-{name}".encode(),
+            schemas.encode(
+                request_event(ROWS[i], 100 + i, request_id=f"reply-{name}", reply_topic=reply)
+            ),
+        )
         for i, (name, reply) in enumerate(replies.items())
-    ]  # fmt: skip
-    long_answer = request_event(ROWS[5], 200, request_id="long-answer",
-                                params=schemas.GenerationParams(max_tokens=2000))  # fmt: skip
+    ]
+    long_answer = request_event(
+        ROWS[5], 200, request_id="long-answer", params=schemas.GenerationParams(max_tokens=2000)
+    )
     poison.append((b"long-answer", schemas.encode(long_answer)))
     poison.append((b"big-letter", b"\x00not json" * 8000))  # ~80 KB: ~107 KB in base64
     await produce(kafka_bootstrap, topics["requests"], poison + list(good[2:]))
@@ -394,15 +411,22 @@ async def test_in_flight_memory_is_bounded_in_bytes(
 
     sim.config = dataclasses.replace(sim.config, latency=Latency(ms=300))
     topics = await _topics(new_topic, partitions=1)
-    config = worker_config(kafka_bootstrap, topics, artifact, sim.base_url,
-                           loop={"max_in_flight_bytes": 400_000})  # fmt: skip
+    config = worker_config(
+        kafka_bootstrap, topics, artifact, sim.base_url, loop={"max_in_flight_bytes": 400_000}
+    )
     await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
     n = 16
     values = [
-        (f"big-{i:06d}".encode(), schemas.encode(request_event(
-            ROWS[i], i, request_id=f"big-{i:06d}", metadata={"pad": "x" * 100_000})))
+        (
+            f"big-{i:06d}".encode(),
+            schemas.encode(
+                request_event(
+                    ROWS[i], i, request_id=f"big-{i:06d}", metadata={"pad": "x" * 100_000}
+                )
+            ),
+        )
         for i in range(n)
-    ]  # fmt: skip
+    ]
     await produce(kafka_bootstrap, topics["requests"], values)
     app = build(config)
     observer = _PeakInFlight()
@@ -413,3 +437,89 @@ async def test_in_flight_memory_is_bounded_in_bytes(
         await app.close()
     print(f"\npeak in flight: {observer.peak} records of ~100 KB (bound 400 KB)")
     assert observer.peak <= 2 * 400_000 // 100_000 + 1
+
+
+async def test_poison_suite_against_one_member(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator
+) -> None:
+    """Every kind of poison record above, mixed with valid requests, against one member: it
+    stays up, every valid request is answered exactly once, every poison record is
+    dead-lettered or error-answered, and the committed offsets reach the end offsets."""
+    topics = await _topics(new_topic, partitions=2)
+    await create_topics(kafka_bootstrap, [topics["dlq"]], configs={"max.message.bytes": "60000"})
+    config = worker_config(kafka_bootstrap, topics, artifact, sim.base_url)
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
+    valid = list(_request_values(range(40)))
+    # compressed batches from Kafka's Java producer, some with null header values
+    codecs = ["none", "gzip", "snappy", "lz4", "zstd"]
+    await asyncio.to_thread(
+        java_produce,
+        kafka_bootstrap,
+        topics["requests"],
+        [(codecs[i % 5], k, v) for i, (k, v) in enumerate(valid[:20])],
+    )
+    await asyncio.to_thread(
+        java_produce,
+        kafka_bootstrap,
+        topics["requests"],
+        [("lz4", k, v) for k, v in valid[20:25]],
+        null_header=True,
+    )
+    # an unreadable header key amid readable records, in one batch
+    bad_header = [(_NotUtf8("x"), b"1")]
+    await _send_raw_batch(
+        kafka_bootstrap,
+        topics["requests"],
+        [(k, v, []) for k, v in valid[25:28]]
+        + [(b"poison-header", b"{}", bad_header)]
+        + [(k, v, []) for k, v in valid[28:30]],
+        codec=2,
+    )
+    poison: list[tuple[bytes | None, bytes]] = [
+        (b"poison-json", b"{not json"),
+        (b"poison-big-letter", b"\x00" * 70_000),
+        (
+            b"poison-reply-dots",
+            schemas.encode(
+                request_event(ROWS[0], 900, request_id="poison-reply-dots", reply_topic="..")
+            ),
+        ),
+        (
+            b"poison-reply-internal",
+            schemas.encode(
+                request_event(
+                    ROWS[1],
+                    901,
+                    request_id="poison-reply-internal",
+                    reply_topic="__consumer_offsets",
+                )
+            ),
+        ),
+    ]
+    # the last ten valid requests twice each (a producer's retry): answered once
+    await produce(kafka_bootstrap, topics["requests"], poison + valid[30:] + valid[30:])
+    before = sim.stats.requests
+    app = build(config)
+    try:
+        await _run_until(
+            app.worker,
+            lambda: (
+                app.worker.stats["published"] >= len(valid)
+                and app.worker.stats["dead_letters"] >= len(poison) + 1
+            ),
+            timeout_s=120,
+        )
+    finally:
+        await app.close()
+    responses = await read_all(kafka_bootstrap, topics["responses"], len(valid))
+    counts = Counter(r.key for r in responses)
+    assert counts == Counter({k: 1 for k, _ in valid})
+    assert sim.stats.requests - before == len(valid)  # one model call per valid request
+    letters = [
+        schemas.decode(r.value, schemas.DeadLetter)
+        for r in await read_all(kafka_bootstrap, topics["dlq"], len(poison) + 1)
+    ]
+    keys = {base64.b64decode(d.original_key_b64 or b"") for d in letters}
+    assert keys == {k for k, _ in poison} | {b"poison-header"}
+    assert app.worker.stats["abandoned"] == 0
+    assert await _committed_to_end(kafka_bootstrap, config.kafka.group_id, topics["requests"], 2)

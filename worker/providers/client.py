@@ -486,8 +486,10 @@ class RouterClient:
         if any(type(c) is not int or c < 0 for c in counts):
             problem = f"impossible usage {counts}"
         elif u.input_tokens + u.output_tokens > spec.context_window_tokens:
-            problem = (f"usage of {u.input_tokens + u.output_tokens} tokens exceeds the "
-                       f"{spec.context_window_tokens}-token context window")  # fmt: skip
+            problem = (
+                f"usage of {u.input_tokens + u.output_tokens} tokens exceeds the "
+                f"{spec.context_window_tokens}-token context window"
+            )
         elif len(result.text) > self.settings.max_answer_bytes or (
             len(result.text.encode()) > self.settings.max_answer_bytes
         ):
