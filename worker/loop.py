@@ -1040,14 +1040,20 @@ class Worker:
         self.stats["published"] += 1
         _quietly(self.observer.published, handled)
         if self._done_partitions:
-            # the dedupe marker need not be acknowledged before the commit: if it is lost, the
-            # committed offset already keeps the record from being redelivered
-            await self.producer.send(
-                self.topics.done,
-                marker(info.partition, info.offset),
-                key=key,
-                partition=marker_partition(info.partition, self._done_partitions),
-            )
+            # the dedupe marker goes out once the response is acknowledged (never before: a
+            # marker without its response would lose the request), and the offset finishes
+            # once the marker is acknowledged too: a member killed before its next commit
+            # leaves markers for every response it published, so the next owner skips them. A
+            # marker that fails is logged, not retried (the response is out).
+            try:
+                await self.producer.send_and_wait(
+                    self.topics.done,
+                    marker(info.partition, info.offset),
+                    key=key,
+                    partition=marker_partition(info.partition, self._done_partitions),
+                )
+            except KafkaError as exc:
+                log.warning("dedupe marker of %s not written: %s", key.decode(), exc)
 
     async def _dead_letter(
         self, info: RecordInfo, value: bytes, error_type: str, reason: str
