@@ -264,11 +264,13 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
             started = time.monotonic()
             next_kill = started + args.kill_every
             sigtermed = False
+            events: list[float] = []
             while not feed.done() or time.monotonic() - started < 30:
                 await asyncio.sleep(0.5)
                 peak = max(peak, _peak_rss_mb(a), _peak_rss_mb(b))
                 if time.monotonic() >= next_kill:
                     a.kill()  # SIGKILL
+                    events.append(time.monotonic())
                     kills += 1
                     a.restarts += 1
                     a.start()
@@ -295,6 +297,16 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
         answered = set(responses.counts)
         ended = set(letters.counts) | answered
         gaps = [t2 - t1 for t1, t2 in zip(responses.arrivals, responses.arrivals[1:], strict=False)]
+        worst = max(range(len(gaps)), key=gaps.__getitem__, default=None)
+        details = {
+            "lost_keys": sorted(k.decode() for k in (valid - answered) | (poison - ended)),
+            "duplicated_keys": sorted(k.decode() for k, c in responses.counts.items() if c > 1),
+            "worst_stall_starts_s": None
+            if worst is None
+            else round(responses.arrivals[worst] - started, 1),
+            "events_s": [round(t - started, 1) for t in events],
+        }
+        (workdir / "chaos_details.json").write_text(json.dumps(details, indent=1))
         return {
             "requests": args.requests,
             "valid_requests": len(valid),

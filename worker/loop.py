@@ -579,6 +579,16 @@ class Worker:
         the partitions' raw batches from their positions, start every readable record, leave
         the unreadable ones to the dead-letter path, and move the partition past them."""
         assert self.consumer is not None
+        # records aiokafka had already taken for other partitions in the failed call were lost
+        # with the exception (their positions moved on): fetch them again from what we received
+        for tp in self.consumer.assignment():
+            expected = self.tracker.next_offset(tp)
+            if expected is None:  # nothing received yet: where this assignment started
+                expected = await self.consumer.committed(tp)
+            if expected is None:  # no commit yet: auto_offset_reset="earliest"
+                expected = (await self.consumer.beginning_offsets([tp]))[tp]
+            if expected is not None and await self.consumer.position(tp) > expected:
+                self.consumer.seek(tp, expected)
         paused = self.consumer.paused()
         found = False
         for tp in sorted(self.consumer.assignment() - paused):
