@@ -779,7 +779,6 @@ class Worker:
                         _quietly(span.set_response, status="error", error_type=item[0])
                     else:
                         if not state.handled_once:
-                            state.handled_once = True
                             _quietly(
                                 span.set_request,
                                 tenant=request.tenant,
@@ -788,6 +787,7 @@ class Worker:
                                 metadata=request.metadata,
                             )
                             state.handled = await self._handle(tp, request, info, span, prepared)
+                            state.handled_once = True  # not before: a failure here is retried
                         if state.handled is not None:
                             await self._publish(state.handled, request, info, state)
                             (await self.answered(tp.partition)).add(request.request_id)

@@ -556,3 +556,37 @@ async def test_an_unreadable_record_loses_nothing_of_the_other_partitions(
     responses = await read_all(kafka_bootstrap, topics["responses"], len(good))
     assert {r.key for r in responses} == {k for k, _ in good}
     assert await _committed_to_end(kafka_bootstrap, config.kafka.group_id, topics["requests"], 6)
+
+
+class _BrokenPipeline:
+    """A pipeline whose every path raises (a bug): the record must still end."""
+
+    def prepare(self, requests: object) -> list[None]:
+        return []
+
+    async def handle(self, *args: object, **kwargs: object) -> object:
+        raise RuntimeError("bug in handle")
+
+    def batch_response(self, finished: object) -> object:
+        raise RuntimeError("bug")
+
+    def internal_error(self, *args: object) -> object:
+        raise RuntimeError("bug in internal_error")
+
+
+async def test_a_request_whose_handling_raises_is_dead_lettered_not_dropped(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator
+) -> None:
+    """When even the error response cannot be built, the record used to be finished without
+    any output (its offset committed: lost). It now ends as a dead letter after the bounded
+    attempts."""
+    topics = await _topics(new_topic, partitions=1)
+    config = worker_config(kafka_bootstrap, topics, artifact, sim.base_url)
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
+    await produce(kafka_bootstrap, topics["requests"], list(_request_values(range(2))))
+    worker = Worker(config.kafka, config.topics, config.loop, _BrokenPipeline())
+    await _run_until(worker, lambda: worker.stats["dead_letters"] >= 2, timeout_s=60)
+    letters = await read_all(kafka_bootstrap, topics["dlq"], 2)
+    assert {r.key for r in letters} == {b"req-000000", b"req-000001"}
+    for r in letters:
+        assert schemas.decode(r.value, schemas.DeadLetter).error_type == "Unpublishable"
