@@ -209,11 +209,7 @@ class RawFetcher:
         self._client: AIOKafkaClient | None = None
 
     async def fetch(self, tp: TopicPartition, offset: int) -> bytes:
-        client = self._client
-        if client is None:
-            client = AIOKafkaClient(**self._kwargs())
-            await client.bootstrap()
-            self._client = client
+        client = await self._started()
         client.add_topic(tp.topic)
         leader = client.cluster.leader_for_partition(tp)
         if leader is None or leader < 0:
@@ -237,11 +233,22 @@ class RawFetcher:
     async def probe(self, timeout_s: float = 5.0) -> None:
         """Raise unless the cluster answers a metadata request within `timeout_s`."""
         async with asyncio.timeout(timeout_s):
-            if self._client is None:
-                client = AIOKafkaClient(**self._kwargs())
-                await client.bootstrap()
-                self._client = client
-            await self._client.fetch_all_metadata()
+            client = await self._started()
+            await client.fetch_all_metadata()
+
+    async def _started(self) -> AIOKafkaClient:
+        """The client, bootstrapped; one whose bootstrap fails or is interrupted is closed
+        (its connections never left open)."""
+        if self._client is not None:
+            return self._client
+        client = AIOKafkaClient(**self._kwargs())
+        try:
+            await client.bootstrap()
+        except BaseException:
+            await client.close()
+            raise
+        self._client = client
+        return client
 
     async def close(self) -> None:
         if self._client is not None:
