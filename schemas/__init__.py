@@ -44,7 +44,9 @@ from schemas.events import (
     RouteResponse,
     RoutingDecision,
     RoutingOptions,
+    SourceRecord,
     TextPart,
+    Truncated,
     Usage,
 )
 
@@ -108,7 +110,9 @@ __all__ = [
     "RouteResponse",
     "RoutingDecision",
     "RoutingOptions",
+    "SourceRecord",
     "TextPart",
+    "Truncated",
     "Usage",
     "decode",
     "encode",

@@ -162,6 +162,22 @@ class OutputMessage(_Event, frozen=True, kw_only=True):
 FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "other"]
 
 
+class SourceRecord(_Event, frozen=True, kw_only=True, omit_defaults=True):
+    """Where a record came from (topic, partition, offset)."""
+
+    topic: NonEmpty
+    partition: Count
+    offset: Count
+
+
+class Truncated(_Event, frozen=True, kw_only=True, omit_defaults=True):
+    """Set when a record was cut to fit its topic's size limit: its size before the cut and
+    the source record it answers (replay that to get the whole of it)."""
+
+    original_bytes: Count
+    source: SourceRecord
+
+
 class RouteResponse(_Event, frozen=True, kw_only=True, omit_defaults=True):
     schema_version: Literal[1]
     request_id: RequestId
@@ -181,6 +197,7 @@ class RouteResponse(_Event, frozen=True, kw_only=True, omit_defaults=True):
     created_at: Timestamp
     mode: Mode | None = None
     cache_hit: bool | None = None
+    truncated: Truncated | None = None
 
 
 # ---------------------------------------------------------------- decisions and feedback
@@ -298,6 +315,7 @@ class DeadLetter(_Event, frozen=True, kw_only=True, omit_defaults=True):
     original_key_b64: str | None = None
     original_headers: list[DeadLetterHeader] | None = None
     worker_id: str | None = None
+    truncated: Truncated | None = None
 
 
 # ---------------------------------------------------------------- semantic cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -46,3 +47,30 @@ async def create_topics(
         )
     finally:
         await admin.close()
+
+
+def java_produce(
+    bootstrap: str,
+    topic: str,
+    values: list[tuple[str, bytes, bytes]],
+    *,
+    null_header: bool = False,
+) -> None:
+    """Send (codec, key, value) records with Kafka's own Java producer (`tests/java/Produce.java`,
+    run in source-file mode on the broker's jars); a record is compressed with its codec (none,
+    gzip, snappy, lz4, zstd). Keys and values must be one-line UTF-8."""
+    jars = localkafka().ensure_jars()
+    lines = b"".join(c.encode() + b"\t" + k + b"\t" + v + b"\n" for c, k, v in values)
+    args = [
+        "java",
+        "-cp",
+        f"{jars}/*",
+        str(ROOT / "tests" / "java" / "Produce.java"),
+        bootstrap,
+        topic,
+    ]
+    if null_header:
+        args.append("null-header")
+    proc = subprocess.run(args, input=lines, capture_output=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the Java producer failed:\n{proc.stderr.decode()[-3000:]}")

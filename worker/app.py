@@ -12,14 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 import schemas
 from routers.artifact import load_artifact
+from worker import lograte
 from worker.batch.backends import backend_factory
 from worker.config import Config
 from worker.feedback import FeedbackStats, run_feedback
 from worker.judge import Judge, JudgeSettings
-from worker.loop import Worker
+from worker.loop import Worker, close_quietly
 from worker.metrics import Health, OpsServer, OpsServerConfig, WorkerMetrics
 from worker.observer import MetricsObserver
 from worker.pipeline import Arm, Pipeline, RoutingCore, load_answer_scorers
@@ -113,6 +115,7 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
             max_rate_limit_wait_s=p.rate_limit_max_wait_s,
             failover_timeout_min_s=p.failover_timeout_min_s,
             failover_timeout_factor=p.failover_timeout_factor,
+            max_answer_bytes=p.max_answer_bytes,
         ),
     )
     if client.missing_keys:
@@ -228,6 +231,7 @@ def tracing_masks(config: Config) -> bool:
 
 async def serve(config: Config) -> int:
     """Run one consumer-group member until SIGTERM / SIGINT; drain, commit, exit 0."""
+    lograte.install()  # aiokafka repeats each connection error many times a second
     await ensure_topics(
         config.kafka.common_kwargs(), config.topics, config.topic_replication_factor
     )
@@ -282,8 +286,10 @@ class _FeedbackTask:
         if self.task is not None:
             try:
                 await asyncio.wait_for(self.task, timeout=10)
+            except KafkaError as exc:  # the cluster is gone: expected, one line
+                log.warning("feedback consumer stopped: %s: %s", type(exc).__name__, exc)
             except Exception:
                 log.exception("feedback consumer failed")
-        await self.producer.stop()
+        await close_quietly("the feedback producer", self.producer.stop)
         if self.scores is not None:
             await self.scores.aclose()

@@ -180,6 +180,7 @@ class ProviderSettings(_Section, frozen=True, kw_only=True):
     rate_limit_max_wait_s: float = 30.0  # longest wait for rate-limit headroom, else reroute
     failover_timeout_min_s: float = 2.0  # a try with deployments after it: max(this,
     failover_timeout_factor: float = 5.0  # this x its expected latency)
+    max_answer_bytes: int = 4 * 1024 * 1024  # longer answers: MalformedResponseError, no retry
 
 
 class Config(_Section, frozen=True, kw_only=True):

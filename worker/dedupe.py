@@ -18,6 +18,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 
+class StateLoadTimeout(Exception):
+    """A state load did not reach the end of its topic in time; nothing of it is used."""
+
+
 class AnsweredIds:
     """A bounded, insertion-ordered set of request ids (the oldest fall out first)."""
 
@@ -85,6 +89,11 @@ async def load_answered(
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
+        if remaining:  # a partial set would let a request be answered twice: fail closed
+            raise StateLoadTimeout(
+                f"dedupe markers of {sorted(tp.partition for tp in remaining)} not read to "
+                f"their end within {timeout_s}s"
+            )
         return answered
     finally:
         await consumer.stop()

@@ -30,6 +30,7 @@ from aiokafka.structs import OffsetAndMetadata
 import schemas
 from worker.deadletter import dead_letter
 from worker.kafka_config import KafkaSettings, TopicSettings
+from worker.loop import close_quietly
 from worker.telemetry.propagation import context_headers
 from worker.telemetry.scores import LangfuseScores, ScoreRejected, ScoreUnavailable, score_trace_id
 
@@ -101,7 +102,7 @@ async def run_feedback(
             if done:
                 await _commit(consumer, done)
     finally:
-        await consumer.stop()
+        await close_quietly("the feedback consumer", consumer.stop)
     return stats
 
 

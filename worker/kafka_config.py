@@ -110,6 +110,9 @@ class TopicSettings(_Settings, frozen=True, kw_only=True):
 class LoopSettings(_Settings, frozen=True, kw_only=True):
     max_in_flight: int = 2_000  # pause fetching at this many unfinished requests
     resume_below: int = 1_500  # resume under this many
+    # ... or at this many record bytes in flight (resume under 3/4 of it): memory is bounded
+    # by bytes too, whatever the request sizes (see docs/deployment.md for the arithmetic)
+    max_in_flight_bytes: int = 64 * 1024 * 1024
     drain_timeout_s: float = 30.0  # SIGTERM: finish in-flight work for at most this long
     revoke_drain_timeout_s: float = 10.0  # rebalance: wait this long for a revoked partition
     commit_interval_ms: int = 500
@@ -117,3 +120,8 @@ class LoopSettings(_Settings, frozen=True, kw_only=True):
     dedupe_window: int = 50_000  # answered request ids remembered per partition
     publish_decisions: bool = True
     worker_id: str | None = None
+    # a record whose result its topic refuses (too large, an invalid or absent reply topic) is
+    # tried this often, then dead-lettered; broker outages are retried until the member stops
+    max_publish_attempts: int = 3
+    reply_publish_timeout_s: float = 5.0  # a reply topic without metadata by then: a failure
+    reply_topic_pattern: str | None = None  # when set, reply topics must match it (fullmatch)

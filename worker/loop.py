@@ -13,14 +13,30 @@ At least once, nothing lost:
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    CorruptRecordException,
+    IllegalStateError,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+    UnsupportedCodecError,
+)
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 import schemas
@@ -33,13 +49,112 @@ from worker.dedupe import AnsweredIds, load_answered, marker, marker_partition
 from worker.kafka_config import KafkaSettings, LoopSettings, TopicSettings
 from worker.offsets import OffsetTracker
 from worker.providers.types import CompletionRequest, CompletionResult
+from worker.records import RawFetcher, read_batches
 from worker.telemetry import RequestSpan, TelemetryConfig, Tracing
 from worker.telemetry.propagation import context_headers, record_context_headers
-from worker.topics import partition_counts
+from worker.topics import max_message_bytes, partition_counts
 
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+# what `getmany` raises on a record it cannot read (besides non-Kafka errors of its reader)
+_UNREADABLE = (CorruptRecordException, UnsupportedCodecError)
+# publish failures that are the record's own fault (retrying cannot help it for long); any other
+# Kafka error is the broker's trouble and is retried until the member stops
+_RECORD_FAULTS = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+    TimeoutError,  # a reply topic that never gets metadata (absent, auto-create off)
+)
+_RECORD_OVERHEAD = 512  # batch and record framing, key and headers, below a topic's limit
+# Kafka's topic-name grammar (`Topic.validate`): 1-249 of [a-zA-Z0-9._-], not "." or ".."
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def _record_fault(exc: BaseException) -> bool:
+    return isinstance(exc, _RECORD_FAULTS) or not isinstance(exc, KafkaError)
+
+
+def _quietly(call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Metrics and telemetry never raise into the request path (a negative count from a
+    hostile provider once made a metric raise after the response was acknowledged)."""
+    try:
+        call(*args, **kwargs)
+    except Exception as exc:
+        log.warning(
+            "%s failed: %s: %s", getattr(call, "__qualname__", call), type(exc).__name__, exc
+        )
+
+
+@dataclass
+class _Publishing:
+    """What one record's attempts have done so far."""
+
+    handled_once: bool = False
+    handled: Handled | None = None
+    decision_sent: bool = False
+    cut_to: int | None = None  # the target topic's limit, once a send was too large
+
+
+class _NoSpan:
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+def _cut_response(
+    response: schemas.RouteResponse, info: RecordInfo, limit: int
+) -> schemas.RouteResponse:
+    """The response cut to fit `limit` bytes: the answer's text first, then the parts the
+    decision event also carries; `truncated` says the original size and the source record."""
+    budget = limit - _RECORD_OVERHEAD
+    original = len(schemas.encode(response))
+    source = schemas.SourceRecord(topic=info.topic, partition=info.partition, offset=info.offset)
+    r = msgspec.structs.replace(
+        response, truncated=schemas.Truncated(original_bytes=original, source=source)
+    )
+    for _ in range(6):
+        excess = len(schemas.encode(r)) - budget
+        if excess <= 0:
+            return r
+        if r.message is not None and r.message.content:
+            text = r.message.content.encode()
+            keep = max(0, len(text) - excess - 64)
+            content = text[:keep].decode(errors="ignore")
+            r = msgspec.structs.replace(
+                r, message=msgspec.structs.replace(r.message, content=content)
+            )
+        elif r.error is not None and len(r.error.message) > 200:
+            r = msgspec.structs.replace(
+                r, error=msgspec.structs.replace(r.error, message=r.error.message[:200])
+            )
+        else:
+            r = msgspec.structs.replace(r, decision=None, attempts=[])
+    return r
+
+
+def _cut_letter(
+    letter: schemas.DeadLetter, value: bytes, info: RecordInfo, original: int, limit: int
+) -> schemas.DeadLetter:
+    """The dead letter cut to fit `limit` bytes: a prefix of the original value (headers
+    dropped when they alone are too large), the original size and the source record."""
+    budget = limit - _RECORD_OVERHEAD
+    source = schemas.SourceRecord(topic=info.topic, partition=info.partition, offset=info.offset)
+    cut = msgspec.structs.replace(
+        letter,
+        original_value_b64="",
+        truncated=schemas.Truncated(original_bytes=original, source=source),
+    )
+    if len(schemas.encode(cut)) > budget // 2:
+        cut = msgspec.structs.replace(cut, original_headers=None)
+    room = max(0, budget - len(schemas.encode(cut)))
+    keep = room * 3 // 4
+    return msgspec.structs.replace(cut, original_value_b64=base64.b64encode(value[:keep]).decode())
+
+
 Decoded = schemas.RouteRequest | tuple[str, str]  # the request, or (error type, reason)
 
 
@@ -178,11 +293,21 @@ class Worker:
         self.before_stop: list[Callable[[], Awaitable[None]]] = []
         self._source_partitions = 0
         self.ready = asyncio.Event()
+        self._readiness: asyncio.Task[None] | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
+        self._raw = RawFetcher(kafka.common_kwargs)
         self.stats = {
             "records": 0, "dead_letters": 0, "duplicates": 0, "published": 0, "batched": 0,
+            "abandoned": 0,
         }  # fmt: skip
+        self._limits: dict[str, int] = {}  # topic -> max.message.bytes
+        self._in_flight_ids: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self.broker_reachable = True
+        self.in_flight_bytes = 0  # record bytes (value + key) of the records in flight
+        self._mean_record_bytes = 1024
+        self._trouble_count = 0
+        self._trouble_logged = float("-inf")
 
     # ------------------------------------------------------------ lifecycle
 
@@ -191,11 +316,18 @@ class Worker:
 
     async def run(self) -> None:
         common = self.kafka.common_kwargs()
+        # a batch larger than its topic's max.message.bytes fails whole (aiokafka does not split
+        # it): batches stay within the smallest limit of the topics written most
+        t = self.topics
+        self._limits.update(await max_message_bytes(common, [t.responses, t.decisions, t.dlq]))
+        batch_bytes = min(
+            self.kafka.producer_batch_bytes, *(v - _RECORD_OVERHEAD for v in self._limits.values())
+        )
         self.producer = AIOKafkaProducer(
             acks="all",
             enable_idempotence=True,
             linger_ms=self.kafka.producer_linger_ms,
-            max_batch_size=self.kafka.producer_batch_bytes,
+            max_batch_size=max(1024, batch_bytes),
             max_request_size=self.kafka.producer_max_request_bytes,
             compression_type=self.kafka.producer_compression,
             partitioner=KeyHashPartitioner(),
@@ -210,7 +342,8 @@ class Worker:
             heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
             max_poll_interval_ms=self.kafka.max_poll_interval_ms,
             max_poll_records=self.kafka.max_poll_records,
-            fetch_max_bytes=self.kafka.fetch_max_bytes,
+            # one fetch brings at most the in-flight byte bound: in flight stays under twice it
+            fetch_max_bytes=min(self.kafka.fetch_max_bytes, self.settings.max_in_flight_bytes),
             **common,
         )
         await self.producer.start()
@@ -222,12 +355,14 @@ class Worker:
                     await hook()
                 self._start_batches()
                 control = asyncio.create_task(self._follow_control())
+                watch = asyncio.create_task(self._watch_broker())
                 self.consumer.subscribe([self.topics.requests], listener=_Rebalance(self))
                 try:
                     await self._poll_until_stopped()
                 finally:
                     control.cancel()
-                    await asyncio.wait([control], timeout=10)
+                    watch.cancel()
+                    await asyncio.wait([control, watch], timeout=10)
                 if self.batches is not None:
                     self.batches.flush_all()  # what waits for a batch is submitted, not dropped
                 await self._drain(self.settings.drain_timeout_s)
@@ -241,9 +376,47 @@ class Worker:
                 if self.batches is not None:
                     await self.batches.close(self.settings.drain_timeout_s)
                 await self._cancel_leftovers()
-                await self.consumer.stop()
+                await close_quietly("the raw fetch client", self._raw.close)
+                await close_quietly("the consumer", self.consumer.stop)
         finally:
-            await self.producer.stop()
+            await close_quietly("the producer", self.producer.stop)
+
+    async def _watch_broker(self, every_s: float = 2.0) -> None:
+        """Readiness follows the broker: unreachable (no metadata answer within 5 s) makes the
+        member unready within `every_s + 5` seconds, logged once per minute with a count;
+        ready again when it answers."""
+        down_since: float | None = None
+        failures = 0
+        logged = float("-inf")
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self._raw.probe()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                now = self.clock()
+                if down_since is None:
+                    down_since = now
+                    self.broker_reachable = False
+                    _quietly(self.observer.ready, False, "broker unreachable")
+                if now - logged >= 60.0:
+                    log.warning(
+                        "the Kafka cluster does not answer (%s: %s); %d failed probes over %.0fs",
+                        type(exc).__name__,
+                        exc,
+                        failures,
+                        now - down_since,
+                    )
+                    logged = now
+                continue
+            if down_since is not None:
+                log.info("the Kafka cluster answers again after %.0fs", self.clock() - down_since)
+                down_since, failures, logged = None, 0, float("-inf")
+                self.broker_reachable = True
+                if self.ready.is_set():
+                    _quietly(self.observer.ready, True, "broker reachable again")
 
     async def _cancel_leftovers(self) -> None:
         """Requests still in flight after the drain, and partition-state loads: cancelled (their
@@ -252,6 +425,8 @@ class Worker:
             t for tasks in self._tasks.values() for t in tasks if not t.done()
         ]
         leftovers += [t for t in self._answered.values() if not t.done()]
+        if self._readiness is not None and not self._readiness.done():
+            leftovers.append(self._readiness)
         for task in leftovers:
             task.cancel()
         if leftovers:
@@ -358,7 +533,20 @@ class Worker:
             self.observer.heartbeat()
             # fetch no more than there is room for, so in-flight work never exceeds the bound
             room = max(1, self.settings.max_in_flight - self.tracker.in_flight())
-            batch = await self.consumer.getmany(timeout_ms=100, max_records=room)
+            if self.in_flight_bytes:  # and no more bytes than there is room for (on average)
+                free = self.settings.max_in_flight_bytes - self.in_flight_bytes
+                room = max(1, min(room, free // max(1, self._mean_record_bytes)))
+            try:
+                batch = await self.consumer.getmany(timeout_ms=100, max_records=room)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if isinstance(exc, KafkaError) and not isinstance(exc, _UNREADABLE):
+                    log.warning("fetching failed (%s: %s)", type(exc).__name__, exc)
+                    await asyncio.sleep(0.5)
+                else:  # a record aiokafka cannot read: stops only that record
+                    await self._salvage(exc)
+                continue
             if batch:
                 self._start_batch(batch)
             self._backpressure()
@@ -387,8 +575,60 @@ class Worker:
             ready = next(prepared, None) if isinstance(item, schemas.RouteRequest) else None
             self._start(tp, record, item, ready)
 
+    async def _salvage(self, exc: Exception) -> None:
+        """`getmany` raised on a record it cannot read (and would again on every poll): read
+        the partitions' raw batches from their positions, start every readable record, leave
+        the unreadable ones to the dead-letter path, and move the partition past them."""
+        assert self.consumer is not None
+        # records aiokafka had already taken for other partitions in the failed call were lost
+        # with the exception (their positions moved on): fetch them again from what we received
+        for tp in self.consumer.assignment():
+            expected = self.tracker.next_offset(tp)
+            if expected is None:  # nothing received yet: where this assignment started
+                expected = await self.consumer.committed(tp)
+            if expected is None:  # no commit yet: auto_offset_reset="earliest"
+                expected = (await self.consumer.beginning_offsets([tp]))[tp]
+            if expected is not None and await self.consumer.position(tp) > expected:
+                self.consumer.seek(tp, expected)
+        paused = self.consumer.paused()
+        found = False
+        for tp in sorted(self.consumer.assignment() - paused):
+            try:
+                position = await self.consumer.position(tp)
+                data = await self._raw.fetch(tp, position)
+            except KafkaError as fetch_exc:
+                log.warning("reading %s raw failed: %s", tp, fetch_exc)
+                continue
+            salvaged = read_batches(tp.topic, tp.partition, data, position)
+            if not salvaged.found_problem:
+                continue
+            found = True
+            bad = [r for r in salvaged.records if r.problem is not None]
+            log.warning(
+                "%s: %d unreadable records from offset %d (%s); dead-lettering them, "
+                "keeping %d readable ones",
+                tp,
+                len(bad),
+                bad[0].offset,
+                bad[0].problem,
+                len(salvaged.records) - len(bad),
+            )
+            self.consumer.seek(tp, salvaged.next_offset)
+            if salvaged.records:
+                self._start_batch({tp: salvaged.records})
+        if not found:
+            log.warning(
+                "fetching failed on a record no partition shows raw (%s: %s); retrying",
+                type(exc).__name__,
+                exc,
+            )
+            await asyncio.sleep(1.0)
+
     def _decode(self, record: Any) -> Decoded:
         """The request, or the dead-letter reason (error type, message)."""
+        problem = getattr(record, "problem", None)  # set on records read raw (worker.records)
+        if problem is not None:
+            return ("UnreadableRecord", problem)
         value: bytes = record.value if record.value is not None else b""
         if len(value) > self.settings.max_request_bytes:
             return (
@@ -397,31 +637,78 @@ class Worker:
                 f"{self.settings.max_request_bytes}",
             )
         try:
-            return schemas.decode(value, schemas.RouteRequest)
+            request = schemas.decode(value, schemas.RouteRequest)
         except schemas.InvalidEvent as exc:
             return ("InvalidEvent", str(exc))
         except Exception as exc:  # never let one record stop the poll loop
             return ("InvalidEvent", f"{type(exc).__name__} while decoding: {exc}")
+        if request.reply_topic is not None:
+            refused = self._refused_reply_topic(request.reply_topic)
+            if refused is not None:
+                return ("InvalidEvent", f"$.reply_topic: {refused}")
+        return request
+
+    def _refused_reply_topic(self, topic: str) -> str | None:
+        """Why responses cannot go to `topic` (None: they can): Kafka's topic-name grammar,
+        no internal (`__`) topics, none of the worker's own topics but the responses topic, and
+        the configured pattern."""
+        if topic in (".", "..") or not _TOPIC_NAME.fullmatch(topic):
+            return f"{topic!r} is not a valid Kafka topic name"
+        if topic.startswith("__"):
+            return f"{topic!r} is an internal topic"
+        t = self.topics
+        own = {
+            t.requests,
+            t.decisions,
+            t.feedback,
+            t.dlq,
+            t.batch_jobs,
+            t.control,
+            t.shadow,
+            t.cache,
+            t.done,
+        }
+        if topic in own:
+            return f"{topic!r} is one of the worker's own topics"
+        pattern = self.settings.reply_topic_pattern
+        if pattern is not None and not re.fullmatch(pattern, topic):
+            return f"{topic!r} does not match the allowed reply topics {pattern!r}"
+        return None
 
     def _start(self, tp: TopicPartition, record: Any, item: Decoded, prepared: object) -> None:
         self.stats["records"] += 1
         self.tracker.received(tp, record.offset)
+        size = len(record.value or b"") + len(record.key or b"")
+        self.in_flight_bytes += size
+        self._mean_record_bytes += (size - self._mean_record_bytes) // 64
         task = asyncio.create_task(self._process(tp, record, item, prepared))
+        task.add_done_callback(lambda _: self._release(size))
         tasks = self._tasks.get(tp)
         if tasks is None:
             tasks = self._tasks[tp] = set()
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    def _release(self, size: int) -> None:
+        self.in_flight_bytes -= size
+
     def _backpressure(self) -> None:
         assert self.consumer is not None
         in_flight = self.tracker.in_flight()
-        self.observer.in_flight(in_flight)
+        _quietly(self.observer.in_flight, in_flight)
         assignment = self.consumer.assignment()
-        if not self._paused and in_flight >= self.settings.max_in_flight:
+        full = (
+            in_flight >= self.settings.max_in_flight
+            or self.in_flight_bytes >= self.settings.max_in_flight_bytes
+        )
+        if not self._paused and full:
             self.consumer.pause(*assignment)
             self._paused = True
-        elif self._paused and in_flight <= self.settings.resume_below:
+        elif (
+            self._paused
+            and in_flight <= self.settings.resume_below
+            and self.in_flight_bytes <= self.settings.max_in_flight_bytes * 3 // 4
+        ):
             self.consumer.resume(*assignment)
             self._paused = False
         elif self._paused:
@@ -432,83 +719,201 @@ class Worker:
     async def _process(
         self, tp: TopicPartition, record: Any, item: Decoded, prepared: object = None
     ) -> None:
+        """End one record: a response, an error response or a dead letter, after a bounded
+        number of attempts for faults of the record itself (a reply topic that refuses it, a
+        record too large); the model is called at most once whatever is retried. Broker outages
+        are retried until the member stops (the offset stays unfinished: nothing is lost)."""
         info = RecordInfo(
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
             key=record.key,
-            headers=[(k, bytes(v)) for k, v in record.headers] if record.headers else [],
+            headers=[(k, b"" if v is None else bytes(v)) for k, v in record.headers]
+            if record.headers
+            else [],
             timestamp_ms=record.timestamp,
         )
         value: bytes = record.value if record.value is not None else b""
-        request: schemas.RouteRequest | None = None
-        problem: tuple[str, str] | None = None
-        if isinstance(item, schemas.RouteRequest):
-            request = item
-        else:
-            problem = item
-        with self.tracing.process_span(
-            info.topic, info.partition, info.offset, info.key, info.headers,
-            self.kafka.group_id, request.request_id if request is not None else None,
-        ) as span:  # fmt: skip
+        request = item if isinstance(item, schemas.RouteRequest) else None
+        state = _Publishing()
+        owned: tuple[str, str] | None = None
+        if request is not None:
+            # one model call per request id in flight in this member: a second record of it
+            # waits for the first to end, then finds it answered (a duplicate)
+            key = (request.tenant, request.request_id)
+            first = self._in_flight_ids.get(key)
+            if first is not None:
+                await asyncio.shield(first)
+            else:
+                self._in_flight_ids[key] = asyncio.get_running_loop().create_future()
+                owned = key
+        try:
+            ended = await self._end_record(tp, info, value, item, request, state, prepared)
+        finally:
+            if owned is not None:
+                done = self._in_flight_ids.pop(owned)
+                if not done.done():
+                    done.set_result(None)
+        if ended:
+            self.tracker.finish(tp, record.offset)
+
+    async def _end_record(
+        self,
+        tp: TopicPartition,
+        info: RecordInfo,
+        value: bytes,
+        item: Decoded,
+        request: schemas.RouteRequest | None,
+        state: _Publishing,
+        prepared: object,
+    ) -> bool:
+        """True once the record has ended; False when the member stops first (its offset
+        stays unfinished, so the next owner redoes it)."""
+        with self._span(info, request) as span:
+            faults = 0
+            delay = 0.5
             while True:
                 try:
                     if request is None:
-                        assert problem is not None
-                        await self._dead_letter(info, value, *problem)
-                        span.set_response(status="error", error_type=problem[0])
+                        assert not isinstance(item, schemas.RouteRequest)
+                        await self._dead_letter(info, value, *item)
+                        _quietly(span.set_response, status="error", error_type=item[0])
                     else:
-                        span.set_request(
-                            tenant=request.tenant,
-                            request_id=request.request_id,
-                            mode=request.routing.mode,
-                            metadata=request.metadata,
-                            input_messages=request.messages,
-                        )
-                        await self._answer(tp, request, info, span, prepared)
+                        if not state.handled_once:
+                            _quietly(
+                                span.set_request,
+                                tenant=request.tenant,
+                                request_id=request.request_id,
+                                mode=request.routing.mode,
+                                metadata=request.metadata,
+                                input_messages=request.messages,
+                            )
+                            state.handled = await self._handle(tp, request, info, span, prepared)
+                            state.handled_once = True  # not before: a failure here is retried
+                        if state.handled is not None:
+                            await self._publish(state.handled, request, info, state)
+                            (await self.answered(tp.partition)).add(request.request_id)
                     break
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # Kafka trouble (pipeline bugs end in responses)
-                    # publishing failed beyond the producer's own retries: try again until it
-                    # works or the member stops; the offset stays unfinished meanwhile
+                except Exception as exc:
                     if self._stopping.is_set():
                         log.warning("giving up publishing %s:%s at shutdown: %s",
                                     info.partition, info.offset, exc)  # fmt: skip
-                        return
-                    log.warning("publishing %s:%s failed, retrying: %s",
-                                info.partition, info.offset, exc)  # fmt: skip
-                    await asyncio.sleep(1.0)
-        self.tracker.finish(tp, record.offset)
+                        return False
+                    if not _record_fault(exc):  # the broker's trouble, not the record's
+                        self._log_publish_trouble(exc)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 10.0)
+                        continue
+                    faults += 1
+                    if faults < self.settings.max_publish_attempts:
+                        log.warning(
+                            "publishing %s:%s failed (%s: %s), attempt %d of %d",
+                            info.partition,
+                            info.offset,
+                            type(exc).__name__,
+                            exc,
+                            faults,
+                            self.settings.max_publish_attempts,
+                        )
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 10.0)
+                        continue
+                    if request is None:
+                        self._give_up(info, exc)
+                        break
+                    request = None  # dead-letter it instead, with the reason
+                    item = (
+                        "Unpublishable",
+                        f"its result could not be published: {type(exc).__name__}: {exc}",
+                    )
+                    faults = 0
+        return True
 
-    async def _answer(
+    def _span(self, info: RecordInfo, request: schemas.RouteRequest | None) -> Any:
+        try:
+            return self.tracing.process_span(
+                info.topic,
+                info.partition,
+                info.offset,
+                info.key,
+                info.headers,
+                self.kafka.group_id,
+                request.request_id if request is not None else None,
+            )
+        except Exception:
+            log.exception("opening the record's span failed; the record goes on without it")
+            return contextlib.nullcontext(_NoSpan())
+
+    def _give_up(self, info: RecordInfo, exc: Exception) -> None:
+        """A dead letter could not be published either: count it and log it once with its
+        coordinates; the caller finishes its offset so the partition moves."""
+        self.stats["abandoned"] += 1
+        log.error(
+            "record %s[%d]@%d cannot be ended (%s: %s): offset finished without output",
+            info.topic,
+            info.partition,
+            info.offset,
+            type(exc).__name__,
+            exc,
+        )
+
+    def _log_publish_trouble(self, exc: Exception) -> None:
+        now = self.clock()
+        self._trouble_count += 1
+        if now - self._trouble_logged >= 10.0:
+            log.warning(
+                "publishing fails (%s: %s); %d failures in the last interval, retrying",
+                type(exc).__name__,
+                exc,
+                self._trouble_count,
+            )
+            self._trouble_logged = now
+            self._trouble_count = 0
+
+    async def _handle(
         self,
         tp: TopicPartition,
         request: schemas.RouteRequest,
         info: RecordInfo,
         span: RequestSpan,
         prepared: object = None,
-    ) -> None:
+    ) -> Handled | None:
+        """The pipeline's answer (None: already answered, or handed to a batch job). Called
+        once per record: the model call is paid for once, whatever publishing needs."""
         answered = await self.answered(tp.partition)
         batches = self.batches
         if request.request_id in answered or (
             batches is not None and batches.is_batched(tp.partition, request.request_id)
         ):
             self.stats["duplicates"] += 1
-            self.observer.duplicate()
-            return
+            _quietly(self.observer.duplicate)
+            return None
         try:
             result = await self.pipeline.handle(request, info, prepared)
             if isinstance(result, Deferred):
                 decided = result.decision.decision if result.decision is not None else None
                 if batches is not None and await batches.submit(
-                    tp.partition, info.offset, request.request_id, result.model, result.call,
-                    decision=decided, traceparent=span.traceparent(),
-                ):  # fmt: skip
-                    span.set_response(status="batched", model=result.model)
-                    await self._publish_decision(result.decision, request)
+                    tp.partition,
+                    info.offset,
+                    request.request_id,
+                    result.model,
+                    result.call,
+                    decision=decided,
+                    traceparent=span.traceparent(),
+                ):
+                    _quietly(span.set_response, status="batched", model=result.model)
+                    try:
+                        await self._publish_decision(result.decision, request)
+                    except KafkaError as exc:
+                        log.warning(
+                            "the decision event of batched %s was not published: %s",
+                            request.request_id,
+                            exc,
+                        )
                     self.stats["batched"] += 1
-                    return  # answered when the job ends (worker.batch.jobs)
+                    return None  # answered when the job ends (worker.batch.jobs)
                 result = await self.pipeline.handle(request, info, prepared, interactive=True)
             assert isinstance(result, Handled)
             handled = result
@@ -518,7 +923,8 @@ class Worker:
             log.exception("pipeline failed on request %s", request.request_id)
             handled = self.pipeline.internal_error(request, info, exc)
         r = handled.response
-        span.set_response(
+        _quietly(
+            span.set_response,
             status=r.status,
             model=r.model,
             cost_usd=r.cost_usd,
@@ -526,8 +932,7 @@ class Worker:
             error_type=r.error.type if r.error is not None else None,
             error_message=r.error.message if r.error is not None else "",
         )
-        await self._publish(handled, request, info)
-        answered.add(request.request_id)
+        return handled
 
     async def publish_shadow(
         self,
@@ -588,9 +993,10 @@ class Worker:
             item.traceparent,
         ) as span:  # fmt: skip
             handled = await self._batch_answer(finished, info, span)
+            state = _Publishing(handled_once=True, handled=handled)
             while True:
                 try:
-                    await self._publish(handled, request, info)
+                    await self._publish(handled, request, info, state)
                     break
                 except KafkaError as exc:
                     log.warning("publishing batch answer %s failed, retrying: %s",
@@ -660,46 +1066,76 @@ class Worker:
         return handled
 
     async def _publish(
-        self, handled: Handled, request: schemas.RouteRequest | None, info: RecordInfo
+        self,
+        handled: Handled,
+        request: schemas.RouteRequest | None,
+        info: RecordInfo,
+        state: _Publishing | None = None,
     ) -> None:
+        """The response (cut to fit its topic when too large), and the decision event once
+        (`state` remembers it across attempts), then the dedupe marker."""
         assert self.producer is not None
+        state = state if state is not None else _Publishing()
         key = handled.response.request_id.encode()
         reply = request.reply_topic if request is not None else None
+        target = handled.reply_topic or reply or self.topics.responses
+        response = handled.response
+        if state.cut_to is not None:
+            response = _cut_response(response, info, state.cut_to)
+        value = schemas.encode(response)
+        if len(value) > self.kafka.producer_max_request_bytes - _RECORD_OVERHEAD:
+            response = _cut_response(response, info, self.kafka.producer_max_request_bytes)
+            value = schemas.encode(response)
         # traceparent (+ tracestate) of the request's span: consumers continue the trace
         headers = record_context_headers(handled.headers, handled.response.trace_id)
-        acks: list[Awaitable[Any]] = [
-            await self.producer.send(
-                handled.reply_topic or reply or self.topics.responses,
-                schemas.encode(handled.response),
-                key=key,
-                headers=headers,
+        send = self.producer.send(target, value, key=key, headers=headers)
+        if target != self.topics.responses:  # a reply topic may not exist: bound the wait
+            ack = await asyncio.wait_for(send, timeout=self.settings.reply_publish_timeout_s)
+        else:
+            ack = await send
+        acks: list[Awaitable[Any]] = [ack]
+        decision = handled.decision is not None and self.settings.publish_decisions
+        decision_ack: Awaitable[Any] | None = None
+        if decision and not state.decision_sent:
+            assert handled.decision is not None
+            decision_ack = await self.producer.send(
+                self.topics.decisions, schemas.encode(handled.decision), key=key, headers=headers
             )
-        ]
-        if handled.decision is not None and self.settings.publish_decisions:
-            acks.append(
-                await self.producer.send(
-                    self.topics.decisions,
-                    schemas.encode(handled.decision),
-                    key=key,
-                    headers=headers,
-                )
-            )
-        await _all_acked(acks)
+        try:
+            await _all_acked(acks)
+        except MessageSizeTooLargeError:
+            if state.cut_to is None:  # once more, cut to the topic's own limit
+                state.cut_to = await self._topic_limit(target)
+            raise
+        finally:
+            if decision_ack is not None:
+                try:
+                    await decision_ack
+                    state.decision_sent = True
+                except Exception as exc:
+                    log.warning("decision event of %s not published: %s", key.decode(), exc)
         self.stats["published"] += 1
-        self.observer.published(handled)
+        _quietly(self.observer.published, handled)
         if self._done_partitions:
-            # the dedupe marker need not be acknowledged before the commit: if it is lost, the
-            # committed offset already keeps the record from being redelivered
-            await self.producer.send(
-                self.topics.done,
-                marker(info.partition, info.offset),
-                key=key,
-                partition=marker_partition(info.partition, self._done_partitions),
-            )
+            # the dedupe marker goes out once the response is acknowledged (never before: a
+            # marker without its response would lose the request), and the offset finishes
+            # once the marker is acknowledged too: a member killed before its next commit
+            # leaves markers for every response it published, so the next owner skips them. A
+            # marker that fails is logged, not retried (the response is out).
+            try:
+                await self.producer.send_and_wait(
+                    self.topics.done,
+                    marker(info.partition, info.offset),
+                    key=key,
+                    partition=marker_partition(info.partition, self._done_partitions),
+                )
+            except KafkaError as exc:
+                log.warning("dedupe marker of %s not written: %s", key.decode(), exc)
 
     async def _dead_letter(
         self, info: RecordInfo, value: bytes, error_type: str, reason: str
     ) -> None:
+        """The dead-letter record, cut to fit the dead-letter topic when it is too large."""
         assert self.producer is not None
         letter = dead_letter(
             topic=info.topic,
@@ -713,11 +1149,25 @@ class Worker:
             reason=reason,
             worker_id=self.settings.worker_id,
         )
+        encoded = schemas.encode(letter)
+        limit = min(self.kafka.producer_max_request_bytes, await self._topic_limit(self.topics.dlq))
+        if len(encoded) > limit - _RECORD_OVERHEAD:
+            encoded = schemas.encode(_cut_letter(letter, value, info, len(value), limit))
         await self.producer.send_and_wait(
-            self.topics.dlq, schemas.encode(letter), key=info.key, headers=context_headers()
+            self.topics.dlq, encoded, key=info.key, headers=context_headers()
         )
         self.stats["dead_letters"] += 1
-        self.observer.dead_letter(error_type)
+        _quietly(self.observer.dead_letter, error_type)
+
+    async def _topic_limit(self, topic: str) -> int:
+        """The topic's `max.message.bytes` (read once per topic; the broker default when it
+        cannot be read)."""
+        known = self._limits.get(topic)
+        if known is not None:
+            return known
+        limits = await max_message_bytes(self.kafka.common_kwargs(), [topic])
+        self._limits[topic] = limits[topic]
+        return limits[topic]
 
     # ------------------------------------------------------------ commits and rebalances
 
@@ -759,6 +1209,8 @@ class Worker:
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         self.ready.clear()
         self.observer.ready(False, "rebalancing")
+        if self._readiness is not None:
+            self._readiness.cancel()
         if self.batches is not None:
             self.batches.revoke(tp.partition for tp in revoked)
         await self._drain(self.settings.revoke_drain_timeout_s, revoked)
@@ -772,25 +1224,45 @@ class Worker:
                 task.cancel()
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._partition_counts()
-        await asyncio.gather(*(self.answered(tp.partition) for tp in assigned))
+        """Start loading the partitions' state and return: the rebalance callback never waits
+        for a load (a stop mid-rebalance would wait for it, or cancel it under the callback);
+        requests wait for their partition's load themselves, and readiness follows the loads."""
+        try:
+            await self._partition_counts()
+        except KafkaError as exc:
+            log.warning("reading partition counts failed (%s); keeping the previous ones", exc)
         if self.on_share is not None and self._source_partitions > 0:
             mine = sum(1 for tp in assigned if tp.topic == self.topics.requests)
             self.on_share(mine / self._source_partitions)
         if self._paused and self.consumer is not None:
             self.consumer.pause(*assigned)
+        loads = [self._load_task(tp.partition) for tp in assigned]
+        if self._readiness is not None:
+            self._readiness.cancel()
+        self._readiness = asyncio.create_task(self._ready_after(loads, len(assigned)))
+
+    async def _ready_after(self, loads: list[asyncio.Task[AnsweredIds]], count: int) -> None:
+        if loads:
+            await asyncio.wait(loads)
+        if self._stopping.is_set():
+            return
         self.ready.set()
-        self.observer.ready(True, f"{len(assigned)} partitions assigned")
+        if self.broker_reachable:
+            self.observer.ready(True, f"{count} partitions assigned")
 
     async def answered(self, partition: int) -> AnsweredIds:
         """The request ids of `partition` that already have a response (loaded on first use)."""
         load = self._answered.get(partition)
         if load is not None and load.done() and not load.cancelled() and load.exception() is None:
             return load.result()  # loaded: no shield (and no task switch) per request
+        return await asyncio.shield(self._load_task(partition))
+
+    def _load_task(self, partition: int) -> asyncio.Task[AnsweredIds]:
+        load = self._answered.get(partition)
         if load is None or (load.done() and (load.cancelled() or load.exception() is not None)):
             load = asyncio.create_task(self._load_answered(partition))
             self._answered[partition] = load
-        return await asyncio.shield(load)
+        return load
 
     async def _load_answered(self, partition: int) -> AnsweredIds:
         """Read back the partition's answered ids (and batch jobs); a failure (a slow broker, a
@@ -817,6 +1289,26 @@ class Worker:
                             "%.0fs", partition, type(exc).__name__, exc, delay)  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+
+async def close_quietly(
+    what: str, close: Callable[[], Awaitable[None]], timeout_s: float = 30.0
+) -> None:
+    """Stop a Kafka client at shutdown, whatever state the cluster is in: its failure (a
+    broker gone, its own tasks cancelled under it) is an expected condition, logged in one
+    line, never raised into the caller (and never a CancelledError the caller did not ask
+    for)."""
+    task = asyncio.ensure_future(close())
+    done, _ = await asyncio.wait([task], timeout=timeout_s)
+    if not done:
+        task.cancel()
+        log.warning("stopping %s took longer than %.0fs; left behind", what, timeout_s)
+        return
+    if task.cancelled():
+        log.warning("stopping %s was interrupted (the cluster is unreachable?)", what)
+    elif task.exception() is not None:
+        exc = task.exception()
+        log.warning("stopping %s failed: %s: %s", what, type(exc).__name__, exc)
 
 
 async def _all_acked(acks: list[Awaitable[Any]]) -> None:

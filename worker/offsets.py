@@ -89,6 +89,11 @@ class OffsetTracker:
             if part is not None:
                 part.committed = pos
 
+    def next_offset(self, tp: object) -> int | None:
+        """One past the last offset received for `tp` (None before any record)."""
+        part = self._parts.get(tp)
+        return None if part is None or part.last_received is None else part.last_received + 1
+
     def drop(self, tp: object) -> None:
         self._parts.pop(tp, None)
 

@@ -7,7 +7,8 @@ import logging
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from worker.kafka_config import TopicSettings
 
@@ -78,3 +79,31 @@ async def partition_counts(client_kwargs: dict[str, Any], names: list[str]) -> d
     finally:
         await admin.close()
     return {d["topic"]: len(d["partitions"]) for d in described if not d.get("error_code")}
+
+
+BROKER_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+
+
+async def max_message_bytes(client_kwargs: dict[str, Any], topics: list[str]) -> dict[str, int]:
+    """Each topic's `max.message.bytes` (its largest record batch); the broker default for a
+    topic whose limit cannot be read (no such topic yet, no permission)."""
+    out = dict.fromkeys(topics, BROKER_DEFAULT_MAX_MESSAGE_BYTES)
+    admin = AIOKafkaAdminClient(**client_kwargs)
+    try:
+        await admin.start()
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t) for t in dict.fromkeys(topics)]
+        )
+    except KafkaError as exc:
+        log.warning("reading the size limits of %s failed: %s", topics, exc)
+        return out
+    finally:
+        await admin.close()
+    for response in responses:
+        for error_code, _msg, _type, name, entries, *_ in response.resources:
+            if error_code or name not in out:
+                continue
+            for key, value, *_ in entries:
+                if key == "max.message.bytes" and value is not None:
+                    out[name] = int(value)
+    return out

@@ -35,6 +35,7 @@ from worker.providers.errors import (
     AllModelsFailedError,
     CircuitOpenError,
     DeadlineExceededError,
+    MalformedResponseError,
     MissingApiKeyError,
     ProviderError,
     ProviderStatusError,
@@ -70,6 +71,9 @@ class ClientSettings:
     failover_timeout_factor: float = 5.0
     failover_timeout_min_s: float = 2.0
     latency_alpha: float = 0.2  # weight of the newest answer in the per-deployment latency fit
+    # a longer answer is refused (MalformedResponseError, no retry): a hostile or broken provider
+    # must not make the worker hold, publish or pay for it again
+    max_answer_bytes: int = 4 * 1024 * 1024
 
 
 class RouterClient:
@@ -409,10 +413,15 @@ class RouterClient:
                     elif isinstance(error, RateLimitError):
                         state.limits.blocked_for(error.retry_after_s or 1.0)
 
-                result = await call_with_retries(
-                    lambda timeout_s: transport.complete(
+                async def call(timeout_s: float) -> CompletionResult:
+                    result = await transport.complete(
                         spec, request, timeout_s=min(timeout_s, cap_s)
-                    ),
+                    )
+                    self._check(spec, result)
+                    return result
+
+                result = await call_with_retries(
+                    call,
                     policy=_NO_RETRY if more else self.settings.retry,
                     deadline=deadline,
                     on_attempt=on_attempt,
@@ -466,6 +475,29 @@ class RouterClient:
                 raise err
             await self._sleep(wait)
             wait = state.limits.wait_s(tokens)
+
+    def _check(self, spec: ModelSpec, result: CompletionResult) -> None:
+        """Refuse an answer no model can give: usage that is negative, not an integer or
+        beyond the model's context window, or text beyond `max_answer_bytes`. Retrying would
+        pay for the same answer again, so the error is not retriable."""
+        u = result.usage
+        counts = (u.input_tokens, u.output_tokens, u.cached_input_tokens)
+        problem = None
+        if any(type(c) is not int or c < 0 for c in counts):
+            problem = f"impossible usage {counts}"
+        elif u.input_tokens + u.output_tokens > spec.context_window_tokens:
+            problem = (
+                f"usage of {u.input_tokens + u.output_tokens} tokens exceeds the "
+                f"{spec.context_window_tokens}-token context window"
+            )
+        elif len(result.text) > self.settings.max_answer_bytes or (
+            len(result.text.encode()) > self.settings.max_answer_bytes
+        ):
+            problem = f"answer longer than max_answer_bytes {self.settings.max_answer_bytes}"
+        if problem is not None:
+            err = MalformedResponseError(problem, provider=spec.provider, model=spec.name)
+            err.retriable = False
+            raise err
 
     async def aclose(self) -> None:
         await asyncio.gather(*(t.aclose() for t in self._transports.values()))

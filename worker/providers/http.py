@@ -457,9 +457,14 @@ def decode_json(content: bytes, typ: type[T], *, provider: str, model: str | Non
     try:
         return msgspec.json.decode(content, type=typ)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise MalformedResponseError(
+        err = MalformedResponseError(
             f"unexpected response body: {str(exc)[:200]}", provider=provider, model=model
-        ) from None
+        )
+        # well-formed JSON of the wrong shape (a fractional token count) is the same answer
+        # again on a retry, paid again: not retriable; a cut-off body may be transient
+        if isinstance(exc, msgspec.ValidationError):
+            err.retriable = False
+        raise err from None
 
 
 __all__ = [

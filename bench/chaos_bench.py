@@ -1,0 +1,358 @@
+"""Poison records and member crashes at once: does every request still end exactly once?
+
+    .venv/bin/python bench/chaos_bench.py [--requests 10000] [--poison 0.01] [--rate 150]
+                                          [--kill-every 20] [--workdir DIR]
+
+Uses KAFKA_BOOTSTRAP when set, else starts the project's local broker (and stops it). One
+provider simulator process (fixed 500 ms); two `llmroute run` members of one group on a
+12-partition request topic. The requests are fed at `--rate` per second, with `--poison` of them
+replaced by poison records of every kind the worker must survive: invalid JSON, an oversized
+dead letter (the DLQ topic takes 60 KB), reply topics `..`, `__consumer_offsets` and the
+worker's own dedupe topic, a null header value (lz4-compressed), a header key that is not UTF-8
+(in a snappy batch amid valid requests). Valid requests are compressed with none, gzip, snappy,
+lz4 and zstd in turn. While the feed runs, member A is SIGKILLed and restarted every
+`--kill-every` seconds; once, member B is SIGTERMed while the group rebalances after A's
+restart (and restarted).
+
+Prints one JSON object:
+  requests, poison            what was fed
+  lost                        valid requests without a response + poison without an end (goal 0)
+  duplicate_responses         responses beyond one per valid request (goal 0)
+  repeated_model_calls        simulator calls beyond one per valid request (report; goal < 1%)
+  max_stall_s                 longest gap between responses while some were still owed (< 30)
+  nonzero_exits               SIGTERMed members that exited non-zero (goal 0)
+  peak_rss_mb                 the largest peak RSS of any member process
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+from scale_bench import Member, _all_ready, _sim_calls, _start_sim  # noqa: E402
+from worker_bench import KEYS, _localkafka  # noqa: E402
+
+import schemas  # noqa: E402
+from tests.worker.support import (  # noqa: E402
+    dataset_rows,
+    request_event,
+    train_artifact,
+    worker_config_data,
+)
+from tests.worker.test_worker_edges import _NotUtf8, _send_raw_batch  # noqa: E402
+from worker.kafka_config import TopicSettings  # noqa: E402
+from worker.topics import ensure_topics  # noqa: E402
+
+PARTITIONS = 12
+CODECS = [None, "gzip", "snappy", "lz4", "zstd"]
+
+
+async def _topics(bootstrap: str) -> dict[str, str]:
+    req = f"chaos-{int(time.time())}"
+    names = {
+        "requests": req,
+        "responses": f"{req}.responses",
+        "decisions": f"{req}.decisions",
+        "dlq": f"{req}.dlq",
+        "done": f"{req}.done",
+        "feedback": f"{req}.feedback",
+        "batch_jobs": f"{req}.batch-jobs",
+        "control": f"{req}.control",
+    }
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(req, PARTITIONS, 1),
+                NewTopic(names["dlq"], PARTITIONS, 1, topic_configs={"max.message.bytes": "60000"}),
+            ]
+        )
+    finally:
+        await admin.close()
+    await ensure_topics({"bootstrap_servers": bootstrap}, TopicSettings(**names), 1)
+    return names
+
+
+class Follower:
+    """Counts records per key on a topic, and the longest gap between arrivals while owed."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self.counts: Counter[bytes] = Counter()
+        self.arrivals: list[float] = []
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Follower:
+        consumer = AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        self._task = asyncio.create_task(self._follow(consumer))
+        return self
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            while not self._stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200)
+                now = time.monotonic()
+                for records in batch.values():
+                    for r in records:
+                        self.counts[r.key or b""] += 1
+                        self.arrivals.append(now)
+        finally:
+            await consumer.stop()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+
+def _poison(i: int, rows: list[dict[str, Any]], done_topic: str) -> tuple[bytes, bytes, str]:
+    """The i-th poison record: (key, value, kind)."""
+    kinds = ["json", "big", "reply-dots", "reply-internal", "reply-ours"]
+    kind = kinds[i % len(kinds)]
+    key = f"poison-{i:05d}".encode()
+    if kind == "json":
+        return key, b"{not json", kind
+    if kind == "big":
+        return key, b"\x00" * 70_000, kind
+    reply = {"reply-dots": "..", "reply-internal": "__consumer_offsets", "reply-ours": done_topic}
+    event = request_event(rows[i % len(rows)], i, request_id=key.decode(), reply_topic=reply[kind])
+    return key, schemas.encode(event), kind
+
+
+async def _feed(
+    bootstrap: str,
+    topics: dict[str, str],
+    rows: list[dict[str, Any]],
+    n: int,
+    poison_every: int,
+    rate: float,
+) -> tuple[set[bytes], set[bytes]]:
+    """Produce the requests at `rate`; returns (valid keys, poison keys)."""
+    producers = {
+        c: AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", linger_ms=20, compression_type=c
+        )
+        for c in CODECS
+    }
+    for p in producers.values():
+        await p.start()
+    valid: set[bytes] = set()
+    poison: set[bytes] = set()
+    try:
+        started = time.monotonic()
+        acks = []
+        for i in range(n):
+            ahead_s = started + i / rate - time.monotonic()
+            if ahead_s > 0:
+                await asyncio.sleep(ahead_s)
+            if poison_every and i % poison_every == poison_every - 1:
+                j = i // poison_every
+                if j % 7 == 5:  # a header key that is not UTF-8, amid valid requests
+                    key = f"poison-{j:05d}".encode()
+                    ok = [(f"req-{i:06d}-{k}".encode(), k) for k in range(2)]
+                    batch = [
+                        (
+                            k,
+                            schemas.encode(
+                                request_event(rows[i % len(rows)], i, request_id=k.decode())
+                            ),
+                            [],
+                        )
+                        for k, _ in ok
+                    ]
+                    batch.insert(1, (key, b"{}", [(_NotUtf8("x"), b"1")]))
+                    await _send_raw_batch(bootstrap, topics["requests"], batch, codec=2)
+                    valid.update(k for k, _ in ok)
+                    poison.add(key)
+                    continue
+                if j % 7 == 6:  # a null header value: an ordinary request, lz4
+                    key = f"req-{i:06d}".encode()
+                    event = request_event(rows[i % len(rows)], i, request_id=key.decode())
+                    acks.append(
+                        await producers["lz4"].send(
+                            topics["requests"],
+                            schemas.encode(event),
+                            key=key,
+                            headers=[("trace", None)],
+                        )
+                    )
+                    valid.add(key)
+                    continue
+                key, value, _kind = _poison(j, rows, topics["done"])
+                acks.append(await producers[None].send(topics["requests"], value, key=key))
+                poison.add(key)
+                continue
+            key = f"req-{i:06d}".encode()
+            event = request_event(rows[i % len(rows)], i, request_id=key.decode())
+            producer = producers[CODECS[i % len(CODECS)]]
+            acks.append(await producer.send(topics["requests"], schemas.encode(event), key=key))
+            valid.add(key)
+        await asyncio.gather(*acks)
+    finally:
+        for p in producers.values():
+            await p.stop()
+    return valid, poison
+
+
+def _peak_rss_mb(member: Member) -> float:
+    if member.proc is None or member.proc.poll() is not None:
+        return 0.0
+    try:
+        for line in Path(f"/proc/{member.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, Any]:
+    sim, base_url = _start_sim()
+    members: list[Member] = []
+    kills = 0
+    try:
+        rows = dataset_rows(2000)
+        artifact = train_artifact(workdir / "router", rows)
+        topics = await _topics(bootstrap)
+        data = worker_config_data(
+            bootstrap,
+            topics,
+            artifact,
+            base_url,
+            kafka={"group_id": f"g-{topics['requests']}"},
+            loop={"max_in_flight": 1000, "resume_below": 750, "drain_timeout_s": 20.0},
+            providers={"max_connections": 2000},
+        )
+        a, b = Member(workdir, "a", data), Member(workdir, "b", data)
+        members = [a, b]
+        a.start()
+        b.start()
+        await _all_ready([a, b])
+        calls_before = _sim_calls(base_url)
+        poison_every = round(1 / args.poison) if args.poison > 0 else 0
+        peak = 0.0
+        exits: list[int] = []
+        async with (
+            Follower(bootstrap, topics["responses"]) as responses,
+            Follower(bootstrap, topics["dlq"]) as letters,
+        ):
+            feed = asyncio.create_task(
+                _feed(bootstrap, topics, rows, args.requests, poison_every, args.rate)
+            )
+            started = time.monotonic()
+            next_kill = started + args.kill_every
+            sigtermed = False
+            events: list[float] = []
+            while not feed.done() or time.monotonic() - started < 30:
+                await asyncio.sleep(0.5)
+                peak = max(peak, _peak_rss_mb(a), _peak_rss_mb(b))
+                if time.monotonic() >= next_kill:
+                    a.kill()  # SIGKILL
+                    events.append(time.monotonic())
+                    kills += 1
+                    a.restarts += 1
+                    a.start()
+                    if not sigtermed:  # B stops while the group rebalances for A's return
+                        await asyncio.sleep(1.0)
+                        exits.append(await b.stop())
+                        b.start()
+                        sigtermed = True
+                    next_kill = time.monotonic() + args.kill_every
+            valid, poison = feed.result()
+            deadline = time.monotonic() + args.settle_s
+            while time.monotonic() < deadline:
+                peak = max(peak, _peak_rss_mb(a), _peak_rss_mb(b))
+                if valid <= set(responses.counts) and poison <= (
+                    set(letters.counts) | set(responses.counts)
+                ):
+                    break
+                await asyncio.sleep(0.5)
+            peak = max(peak, _peak_rss_mb(a), _peak_rss_mb(b))
+            exits.append(await a.stop())
+            exits.append(await b.stop())
+            await asyncio.sleep(1.0)
+        calls = _sim_calls(base_url) - calls_before
+        answered = set(responses.counts)
+        ended = set(letters.counts) | answered
+        gaps = [t2 - t1 for t1, t2 in zip(responses.arrivals, responses.arrivals[1:], strict=False)]
+        worst = max(range(len(gaps)), key=gaps.__getitem__, default=None)
+        details = {
+            "lost_keys": sorted(k.decode() for k in (valid - answered) | (poison - ended)),
+            "duplicated_keys": sorted(k.decode() for k, c in responses.counts.items() if c > 1),
+            "worst_stall_starts_s": None
+            if worst is None
+            else round(responses.arrivals[worst] - started, 1),
+            "events_s": [round(t - started, 1) for t in events],
+        }
+        (workdir / "chaos_details.json").write_text(json.dumps(details, indent=1))
+        return {
+            "requests": args.requests,
+            "valid_requests": len(valid),
+            "poison": len(poison),
+            "lost": len(valid - answered) + len(poison - ended),
+            "duplicate_responses": sum(c - 1 for k, c in responses.counts.items() if k in valid),
+            "repeated_model_calls": calls - len(valid),
+            "max_stall_s": round(max(gaps, default=0.0), 1),
+            "nonzero_exits": sum(1 for rc in exits if rc != 0),
+            "exit_codes": exits,
+            "peak_rss_mb": round(peak, 1),
+            "sigkills": kills,
+            "rate_per_s": args.rate,
+        }
+    finally:
+        for m in members:
+            m.kill()
+        sim.terminate()
+        sim.wait(timeout=30)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--poison", type=float, default=0.01, help="share of poison records")
+    parser.add_argument("--rate", type=float, default=150.0, help="records fed per second")
+    parser.add_argument("--kill-every", type=float, default=20.0)
+    parser.add_argument("--settle-s", type=float, default=180.0, help="wait for the rest")
+    parser.add_argument("--workdir", help="keep configs and member logs here")
+    args = parser.parse_args()
+    os.environ.update(KEYS)
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+    lk, name = None, f"chaos-bench-{os.getpid()}"
+    if not bootstrap:
+        lk = _localkafka()
+        bootstrap = lk.start(name, 1, 0, heap_mb=1024).bootstrap
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(args.workdir or tmp)
+            await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+            result = await _run(args, bootstrap, workdir)
+    finally:
+        if lk is not None:
+            lk.stop(name)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
