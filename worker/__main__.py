@@ -1,5 +1,6 @@
 """`llmroute`: the command line. Each command group lives in its own module and adds its
-subcommands through `register(subparsers)`; this module only wires them together."""
+subcommands through `register(subparsers)`; this module only wires them together and maps
+user errors to one line on stderr (see `worker.cli`)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from importlib import metadata
+
+from worker.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, Parser, UserError
 
 # Modules that contribute subcommands, in the order `llmroute --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "worker.routing_cli",
     "worker.provider_cli",
     "worker.run_cli",
+    "worker.topics_cli",
     "worker.ops_cli",
     "worker.demo",
     "worker.dataset_cli",
@@ -21,21 +26,54 @@ COMMAND_MODULES: tuple[str, ...] = (
     "worker.ab_cli",
 )
 
+SHELLS = ("bash", "zsh", "tcsh")
+
+
+def version() -> str:
+    try:
+        return metadata.version("llm-routing-worker")
+    except metadata.PackageNotFoundError:  # run from a source tree without installing
+        return "0+unknown"
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="llmroute",
         description="Route LLM requests from Kafka to the cheapest model that will answer well.",
+        epilog="Quickstart and the exit codes: README.md. `llmroute COMMAND --help` for each.",
     )
+    parser.add_argument("--version", action="version", version=f"llmroute {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description='Load it in the current shell: eval "$(llmroute completion bash)"; or '
+        "save it where your shell looks, e.g. ~/.local/share/bash-completion/completions/llmroute",
+    )
+    completion.add_argument("shell", choices=SHELLS)
+    completion.set_defaults(handler=_completion)
     return parser
+
+
+def _completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    sys.stdout.write(shtab.complete(build_parser(), shell=args.shell))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rc: int = args.handler(args)
+    prog = f"llmroute {args.command}"
+    try:
+        rc: int = args.handler(args)
+    except UserError as exc:
+        print(exc.line(prog), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     return rc
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
@@ -229,25 +230,30 @@ def tracing_masks(config: Config) -> bool:
     return bool(config.telemetry.get("mask_prompts", False))
 
 
-async def serve(config: Config) -> int:
-    """Run one consumer-group member until SIGTERM / SIGINT; drain, commit, exit 0."""
+async def serve(config: Config, *, blocked: str | None = None) -> int:
+    """Run one consumer-group member until SIGTERM / SIGINT; drain, commit, exit 0.
+
+    `blocked`: a problem found before start (e.g. a policy's model has no API key) that keeps
+    /readyz failing while the member runs."""
     lograte.install()  # aiokafka repeats each connection error many times a second
-    await ensure_topics(
-        config.kafka.common_kwargs(), config.topics, config.topic_replication_factor
+    partitions = await ensure_topics(
+        config.kafka.common_kwargs(),
+        config.topics,
+        config.topic_replication_factor if config.topic_replication_factor != 1 else None,
     )
     app = build(config)
+    if blocked is not None:
+        app.health.block(blocked)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.worker.stop)
+    metrics_url = "off"
     async with contextlib.AsyncExitStack() as stack:
         if config.metrics.enabled:
-            ops = OpsServer(
-                app.metrics,
-                app.health,
-                OpsServerConfig(host=config.metrics.host, port=config.metrics.port),
-            )
-            await stack.enter_async_context(ops)
-            log.info("metrics and health on %s", ops.url)
+            ops = await _ops_server(app, config)
+            stack.push_async_callback(ops.stop)
+            metrics_url = ops.url
+        log.info(startup_line(config, app, metrics_url, partitions.get(config.topics.requests, 0)))
         stack.push_async_callback(app.close)
         feedback = await stack.enter_async_context(_FeedbackTask(app))
         stop = asyncio.Event()
@@ -258,8 +264,58 @@ async def serve(config: Config) -> int:
             stop.set()
             await background
         feedback.stop.set()
-    log.info("worker stopped: %s", app.worker.stats)
+    log.info(stop_line(app.worker.stats), extra={"stats": dict(app.worker.stats)})
     return 0
+
+
+async def _ops_server(app: App, config: Config) -> OpsServer:
+    """/metrics, /healthz, /readyz on the configured port; when another process (a second
+    member on this host) holds it, on a free port, with a warning naming it."""
+    settings = OpsServerConfig(host=config.metrics.host, port=config.metrics.port)
+    ops = OpsServer(app.metrics, app.health, settings)
+    try:
+        await ops.start()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or settings.port == 0:
+            raise
+        ops = OpsServer(app.metrics, app.health, replace(settings, port=0))
+        await ops.start()
+        log.warning(
+            "metrics port %d is taken (another member on this host?): serving on %s instead; "
+            "set LLMROUTE_METRICS_PORT per member to choose",
+            settings.port,
+            ops.url,
+        )
+    return ops
+
+
+def startup_line(config: Config, app: App, metrics_url: str, partitions: int) -> str:
+    """One line naming what this member serves."""
+    router = app.pipeline.core.router
+    t = config.topics
+    return (
+        f"llmroute {_version()} member of group {config.kafka.group_id} on "
+        f"{config.kafka.bootstrap_servers}: router {router.name} {router.version}, models "
+        f"{', '.join(router.models)}; reads {t.requests} ({partitions} partitions), writes "
+        f"{t.responses} (decisions {t.decisions}, dead letters {t.dlq}); metrics {metrics_url}"
+    )
+
+
+def stop_line(stats: dict[str, int]) -> str:
+    return (
+        f"worker stopped: {stats.get('records', 0)} records read, {stats.get('published', 0)} "
+        f"responses published, {stats.get('dead_letters', 0)} dead letters, "
+        f"{stats.get('duplicates', 0)} duplicates skipped, {stats.get('batched', 0)} batched"
+    )
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("llm-routing-worker")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 class _FeedbackTask:

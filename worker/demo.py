@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import schemas
 from worker import config as config_mod
+from worker.cli import next_hint
 from worker.providers.catalogue import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
 from worker.sim import Dataset, Latency, SimConfig, Simulator, grade
 from worker.topics import ensure_topics
@@ -39,6 +40,7 @@ from worker.topics import ensure_topics
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "routing" / "mmlu_dev.jsonl"
 WORK = ROOT / ".demo"
+STABLE_ROUTER_NAME = ".demo/router"  # always the latest demo router (deploy/config/local.toml)
 SIM_KEYS = {"SIM_OPENAI_API_KEY": "sk-demo-openai", "SIM_ANTHROPIC_API_KEY": "sk-ant-demo"}
 
 
@@ -51,7 +53,22 @@ def register(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--latency", default="lognormal:300:0.5", help="simulated model latency")
     p.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
-    p.set_defaults(handler=lambda args: asyncio.run(run_demo(args)))
+    p.add_argument(
+        "--train-only",
+        action="store_true",
+        help=f"only train (or reuse) the demo router and point {STABLE_ROUTER_NAME} at it",
+    )
+    p.set_defaults(handler=_handle)
+
+
+def _handle(args: argparse.Namespace) -> int:
+    if args.train_only:
+        rows, source = _load_rows(args.data)
+        print(f"data: {len(rows)} labelled prompts from {source}")
+        _train(rows)
+        next_hint("llmroute run --config deploy/config/local.toml   (see README: run a member)")
+        return 0
+    return asyncio.run(run_demo(args))
 
 
 # ---------------------------------------------------------------- data
@@ -100,7 +117,7 @@ def _train(rows: list[dict[str, Any]]) -> Path:
     out = WORK / f"router-{digest}"
     if (out / "meta.json").exists():
         print(f"router: reusing {out.relative_to(ROOT)} (trained on {len(train)} prompts)")
-        return out
+        return _point_stable_path(out)
     WORK.mkdir(exist_ok=True)
     data = WORK / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in train))
@@ -113,6 +130,18 @@ def _train(rows: list[dict[str, Any]]) -> Path:
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     print(f"router: trained in {time.perf_counter() - started:.0f}s -> {out.relative_to(ROOT)}")
+    return _point_stable_path(out)
+
+
+def _point_stable_path(out: Path) -> Path:
+    """`.demo/router` -> this router (a relative symlink, replaced atomically), so configs
+    (deploy/config/local.toml) name one stable path whatever data the demo trained on."""
+    link = ROOT / STABLE_ROUTER_NAME
+    tmp = link.with_name(f".router-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(out.name, target_is_directory=True)
+    os.replace(tmp, link)
+    print(f"router: {STABLE_ROUTER_NAME} -> {out.name}")
     return out
 
 
@@ -322,5 +351,6 @@ async def run_demo(args: argparse.Namespace) -> int:
         f"p50 {summary['latency_p50_ms']} ms, p99 {summary['latency_p99_ms']} ms; "
         f"{summary['dead_letters']} dead letters."
     )
+    next_hint("run a member yourself: README.md, `deploy/config/local.toml`")
     missing = summary["requests"] - summary["responses"]
     return 0 if missing == 0 and all(c == 0 for c in codes) else 1

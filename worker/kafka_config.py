@@ -93,6 +93,21 @@ def _env(env: dict[str, str], name: str | None) -> str | None:
     return env[name]
 
 
+TOPIC_ROLES = (
+    "requests",
+    "responses",
+    "decisions",
+    "feedback",
+    "dlq",
+    "done",
+    "batch_jobs",
+    "control",
+    "cache",
+    "shadow",
+    "feedback_dlq",
+)
+
+
 class TopicSettings(_Settings, frozen=True, kw_only=True):
     requests: str = schemas.TOPICS["requests"]
     responses: str = schemas.TOPICS["responses"]
@@ -105,6 +120,18 @@ class TopicSettings(_Settings, frozen=True, kw_only=True):
     cache: str = schemas.TOPICS["cache"]  # compacted: semantic cache entries (routers.semcache)
     done: str = "llm.requests.done"  # compacted dedupe log: request ids already answered
     feedback_dlq: str = "llm.feedback.dlq"  # feedback Langfuse refused, with its answer
+    # topics the worker (or `llmroute topics create`) creates: partitions bound how many members
+    # of the group do work (a member beyond the request topic's partition count idles)
+    partitions: int = 6
+    replication_factor: int = 1
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1 or self.replication_factor < 1:
+            raise ValueError("topics partitions and replication_factor must be >= 1")
+
+    def names(self) -> dict[str, str]:
+        """Every topic the worker uses, by role (`requests`, `responses`, ...)."""
+        return {role: getattr(self, role) for role in TOPIC_ROLES}
 
 
 class LoopSettings(_Settings, frozen=True, kw_only=True):

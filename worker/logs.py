@@ -20,7 +20,16 @@ import sys
 import time
 from typing import IO, Any, Final
 
-__all__ = ["JsonFormatter", "RedactingFilter", "redact", "setup_logging"]
+__all__ = [
+    "LOG_FORMATS",
+    "JsonFormatter",
+    "RedactingFilter",
+    "TextFormatter",
+    "redact",
+    "setup_logging",
+]
+
+LOG_FORMATS: Final = ("json", "text")
 
 REDACTED: Final = "[REDACTED]"
 
@@ -111,18 +120,45 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """For people at a terminal: `11:44:10 INFO  worker.app  msg  key=value ...`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        at = time.strftime("%H:%M:%S", time.localtime(record.created))
+        parts = [f"{at} {record.levelname:<7} {record.name}  {record.getMessage()}"]
+        extras = [
+            f"{k}={v}"
+            for k, v in record.__dict__.items()
+            if k not in _RECORD_ATTRS and not isinstance(v, dict | list)  # the message says it
+        ]
+        if extras:
+            parts.append("  " + " ".join(extras))
+        text = "".join(parts)
+        if record.exc_info or record.exc_text:
+            text += "\n" + (record.exc_text or self.formatException(record.exc_info))  # type: ignore[arg-type]
+        return text
+
+
 class _JsonHandler(logging.StreamHandler[IO[str]]):
     """The handler `setup_logging` installs (a type of its own, so a second call replaces it)."""
 
 
-def setup_logging(level: int | str = "INFO", stream: IO[str] | None = None) -> logging.Handler:
-    """Send every log record to `stream` (stderr) as JSON lines; replaces a previous call's
-    handler. Returns the handler (tests read from their own stream)."""
+def setup_logging(
+    level: int | str = "INFO", stream: IO[str] | None = None, fmt: str = "json"
+) -> logging.Handler:
+    """Send every log record to `stream` (stderr) as JSON lines (`fmt="text"`: readable lines);
+    replaces a previous call's handler. Returns the handler (tests read from their own stream).
+    An unknown `level` or `fmt` raises ValueError before anything is installed."""
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"unknown log format {fmt!r}: use one of {', '.join(LOG_FORMATS)}")
+    if isinstance(level, str) and level.upper() not in logging.getLevelNamesMapping():
+        raise ValueError(f"unknown log level {level!r}: use DEBUG, INFO, WARNING or ERROR")
+    level = level.upper() if isinstance(level, str) else level
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _JsonHandler)]:
         root.removeHandler(old)
     handler = _JsonHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
     handler.addFilter(RedactingFilter())
     root.addHandler(handler)
     root.setLevel(level)

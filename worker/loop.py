@@ -218,6 +218,7 @@ class LoopObserver(Protocol):
 
     def heartbeat(self) -> None: ...
     def ready(self, ready: bool, reason: str) -> None: ...
+    def assignment(self, assigned: int, partitions: int) -> None: ...
     def dead_letter(self, error_type: str) -> None: ...
     def duplicate(self) -> None: ...
     def in_flight(self, count: int) -> None: ...
@@ -230,6 +231,9 @@ class _NullObserver:
         pass
 
     def ready(self, ready: bool, reason: str) -> None:
+        pass
+
+    def assignment(self, assigned: int, partitions: int) -> None:
         pass
 
     def dead_letter(self, error_type: str) -> None:
@@ -1249,6 +1253,7 @@ class Worker:
         self.ready.set()
         if self.broker_reachable:
             self.observer.ready(True, f"{count} partitions assigned")
+        self.observer.assignment(count, self._source_partitions)
 
     async def answered(self, partition: int) -> AnsweredIds:
         """The request ids of `partition` that already have a response (loaded on first use)."""

@@ -153,6 +153,18 @@ class WorkerMetrics:
             "router_info", "The router in use (value 1), by name and version.",
             ["router", "version"], namespace=ns, registry=reg,
         )  # fmt: skip
+        self.assigned_partitions = Gauge(
+            "assigned_partitions", "Partitions of the request topic this member holds.",
+            namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.topic_partitions = Gauge(
+            "request_topic_partitions", "Partitions of the request topic.",
+            namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.idle_member = Gauge(
+            "idle_member", "1 when this member holds no partition while the request topic has "
+            "some: the group has more members than partitions.", namespace=ns, registry=reg,
+        )  # fmt: skip
         self.event_loop_lag = Gauge(
             "event_loop_lag_seconds", "How late the last periodic event-loop wake-up fired.",
             namespace=ns, registry=reg,
@@ -250,6 +262,8 @@ class Health:
         self._last_beat: float | None = None
         self._ready = False
         self._not_ready_reason = "starting"
+        self._blocked: str | None = None  # a problem no rebalance fixes (missing API keys)
+        self._note = ""  # said by /readyz while ready (an idle member)
 
     def beat(self) -> None:
         """Call from each iteration of the consume loop (paused or not)."""
@@ -260,6 +274,15 @@ class Health:
         self._ready = ready
         self._not_ready_reason = "" if ready else (reason or "not ready")
 
+    def block(self, reason: str) -> None:
+        """Never ready, whatever the loop says: a configuration problem (e.g. no API key for a
+        model a policy may choose) that only a restart with a fixed environment clears."""
+        self._blocked = reason
+
+    def note(self, text: str) -> None:
+        """What /readyz says instead of "ok" while ready ("" clears it)."""
+        self._note = text
+
     def liveness(self) -> tuple[bool, str]:
         if self._last_beat is None:
             return True, "ok"
@@ -269,7 +292,9 @@ class Health:
         return True, "ok"
 
     def readiness(self) -> tuple[bool, str]:
-        return (True, "ok") if self._ready else (False, self._not_ready_reason)
+        if self._blocked is not None:
+            return False, self._blocked
+        return (True, self._note or "ok") if self._ready else (False, self._not_ready_reason)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from worker.loop import Handled
 from worker.metrics import Health, WorkerMetrics
+
+log = logging.getLogger(__name__)
 
 
 class MetricsObserver:
@@ -17,6 +21,24 @@ class MetricsObserver:
 
     def ready(self, ready: bool, reason: str) -> None:
         self.health.set_ready(ready, reason)
+
+    def assignment(self, assigned: int, partitions: int) -> None:
+        """A member that holds no partition of a topic that has some is idle: warn (log,
+        metric, /readyz) so a group larger than the topic does not go unnoticed."""
+        self.metrics.assigned_partitions.set(assigned)
+        self.metrics.topic_partitions.set(partitions)
+        idle = assigned == 0 and partitions > 0
+        self.metrics.idle_member.set(1 if idle else 0)
+        if idle:
+            text = (
+                f"idle: this member holds none of the {partitions} partitions of {self.topic}; "
+                "the group has more members than partitions (raise [topics].partitions and run "
+                "`llmroute topics create`, or run fewer members)"
+            )
+            log.warning(text)
+            self.health.note(text)
+        else:
+            self.health.note("")
 
     def dead_letter(self, error_type: str) -> None:
         self.metrics.dead_letter(error_type)

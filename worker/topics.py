@@ -1,4 +1,4 @@
-"""Create the worker's output topics when they are missing (never alters existing ones)."""
+"""Create the worker's topics when they are missing (never alters existing ones)."""
 
 from __future__ import annotations
 
@@ -16,39 +16,29 @@ log = logging.getLogger(__name__)
 
 
 async def ensure_topics(
-    client_kwargs: dict[str, Any], topics: TopicSettings, replication_factor: int
+    client_kwargs: dict[str, Any], topics: TopicSettings, replication_factor: int | None = None
 ) -> dict[str, int]:
-    """Make sure every output topic exists; returns each topic's partition count.
+    """Make sure every topic exists; returns each topic's partition count.
 
-    New topics get as many partitions as the request topic (at least 1); the dedupe log, the
-    batch-job topic and the semantic-cache topic are compacted.
+    New topics get as many partitions as the request topic when it exists, else
+    `topics.partitions`; the control topic gets one. Replication: `replication_factor`, else
+    `topics.replication_factor`. The dedupe log, the batch-job topic and the semantic-cache topic
+    are compacted.
     """
+    rf = topics.replication_factor if replication_factor is None else replication_factor
     admin = AIOKafkaAdminClient(**client_kwargs)
     await admin.start()
     try:
         existing = await _partitions(admin)
-        partitions = max(1, existing.get(topics.requests, 0))
+        partitions = existing.get(topics.requests) or topics.partitions
         compacted = {topics.done, topics.batch_jobs, topics.cache}
-        wanted = [
-            topics.requests,
-            topics.responses,
-            topics.decisions,
-            topics.feedback,
-            topics.dlq,
-            topics.feedback_dlq,
-            topics.done,
-            topics.batch_jobs,
-            topics.control,
-            topics.cache,
-            topics.shadow,
-        ]
-        missing = [t for t in dict.fromkeys(wanted) if t not in existing]
+        missing = [t for t in dict.fromkeys(topics.names().values()) if t not in existing]
         if missing:
             new = [
                 NewTopic(
                     t,
                     partitions if t != topics.control else 1,
-                    replication_factor,
+                    rf,
                     topic_configs={"cleanup.policy": "compact"} if t in compacted else {},
                 )
                 for t in missing

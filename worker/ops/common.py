@@ -4,11 +4,13 @@ pacing, and a progress bar on stderr."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import logging
 import os
 import time
 import tomllib
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -16,14 +18,51 @@ from typing import IO, Any
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError
 
+from worker.cli import UserError
 from worker.kafka_config import KafkaSettings, TopicSettings
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
+BROKER_HINT = (
+    "start a local broker with `make kafka-up`, or point --bootstrap / $KAFKA_BOOTSTRAP / "
+    "[kafka].bootstrap_servers at yours"
+)
 
 
-class OpsError(Exception):
+class OpsError(UserError):
     """A user-facing problem (bad input, missing topic); printed without a traceback."""
+
+
+@contextlib.contextmanager
+def _quiet_kafka_client() -> Iterator[None]:
+    """aiokafka logs each failed connection attempt at ERROR; the caller reports one line."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+async def reach(kafka: KafkaSettings, timeout_s: float = 10.0, hint: str = BROKER_HINT) -> None:
+    """Return once a broker answers a Metadata request; `UserError` (one line, with a hint)
+    when none does within `timeout_s`. Nothing is created or changed on the broker."""
+    try:
+        kw = kafka.common_kwargs()
+    except (ValueError, OSError) as exc:  # a SASL variable unset, an unreadable TLS file
+        raise UserError(f"Kafka client settings: {exc}") from None
+    where = kafka.bootstrap_servers
+    with _quiet_kafka_client():
+        client = AIOKafkaClient(**kw)
+        try:
+            await asyncio.wait_for(client.bootstrap(), timeout_s)
+        except (KafkaError, OSError, TimeoutError):
+            raise UserError(f"cannot reach Kafka at {where}: no broker answered", hint) from None
+        finally:
+            await client.close()
 
 
 @dataclass(frozen=True)
@@ -56,23 +95,31 @@ def load_connection(
     config_path: str | None, bootstrap: str | None, env: dict[str, str]
 ) -> Connection:
     """`[kafka]` and `[topics]` of a worker config (other sections are not read here), then the
-    bootstrap override: --bootstrap, else $KAFKA_BOOTSTRAP when no config names one."""
+    overrides `llmroute run` takes too: bootstrap from --bootstrap, else
+    $LLMROUTE_BOOTSTRAP_SERVERS, else $KAFKA_BOOTSTRAP when no config names one; the group from
+    $LLMROUTE_GROUP_ID."""
     kafka, topics = KafkaSettings(bootstrap_servers=DEFAULT_BOOTSTRAP), TopicSettings()
     configured = False
     if config_path:
         try:
             data = tomllib.loads(Path(config_path).read_text("utf-8"))
         except (OSError, ValueError) as exc:
-            raise OpsError(f"cannot read {config_path}: {exc}") from None
+            raise OpsError(f"cannot read {config_path}: {exc}", "pass the worker's TOML") from None
         try:
             kafka = msgspec.convert(data.get("kafka", {}), KafkaSettings)
             topics = msgspec.convert(data.get("topics", {}), TopicSettings)
         except msgspec.ValidationError as exc:
             raise OpsError(f"invalid configuration {config_path}: {exc}") from None
         configured = "bootstrap_servers" in data.get("kafka", {})
-    chosen = bootstrap or (None if configured else env.get("KAFKA_BOOTSTRAP"))
+    chosen = (
+        bootstrap
+        or env.get("LLMROUTE_BOOTSTRAP_SERVERS")
+        or (None if configured else env.get("KAFKA_BOOTSTRAP"))
+    )
     if chosen:
         kafka = msgspec.structs.replace(kafka, bootstrap_servers=chosen)
+    if env.get("LLMROUTE_GROUP_ID"):
+        kafka = msgspec.structs.replace(kafka, group_id=env["LLMROUTE_GROUP_ID"])
     return Connection(kafka, topics)
 
 

@@ -1,12 +1,20 @@
-"""`llmroute dlq replay`: re-drive dead letters after a fix.
+"""`llmroute dlq list | show | purge | replay`: look at dead letters, drop them, re-drive them.
+
+`list` prints one line per letter (dead-letter partition@offset, error type, source, reason);
+`show P@O` prints one letter in full, the original bytes decoded as text; `purge` deletes every
+letter up to the end offsets taken at its start (Kafka DeleteRecords: the log start moves;
+nothing is rewritten), and asks for `--yes` first.
+
+`replay` re-drives dead letters after a fix.
 
 Reads the dead-letter topic from its first retained offset up to its end offsets *as of the
 start* (so letters that a replay produces again are never re-read), and sends each selected
 letter's original bytes, key and headers back to its source topic (or `--to-topic`), with one
 added header `llmroute-replay-of: <dlq topic>:<partition>:<offset>`. Selection: `--error-type`
 (repeatable), `--partition` and `--offsets A:B` on the dead-letter topic, `--source-partition`
-and `--source-offsets A:B` on the original topic, `--only-valid` (skip letters whose bytes
-still fail this version's RouteRequest decoder), `--limit`.
+and `--source-offsets A:B` on the original topic, `--limit`. Letters whose bytes this version's
+RouteRequest decoder still refuses are skipped (a replay would only dead-letter them again)
+unless `--include-invalid`.
 
 `--dry-run` sends nothing and prints every letter with what would happen: `replay` (with a
 note when today's decoder would still refuse it) or `skip` and why. The last line printed is a
@@ -23,14 +31,23 @@ import contextlib
 import json
 import sys
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 import schemas
-from worker.ops.common import Connection, parse_range, read_to_end
+from worker.cli import next_hint
+from worker.ops.common import (
+    Connection,
+    OpsError,
+    parse_range,
+    read_to_end,
+    snapshot,
+    topic_partitions,
+)
 
 REPLAY_HEADER = "llmroute-replay-of"
 
@@ -41,7 +58,7 @@ class Selection:
     dlq_offsets: tuple[int, int | None] | None = None
     source_partitions: frozenset[int] = frozenset()
     source_offsets: tuple[int, int | None] | None = None
-    only_valid: bool = False
+    only_valid: bool = True  # skip letters today's decoder still refuses (--include-invalid)
 
 
 def _in(offset: int, span: tuple[int, int | None] | None) -> bool:
@@ -205,15 +222,203 @@ async def replay(
     }
 
 
-def register(sub: Any, add_connection: Any) -> argparse.ArgumentParser:
-    """Add the subcommand; returns its (leaf) parser."""
-    dlq = sub.add_parser("dlq", help="dead-letter tools (replay)")
+# ---------------------------------------------------------------- list, show, purge
+
+
+@dataclass(frozen=True)
+class Letter:
+    """A dead letter as `list` and `show` print it (`letter` None: not a dead letter)."""
+
+    partition: int
+    offset: int
+    letter: schemas.DeadLetter | None
+    problem: str = ""
+
+    @property
+    def where(self) -> str:
+        return f"{self.partition}@{self.offset}"
+
+    def line(self) -> str:
+        d = self.letter
+        if d is None:
+            return f"{self.where:<10} -  {self.problem}"
+        src = d.source
+        seen = d.first_seen_at.strftime("%Y-%m-%d %H:%M:%S")
+        reason = " ".join(d.reason.split())
+        reason = reason if len(reason) <= 70 else reason[:67] + "..."
+        return (
+            f"{self.where:<10} {seen}  {d.error_type:<16} "
+            f"{src.topic}:{src.partition}@{src.offset}  {reason}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        if self.letter is None:
+            return {"dlq": self.where, "problem": self.problem}
+        return {"dlq": self.where, **json.loads(schemas.encode(self.letter))}
+
+    def details(self) -> str:
+        d = self.letter
+        if d is None:
+            return f"dlq {self.where}: {self.problem}"
+        original = base64.b64decode(d.original_value_b64)
+        key = base64.b64decode(d.original_key_b64) if d.original_key_b64 is not None else None
+        lines = [
+            f"dlq          {self.where}",
+            f"error_type   {d.error_type}",
+            f"reason       {d.reason}",
+            f"source       {d.source.topic}:{d.source.partition}@{d.source.offset}",
+            f"first_seen   {d.first_seen_at.isoformat()}",
+            f"worker       {d.worker_id or '-'}",
+            f"key          {key.decode('utf-8', 'replace') if key is not None else '-'}",
+        ]
+        for h in d.original_headers or []:
+            value = base64.b64decode(h.value_b64).decode("utf-8", "replace")
+            lines.append(f"header       {h.key}: {value}")
+        try:
+            schemas.decode(original, schemas.RouteRequest)
+            verdict = "valid today (a replay would be routed)"
+        except schemas.InvalidEvent as exc:
+            verdict = f"still invalid today: {exc}"
+        lines.append(f"replay       {verdict}")
+        lines.append(f"original     {len(original)} bytes:")
+        lines.append(original.decode("utf-8", "replace"))
+        return "\n".join(lines)
+
+
+def read_letter(partition: int, offset: int, value: bytes | None) -> Letter:
+    if value is None:
+        return Letter(partition, offset, None, "tombstone")
+    try:
+        return Letter(partition, offset, schemas.decode(value, schemas.DeadLetter))
+    except schemas.InvalidEvent as exc:
+        return Letter(partition, offset, None, f"not a dead letter: {exc}")
+
+
+async def letters(conn: Connection, topic: str | None = None) -> list[Letter]:
+    dlq = topic or conn.topics.dlq
+    out = []
+    async with contextlib.aclosing(read_to_end(conn.client_kwargs(), dlq)) as records:
+        async for record in records:
+            out.append(read_letter(record.partition, record.offset, record.value))
+    return out
+
+
+async def purge(conn: Connection, topic: str | None = None, *, dry_run: bool) -> dict[str, Any]:
+    """Delete every record of the dead-letter topic below its end offsets as of now."""
+    dlq = topic or conn.topics.dlq
+    kw = conn.client_kwargs()
+    count = await topic_partitions(kw, dlq)
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **kw)
+    await consumer.start()
+    try:
+        snap = await snapshot(consumer, dlq, count)
+    finally:
+        await consumer.stop()
+    summary: dict[str, Any] = {"dead_letter_topic": dlq, "dry_run": dry_run}
+    summary["would_delete" if dry_run else "deleted"] = snap.retained
+    if dry_run or not snap.retained:
+        return summary
+    admin = AIOKafkaAdminClient(**kw)
+    await admin.start()
+    try:
+        await admin.delete_records(
+            {
+                TopicPartition(dlq, p): RecordsToDelete(before_offset=end)
+                for p, end in snap.end.items()
+                if end > snap.beginning[p]
+            }
+        )
+    finally:
+        await admin.close()
+    return summary
+
+
+def _where(text: str) -> tuple[int, int]:
+    part, sep, off = text.partition("@")
+    try:
+        if not sep:
+            raise ValueError
+        return int(part), int(off)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad letter {text!r}: use PARTITION@OFFSET as `dlq list` prints it"
+        ) from None
+
+
+def run_list(args: argparse.Namespace, conn: Connection) -> int:
+    found = asyncio.run(letters(conn, args.from_topic))
+    shown = found[: args.limit] if args.limit is not None else found
+    out = sys.stdout
+    for item in shown:
+        out.write((json.dumps(item.to_json()) if args.json else item.line()) + "\n")
+    if not args.json:
+        by_type = Counter(i.letter.error_type for i in found if i.letter is not None)
+        detail = ", ".join(f"{k} {v}" for k, v in by_type.most_common())
+        out.write(f"{len(found)} dead letters" + (f" ({detail})" if detail else "") + "\n")
+        if found:
+            next_hint(f"llmroute dlq show {found[0].where}   or   llmroute dlq replay --dry-run")
+    return 0
+
+
+def run_show(args: argparse.Namespace, conn: Connection) -> int:
+    partition, offset = args.letter
+    found = asyncio.run(letters(conn, args.from_topic))
+    match = [i for i in found if (i.partition, i.offset) == (partition, offset)]
+    if not match:
+        raise OpsError(
+            f"no dead letter at {partition}@{offset} ({len(found)} retained)",
+            "`llmroute dlq list` prints where each one is",
+        )
+    item = match[0]
+    sys.stdout.write((json.dumps(item.to_json()) if args.json else item.details()) + "\n")
+    return 0
+
+
+def run_purge(args: argparse.Namespace, conn: Connection) -> int:
+    summary = asyncio.run(purge(conn, args.from_topic, dry_run=not args.yes))
+    sys.stdout.write(json.dumps(summary) + "\n")
+    if not args.yes and summary["would_delete"]:
+        next_hint("llmroute dlq purge --yes   (deletes them; replay first what you need)")
+    return 0
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def register_all(
+    sub: Any, add_connection: Any
+) -> list[tuple[str, argparse.ArgumentParser, Callable[[argparse.Namespace, Connection], int]]]:
+    """Add `dlq list | show | purge | replay`; returns (name, leaf parser, runner) of each."""
+    dlq = sub.add_parser("dlq", help="dead letters: list, show, purge, replay")
     dsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    lst = dsub.add_parser("list", help="one line per dead letter, then a count by error type")
+    add_connection(lst)
+    lst.add_argument("--from-topic", help="dead-letter topic (default: [topics].dlq)")
+    lst.add_argument("--limit", type=int, help="print at most this many")
+    lst.add_argument("--json", action="store_true", help="one JSON object per letter")
+    show = dsub.add_parser("show", help="one dead letter in full, its original bytes as text")
+    add_connection(show)
+    show.add_argument("letter", type=_where, help="PARTITION@OFFSET, as `dlq list` prints it")
+    show.add_argument("--from-topic", help="dead-letter topic (default: [topics].dlq)")
+    show.add_argument("--json", action="store_true")
+    prg = dsub.add_parser("purge", help="delete every dead letter (asks for --yes)")
+    add_connection(prg)
+    prg.add_argument("--from-topic", help="dead-letter topic (default: [topics].dlq)")
+    prg.add_argument("--yes", action="store_true", help="really delete (without: say how many)")
+    return [
+        ("list", lst, run_list),
+        ("show", show, run_show),
+        ("purge", prg, run_purge),
+        ("replay", register(dsub, add_connection), run),
+    ]
+
+
+def register(dsub: Any, add_connection: Any) -> argparse.ArgumentParser:
+    """Add `replay` to the `dlq` subcommands; returns its (leaf) parser."""
     p: argparse.ArgumentParser = dsub.add_parser(
         "replay",
         help="re-drive dead letters' original bytes to their source topic (--dry-run first)",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
     )
     add_connection(p)
     p.add_argument("--dry-run", action="store_true", help="send nothing; say what would happen")
@@ -230,10 +435,11 @@ def register(sub: Any, add_connection: Any) -> argparse.ArgumentParser:
     p.add_argument("--source-partition", type=int, action="append", default=[])
     p.add_argument("--source-offsets", type=parse_range, help="original topic offsets START:END")
     p.add_argument(
-        "--only-valid",
+        "--include-invalid",
         action="store_true",
-        help="skip letters that this version's decoder still refuses",
+        help="also re-send letters this version's decoder still refuses (they come back)",
     )
+    p.add_argument("--only-valid", action="store_true", help=argparse.SUPPRESS)  # the default
     p.add_argument("--limit", type=int, help="replay at most this many")
     p.add_argument("--json", action="store_true", help="one JSON object per letter")
     p.add_argument("--quiet", action="store_true", help="only the summary")
@@ -248,7 +454,7 @@ def run(args: argparse.Namespace, conn: Connection) -> int:
         dlq_offsets=args.offsets,
         source_partitions=frozenset(args.source_partition),
         source_offsets=args.source_offsets,
-        only_valid=args.only_valid,
+        only_valid=not args.include_invalid,
     )
     summary = asyncio.run(
         replay(

@@ -65,6 +65,27 @@ class Status:
         return sum(p.lag for p in self.partitions)
 
     @property
+    def idle_members(self) -> int:
+        """Members holding no partition of the request topic (once the group is Stable)."""
+        if self.state != "Stable":
+            return 0
+        return sum(
+            1 for m in self.members if not any(p.startswith(f"{self.topic}:") for p in m.partitions)
+        )
+
+    def warnings(self) -> list[str]:
+        out = []
+        if len(self.members) > len(self.partitions):
+            out.append(
+                f"{len(self.members)} members for {len(self.partitions)} partitions of "
+                f"{self.topic}: {len(self.members) - len(self.partitions)} idle (raise "
+                "[topics].partitions for new topics, or run fewer members)"
+            )
+        elif self.idle_members:
+            out.append(f"{self.idle_members} members hold no partition of {self.topic}")
+        return out
+
+    @property
     def open_batch_jobs(self) -> int | None:
         return None if self.batch_jobs is None else sum(self.batch_jobs.values())
 
@@ -72,6 +93,8 @@ class Status:
         out = asdict(self)
         out["total_lag"] = self.total_lag
         out["open_batch_jobs"] = self.open_batch_jobs
+        out["idle_members"] = self.idle_members
+        out["warnings"] = self.warnings()
         return out
 
 
@@ -218,6 +241,7 @@ def render(status: Status) -> str:
         )
     dead = "no dead-letter topic" if status.dead_letters is None else str(status.dead_letters)
     lines.append(f"dead letters: {dead}")
+    lines.extend(f"warning: {w}" for w in status.warnings())
     return "\n".join(lines)
 
 

@@ -1,4 +1,8 @@
-"""`llmroute tail`: follow responses or routing decisions, filtered, pretty or as JSON lines.
+"""`llmroute tail`: follow any of the worker's topics, filtered, pretty or as JSON lines.
+
+`what` is a topic's role (responses, decisions, requests, feedback, dlq, shadow, control,
+batch_jobs, cache, done); `--topic NAME` reads another topic: one of the config's topics is
+decoded as its role says, any other (a request's reply_topic) as responses unless `what` says.
 
 Starts at the end of the topic (only new records) unless `--from-beginning`; stops after
 `--max N` matching records, after `--idle-timeout-s` without a record, or on Ctrl-C. Reads
@@ -21,10 +25,31 @@ import schemas
 from worker.ops.common import Connection, topic_partitions
 
 Event = schemas.RouteResponse | schemas.RoutingDecision
-KINDS: dict[str, type[Event]] = {
+# a role of `TopicSettings` -> the event type on that topic (None: printed as it is)
+KINDS: dict[str, type[Any] | None] = {
     "responses": schemas.RouteResponse,
     "decisions": schemas.RoutingDecision,
+    "requests": schemas.RouteRequest,
+    "feedback": schemas.Feedback,
+    "dlq": schemas.DeadLetter,
+    "shadow": schemas.RouteResponse,
+    "control": schemas.Control,
+    "batch_jobs": schemas.BatchJob,
+    "cache": schemas.CacheEntry,
+    "done": None,
 }
+
+
+def role_of(conn: Connection, what: str | None, topic: str | None) -> str:
+    """The role whose event type decodes `topic`: `what` when given, else the config's role of
+    that topic name, else responses (a request's reply_topic)."""
+    if what is not None:
+        return what
+    if topic is not None:
+        for role, name in conn.topics.names().items():
+            if name == topic:
+                return role
+    return "responses"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,11 +59,13 @@ class Filters:
     status: str | None = None  # responses only: ok | error
     request_id: str | None = None
 
-    def match(self, event: Event) -> bool:
-        if self.tenant is not None and event.tenant != self.tenant:
+    def match(self, event: Any) -> bool:
+        if self.tenant is not None and getattr(event, "tenant", None) != self.tenant:
             return False
-        if self.request_id is not None and event.request_id != self.request_id:
+        if self.request_id is not None and getattr(event, "request_id", None) != self.request_id:
             return False
+        if not isinstance(event, schemas.RouteResponse | schemas.RoutingDecision):
+            return self.model is None and self.status is None
         if isinstance(event, schemas.RouteResponse):
             model = event.model
             if self.status is not None and event.status != self.status:
@@ -55,8 +82,16 @@ def _clip(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def format_event(event: Event) -> str:
+def format_event(event: Any) -> str:
     """One readable line per event."""
+    if isinstance(event, schemas.DeadLetter):
+        src = event.source
+        return (
+            f"{event.first_seen_at.strftime('%H:%M:%S')} dead letter {event.error_type} from "
+            f"{src.topic}:{src.partition}@{src.offset}: {_clip(event.reason, 80)}"
+        )
+    if not isinstance(event, schemas.RouteResponse | schemas.RoutingDecision):
+        return _clip(schemas.encode(event).decode(), 200)
     at = event.created_at.strftime("%H:%M:%S")
     if isinstance(event, schemas.RouteResponse):
         head = (
@@ -77,7 +112,7 @@ def format_event(event: Event) -> str:
 
 async def tail(
     conn: Connection,
-    kind: str,
+    kind: str | None,
     *,
     topic: str | None = None,
     filters: Filters = Filters(),
@@ -91,6 +126,7 @@ async def tail(
     """Print matching records until a stop condition; returns how many were printed."""
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
+    kind = role_of(conn, kind, topic)
     event_type = KINDS[kind]
     name = topic or getattr(conn.topics, kind)
     await topic_partitions(conn.client_kwargs(), name)  # a clear error for a missing topic
@@ -113,10 +149,19 @@ async def tail(
             for records in batch.values():
                 for record in records:
                     value: bytes = record.value or b""
+                    if event_type is None:
+                        key = (record.key or b"").decode("utf-8", "replace")
+                        text = value.decode("utf-8", "replace") if record.value else "(null)"
+                        if filters.match(object()):
+                            out.write(f"{record.partition}@{record.offset} {key} {text}\n")
+                            shown += 1
+                        if max_records is not None and shown >= max_records:
+                            break
+                        continue
                     try:
                         event = schemas.decode(value, event_type)
                     except schemas.InvalidEvent as exc:
-                        err.write(f"{record.partition}@{record.offset}: not a {kind[:-1]}: {exc}\n")
+                        err.write(f"{record.partition}@{record.offset}: not a {kind}: {exc}\n")
                         continue
                     if not filters.match(event):
                         continue
@@ -136,13 +181,18 @@ def register(sub: Any, add_connection: Any) -> argparse.ArgumentParser:
     """Add the subcommand; returns its (leaf) parser."""
     p: argparse.ArgumentParser = sub.add_parser(
         "tail",
-        help="follow responses or decisions with filters, pretty or JSON",
+        help="follow responses, decisions or any of the worker's topics, pretty or JSON",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_connection(p)
-    p.add_argument("what", nargs="?", choices=sorted(KINDS), default="responses")
-    p.add_argument("--topic", help="read this topic instead (e.g. a request's reply_topic)")
+    p.add_argument(
+        "what",
+        nargs="?",
+        choices=sorted(KINDS),
+        help="which of the worker's topics (default: responses, or the role of --topic)",
+    )
+    p.add_argument("--topic", help="read this topic instead (any of ours, or a reply_topic)")
     p.add_argument("--tenant")
     p.add_argument("--model", help="the chosen model")
     p.add_argument("--status", choices=["ok", "error"], help="responses only")
