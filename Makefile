@@ -50,11 +50,11 @@ typecheck: install ## mypy --strict
 bench: install kafka-jars ## run every benchmark in bench/ (each prints one JSON object)
 	@for b in bench/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-kafka-up: kafka-jars ## start a single local broker on 127.0.0.1:19092
-	$(KAFKA) up
+kafka-up: kafka-jars ## start a single local broker on 127.0.0.1:19092 (`make kafka-down` stops it)
+	$(KAFKA) up --name single
 
-kafka-down: ## stop every local broker and cluster started here
-	$(KAFKA) down
+kafka-down: ## stop the broker `make kafka-up` started (other runs' brokers keep running)
+	$(KAFKA) down --name single
 
 kafka-cluster-up: kafka-jars ## start a three-node local cluster on 127.0.0.1:29092,29192,29292
 	$(KAFKA) cluster-up
@@ -62,5 +62,8 @@ kafka-cluster-up: kafka-jars ## start a three-node local cluster on 127.0.0.1:29
 kafka-cluster-down: ## stop the three-node cluster
 	$(KAFKA) down --name cluster
 
-clean: kafka-down ## remove the venv and every local Kafka file
-	rm -rf $(VENV) .kafka .otelcol .mypy_cache .ruff_cache .pytest_cache
+clean: ## stop the brokers make started here; remove the venv, and .kafka unless a broker still runs
+	$(KAFKA) down --name single
+	$(KAFKA) down --name cluster
+	$(KAFKA) clean
+	rm -rf $(VENV) .otelcol .mypy_cache .ruff_cache .pytest_cache

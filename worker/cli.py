@@ -101,6 +101,7 @@ class Stages:
         self.enabled = enabled
         self.clock = clock
         self.started = clock()
+        self._begun = self.started
 
     def __enter__(self) -> Stages:
         return self
@@ -130,6 +131,21 @@ class Stages:
             raise
         if self.enabled:
             self.stream.write(f" {self.clock() - start:.1f} s\n")
+            with contextlib.suppress(OSError, ValueError):
+                self.stream.flush()
+
+    def begin(self, text: str) -> None:
+        """Start a stage without a `with` block (`end()` closes it)."""
+        self._begun = self.clock()
+        if self.enabled:
+            self.stream.write(f"{self.command}: {text} ...")
+            with contextlib.suppress(OSError, ValueError):
+                self.stream.flush()
+
+    def end(self, text: str = "") -> None:
+        if self.enabled:
+            extra = f" {text}," if text else ""
+            self.stream.write(f"{extra} {self.clock() - self._begun:.1f} s\n")
             with contextlib.suppress(OSError, ValueError):
                 self.stream.flush()
 

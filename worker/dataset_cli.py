@@ -30,6 +30,7 @@ import msgspec
 import schemas
 from routers.outcomes import Answered, BuildStats, Label, ScoreRules, build_dataset, merge_answered
 from worker import config as config_mod
+from worker.cli import Stages, next_hint
 from worker.kafka_config import KafkaSettings, TopicSettings
 from worker.outcome_sources import (
     LangfuseApiError,
@@ -218,9 +219,16 @@ async def _from_langfuse(
 def cmd_build(args: argparse.Namespace) -> int:
     rules = score_rules_from_args(args)
     reader = _from_langfuse if args.from_langfuse else _from_kafka
+    progress = Stages("dataset build")
+    progress.begin(
+        "reading " + ("Langfuse" if args.from_langfuse else "decisions, responses, feedback")
+    )
     parts, labels, info = asyncio.run(reader(args))
+    progress.end()
+    progress.begin("joining and scoring")
     rows, stats, dropped = build_rows(parts, labels, rules, args.min_models)
     write_jsonl(rows, args.out)
+    progress.end(f"{len(rows):,} rows written to {args.out}")
     summary = {
         **info,
         **stats.to_dict(),
@@ -229,6 +237,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         "out": str(args.out),
     }
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    next_hint(f"llmroute retrain --data {args.out} --registry DIR [--publish --config FILE]")
     return 0
 
 

@@ -65,6 +65,7 @@ from routers.promotion import (
     next_version,
 )
 from routers.training import DEFAULT_ROUTER, ROUTER_NAMES, TrainOptions, label_matrix, train
+from worker.cli import Stages, next_hint
 from worker.dataset_cli import CommandError, add_kafka_args, kafka_from_args
 from worker.kafka_config import KafkaSettings
 from worker.routing_cli import CliError, read_records
@@ -326,8 +327,13 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             keep_rejected=args.keep_rejected,
             calibrate_on=args.calibrate_on,
         )
+        progress = Stages("retrain")
+        progress.begin("reading " + ", ".join(str(p) for p in args.data))
         records = read_records(args.data)
+        progress.end(f"{len(records):,} records")
+        progress.begin("training a candidate and comparing it with the current router")
         report = retrain(records, args.registry, options, args.current)
+        progress.end("promoted" if report["promoted"] else "not promoted")
         if report["promoted"] and args.publish:
             kafka, topics = kafka_from_args(args)
             event = asyncio.run(
@@ -344,6 +350,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         sys.stderr.write(f"llmroute retrain: error: {exc}\n")
         return 2
     sys.stdout.write(json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
+    if report["promoted"] and not args.publish:
+        next_hint("members with router.watch_s > 0 load it; or rerun with --publish --config FILE")
     return 0
 
 

@@ -46,6 +46,7 @@ from routers.multi import lambda_curve, lambda_for_budget, lambda_for_quality
 from routers.policy import ModelPrice
 from routers.semantic import semantic_config_from_obj
 from routers.training import ROUTER_NAMES, TrainOptions, default_router, label_matrix, train
+from worker.cli import Stages, next_hint
 
 __all__ = ["read_prices", "read_records", "register"]
 
@@ -133,9 +134,12 @@ def _calibration(
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    progress = Stages("train")
+    progress.begin("reading " + ", ".join(str(p) for p in args.data))
     records = read_records(
         args.data, include_system=args.include_system, include_history=args.include_history
     )
+    progress.end(f"{len(records):,} records")
     name = default_router(records) if args.router == "default" else args.router
     if name == cascade.CASCADE_KIND:
         return _train_cascade(args, records)
@@ -151,12 +155,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     fit = [r for r, h in zip(records, held, strict=True) if not h]
     heldout = [r for r, h in zip(records, held, strict=True) if h]
     started = time.perf_counter()
+    progress.begin(f"training {name} on {len(fit):,} prompts ({len(heldout):,} held out)")
     router = train(fit, options)
+    progress.end()
     seconds = time.perf_counter() - started
     metrics: dict[str, Any] = {"train_seconds": round(seconds, 3), "n_train": len(fit)}
     calibration: dict[str, float] = {}
     quantiles: list[float] = []
     if heldout:
+        progress.begin(f"evaluating and calibrating on {len(heldout):,} held-out prompts")
         result = evaluate(router, heldout)
         metrics["heldout"] = {k: v for k, v in result["two_model"].items() if k != "curve"}
         y = label_matrix(heldout, router.models)
@@ -166,6 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             sc = strong_need(router, router.predict([r.text for r in heldout]))[ok]
             calibration = _calibration(sc.tolist(), y[ok, s].tolist(), y[ok, w].tolist())
             quantiles = score_quantiles(sc)
+        progress.end()
     save(router, args.out, data_sha256=data_sha256(fit), metrics=metrics, calibration=calibration)
     if quantiles:
         update_meta(args.out, {"score_quantiles": quantiles})
@@ -180,6 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "calibration": calibration,
     }
     _write_json(_finite(summary))
+    next_hint(f"set [router].artifact = {str(args.out)!r} and `llmroute run --config FILE`")
     return 0
 
 
@@ -408,14 +417,17 @@ def _plot(result: dict[str, Any], path: Path) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    progress = Stages("eval")
     artifact = load_artifact(args.router)
     records = read_records(args.data)
+    progress.begin(f"evaluating {artifact.router.version} on {len(records):,} prompts")
     result = evaluate(
         artifact.router,
         records,
         read_prices(args.prices),
         EvalOptions(strong=args.strong, weak=args.weak),
     )
+    progress.end()
     result = _finite(result)
     if args.plot is not None:
         _plot(result, Path(args.plot))

@@ -12,7 +12,11 @@ Standard library only, so it runs before (and without) the project's virtualenv.
                      [--secure]                ... with SASL_PLAINTEXT, SSL, SASL_SSL and mTLS
                                                listeners too (see "Secured listeners" below)
     localkafka.py cluster-up [--name N]        start three nodes (RF 3, min.insync.replicas 2)
-    localkafka.py down [--name N]              stop every node of an instance, delete its data
+    localkafka.py down [--name N | --all]      stop every node of an instance (default: `single`,
+                                               the one `up` starts), delete its data; --all: every
+                                               instance here, other runs' included
+    localkafka.py clean                        delete .kafka (jars, data, logs) unless an instance
+                                               still runs (a `make test` in progress): then say so
     localkafka.py stop-node --name N --node I  stop one node of a running instance (failover tests)
     localkafka.py status [--name N]            print the instance's bootstrap and live nodes
     localkafka.py run [--name N] -- CMD ...    start a broker, run CMD with KAFKA_BOOTSTRAP set,
@@ -711,9 +715,13 @@ def main(argv: list[str] | None = None) -> int:
                 action="store_true",
                 help="also SASL_PLAINTEXT, SSL, SASL_SSL and mTLS listeners, with a throwaway CA",
             )
-    for cmd in ("down", "status"):
-        p = sub.add_parser(cmd)
-        p.add_argument("--name", default=None, help="default: every instance")
+    p = sub.add_parser("down")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--name", default="single", help="the instance to stop")
+    which.add_argument("--all", action="store_true", help="every instance started here")
+    sub.add_parser("clean")
+    p = sub.add_parser("status")
+    p.add_argument("--name", default=None, help="default: every instance")
     p = sub.add_parser("stop-node")
     p.add_argument("--name", required=True)
     p.add_argument("--node", type=int, required=True)
@@ -763,9 +771,20 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print(f"  CA {inst.tls_dir / 'ca.pem'}; users, passwords: {inst.credentials_file}")
         return 0
     if args.cmd == "down":
-        for name in _instances(args.name):
+        for name in _instances(None if args.all else args.name):
             if stop(name):
                 print(f"kafka {name!r} stopped")
+        return 0
+    if args.cmd == "clean":
+        running = [n for n in _instances(None) if (i := Instance.load(n)) and running_nodes(i)]
+        if running:
+            print(
+                f"localkafka: kept {STATE}: instance(s) {', '.join(running)} still running "
+                "(stop them with `localkafka.py down --name N`)"
+            )
+            return 0
+        shutil.rmtree(STATE, ignore_errors=True)
+        print(f"localkafka: removed {STATE}")
         return 0
     if args.cmd == "status":
         for name in _instances(args.name):

@@ -398,7 +398,11 @@ async def test_dlq_replay_dry_run_filters_and_redrive(
     assert await _cli(*base, "--dry-run") == 0
     out = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(out[-1])
-    assert summary["would_replay"] == 4 and summary["dry_run"] is True
+    assert summary["would_replay"] == 3 and summary["dry_run"] is True
+    assert out[1].startswith("skip") and "still invalid" in out[1]  # it would only come back
+    assert await _cli(*base, "--dry-run", "--include-invalid") == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(out[-1])["would_replay"] == 4
     assert out[1].startswith("replay") and "still invalid today" in out[1]
     assert sum(1 for line in out if line.startswith("replay")) == 4
     assert (
@@ -429,7 +433,7 @@ async def test_dlq_replay_dry_run_filters_and_redrive(
     assert headers["traceparent"] == b"00-t"
     assert headers[REPLAY_HEADER] == f"{dlq}:0:0".encode()
 
-    assert await _cli(*base, "--only-valid", "--offsets", "1:", "--quiet") == 0
-    assert json.loads(capsys.readouterr().out)["replayed"] == 2  # fixed-1 and big-2
+    assert await _cli(*base, "--offsets", "1:", "--quiet") == 0
+    assert json.loads(capsys.readouterr().out)["replayed"] == 2  # fixed-1 and big-2, not "bad"
     records = await read_all(kafka_bootstrap, source, expect=3, timeout_s=30)
     assert sorted(r.key for r in records) == [b"k0", b"k2", b"k3"]
