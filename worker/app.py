@@ -250,7 +250,9 @@ async def serve(config: Config, *, blocked: str | None = None) -> int:
     metrics_url = "off"
     async with contextlib.AsyncExitStack() as stack:
         if config.metrics.enabled:
-            ops = await _ops_server(app, config)
+            ops = await start_ops_server(
+                app.metrics, app.health, config.metrics.host, config.metrics.port
+            )
             stack.push_async_callback(ops.stop)
             metrics_url = ops.url
         log.info(startup_line(config, app, metrics_url, partitions.get(config.topics.requests, 0)))
@@ -268,17 +270,19 @@ async def serve(config: Config, *, blocked: str | None = None) -> int:
     return 0
 
 
-async def _ops_server(app: App, config: Config) -> OpsServer:
-    """/metrics, /healthz, /readyz on the configured port; when another process (a second
-    member on this host) holds it, on a free port, with a warning naming it."""
-    settings = OpsServerConfig(host=config.metrics.host, port=config.metrics.port)
-    ops = OpsServer(app.metrics, app.health, settings)
+async def start_ops_server(
+    metrics: WorkerMetrics, health: Health, host: str, port: int
+) -> OpsServer:
+    """/metrics, /healthz, /readyz on `port`; when another process (a second member on this
+    host) holds it, on a free port, with a warning naming it."""
+    settings = OpsServerConfig(host=host, port=port)
+    ops = OpsServer(metrics, health, settings)
     try:
         await ops.start()
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE or settings.port == 0:
             raise
-        ops = OpsServer(app.metrics, app.health, replace(settings, port=0))
+        ops = OpsServer(metrics, health, replace(settings, port=0))
         await ops.start()
         log.warning(
             "metrics port %d is taken (another member on this host?): serving on %s instead; "
