@@ -131,7 +131,7 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
         answer_scorers=load_answer_scorers(config),
     )
     metrics, health = WorkerMetrics(), Health()
-    observer = MetricsObserver(metrics, health, config.topics.requests)
+    observer = MetricsObserver(metrics, health, config.topics.requests, frozenset(config.tenants))
     backends = backend_factory(client, catalogue)
     if config.batch.enabled:
         pipeline.can_batch = lambda model: backends(model) is not None

@@ -64,6 +64,20 @@ class WorkerMetrics:
             "Estimated cost had every request gone to the strong model, USD.",
             namespace=ns, registry=reg,
         )  # fmt: skip
+        self.tenant_cost_usd = Counter(
+            "tenant_cost_usd",
+            "Provider cost by tenant (configured tenants; others: 'other'), USD.",
+            ["tenant"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.tenant_always_strong_cost_usd = Counter(
+            "tenant_always_strong_cost_usd",
+            "Estimated always-strong cost by tenant, USD (the saving is the difference).",
+            ["tenant"],
+            namespace=ns,
+            registry=reg,
+        )
         self.cost_saved_usd = Gauge(
             "cost_saved_usd",
             "Net saving versus always-strong since start, USD (may go negative). For rates use "
@@ -154,17 +168,24 @@ class WorkerMetrics:
             ["router", "version"], namespace=ns, registry=reg,
         )  # fmt: skip
         self.assigned_partitions = Gauge(
-            "assigned_partitions", "Partitions of the request topic this member holds.",
-            namespace=ns, registry=reg,
-        )  # fmt: skip
+            "assigned_partitions",
+            "Partitions of the request topic this member holds.",
+            namespace=ns,
+            registry=reg,
+        )
         self.topic_partitions = Gauge(
-            "request_topic_partitions", "Partitions of the request topic.",
-            namespace=ns, registry=reg,
-        )  # fmt: skip
+            "request_topic_partitions",
+            "Partitions of the request topic.",
+            namespace=ns,
+            registry=reg,
+        )
         self.idle_member = Gauge(
-            "idle_member", "1 when this member holds no partition while the request topic has "
-            "some: the group has more members than partitions.", namespace=ns, registry=reg,
-        )  # fmt: skip
+            "idle_member",
+            "1 when this member holds no partition while the request topic has some: the group "
+            "has more members than partitions.",
+            namespace=ns,
+            registry=reg,
+        )
         self.event_loop_lag = Gauge(
             "event_loop_lag_seconds", "How late the last periodic event-loop wake-up fired.",
             namespace=ns, registry=reg,
@@ -218,6 +239,11 @@ class WorkerMetrics:
         cost.inc(cost_usd)
         self.always_strong_cost_usd.inc(always_strong_cost_usd)
         self.cost_saved_usd.inc(always_strong_cost_usd - cost_usd)
+
+    def add_tenant_cost(self, tenant: str, cost_usd: float, always_strong_cost_usd: float) -> None:
+        """`tenant` must come from a bounded set (the observer maps unknown ones to "other")."""
+        self.tenant_cost_usd.labels(tenant).inc(cost_usd)
+        self.tenant_always_strong_cost_usd.labels(tenant).inc(always_strong_cost_usd)
 
     @contextlib.contextmanager
     def track_in_flight(self) -> Iterator[None]:

@@ -11,10 +11,17 @@ log = logging.getLogger(__name__)
 
 
 class MetricsObserver:
-    def __init__(self, metrics: WorkerMetrics, health: Health, topic: str) -> None:
+    def __init__(
+        self,
+        metrics: WorkerMetrics,
+        health: Health,
+        topic: str,
+        tenants: frozenset[str] = frozenset(),
+    ) -> None:
         self.metrics = metrics
         self.health = health
         self.topic = topic
+        self.tenants = tenants  # label values of per-tenant series; any other tenant: "other"
 
     def heartbeat(self) -> None:
         self.health.beat()
@@ -60,7 +67,9 @@ class MetricsObserver:
             m.observe_route(handled.routing_ms / 1000)
         if r.model is not None or r.cost_usd:
             strong = handled.strong_cost_usd
-            m.add_cost(r.model or "none", r.cost_usd, r.cost_usd if strong is None else strong)
+            always = r.cost_usd if strong is None else strong
+            m.add_cost(r.model or "none", r.cost_usd, always)
+            m.add_tenant_cost(r.tenant if r.tenant in self.tenants else "other", r.cost_usd, always)
         if r.decision is not None and r.decision.arm is not None:
             m.observe_arm(r.decision.arm, r.status, r.cost_usd, r.latency_ms / 1000)
         for before, a in zip(r.attempts, r.attempts[1:], strict=False):

@@ -167,6 +167,18 @@ def test_otel_collector_pipeline_uses_only_defined_components() -> None:
     assert "./otel-collector.yaml:/etc/otelcol/config.yaml:ro" in mounts
 
 
+PANELS = (  # issue 16
+    "strong-model share",
+    "cost by tenant",
+    "saving vs always-strong by tenant",
+    "router version",
+    "a/b arms",
+    "shadow",
+    "batch",
+    "from the broker",
+)
+
+
 def test_grafana_dashboard_queries_only_metrics_the_worker_exports() -> None:
     exported = set()
     for line in generate_latest(_every_series()).decode().splitlines():
@@ -179,15 +191,30 @@ def test_grafana_dashboard_queries_only_metrics_the_worker_exports() -> None:
                 exported |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
     dashboard = json.loads((COMPOSE / "grafana" / "dashboards" / "llmroute.json").read_text())
     [source] = yaml_docs(COMPOSE / "grafana" / "provisioning" / "datasources" / "prometheus.yml")
-    uid = source["datasources"][0]["uid"]
-    used = set()
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    # a datasource variable, defaulting to the provisioned one (another Prometheus can be picked)
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == source["datasources"][0]["type"]
+    assert variables["datasource"]["current"]["value"] == source["datasources"][0]["uid"]
+    used, from_broker, titles = set(), set(), []
     for panel in dashboard["panels"]:
-        assert panel["datasource"]["uid"] == uid
+        assert panel["datasource"]["uid"] == "${datasource}"
+        titles.append(panel["title"].lower())
         for target in panel["targets"]:
             used |= set(re.findall(r"\bllmroute_[a-z_]+", target["expr"]))
+            from_broker |= set(re.findall(r"\bkafka_consumergroup_[a-z_]+", target["expr"]))
     assert used, "no worker metric in the dashboard"
     assert used <= exported, f"not exported by worker/metrics.py: {sorted(used - exported)}"
     assert {"llmroute_consumer_lag_records", "llmroute_requests_total"} <= used
+    for wanted in PANELS:
+        assert any(wanted in t for t in titles), wanted
+    # lag that survives the workers comes from kafka-exporter, which Prometheus scrapes
+    assert from_broker == {"kafka_consumergroup_lag_sum", "kafka_consumergroup_members"}
+    [prom] = yaml_docs(COMPOSE / "prometheus.yml")
+    [job] = [j for j in prom["scrape_configs"] if j["job_name"] == "kafka-exporter"]
+    exporter = _compose()["services"]["kafka-exporter"]
+    assert job["static_configs"][0]["targets"] == ["kafka-exporter:9308"]
+    assert "--kafka.server=kafka:9092" in exporter["command"]
     [provider] = yaml_docs(COMPOSE / "grafana" / "provisioning" / "dashboards" / "llmroute.yml")[0][
         "providers"
     ]
@@ -200,6 +227,9 @@ def _every_series() -> Any:
     m.observe_request("m", "ok", 0.1)
     m.observe_route(0.001, cache_hit=True)
     m.add_cost("m", 0.1, 0.2)
+    m.add_tenant_cost("acme", 0.1, 0.2)
+    m.set_router("r", "v1")
+    m.observe_arm("exp:a", "ok", 0.1, 0.2)
     m.set_consumer_lag("t", 0, 1)
     m.dead_letter("InvalidEvent")
     m.retry("m")
