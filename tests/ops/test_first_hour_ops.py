@@ -190,3 +190,23 @@ async def test_an_unreachable_broker_is_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert f"cannot reach Kafka at 127.0.0.1:{port}" in err[0] and "make kafka-up" in err[0]
+
+
+@pytest.mark.kafka
+async def test_produce_to_a_missing_topic_creates_nothing(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # before: the send made the broker auto-create the request topic with 1 partition, and the
+    # members then created every other topic alike
+    missing = unique_topic("fh-missing")
+    config = _config(tmp_path, kafka_bootstrap, requests=missing)
+    assert await _cli("produce", "/dev/null", "--config", config) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"topic '{missing}' does not exist" in err[0]
+    assert "llmroute topics create" in err[0]
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        assert missing not in await admin.list_topics()
+    finally:
+        await admin.close()

@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaProducer
 
 import schemas
 from schemas.events import Mode
-from worker.ops.common import Connection, OpsError, Pacer, Progress
+from worker.ops.common import Connection, OpsError, Pacer, Progress, partition_counts
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,6 +226,13 @@ def run(args: argparse.Namespace, conn: Connection) -> int:
         reply_topic=args.reply_topic,
     )
     progress = sys.stderr.isatty() if args.progress is None else args.progress
+    target = args.topic or conn.topics.requests
+    if target not in asyncio.run(partition_counts(conn.client_kwargs(), [target])):
+        # a send would make the broker auto-create it with its default (1) partition
+        raise OpsError(
+            f"topic {target!r} does not exist",
+            "`llmroute topics create --config FILE` creates the worker's topics; or start a member",
+        )
     if args.input == "-":
         fh: IO[str] = sys.stdin
         total = None
