@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+import schemas
 from routers.artifact import load_artifact
 from tests.kafka_support import unique_topic
 from tests.worker.support import ROOT, SIM_KEYS, poll_until, worker_config_data
@@ -33,6 +35,7 @@ from worker.app import start_ops_server
 from worker.cli import Stages, UserError, next_hint
 from worker.kafka_config import TOPIC_ROLES
 from worker.logs import TextFormatter, setup_logging
+from worker.loop import Handled
 from worker.metrics import Health, WorkerMetrics
 from worker.observer import MetricsObserver
 from worker.ops.status import Member, PartitionLag, Status
@@ -397,3 +400,33 @@ async def test_a_missing_router_creates_no_topic(
         await admin.close()
     # before: 10 topics with 1 partition each were created, then the router failed to load
     assert not existing & set(topics.values())
+
+
+def test_cost_per_tenant_has_a_bounded_label() -> None:
+    metrics = WorkerMetrics()
+    observer = MetricsObserver(metrics, Health(), "llm.requests", frozenset({"acme"}))
+    for i, tenant in enumerate(["acme", "acme", "someone-else", "yet-another"]):
+        response = schemas.RouteResponse(
+            schema_version=1,
+            request_id=f"r-{i}",
+            tenant=tenant,
+            status="ok",
+            model="m",
+            provider="openai",
+            message=None,
+            finish_reason=None,
+            usage=schemas.Usage(input_tokens=1, output_tokens=1),
+            cost_usd=0.25,
+            latency_ms=1.0,
+            decision=None,
+            attempts=[],
+            error=None,
+            trace_id=None,
+            created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        )
+        observer.published(Handled(response=response, strong_cost_usd=1.0))
+    value = metrics.registry.get_sample_value
+    assert value("llmroute_tenant_cost_usd_total", {"tenant": "acme"}) == 0.5
+    assert value("llmroute_tenant_cost_usd_total", {"tenant": "other"}) == 0.5
+    assert value("llmroute_tenant_always_strong_cost_usd_total", {"tenant": "other"}) == 2.0
+    assert value("llmroute_tenant_cost_usd_total", {"tenant": "someone-else"}) is None
