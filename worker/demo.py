@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import random
 import signal
@@ -296,6 +297,10 @@ def _summary(
 
 
 async def run_demo(args: argparse.Namespace) -> int:
+    # the demo's own clients read topics created a moment ago: aiokafka logs each retry while
+    # a new partition has no leader yet ("Failed fetch offsets ... NotLeaderForPartitionError"),
+    # which is noise here; the workers log to their own files
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     rows, source = _load_rows(args.data)
     print(f"data: {len(rows)} labelled prompts from {source}")
     artifact = _train(rows)
