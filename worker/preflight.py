@@ -134,8 +134,8 @@ def policy_models(config: Config, artifact: Artifact) -> dict[str, set[str]]:
 
 
 def missing_keys(config: Config, artifact: Artifact, env: Mapping[str, str]) -> dict[str, str]:
-    """Model -> the unset API-key variable, for every model a policy can choose (the shadow and
-    judge models too): a request routed there would fail."""
+    """Model -> its unset API-key variable(s), for every model a policy can choose (the shadow
+    and judge models too) that no deployment could serve: a request routed there would fail."""
     catalogue = Catalogue.from_dict({"models": config.models})
     wanted = set().union(*policy_models(config, artifact).values())
     if config.shadow.sample > 0:
@@ -149,9 +149,10 @@ def missing_keys(config: Config, artifact: Artifact, env: Mapping[str, str]) -> 
             wanted.add(config.shadow.judge_model)
     out = {}
     for model in sorted(wanted & set(catalogue.models)):
-        var = catalogue[model].api_key_env
-        if not env.get(var):
-            out[model] = var
+        # a model with several deployments is served while any of them has its key
+        variables = [d.spec.api_key_env for d in catalogue[model].all_deployments]
+        if not any(env.get(var) for var in variables):
+            out[model] = ", ".join(dict.fromkeys(variables))
     return out
 
 

@@ -430,3 +430,20 @@ def test_cost_per_tenant_has_a_bounded_label() -> None:
     assert value("llmroute_tenant_cost_usd_total", {"tenant": "other"}) == 0.5
     assert value("llmroute_tenant_always_strong_cost_usd_total", {"tenant": "other"}) == 2.0
     assert value("llmroute_tenant_cost_usd_total", {"tenant": "someone-else"}) is None
+
+
+def test_a_model_is_served_while_any_deployment_has_its_key(
+    config_data: dict[str, Any], artifact: Path
+) -> None:
+    art = load_artifact(artifact)
+    data = json.loads(json.dumps(config_data))
+    strong = data["models"][art.router.strong]
+    strong["deployments"] = [
+        {"name": "a", "api_key_env": "FH_KEY_A"},
+        {"name": "b", "api_key_env": "FH_KEY_B", "base_url": "http://127.0.0.1:8/v1"},
+    ]
+    strong.pop("api_key_env")
+    config = config_mod.parse(data)
+    env = {"SIM_OPENAI_API_KEY": "k"}
+    assert preflight.missing_keys(config, art, env) == {art.router.strong: "FH_KEY_A, FH_KEY_B"}
+    assert preflight.missing_keys(config, art, {**env, "FH_KEY_B": "k"}) == {}
