@@ -8,9 +8,8 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 
-from worker.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, Parser, UserError
+from worker.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, Parser, UserError, version
 
 # Modules that contribute subcommands, in the order `llmroute --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -27,13 +26,6 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 SHELLS = ("bash", "zsh", "tcsh")
-
-
-def version() -> str:
-    try:
-        return metadata.version("llm-routing-worker")
-    except metadata.PackageNotFoundError:  # run from a source tree without installing
-        return "0+unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ import schemas
 from routers.artifact import load_artifact
 from worker import lograte
 from worker.batch.backends import backend_factory
+from worker.cli import version
 from worker.config import Config
 from worker.feedback import FeedbackStats, run_feedback
 from worker.judge import Judge, JudgeSettings
@@ -298,7 +299,7 @@ def startup_line(config: Config, app: App, metrics_url: str, partitions: int) ->
     router = app.pipeline.core.router
     t = config.topics
     return (
-        f"llmroute {_version()} member of group {config.kafka.group_id} on "
+        f"llmroute {version()} member of group {config.kafka.group_id} on "
         f"{config.kafka.bootstrap_servers}: router {router.name} {router.version}, models "
         f"{', '.join(router.models)}; reads {t.requests} ({partitions} partitions), writes "
         f"{t.responses} (decisions {t.decisions}, dead letters {t.dlq}); metrics {metrics_url}"
@@ -311,15 +312,6 @@ def stop_line(stats: dict[str, int]) -> str:
         f"responses published, {stats.get('dead_letters', 0)} dead letters, "
         f"{stats.get('duplicates', 0)} duplicates skipped, {stats.get('batched', 0)} batched"
     )
-
-
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("llm-routing-worker")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 class _FeedbackTask:

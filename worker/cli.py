@@ -30,6 +30,7 @@ __all__ = [
     "Stages",
     "UserError",
     "next_hint",
+    "version",
 ]
 
 EXIT_CHECK_FAILED = 1  # `run --check` found a problem; a command's own failure
@@ -151,6 +152,16 @@ class Stages:
 
     def done(self, text: str = "done") -> None:
         self.note(f"{text} in {self.clock() - self.started:.1f} s")
+
+
+def version() -> str:
+    """The installed package's version ("0+unknown" when run from an uninstalled tree)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("llm-routing-worker")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 def next_hint(command: str, stream: IO[str] | None = None) -> None:
