@@ -591,7 +591,7 @@ class Pipeline:
                 started,
                 outcome,
                 type(last).__name__,
-                str(last),
+                exc.describe(),
                 _retry_later(last),
                 decision,
                 info,

@@ -158,3 +158,17 @@ async def test_missing_key_is_reported_by_name_only():
     await client.aclose()
     assert info.value.attempts[0].error_type == "MissingApiKeyError"
     assert "SIM_ANTHROPIC_API_KEY" in str(info.value.last_error)
+
+
+async def test_all_failed_names_each_model_s_missing_key():
+    # issue 16: with no key for the chosen model nor its fallback, the response said only the
+    # fallback's variable: the chosen model's key looked fine
+    env = {k: v for k, v in ENV.items() if k not in ("SIM_OPENAI_API_KEY", "SIM_ANTHROPIC_API_KEY")}
+    client = mock_client(lambda r: httpx.Response(500), env=env)
+    with pytest.raises(AllModelsFailedError) as info:
+        await client.complete(REQ, [STRONG_MODEL, ANTHROPIC_MODEL])
+    await client.aclose()
+    text = info.value.describe()
+    assert text.index(STRONG_MODEL) < text.index("SIM_OPENAI_API_KEY")
+    assert text.index("SIM_OPENAI_API_KEY") < text.index(ANTHROPIC_MODEL)
+    assert "SIM_ANTHROPIC_API_KEY" in text

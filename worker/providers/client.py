@@ -221,6 +221,7 @@ class RouterClient:
         )
         attempts: list[Attempt] = []
         last_error: ProviderError | None = None
+        errors: list[ProviderError] = []
         for name in models:
             spec = self.catalogue[name]
             try:
@@ -229,11 +230,13 @@ class RouterClient:
                 )
             except DeadlineExceededError as exc:
                 last_error = exc
+                errors.append(exc)
                 if not attempts or attempts[-1].error_type != type(exc).__name__:
                     attempts.append(self._attempt(spec, exc, 0.0, 0, "error"))
                 break
             except ProviderError as exc:
                 last_error = exc
+                errors.append(exc)
                 continue
             listed = chosen.deployment.listed
             return RoutedCompletion(
@@ -247,6 +250,7 @@ class RouterClient:
             f"all {len(models)} models failed; last: {type(last_error).__name__}",
             attempts=attempts,
             last_error=last_error,
+            errors=errors,
         )
 
     @staticmethod

@@ -183,10 +183,24 @@ class UnsupportedRequestError(ProviderError):
 class AllModelsFailedError(ProviderError):
     """Every model of the chain failed; ``attempts`` lists each try, ``last_error`` the last."""
 
-    def __init__(self, message: str, *, attempts: Sequence[Attempt], last_error: ProviderError):
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: Sequence[Attempt],
+        last_error: ProviderError,
+        errors: Sequence[ProviderError] = (),
+    ):
         super().__init__(message, provider=last_error.provider, model=last_error.model)
         self.attempts = tuple(attempts)
         self.last_error = last_error
+        self.errors = tuple(errors) or (last_error,)  # each model's final error, in chain order
+
+    def describe(self) -> str:
+        """Each model's failure in chain order (the chosen model's first), for the response."""
+        if len(self.errors) == 1:
+            return str(self.errors[0])
+        return "; ".join(f"{e.model}: {e}" for e in self.errors)
 
 
 _OVERLOADED_CODES = frozenset({"overloaded_error", "overloaded"})
