@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -57,15 +58,33 @@ def _completion(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from aiokafka.errors import KafkaConnectionError
+
+    from worker.ops.common import BROKER_HINT
+
     args = build_parser().parse_args(argv)
     prog = f"llmroute {args.command}"
+    # aiokafka logs every failed connection attempt at ERROR, which Python prints when nothing
+    # configured logging: a command reports the outcome itself (`run` sets up its own logs)
+    kafka_log = logging.getLogger("aiokafka")
+    quiet = not logging.getLogger().handlers and kafka_log.level == logging.NOTSET
+    if quiet:
+        kafka_log.setLevel(logging.CRITICAL)
     try:
         rc: int = args.handler(args)
     except UserError as exc:
         print(exc.line(prog), file=sys.stderr)
         return EXIT_USER_ERROR
+    except KafkaConnectionError:  # commands without their own broker check (dataset, ab, ...)
+        print(
+            f"{prog}: cannot reach Kafka: no broker answered (hint: {BROKER_HINT})", file=sys.stderr
+        )
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    finally:
+        if quiet:
+            kafka_log.setLevel(logging.NOTSET)
     return rc
 
 

@@ -8,8 +8,9 @@ one line on stderr and exit status 2:
 Commands raise `UserError` (or a command group's own error type, mapped in `worker.__main__`);
 nothing else is printed, no traceback. `EXIT_USER_ERROR` is documented in the README.
 
-`Stages` prints what a long command is doing, one line per stage with its duration, on stderr
-(stdout stays for the command's result): `train: featurising 6,640 prompts ... 3.1 s`.
+`Stages` prints what a long command is doing on stderr (stdout stays for the command's result):
+a line when a stage starts and one with its duration when it ends
+(`train: training classifier on 2,267 prompts ...`, `train: ... 59.2 s`).
 `next_hint` prints the command a user most likely runs next.
 """
 
@@ -19,7 +20,7 @@ import argparse
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import IO, NoReturn
 
 __all__ = [
@@ -82,11 +83,12 @@ class Parser(argparse.ArgumentParser):
 
 
 class Stages:
-    """One line per stage of a long command, with how long it took, on `stream` (stderr).
+    """What a long command is doing, stage by stage, on `stream` (stderr).
 
-    with Stages("train") as st:
-        with st.stage(f"featurising {n:,} prompts"):
-            ...
+    progress = Stages("train")
+    progress.begin(f"training on {n:,} prompts")
+    ...
+    progress.end()
     """
 
     def __init__(
@@ -104,54 +106,21 @@ class Stages:
         self.started = clock()
         self._begun = self.started
 
-    def __enter__(self) -> Stages:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
     def note(self, text: str) -> None:
         if self.enabled:
             self.stream.write(f"{self.command}: {text}\n")
             with contextlib.suppress(OSError, ValueError):
                 self.stream.flush()
 
-    @contextlib.contextmanager
-    def stage(self, text: str) -> Iterator[None]:
-        """Prints `text ...` when the stage starts and its duration when it ends."""
-        start = self.clock()
-        if self.enabled:
-            self.stream.write(f"{self.command}: {text} ...")
-            with contextlib.suppress(OSError, ValueError):
-                self.stream.flush()
-        try:
-            yield
-        except BaseException:
-            if self.enabled:
-                self.stream.write(" failed\n")
-            raise
-        if self.enabled:
-            self.stream.write(f" {self.clock() - start:.1f} s\n")
-            with contextlib.suppress(OSError, ValueError):
-                self.stream.flush()
-
     def begin(self, text: str) -> None:
-        """Start a stage without a `with` block (`end()` closes it)."""
+        """A stage starts: `train: training ... on 2,267 prompts ...` (a whole line, so an error
+        printed before `end()` never lands in the middle of it)."""
         self._begun = self.clock()
-        if self.enabled:
-            self.stream.write(f"{self.command}: {text} ...")
-            with contextlib.suppress(OSError, ValueError):
-                self.stream.flush()
+        self.note(f"{text} ...")
 
     def end(self, text: str = "") -> None:
-        if self.enabled:
-            extra = f" {text}," if text else ""
-            self.stream.write(f"{extra} {self.clock() - self._begun:.1f} s\n")
-            with contextlib.suppress(OSError, ValueError):
-                self.stream.flush()
-
-    def done(self, text: str = "done") -> None:
-        self.note(f"{text} in {self.clock() - self.started:.1f} s")
+        """The stage ended: `train: ... 2,830 records, 0.1 s`."""
+        self.note(f"... {text + ', ' if text else ''}{self.clock() - self._begun:.1f} s")
 
 
 def version() -> str:

@@ -282,14 +282,16 @@ def test_stages_and_next_hint() -> None:
     stream = io.StringIO()
     ticks = iter([0.0, 0.0, 1.5, 1.5, 2.0])
     stages = Stages("train", stream=stream, clock=lambda: next(ticks))
-    with stages.stage("featurising 10 prompts"):
-        pass
+    stages.begin("featurising 10 prompts")
+    stages.end()
     stages.begin("training")
     stages.end("2 heads")
     next_hint("llmroute run --config FILE", stream)
     assert stream.getvalue().splitlines() == [
-        "train: featurising 10 prompts ... 1.5 s",
-        "train: training ... 2 heads, 0.5 s",
+        "train: featurising 10 prompts ...",
+        "train: ... 1.5 s",
+        "train: training ...",
+        "train: ... 2 heads, 0.5 s",
         "next: llmroute run --config FILE",
     ]
 
@@ -447,3 +449,14 @@ def test_a_model_is_served_while_any_deployment_has_its_key(
     env = {"SIM_OPENAI_API_KEY": "k"}
     assert preflight.missing_keys(config, art, env) == {art.router.strong: "FH_KEY_A, FH_KEY_B"}
     assert preflight.missing_keys(config, art, {**env, "FH_KEY_B": "k"}) == {}
+
+
+@pytest.mark.parametrize("argv", [("dataset", "build", "--out", "{tmp}/x.jsonl"), ("ab", "report")])
+def test_commands_without_their_own_broker_check_end_in_one_line(
+    argv: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [a.format(tmp=tmp_path) for a in argv]
+    assert main([*args, "--bootstrap", f"127.0.0.1:{_free_port()}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    assert err[-1].startswith(f"llmroute {argv[0]}: cannot reach Kafka: no broker answered")
