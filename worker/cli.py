@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -134,5 +135,7 @@ def version() -> str:
 
 
 def next_hint(command: str, stream: IO[str] | None = None) -> None:
-    """`next: COMMAND` on stderr: the step a user most likely takes after this one."""
-    (sys.stderr if stream is None else stream).write(f"next: {command}\n")
+    """`next: COMMAND` on stderr: the step a user most likely takes after this one (not when
+    `LLMROUTE_NO_HINTS` is set, e.g. for a command run by another)."""
+    if not os.environ.get("LLMROUTE_NO_HINTS"):
+        (sys.stderr if stream is None else stream).write(f"next: {command}\n")

@@ -128,7 +128,7 @@ def _train(rows: list[dict[str, Any]]) -> Path:
         [sys.executable, "-m", "worker", "train", "--data", str(data), "--router", "default",
          "--out", str(out), "--strong", STRONG_MODEL, "--weak", WEAK_MODEL,
          "--holdout", "0.2"],
-        check=True, stdout=subprocess.DEVNULL,
+        check=True, stdout=subprocess.DEVNULL, env={**os.environ, "LLMROUTE_NO_HINTS": "1"},
     )  # fmt: skip
     print(f"router: trained in {time.perf_counter() - started:.0f}s -> {out.relative_to(ROOT)}")
     return _point_stable_path(out)

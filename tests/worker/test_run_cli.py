@@ -460,3 +460,10 @@ def test_commands_without_their_own_broker_check_end_in_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert "Traceback" not in "\n".join(err)
     assert err[-1].startswith(f"llmroute {argv[0]}: cannot reach Kafka: no broker answered")
+
+
+def test_no_hints_for_commands_run_by_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMROUTE_NO_HINTS", "1")
+    stream = io.StringIO()
+    next_hint("llmroute run --config FILE", stream)
+    assert stream.getvalue() == ""
