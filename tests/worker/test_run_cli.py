@@ -467,3 +467,9 @@ def test_no_hints_for_commands_run_by_another(monkeypatch: pytest.MonkeyPatch) -
     stream = io.StringIO()
     next_hint("llmroute run --config FILE", stream)
     assert stream.getvalue() == ""
+
+
+def test_tail_decodes_every_topic_role() -> None:
+    from worker.ops.tail import KINDS
+
+    assert set(KINDS) == set(TOPIC_ROLES)

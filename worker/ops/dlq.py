@@ -13,7 +13,8 @@ letter's original bytes, key and headers back to its source topic (or `--to-topi
 added header `llmroute-replay-of: <dlq topic>:<partition>:<offset>`. Selection: `--error-type`
 (repeatable), `--partition` and `--offsets A:B` on the dead-letter topic, `--source-partition`
 and `--source-offsets A:B` on the original topic, `--limit`. Letters whose bytes this version's
-RouteRequest decoder still refuses are skipped (a replay would only dead-letter them again)
+decoder still refuses (RouteRequest for the request topic, Feedback for the feedback topic) are
+skipped (a replay would only dead-letter them again)
 unless `--include-invalid`.
 
 `--dry-run` sends nothing and prints every letter with what would happen: `replay` (with a
@@ -31,7 +32,7 @@ import contextlib
 import json
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
@@ -98,6 +99,24 @@ class Planned:
         return f"replay  {where}  {self.error_type}  {self.source} -> {self.target}{note}"
 
 
+def event_type(source_topic: str, events: Mapping[str, type[Any]] | None) -> type[Any]:
+    """The event a letter's source topic carries (`events`: topic -> type; the defaults are the
+    request and feedback topics' default names); other topics: RouteRequest."""
+    known = (
+        events
+        if events is not None
+        else {
+            schemas.TOPICS["requests"]: schemas.RouteRequest,
+            schemas.TOPICS["feedback"]: schemas.Feedback,
+        }
+    )
+    return known.get(source_topic, schemas.RouteRequest)
+
+
+def topic_events(conn: Connection) -> dict[str, type[Any]]:
+    return {conn.topics.requests: schemas.RouteRequest, conn.topics.feedback: schemas.Feedback}
+
+
 def plan(
     dlq_topic: str,
     partition: int,
@@ -105,6 +124,7 @@ def plan(
     value: bytes | None,
     selection: Selection,
     to_topic: str | None = None,
+    events: Mapping[str, type[Any]] | None = None,
 ) -> Planned:
     """What to do with the dead letter at `partition`@`offset` (pure)."""
     if not _in(offset, selection.dlq_offsets):
@@ -138,7 +158,7 @@ def plan(
         return Planned(partition, offset, "skip", "outside --source-offsets", **common)
     why = ""
     try:
-        schemas.decode(original, schemas.RouteRequest)
+        schemas.decode(original, event_type(src.topic, events))
     except schemas.InvalidEvent as exc:
         if selection.only_valid:
             return Planned(partition, offset, "skip", f"still invalid: {exc}", **common)
@@ -183,7 +203,15 @@ async def replay(
     try:
         async with contextlib.aclosing(read_to_end(kw, dlq, partitions=partitions)) as records:
             async for record in records:
-                item = plan(dlq, record.partition, record.offset, record.value, selection, to_topic)
+                item = plan(
+                    dlq,
+                    record.partition,
+                    record.offset,
+                    record.value,
+                    selection,
+                    to_topic,
+                    topic_events(conn),
+                )
                 if item.action == "replay" and limit is not None and counts["replay"] >= limit:
                     item = Planned(
                         item.dlq_partition,
@@ -256,7 +284,7 @@ class Letter:
             return {"dlq": self.where, "problem": self.problem}
         return {"dlq": self.where, **json.loads(schemas.encode(self.letter))}
 
-    def details(self) -> str:
+    def details(self, events: Mapping[str, type[Any]] | None = None) -> str:
         d = self.letter
         if d is None:
             return f"dlq {self.where}: {self.problem}"
@@ -275,8 +303,8 @@ class Letter:
             value = base64.b64decode(h.value_b64).decode("utf-8", "replace")
             lines.append(f"header       {h.key}: {value}")
         try:
-            schemas.decode(original, schemas.RouteRequest)
-            verdict = "valid today (a replay would be routed)"
+            schemas.decode(original, event_type(d.source.topic, events))
+            verdict = "valid today (a replay would be processed)"
         except schemas.InvalidEvent as exc:
             verdict = f"still invalid today: {exc}"
         lines.append(f"replay       {verdict}")
@@ -370,7 +398,9 @@ def run_show(args: argparse.Namespace, conn: Connection) -> int:
             "`llmroute dlq list` prints where each one is",
         )
     item = match[0]
-    sys.stdout.write((json.dumps(item.to_json()) if args.json else item.details()) + "\n")
+    sys.stdout.write(
+        (json.dumps(item.to_json()) if args.json else item.details(topic_events(conn))) + "\n"
+    )
     return 0
 
 

@@ -1,7 +1,7 @@
 """`llmroute tail`: follow any of the worker's topics, filtered, pretty or as JSON lines.
 
-`what` is a topic's role (responses, decisions, requests, feedback, dlq, shadow, control,
-batch_jobs, cache, done); `--topic NAME` reads another topic: one of the config's topics is
+`what` is a topic's role (responses, decisions, requests, feedback, dlq, feedback_dlq, shadow,
+control, batch_jobs, cache, done); `--topic NAME` reads another topic: one of the config's topics is
 decoded as its role says, any other (a request's reply_topic) as responses unless `what` says.
 
 Starts at the end of the topic (only new records) unless `--from-beginning`; stops after
@@ -32,6 +32,7 @@ KINDS: dict[str, type[Any] | None] = {
     "requests": schemas.RouteRequest,
     "feedback": schemas.Feedback,
     "dlq": schemas.DeadLetter,
+    "feedback_dlq": schemas.DeadLetter,
     "shadow": schemas.RouteResponse,
     "control": schemas.Control,
     "batch_jobs": schemas.BatchJob,
