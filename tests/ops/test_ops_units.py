@@ -325,3 +325,32 @@ def test_connection_reads_the_worker_config_kafka_and_topics(tmp_path: Path) -> 
 
     with pytest.raises(OpsError, match="bootstrap"):
         load_connection(str(bad), None, {})
+
+
+def test_a_letter_is_judged_by_its_source_topic_s_event() -> None:
+    feedback = schemas.encode(
+        schemas.Feedback(
+            schema_version=1,
+            request_id="r-1",
+            name="thumbs",
+            value=True,
+            source="user",
+            created_at=NOW,
+        )
+    )
+    letter = schemas.encode(
+        dead_letter(
+            topic="fb",
+            partition=0,
+            offset=3,
+            key=None,
+            value=feedback,
+            headers=[],
+            error_type="ScoreRejected",
+            reason="401",
+        )
+    )
+    events = {"fb": schemas.Feedback, "req": schemas.RouteRequest}
+    item = plan("fb.dlq", 0, 0, letter, Selection(), events=events)
+    assert (item.action, item.why, item.target) == ("replay", "", "fb")
+    assert plan("d", 0, 1, _letter(feedback), Selection()).why.startswith("still invalid:")
