@@ -127,6 +127,8 @@ def policy_models(config: Config, artifact: Artifact) -> dict[str, set[str]]:
             models = {router.strong, router.weak}
         elif spec.kind == "cascade":
             models = {spec.cheap or router.weak, spec.strong or router.strong}
+            if spec.cascade_grader is not None:  # every cheap answer is graded by this model
+                models.add(spec.cascade_grader)
         else:
             models = set(routable)
         out[name] = models & set(config.models)

@@ -206,6 +206,16 @@ def test_missing_keys_cover_every_candidate_of_every_policy(
         {**data, "policies": {"default": {"kind": "cascade", "cheap": weak, "strong": weak}}}
     )
     assert preflight.missing_keys(cascade, art, env) == {}  # the strong model is never chosen
+    graded = config_mod.parse(
+        {
+            **data,
+            "policies": {
+                "default": {"kind": "cascade", "cheap": weak, "strong": weak},
+                "graded": {"kind": "cascade", "cheap": weak, "cascade_grader": strong},
+            },
+        }
+    )
+    assert preflight.missing_keys(graded, art, env) == {strong: "FH_STRONG_KEY"}
     assert not preflight.keys_check(config, art, env).ok
 
 
