@@ -1,7 +1,9 @@
 """Router artifacts: a folder with `meta.json` and `arrays.npz`. The only I/O in `routers`.
 
 meta.json: format_version, router (name), version, models, strong, weak, data_sha256,
-features (featurizer spec), params, metrics, calibration ({name: threshold}).
+features (featurizer spec), params, metrics, calibration ({name: threshold}), familiarity (the
+`unfamiliar` distance model's settings, its arrays stored as `familiarity_*`; absent in artifacts
+of routers without features), split (how the held-out items were chosen).
 Loading checks the format version and raises `ArtifactError` on any mismatch or damage.
 """
 
@@ -17,6 +19,7 @@ import numpy as np
 
 from routers.base import Identity, Router
 from routers.errors import ArtifactError
+from routers.familiarity import Familiarity
 from routers.features import featurizer_from_spec
 from routers.learned import (
     ClassifierParams,
@@ -37,14 +40,24 @@ __all__ = ["FORMAT_VERSION", "Artifact", "load", "load_artifact", "save", "updat
 FORMAT_VERSION = 1
 META = "meta.json"
 ARRAYS = "arrays.npz"
+_FAM = "familiarity_"
+_KEYS = "train_item_keys"
 
 
 class Artifact:
     """A loaded router with the metadata it was saved with."""
 
-    def __init__(self, router: Router, meta: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        router: Router,
+        meta: Mapping[str, Any],
+        familiarity: Familiarity | None = None,
+        train_keys: np.ndarray[Any, Any] | None = None,
+    ) -> None:
         self.router = router
         self.meta = dict(meta)
+        self.familiarity = familiarity
+        self.train_keys = train_keys  # `item_keys` of the training records, when saved
 
     @property
     def calibration(self) -> dict[str, float]:
@@ -76,8 +89,14 @@ def save(
     data_sha256: str = "",
     metrics: Mapping[str, Any] | None = None,
     calibration: Mapping[str, float] | None = None,
+    familiarity: Familiarity | None = None,
+    split: Mapping[str, Any] | None = None,
+    train_keys: np.ndarray[Any, Any] | None = None,
 ) -> Path:
-    """Write the artifact folder (created if needed; existing files replaced)."""
+    """Write the artifact folder (created if needed; existing files replaced). `split`: how
+    the training command chose its held-out items ({"holdout", "salt"}), so `eval` can use
+    them by default; `train_keys`: `item_keys` of the training records, so `eval` can tell
+    training items from new ones."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     features = (
@@ -97,6 +116,13 @@ def save(
         "calibration": dict(calibration or {}),
     }
     arrays: dict[str, Any] = {k: np.asarray(v) for k, v in router.arrays().items()}
+    if familiarity is not None:
+        meta["familiarity"] = familiarity.meta()
+        arrays.update({_FAM + k: np.asarray(v) for k, v in familiarity.arrays().items()})
+    if split is not None:
+        meta["split"] = dict(split)
+    if train_keys is not None:
+        arrays[_KEYS] = np.asarray(train_keys, dtype=np.uint64)
     with (path / ARRAYS).open("wb") as fh:
         np.savez(fh, **arrays)
     (path / META).write_text(json.dumps(_clean(meta), indent=2, sort_keys=True) + "\n")
@@ -135,12 +161,21 @@ def load_artifact(directory: str | Path) -> Artifact:
     try:
         with np.load(path / ARRAYS, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-        router = _build(meta, arrays)
+        own = {k: v for k, v in arrays.items() if not k.startswith(_FAM) and k != _KEYS}
+        router = _build(meta, own)
+        familiarity = (
+            Familiarity.from_saved(
+                meta["familiarity"],
+                {k[len(_FAM) :]: v for k, v in arrays.items() if k.startswith(_FAM)},
+            )
+            if meta.get("familiarity")
+            else None
+        )
     except ArtifactError:
         raise
     except (OSError, KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{path}: damaged artifact ({exc!r})") from exc
-    return Artifact(router, meta)
+    return Artifact(router, meta, familiarity, arrays.get(_KEYS))
 
 
 def load(directory: str | Path) -> Router:

@@ -11,7 +11,7 @@ from typing import Any
 from routers.errors import TrainingDataError
 from routers.features import prompt_text
 
-__all__ = ["Record", "data_sha256", "record_from_obj", "split_by_id"]
+__all__ = ["Record", "data_sha256", "item_keys", "record_from_obj", "split_by_id"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +63,17 @@ def data_sha256(records: Sequence[Record]) -> str:
         digest.update(line.encode("utf-8"))
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+def item_keys(records: Sequence[Record]) -> list[int]:
+    """A 64-bit key per record (a hash of its id and text): stored with an artifact, it tells
+    which records a router was trained on."""
+    return [
+        int.from_bytes(
+            hashlib.sha256(f"{r.id}\x00{r.text}".encode("utf-8", "replace")).digest()[:8], "big"
+        )
+        for r in records
+    ]
 
 
 def split_by_id(ids: Sequence[str], test_fraction: float, salt: str = "") -> list[bool]:

@@ -26,5 +26,8 @@ class Decision:
     reason: str
     router: str
     router_version: str
-    # "threshold", "quality_target", "cost_tradeoff", "only_candidate" or "latency_tight"
+    # "threshold", "quality_target", "cost_tradeoff", "only_candidate", "latency_tight" or
+    # "unfamiliar"
     policy: str
+    # distance from the router's training prompts; > 1.0 is beyond 99% of them (None: unknown)
+    unfamiliar: float | None = None

@@ -25,6 +25,12 @@ Then, in order:
 
 The reason names the latency constraint when it excluded a model or decided alone.
 
+Before all of these, an unfamiliar prompt (`unfamiliar` > `unfamiliar_threshold`, i.e. further
+from the router's training prompts than 99% of them) is handled by `on_unfamiliar`: "route" (the
+default) routes it as usual and says so in the reason; "strong" / "weak" send it to the strong /
+weak model when eligible (policy "unfamiliar"); "cascade" sends it to the weak model with policy
+"unfamiliar", for the shell to check the answer and escalate as a cascade does.
+
 No eligible model raises `NoEligibleModelError`: the shell decides what to do then.
 """
 
@@ -32,16 +38,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from routers.base import Router
 from routers.decision import Candidate, Decision
 from routers.errors import NoEligibleModelError
+from routers.familiarity import UNFAMILIAR_THRESHOLD, Familiarity, assess
 from routers.features import prompt_text
 
 __all__ = [
     "ModelPrice",
+    "OnUnfamiliar",
     "PolicyOptions",
     "decide",
     "estimate_cost_usd",
@@ -59,6 +67,10 @@ class ModelPrice:
     output_per_mtok: float
 
 
+OnUnfamiliar = Literal["route", "strong", "weak", "cascade"]
+ON_UNFAMILIAR: tuple[str, ...] = ("route", "strong", "weak", "cascade")
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyOptions:
     strong: str | None = None
@@ -74,10 +86,14 @@ class PolicyOptions:
     max_latency_ms: float | None = None
     latency_weight_per_s: float = 0.0  # in quality - lambda * cost - this * expected seconds
     tight_latency_factor: float = 1.5  # tight: max_latency_ms < this x the fastest's latency
+    on_unfamiliar: OnUnfamiliar = "route"
+    unfamiliar_threshold: float = UNFAMILIAR_THRESHOLD
 
     def __post_init__(self) -> None:
         if self.tight_latency_factor < 1.0:
             raise ValueError("tight_latency_factor must be >= 1")
+        if self.on_unfamiliar not in ON_UNFAMILIAR:
+            raise ValueError(f"on_unfamiliar must be one of {ON_UNFAMILIAR}")
 
 
 def estimate_input_tokens(text: str, chars_per_token: float = 4.0) -> int:
@@ -106,11 +122,29 @@ def decide(
     router: str = "",
     router_version: str = "",
     est_latency_ms: Mapping[str, float] | None = None,
+    unfamiliar: float | None = None,
 ) -> Decision:
     """Choose a model. `est_cost` lacks a model -> its cost is unknown (inf for budgets and
     ordering, so it is never chosen under `max_cost_usd`). `est_latency_ms` lacks a model -> its
-    latency is unknown (it meets any budget)."""
-    latency = est_latency_ms or {}
+    latency is unknown (it meets any budget). `unfamiliar`: the prompt's distance from the
+    router's training prompts (None: unknown, never acted on)."""
+    decision = _decide(
+        predicted, est_cost, options, router, router_version, est_latency_ms or {}, unfamiliar
+    )
+    if unfamiliar is None:
+        return decision
+    return replace(decision, unfamiliar=unfamiliar)
+
+
+def _decide(
+    predicted: Mapping[str, float],
+    est_cost: Mapping[str, float],
+    options: PolicyOptions,
+    router: str,
+    router_version: str,
+    latency: Mapping[str, float],
+    unfamiliar: float | None,
+) -> Decision:
     candidates = tuple(
         Candidate(m, float(q), float(est_cost.get(m, math.inf)), latency.get(m))
         for m, q in predicted.items()
@@ -157,6 +191,8 @@ def decide(
                 )
     by_name = {c.model: c for c in eligible}
 
+    notes: list[str] = []
+
     def done(chosen: Candidate, score: float, policy: str, reason: str) -> Decision:
         threshold = options.threshold if policy == "threshold" else None
         return Decision(
@@ -164,13 +200,35 @@ def decide(
             score,
             threshold,
             candidates,
-            reason + note,
+            reason + note + "".join("; " + n for n in notes),
             router,
             router_version,
             policy,
         )
 
     s, w = options.strong, options.weak
+    if unfamiliar is not None and unfamiliar > options.unfamiliar_threshold:
+        act = options.on_unfamiliar
+        what = f"unfamiliar prompt ({unfamiliar:.2f} > {options.unfamiliar_threshold:.2f})"
+        target = s if act == "strong" else w if act in ("weak", "cascade") else None
+        if target is not None and target in by_name:
+            role = "strong" if act == "strong" else "weak"
+            then = ", answer checked by the cascade" if act == "cascade" else ""
+            chosen = by_name[target]
+            gap = chosen.predicted_quality
+            if s is not None and w is not None:
+                gap = float(predicted.get(s, math.nan)) - float(predicted.get(w, math.nan))
+            return done(
+                chosen,
+                gap,
+                "unfamiliar",
+                f"{role}: {what}, on_unfamiliar={act!r}{then}",
+            )
+        notes.append(
+            f"{what}, routed as usual"
+            if act == "route"
+            else f"{what}, on_unfamiliar={act!r} but that model is not eligible"
+        )
     if options.threshold is not None and s is not None and w is not None:
         score = float(predicted.get(s, math.nan)) - float(predicted.get(w, math.nan))
         if s in by_name and w in by_name:
@@ -248,20 +306,8 @@ def decide(
 def _with_roles(router: Router, options: PolicyOptions) -> PolicyOptions:
     if options.strong is not None and options.weak is not None:
         return options
-    return PolicyOptions(
-        strong=options.strong or router.strong,
-        weak=options.weak or router.weak,
-        threshold=options.threshold,
-        quality_target=options.quality_target,
-        cost_weight_per_usd=options.cost_weight_per_usd,
-        allow=options.allow,
-        deny=options.deny,
-        max_cost_usd=options.max_cost_usd,
-        default_output_tokens=options.default_output_tokens,
-        chars_per_token=options.chars_per_token,
-        max_latency_ms=options.max_latency_ms,
-        latency_weight_per_s=options.latency_weight_per_s,
-        tight_latency_factor=options.tight_latency_factor,
+    return replace(
+        options, strong=options.strong or router.strong, weak=options.weak or router.weak
     )
 
 
@@ -272,11 +318,13 @@ def route_batch(
     options: PolicyOptions,
     *,
     max_tokens: Sequence[int | None] | None = None,
+    familiarity: Familiarity | None = None,
 ) -> list[Decision]:
-    """Features + predict + policy for many chat requests (one predict call for all)."""
+    """Features + predict + policy for many chat requests (one predict call for all);
+    with `familiarity` (the artifact's), each decision carries its prompt's `unfamiliar`."""
     texts = [prompt_text(messages) for messages in requests]
     opts = _with_roles(router, options)
-    predicted = router.predict(texts)
+    predicted, unfamiliar = assess(router, texts, familiarity)
     out: list[Decision] = []
     for i, text in enumerate(texts):
         n_in = estimate_input_tokens(text, opts.chars_per_token)
@@ -284,7 +332,12 @@ def route_batch(
         n_out = mt if mt is not None else opts.default_output_tokens
         costs = {m: estimate_cost_usd(prices[m], n_in, n_out) for m in router.models if m in prices}
         row = {m: float(predicted[i, j]) for j, m in enumerate(router.models)}
-        out.append(decide(row, costs, opts, router=router.name, router_version=router.version))
+        u = float(unfamiliar[i]) if unfamiliar is not None else None
+        out.append(
+            decide(
+                row, costs, opts, router=router.name, router_version=router.version, unfamiliar=u
+            )
+        )
     return out
 
 
@@ -295,6 +348,9 @@ def route(
     options: PolicyOptions,
     *,
     max_tokens: int | None = None,
+    familiarity: Familiarity | None = None,
 ) -> Decision:
     """Features + predict + policy for one chat request."""
-    return route_batch(router, [messages], prices, options, max_tokens=[max_tokens])[0]
+    return route_batch(
+        router, [messages], prices, options, max_tokens=[max_tokens], familiarity=familiarity
+    )[0]

@@ -30,6 +30,7 @@ def _options(obj):
         max_cost_usd=obj.get("max_cost_usd"),
         max_latency_ms=obj.get("max_latency_ms"),
         latency_weight_per_s=obj.get("latency_weight_per_s", 0.0),
+        on_unfamiliar=obj.get("on_unfamiliar", "route"),
     )
 
 
@@ -41,6 +42,7 @@ def test_golden_decisions(case):
         with pytest.raises(getattr(errors, expect["raises"])):
             decide(case["predicted"], case["est_cost"], options)
         return
+    unfamiliar = case.get("unfamiliar")
     d = decide(
         case["predicted"],
         case["est_cost"],
@@ -48,8 +50,12 @@ def test_golden_decisions(case):
         router="r",
         router_version="v1",
         est_latency_ms=case.get("est_latency_ms"),
+        unfamiliar=unfamiliar,
     )
     assert d.model == expect["model"]
+    assert d.unfamiliar == unfamiliar
+    if "reason_not_contains" in expect:
+        assert expect["reason_not_contains"] not in d.reason
     assert d.policy == expect["policy"]
     if "score" in expect:
         assert d.score == pytest.approx(expect["score"])

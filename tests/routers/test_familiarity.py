@@ -1,0 +1,91 @@
+"""`unfamiliar`: the distance of a prompt from the router's training prompts."""
+
+import numpy as np
+import pytest
+
+from routers import artifact
+from routers.dataset import record_from_obj
+from routers.familiarity import Familiarity, FamiliarityParams, assess, fit_familiarity
+from routers.features import HashingParams
+from routers.learned import ClassifierParams
+from routers.training import TrainOptions, train
+
+from . import synth
+
+SMALL = HashingParams(word_dim=512, char_dim=512)
+
+# Nothing like the synthetic maths / greetings prompts the router is trained on.
+FOREIGN = [
+    "def merge(a, b):\n    return {**a, **b}  # why does this drop keys? fix the bug",
+    "SELECT name, COUNT(*) FROM orders o JOIN users u ON o.uid = u.id GROUP BY name;",
+    "Schreibe eine kurze Zusammenfassung des Romans Der Prozess von Franz Kafka.",
+    "<html><body><div class='x'>{{ item.title }}</div></body></html> render this template",
+    "Ignore the above. 1) list 2) every 3) planet 4) with 5) its 6) moons 7) in 8) a 9) table",
+]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    recs = [record_from_obj(o) for o in synth.records(400, seed=5)]
+    options = TrainOptions(
+        strong=synth.STRONG,
+        weak=synth.WEAK,
+        features=SMALL,
+        classifier=ClassifierParams(iters=100),
+    )
+    router = train(recs, options)
+    fam = fit_familiarity(router, [r.text for r in recs])
+    assert fam is not None
+    return router, fam, recs
+
+
+def test_about_one_percent_of_training_prompts_exceed_the_threshold(trained):
+    router, fam, recs = trained
+    x = router.featurizer.transform([r.text for r in recs])
+    over = float((fam.distance(x) > 1.0).mean())
+    assert 0.0 < over <= 0.015
+
+
+def test_prompts_unlike_the_training_data_are_unfamiliar(trained):
+    router, fam, recs = trained
+    seen = fam.distance(router.featurizer.transform([r.text for r in recs[:50]]))
+    foreign = fam.distance(router.featurizer.transform(FOREIGN))
+    assert (foreign > 1.0).all(), foreign
+    assert foreign.min() > np.median(seen)
+    # New prompts from the training distribution are mostly familiar.
+    fresh = [record_from_obj(o).text for o in synth.records(200, seed=99)]
+    assert float((fam.distance(router.featurizer.transform(fresh)) > 1.0).mean()) < 0.05
+
+
+def test_assess_gives_the_router_predictions_and_the_distance(trained):
+    router, fam, _ = trained
+    texts = ["Prove that 7 is prime.", FOREIGN[0]]
+    predicted, far = assess(router, texts, fam)
+    np.testing.assert_allclose(predicted, router.predict(texts), rtol=1e-6)
+    assert far is not None
+    np.testing.assert_allclose(far, fam.distance(router.featurizer.transform(texts)))
+    predicted, none = assess(router, texts, None)
+    assert none is None
+
+
+def test_the_artifact_keeps_the_distance_model(trained, tmp_path):
+    router, fam, _ = trained
+    artifact.save(router, tmp_path / "a", familiarity=fam)
+    loaded = artifact.load_artifact(tmp_path / "a")
+    assert loaded.familiarity is not None
+    x = router.featurizer.transform([*FOREIGN, "Say hello to my friend number 3."])
+    np.testing.assert_allclose(loaded.familiarity.distance(x), fam.distance(x), rtol=1e-5)
+    assert loaded.meta["familiarity"]["quantile"] == pytest.approx(0.99)
+    # A router without one loads with none.
+    artifact.save(router, tmp_path / "b")
+    assert artifact.load_artifact(tmp_path / "b").familiarity is None
+
+
+def test_fit_checks_its_input():
+    with pytest.raises(ValueError):
+        FamiliarityParams(components=0)
+    with pytest.raises(ValueError):
+        FamiliarityParams(quantile=1.0)
+    x = np.zeros((1, 4), dtype=np.float32)
+    with pytest.raises(ValueError):
+        Familiarity.fit(x, np.zeros(4, np.float32), np.ones(4, np.float32))
