@@ -134,11 +134,7 @@ def evaluate(
         "n_two_model": int(both.sum()),
     }
     result["two_model"] = two_model_summary(score, qs, qw, sc, wc, opts.curve_points)
-    result["oracle"] = {
-        k: v
-        for k, v in two_model_summary(qs - qw, qs, qw, sc, wc, opts.curve_points).items()
-        if k != "curve"
-    }
+    result["oracle"] = two_model_summary(qs - qw, qs, qw, sc, wc, opts.curve_points)
     gap = float(qs.mean() - qw.mean())
     need = (0.95 * float(qs.mean()) - float(qw.mean())) / gap if gap > 0 else 0.0
     result["random"] = {

@@ -5,7 +5,8 @@
     llmroute score --router DIR --data F.jsonl --out S.jsonl
     llmroute calibrate --router DIR --data F.jsonl [--strong-fraction 0.3] [--quality-ratio 0.95]
         [--budget-usd 0.002] [--budget-fraction 0.5] [--quality-target 0.8] [--prices P.json]
-    llmroute eval --router DIR --data F.jsonl [--json] [--plot P.png] [--prices prices.json]
+    llmroute eval --router DIR --data F.jsonl [--json] [--plot P.png] [--prices prices.json] [--all]
+    llmroute eval --transfer --data F.jsonl [--data G.jsonl ...] [--router DIR] [--json]
 
 Datasets are JSONL, one record a line: {"id", "prompt" | "messages", "scores": {model: 0..1},
 "costs"?: {model: usd}, "tags"?: {...}, "answers"?: {model: text}}. `--router default` trains the
@@ -14,6 +15,12 @@ the cheap model's answer -> escalate?) from the rows' `answers`. `score` writes 
 record: {"id", "score", "predicted"?}, higher score = more need of the strong model (for a
 cascade scorer: P(the cheap answer is not good enough)); routers add every model's predicted
 quality (`predicted`), the input of N-model policies.
+
+`eval` leaves out the records the artifact was trained on (so on the training file it scores the
+held-out split) and warns when the data is the training data; `--all` scores every record.
+`eval --transfer` is leave-one-domain-out validation (`routers.transfer`): MMLU subject groups,
+other benchmarks and each extra file are domains; it trains the router kind of `--router` (the
+default router without it) on all but one and reports each held-out domain and the worst.
 """
 
 from __future__ import annotations
@@ -31,21 +38,23 @@ from typing import Any
 import numpy as np
 
 from routers import answer_scorer as cascade
-from routers.artifact import load_artifact, save, update_meta
+from routers.artifact import Artifact, load_artifact, save, update_meta
 from routers.base import FloatArray, strong_need
 from routers.calibration import (
     score_quantiles,
     threshold_for_quality,
     threshold_for_strong_fraction,
 )
-from routers.dataset import Record, data_sha256, record_from_obj, split_by_id
+from routers.dataset import Record, data_sha256, item_keys, record_from_obj, split_by_id
 from routers.errors import RoutingError
 from routers.evaluation import EvalOptions, cost_matrix, evaluate
+from routers.familiarity import fit_familiarity
 from routers.metrics import two_model_report
 from routers.multi import lambda_curve, lambda_for_budget, lambda_for_quality
 from routers.policy import ModelPrice
 from routers.semantic import semantic_config_from_obj
 from routers.training import ROUTER_NAMES, TrainOptions, default_router, label_matrix, train
+from routers.transfer import fit_with, group_by_domain, leave_one_domain_out
 from worker.cli import Stages, next_hint
 
 __all__ = ["read_prices", "read_records", "register"]
@@ -174,7 +183,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             calibration = _calibration(sc.tolist(), y[ok, s].tolist(), y[ok, w].tolist())
             quantiles = score_quantiles(sc)
         progress.end()
-    save(router, args.out, data_sha256=data_sha256(fit), metrics=metrics, calibration=calibration)
+    familiarity = fit_familiarity(router, [r.text for r in fit])
+    save(
+        router,
+        args.out,
+        data_sha256=data_sha256(fit),
+        metrics=metrics,
+        calibration=calibration,
+        familiarity=familiarity,
+        split={"holdout": args.holdout, "salt": args.split_salt},
+        train_keys=np.asarray(item_keys(fit), dtype=np.uint64),
+    )
     if quantiles:
         update_meta(args.out, {"score_quantiles": quantiles})
     summary = {
@@ -388,6 +407,24 @@ def _plot(result: dict[str, Any], path: Path) -> None:
         [p["pgr"] for p in curve],
         label=f"{result['router']} (APGR {result['two_model']['apgr']:.3f})",
     )
+    oracle = result.get("oracle", {})
+    if oracle.get("curve"):
+        ax.plot(
+            [p["strong_fraction"] for p in oracle["curve"]],
+            [p["pgr"] for p in oracle["curve"]],
+            ":",
+            color="green",
+            label=f"oracle (APGR {oracle['apgr']:.3f})",
+        )
+    deployed = result.get("deployed") or {}
+    if deployed.get("pgr") is not None:
+        ax.plot(
+            [deployed["strong_fraction"]],
+            [deployed["pgr"]],
+            "o",
+            color="red",
+            label=f"deployed (threshold {deployed['threshold']:.3f})",
+        )
     ax.plot([0, 1], [0, 1], "--", color="grey", label="random (APGR 0.500)")
     ax.axhline(1.0, color="black", linewidth=0.6)
     ax.set_xlabel("strong-model calls (fraction)")
@@ -416,10 +453,114 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _unseen(artifact: Artifact, records: list[Record], use_all: bool) -> list[Record]:
+    """The records to evaluate on: those the router was not trained on, unless `use_all`.
+    Warns (stderr) when the figures would be in-sample."""
+    trained = data_sha256(records) == artifact.meta.get("data_sha256")
+    keys = artifact.train_keys
+    seen = (
+        np.isin(np.asarray(item_keys(records), dtype=np.uint64), keys)
+        if keys is not None
+        else np.zeros(len(records), dtype=bool)
+    )
+    if use_all or not seen.any():
+        if trained or seen.all():
+            _warn("these records are the router's training data: the figures are in-sample")
+        elif seen.any():
+            _warn(f"{int(seen.sum())} of {len(records)} records were trained on (in-sample)")
+        elif keys is None and artifact.meta.get("split") is None:
+            _warn("the artifact does not record its training items: cannot tell unseen data")
+        return records
+    unseen = [r for r, s in zip(records, seen, strict=True) if not s]
+    if not unseen:
+        raise CliError(
+            "every record was trained on (the artifact has no held-out items of this data); "
+            "pass --all to score them anyway (in-sample), or give unseen data"
+        )
+    _warn(
+        f"scoring the {len(unseen)} of {len(records)} records the router was not trained on "
+        "(its held-out split); --all scores every record"
+    )
+    return unseen
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"llmroute eval: warning: {message}\n")
+
+
+def _operating_point(artifact: Artifact, records: list[Record], threshold: float) -> dict[str, Any]:
+    """Where the worker's default threshold (the artifact's calibrated one) lands on this data."""
+    router = artifact.router
+    y = label_matrix(records, router.models)
+    s, w = router.models.index(router.strong), router.models.index(router.weak)
+    ok = ~(np.isnan(y[:, s]) | np.isnan(y[:, w]))
+    if not ok.any():
+        return {"threshold": threshold}
+    need = strong_need(router, router.predict([r.text for r in records]))[ok]
+    strong = need >= threshold
+    qs, qw = y[ok, s], y[ok, w]
+    quality = float(np.where(strong, qs, qw).mean())
+    gap = float(qs.mean() - qw.mean())
+    return {
+        "threshold": threshold,
+        "strong_fraction": float(strong.mean()),
+        "quality": quality,
+        "pgr": (quality - float(qw.mean())) / gap if gap != 0 else None,
+    }
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    sources: dict[str, list[Record]] = {}
+    for path in args.data:
+        sources.setdefault(path.stem, []).extend(read_records([path]))
+    domains = group_by_domain(sources)
+    options = TrainOptions(strong=args.strong, weak=args.weak)
+    if args.router is not None:
+        artifact = load_artifact(args.router)
+        router = artifact.router
+        if router.name not in ROUTER_NAMES:
+            raise CliError(f"cannot retrain a {router.name!r} router for transfer validation")
+        options = TrainOptions(
+            router=router.name, strong=args.strong or router.strong, weak=args.weak or router.weak
+        )
+    # strong/weak fixed for every fold: the defaults (best / worst mean) of all the data
+    probe = [r for recs in domains.values() for r in recs]
+    models = sorted({m for r in probe for m in r.scores})
+    y = label_matrix(probe, models)
+    means = np.nanmean(y, axis=0)
+    strong = options.strong or models[int(np.argmax(means))]
+    weak = options.weak or models[int(np.argmin(means))]
+    options = TrainOptions(router=options.router, strong=strong, weak=weak)
+    try:
+        report = leave_one_domain_out(domains, fit_with(options), strong, weak)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    result = {"router": options.router, "strong": strong, "weak": weak, **report.summary()}
+    if args.json:
+        _write_json(_finite(result))
+        return 0
+    for d in report.domains:
+        sys.stdout.write(
+            f"held out {d.domain:<22} n={d.n_test:<5} APGR {d.apgr:.3f}  CPT(50%) {d.cpt50:.1%}  "
+            f"CPS95 {d.cps95:.1%}\n"
+        )
+    worst = report.worst
+    sys.stdout.write(
+        f"worst: APGR {worst['apgr']:.3f} ({worst['apgr_domain']}), "
+        f"CPT(50%) {worst['cpt50']:.1%} ({worst['cpt50_domain']}), "
+        f"CPS95 {worst['cps95']:.1%} ({worst['cps95_domain']})\n"
+    )
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.transfer:
+        return _transfer(args)
+    if args.router is None:
+        raise CliError("--router is required (except with --transfer)")
     progress = Stages("eval")
     artifact = load_artifact(args.router)
-    records = read_records(args.data)
+    records = _unseen(artifact, read_records(args.data), args.all)
     progress.begin(f"evaluating {artifact.router.version} on {len(records):,} prompts")
     result = evaluate(
         artifact.router,
@@ -429,6 +570,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     progress.end()
     result = _finite(result)
+    deployed = artifact.calibration.get("default", artifact.calibration.get("quality_95pct"))
+    if deployed is not None:
+        result["deployed"] = _operating_point(artifact, records, deployed)
     if args.plot is not None:
         _plot(result, Path(args.plot))
         result["plot"] = str(args.plot)
@@ -532,11 +676,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=_guard(cmd_calibrate))
 
     p = sub.add_parser("eval", help="evaluate a router on labelled data")
-    p.add_argument("--router", type=Path, required=True, help="artifact folder")
+    p.add_argument("--router", type=Path, help="artifact folder (optional with --transfer)")
     p.add_argument("--data", type=Path, action="append", required=True)
     p.add_argument("--strong", help="strong model (default: the router's)")
     p.add_argument("--weak", help="weak model (default: the router's)")
     p.add_argument("--prices", type=Path, help="price table JSON for cost and N-model figures")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument("--plot", type=Path, help="write a PNG of the PGR curve (and Pareto front)")
+    p.add_argument("--all", action="store_true", help="score every record, also those trained on")
+    p.add_argument(
+        "--transfer",
+        action="store_true",
+        help="leave-one-domain-out validation: retrain holding out each domain in turn",
+    )
     p.set_defaults(handler=_guard(cmd_eval))

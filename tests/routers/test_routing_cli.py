@@ -109,3 +109,76 @@ def test_bad_input_is_a_clean_error(tmp_path, capsys, trained):
     rc = main(["eval", "--router", str(tmp_path / "missing"), "--data", str(bad)])
     assert rc == 2
     assert "no meta.json" in capsys.readouterr().err
+
+
+def test_eval_on_the_training_file_scores_only_its_held_out_items(files, trained, capsys):
+    _, train, _, _ = files
+    assert main(["eval", "--router", str(trained), "--data", str(train), "--json"]) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out)
+    art = load_artifact(trained)
+    n_all = len(train.read_text().splitlines())
+    assert result["n"] == n_all - art.metrics["n_train"]
+    assert result["n"] == art.metrics["heldout"]["n"]
+    assert "not trained on (its held-out split)" in out.err
+
+
+def test_eval_all_on_the_training_file_warns_it_is_in_sample(files, trained, capsys):
+    _, train, _, _ = files
+    assert main(["eval", "--router", str(trained), "--data", str(train), "--all"]) == 0
+    err = capsys.readouterr().err
+    assert "records were trained on (in-sample)" in err
+
+
+def test_eval_on_new_data_neither_drops_nor_warns(files, trained, capsys):
+    _, _, test, _ = files
+    assert main(["eval", "--router", str(trained), "--data", str(test), "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["n"] == len(test.read_text().splitlines())
+    assert "warning" not in out.err
+
+
+def test_eval_reports_the_deployed_operating_point_and_the_oracle_curve(files, trained, capsys):
+    _, _, test, _ = files
+    assert main(["eval", "--router", str(trained), "--data", str(test), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    art = load_artifact(trained)
+    deployed = result["deployed"]
+    assert deployed["threshold"] == pytest.approx(art.calibration["quality_95pct"])
+    assert 0.0 <= deployed["strong_fraction"] <= 1.0
+    assert len(result["oracle"]["curve"]) == 101
+
+
+def test_train_stores_the_unfamiliar_model_and_the_split(trained):
+    art = load_artifact(trained)
+    assert art.familiarity is not None
+    assert art.meta["familiarity"]["quantile"] == pytest.approx(0.99)
+    assert art.meta["split"] == {"holdout": 0.25, "salt": "heldout"}
+    assert len(art.train_keys) == art.metrics["n_train"]
+
+
+def test_eval_transfer_holds_out_each_domain(tmp_path, capsys):
+    recs = []
+    for name, seed in (("alpha", 11), ("beta", 12)):
+        for r in synth.records(60, seed=seed):
+            recs.append({**r, "id": name + r["id"], "tags": {"benchmark": name}})
+    data = synth.write_jsonl(tmp_path / "two.jsonl", recs)
+    extra = synth.write_jsonl(tmp_path / "extra_file.jsonl", synth.records(40, seed=13))
+    rc = main(["eval", "--transfer", "--data", str(data), "--data", str(extra), "--json",
+               "--strong", synth.STRONG, "--weak", synth.WEAK])  # fmt: skip
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    held = {d["domain"]: d for d in result["held_out"]}
+    assert set(held) == {"alpha", "beta", "extra_file"}
+    assert held["extra_file"]["n_test"] == 40 and held["extra_file"]["n_train"] == 120
+    assert result["worst"]["apgr"] == min(d["apgr"] for d in held.values())
+    assert all(d["apgr"] > 0.6 for d in held.values())  # the same signal in every domain
+    rc = main(["eval", "--transfer", "--data", str(data), "--data", str(extra)])
+    assert rc == 0
+    assert "worst: APGR" in capsys.readouterr().out
+
+
+def test_eval_without_router_needs_transfer(files, capsys):
+    _, _, test, _ = files
+    assert main(["eval", "--data", str(test)]) == 2
+    assert "--router is required" in capsys.readouterr().err
