@@ -51,12 +51,10 @@ class Artifact:
         self,
         router: Router,
         meta: Mapping[str, Any],
-        familiarity: Familiarity | None = None,
         train_keys: np.ndarray[Any, Any] | None = None,
     ) -> None:
         self.router = router
         self.meta = dict(meta)
-        self.familiarity = familiarity
         self.train_keys = train_keys  # `item_keys` of the training records, when saved
 
     @property
@@ -65,6 +63,11 @@ class Artifact:
         return {
             str(k): float(v) for k, v in self.meta.get("calibration", {}).items() if v is not None
         }
+
+    @property
+    def familiarity(self) -> Familiarity | None:
+        """The router's `unfamiliar` distance model (None when it has none)."""
+        return self.router.familiarity if isinstance(self.router, FeatureRouter) else None
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -89,7 +92,6 @@ def save(
     data_sha256: str = "",
     metrics: Mapping[str, Any] | None = None,
     calibration: Mapping[str, float] | None = None,
-    familiarity: Familiarity | None = None,
     split: Mapping[str, Any] | None = None,
     train_keys: np.ndarray[Any, Any] | None = None,
 ) -> Path:
@@ -116,6 +118,7 @@ def save(
         "calibration": dict(calibration or {}),
     }
     arrays: dict[str, Any] = {k: np.asarray(v) for k, v in router.arrays().items()}
+    familiarity = router.familiarity if isinstance(router, FeatureRouter) else None
     if familiarity is not None:
         meta["familiarity"] = familiarity.meta()
         arrays.update({_FAM + k: np.asarray(v) for k, v in familiarity.arrays().items()})
@@ -162,7 +165,6 @@ def load_artifact(directory: str | Path) -> Artifact:
         with np.load(path / ARRAYS, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         own = {k: v for k, v in arrays.items() if not k.startswith(_FAM) and k != _KEYS}
-        router = _build(meta, own)
         familiarity = (
             Familiarity.from_saved(
                 meta["familiarity"],
@@ -171,11 +173,12 @@ def load_artifact(directory: str | Path) -> Artifact:
             if meta.get("familiarity")
             else None
         )
+        router = _build(meta, own, familiarity)
     except ArtifactError:
         raise
     except (OSError, KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{path}: damaged artifact ({exc!r})") from exc
-    return Artifact(router, meta, familiarity, arrays.get(_KEYS))
+    return Artifact(router, meta, arrays.get(_KEYS))
 
 
 def load(directory: str | Path) -> Router:
@@ -183,7 +186,11 @@ def load(directory: str | Path) -> Router:
     return load_artifact(directory).router
 
 
-def _build(meta: Mapping[str, Any], a: Mapping[str, np.ndarray[Any, Any]]) -> Router:
+def _build(
+    meta: Mapping[str, Any],
+    a: Mapping[str, np.ndarray[Any, Any]],
+    familiarity: Familiarity | None = None,
+) -> Router:
     identity = Identity(
         version=str(meta["version"]),
         models=tuple(str(m) for m in meta["models"]),
@@ -208,6 +215,8 @@ def _build(meta: Mapping[str, Any], a: Mapping[str, np.ndarray[Any, Any]]) -> Ro
             identity=identity,
             featurizer=featurizer,
             standardizer=std,
+            prior=a.get("prior"),
+            familiarity=familiarity,
         )
     if name == "mf":
         return MFRouter(
@@ -219,6 +228,7 @@ def _build(meta: Mapping[str, Any], a: Mapping[str, np.ndarray[Any, Any]]) -> Ro
             identity=identity,
             featurizer=featurizer,
             standardizer=std,
+            familiarity=familiarity,
         )
     if name == "pooled":
         return pooled_from_arrays(a, params, identity, featurizer, std)
@@ -232,5 +242,6 @@ def _build(meta: Mapping[str, Any], a: Mapping[str, np.ndarray[Any, Any]]) -> Ro
             identity=identity,
             featurizer=featurizer,
             standardizer=std,
+            familiarity=familiarity,
         )
     raise ArtifactError(f"unknown router kind {name!r} in artifact")

@@ -19,23 +19,16 @@ Pure numpy; one matrix-vector product of (dim x k) per prompt on top of the rout
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from routers.base import FloatArray, Router
-from routers.learned import FeatureRouter
+from routers.base import FloatArray
 
-__all__ = [
-    "UNFAMILIAR_THRESHOLD",
-    "Familiarity",
-    "FamiliarityParams",
-    "assess",
-    "fit_familiarity",
-]
+__all__ = ["UNFAMILIAR_THRESHOLD", "Familiarity", "FamiliarityParams"]
 
 F32 = npt.NDArray[np.float32]
 
@@ -177,25 +170,3 @@ class Familiarity:
             calibration=float(meta["calibration"]),
             quantile=float(meta["quantile"]),
         )
-
-
-def fit_familiarity(
-    router: Router, texts: Sequence[str], params: FamiliarityParams | None = None
-) -> Familiarity | None:
-    """The distance model of a feature router's training prompts (None for other routers)."""
-    if not isinstance(router, FeatureRouter) or len(texts) < 2:
-        return None
-    x = router.featurizer.transform(texts)
-    std = router.standardizer
-    return Familiarity.fit(x, std.center, std.scale, params)
-
-
-def assess(
-    router: Router, texts: Sequence[str], familiarity: Familiarity | None
-) -> tuple[FloatArray, FloatArray | None]:
-    """Predicted qualities (as `router.predict`) and each text's `unfamiliar`, from one pass of
-    the featurizer; `unfamiliar` is None when there is no distance model for this router."""
-    if familiarity is None or not isinstance(router, FeatureRouter):
-        return router.predict(texts), None
-    x = router.featurizer.transform(texts)
-    return router.predict_features(x), familiarity.distance(x)

@@ -9,6 +9,15 @@
 
 Each predicts every model's quality in [0, 1]. Labels may be missing for some (prompt, model)
 pairs (NaN in the label matrix): those pairs are left out of the loss.
+
+A feature router may carry a `Familiarity` of its training prompts: `assess` then gives each
+prompt's `unfamiliar` from the same features. The classifier also uses it (`unfamiliar_shrink`):
+off its training distribution it trusts its prediction for the strong model less, shrinking it
+towards that model's training mean by min(1, 1 / unfamiliar). What a router learns about when
+the strong model fails is mostly cues of its training set (on MMLU: the subjects and question
+styles both models get wrong); what makes the weak model fail (difficulty) carries over better.
+So on familiar prompts the score is the learned gain P(strong right) - P(weak right); the
+further a prompt is from the training data, the more it ranks by 1 - P(weak right) alone.
 """
 
 from __future__ import annotations
@@ -20,7 +29,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from routers.base import FloatArray, HasIdentity, Identity
+from routers.base import FloatArray, HasIdentity, Identity, Router
+from routers.familiarity import Familiarity
 from routers.features import Featurizer
 
 __all__ = [
@@ -32,6 +42,7 @@ __all__ = [
     "SWParams",
     "SWRankingRouter",
     "Standardizer",
+    "assess",
 ]
 
 F32 = npt.NDArray[np.float32]
@@ -103,16 +114,29 @@ class FeatureRouter(HasIdentity):
     name = "feature"
 
     def __init__(
-        self, identity: Identity, featurizer: Featurizer, standardizer: Standardizer
+        self,
+        identity: Identity,
+        featurizer: Featurizer,
+        standardizer: Standardizer,
+        familiarity: Familiarity | None = None,
     ) -> None:
         self.identity = identity
         self.featurizer = featurizer
         self.standardizer = standardizer
+        self.familiarity = familiarity
 
     def predict(self, texts: Sequence[str]) -> FloatArray:
         return self.predict_features(self.featurizer.transform(texts))
 
     def predict_features(self, x: F32) -> FloatArray:
+        return self.assess_features(x)[0]
+
+    def assess_features(self, x: F32) -> tuple[FloatArray, FloatArray | None]:
+        """Predicted qualities and `unfamiliar` (None without a familiarity model)."""
+        far = self.familiarity.distance(x) if self.familiarity is not None else None
+        return self._predict(x), far
+
+    def _predict(self, x: F32) -> FloatArray:
         raise NotImplementedError
 
     def _base_arrays(self) -> dict[str, npt.NDArray[Any]]:
@@ -127,6 +151,7 @@ class ClassifierParams:
     l2: float = 1e-3
     iters: int = 300
     learning_rate: float = 0.05
+    unfamiliar_shrink: bool = True  # see the module docstring
 
 
 class ClassifierRouter(FeatureRouter):
@@ -141,22 +166,47 @@ class ClassifierRouter(FeatureRouter):
         identity: Identity,
         featurizer: Featurizer,
         standardizer: Standardizer,
+        prior: AnyFloat | None = None,
+        familiarity: Familiarity | None = None,
     ) -> None:
-        super().__init__(identity, featurizer, standardizer)
+        super().__init__(identity, featurizer, standardizer, familiarity)
         self.weights = weights.astype(np.float32)  # (dim, n_models)
         self.bias = bias.astype(np.float64)  # (n_models,)
+        # each model's mean quality in the training data (the shrinkage target)
+        self.prior = (prior if prior is not None else _sigmoid(self.bias)).astype(np.float64)
         self.hyper = params
         self._w, offset = standardizer.fold(self.weights)
         self._b = self.bias + offset
+        self._strong = identity.models.index(identity.strong)
 
-    def predict_features(self, x: F32) -> FloatArray:
+    def raw_predict_features(self, x: F32) -> FloatArray:
+        """The heads' predictions, without shrinkage."""
         return _sigmoid((x @ self._w).astype(np.float64) + self._b)
+
+    def _predict(self, x: F32) -> FloatArray:
+        return self.assess_features(x)[0]
+
+    def assess_features(self, x: F32) -> tuple[FloatArray, FloatArray | None]:
+        p = self.raw_predict_features(x)
+        if self.familiarity is None:
+            return p, None
+        far = self.familiarity.distance(x)
+        if self.hyper.unfamiliar_shrink:
+            trust = np.minimum(1.0, 1.0 / np.maximum(far, 1e-9))
+            s, prior = self._strong, self.prior[self._strong]
+            p[:, s] = prior + trust * (p[:, s] - prior)
+        return p, far
 
     def params(self) -> dict[str, Any]:
         return asdict(self.hyper)
 
     def arrays(self) -> Mapping[str, npt.NDArray[Any]]:
-        return {**self._base_arrays(), "weights": self.weights, "bias": self.bias}
+        return {
+            **self._base_arrays(),
+            "weights": self.weights,
+            "bias": self.bias,
+            "prior": self.prior,
+        }
 
     @staticmethod
     def fit_head(x: F32, y: FloatArray, params: ClassifierParams) -> tuple[FloatArray, FloatArray]:
@@ -203,8 +253,9 @@ class MFRouter(FeatureRouter):
         identity: Identity,
         featurizer: Featurizer,
         standardizer: Standardizer,
+        familiarity: Familiarity | None = None,
     ) -> None:
-        super().__init__(identity, featurizer, standardizer)
+        super().__init__(identity, featurizer, standardizer, familiarity)
         self.projection = projection.astype(np.float32)  # (dim, k)
         self.model_emb = model_emb.astype(np.float64)  # (n_models, k)
         self.out = out.astype(np.float64)  # (k,)
@@ -212,7 +263,7 @@ class MFRouter(FeatureRouter):
         self.hyper = params
         self._proj, self._offset = standardizer.fold(self.projection)
 
-    def predict_features(self, x: F32) -> FloatArray:
+    def _predict(self, x: F32) -> FloatArray:
         h = (x @ self._proj).astype(np.float64) + self._offset  # (n, k)
         return _sigmoid(h @ (self.model_emb * self.out).T + self.bias)
 
@@ -282,8 +333,9 @@ class SWRankingRouter(FeatureRouter):
         identity: Identity,
         featurizer: Featurizer,
         standardizer: Standardizer,
+        familiarity: Familiarity | None = None,
     ) -> None:
-        super().__init__(identity, featurizer, standardizer)
+        super().__init__(identity, featurizer, standardizer, familiarity)
         self.projection = projection.astype(np.float32)  # (dim, proj_dim)
         self.keys = keys.astype(np.float32)  # (n_train, proj_dim), unit rows
         self.labels = labels.astype(np.float32)  # (n_train, n_models), NaN = unknown
@@ -297,7 +349,7 @@ class SWRankingRouter(FeatureRouter):
         out: F32 = (z / np.where(norm > 0, norm, 1.0)).astype(np.float32)
         return out
 
-    def predict_features(self, x: F32) -> FloatArray:
+    def _predict(self, x: F32) -> FloatArray:
         q = self.embed(self.standardizer.apply(x), self.projection)
         sims = q @ self.keys.T  # (n, n_train)
         k = min(self.hyper.neighbours, sims.shape[1])
@@ -323,3 +375,11 @@ class SWRankingRouter(FeatureRouter):
             "labels": self.labels,
             "prior": self.prior,
         }
+
+
+def assess(router: Router, texts: Sequence[str]) -> tuple[FloatArray, FloatArray | None]:
+    """Predicted qualities (as `router.predict`) and each text's `unfamiliar`, from one pass of
+    the featurizer; `unfamiliar` is None for a router without a familiarity model."""
+    if not isinstance(router, FeatureRouter):
+        return router.predict(texts), None
+    return router.assess_features(router.featurizer.transform(texts))

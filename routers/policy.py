@@ -44,8 +44,9 @@ from typing import Any, Literal
 from routers.base import Router
 from routers.decision import Candidate, Decision
 from routers.errors import NoEligibleModelError
-from routers.familiarity import UNFAMILIAR_THRESHOLD, Familiarity, assess
+from routers.familiarity import UNFAMILIAR_THRESHOLD
 from routers.features import prompt_text
+from routers.learned import assess
 
 __all__ = [
     "ModelPrice",
@@ -210,11 +211,11 @@ def _decide(
     if unfamiliar is not None and unfamiliar > options.unfamiliar_threshold:
         act = options.on_unfamiliar
         what = f"unfamiliar prompt ({unfamiliar:.2f} > {options.unfamiliar_threshold:.2f})"
-        target = s if act == "strong" else w if act in ("weak", "cascade") else None
-        if target is not None and target in by_name:
+        send_to = s if act == "strong" else w if act in ("weak", "cascade") else None
+        if send_to is not None and send_to in by_name:
             role = "strong" if act == "strong" else "weak"
             then = ", answer checked by the cascade" if act == "cascade" else ""
-            chosen = by_name[target]
+            chosen = by_name[send_to]
             gap = chosen.predicted_quality
             if s is not None and w is not None:
                 gap = float(predicted.get(s, math.nan)) - float(predicted.get(w, math.nan))
@@ -318,13 +319,12 @@ def route_batch(
     options: PolicyOptions,
     *,
     max_tokens: Sequence[int | None] | None = None,
-    familiarity: Familiarity | None = None,
 ) -> list[Decision]:
-    """Features + predict + policy for many chat requests (one predict call for all);
-    with `familiarity` (the artifact's), each decision carries its prompt's `unfamiliar`."""
+    """Features + predict + policy for many chat requests (one predict call for all); each
+    decision carries its prompt's `unfamiliar` when the router has a familiarity model."""
     texts = [prompt_text(messages) for messages in requests]
     opts = _with_roles(router, options)
-    predicted, unfamiliar = assess(router, texts, familiarity)
+    predicted, unfamiliar = assess(router, texts)
     out: list[Decision] = []
     for i, text in enumerate(texts):
         n_in = estimate_input_tokens(text, opts.chars_per_token)
@@ -348,9 +348,6 @@ def route(
     options: PolicyOptions,
     *,
     max_tokens: int | None = None,
-    familiarity: Familiarity | None = None,
 ) -> Decision:
     """Features + predict + policy for one chat request."""
-    return route_batch(
-        router, [messages], prices, options, max_tokens=[max_tokens], familiarity=familiarity
-    )[0]
+    return route_batch(router, [messages], prices, options, max_tokens=[max_tokens])[0]

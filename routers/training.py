@@ -10,6 +10,7 @@ import numpy as np
 from routers.base import FloatArray, Identity, Router
 from routers.dataset import Record, data_sha256
 from routers.errors import TrainingDataError
+from routers.familiarity import Familiarity, FamiliarityParams
 from routers.features import HashingFeaturizer, HashingParams
 from routers.learned import (
     ClassifierParams,
@@ -61,6 +62,8 @@ class TrainOptions:
     sw: SWParams = field(default_factory=SWParams)
     pooled: PooledParams = field(default_factory=PooledParams)
     semantic: SemanticConfig | None = None
+    # the `unfamiliar` distance model of the training prompts (None: none)
+    familiarity: FamiliarityParams | None = field(default_factory=FamiliarityParams)
     seed: int = 0
 
 
@@ -139,6 +142,11 @@ def train(records: Sequence[Record], options: TrainOptions) -> Router:
     dense_from = options.features.word_dim + options.features.char_dim
     standardizer = Standardizer.fit(x, dense_from)
     xs = standardizer.apply(x)
+    familiarity = (
+        Familiarity.fit(x, standardizer.center, standardizer.scale, options.familiarity)
+        if options.familiarity is not None and len(records) >= 2
+        else None
+    )
     if name == "classifier":
         w, b = ClassifierRouter.fit_head(xs, y, options.classifier)
         return ClassifierRouter(
@@ -148,6 +156,8 @@ def train(records: Sequence[Record], options: TrainOptions) -> Router:
             identity=identity,
             featurizer=featurizer,
             standardizer=standardizer,
+            prior=np.nan_to_num(np.nanmean(y, axis=0), nan=0.5),
+            familiarity=familiarity,
         )
     if name == "mf":
         proj, emb, out, bias = MFRouter.fit_factors(xs, y, options.mf)
@@ -160,6 +170,7 @@ def train(records: Sequence[Record], options: TrainOptions) -> Router:
             identity=identity,
             featurizer=featurizer,
             standardizer=standardizer,
+            familiarity=familiarity,
         )
     if name == "pooled":
         pproj, pkeys, alpha, means, temperature, penalty = fit_pooled(xs, y, options.pooled)
@@ -189,6 +200,7 @@ def train(records: Sequence[Record], options: TrainOptions) -> Router:
         identity=identity,
         featurizer=featurizer,
         standardizer=standardizer,
+        familiarity=familiarity,
     )
 
 

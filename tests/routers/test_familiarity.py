@@ -5,9 +5,9 @@ import pytest
 
 from routers import artifact
 from routers.dataset import record_from_obj
-from routers.familiarity import Familiarity, FamiliarityParams, assess, fit_familiarity
+from routers.familiarity import Familiarity, FamiliarityParams
 from routers.features import HashingParams
-from routers.learned import ClassifierParams
+from routers.learned import ClassifierParams, assess
 from routers.training import TrainOptions, train
 
 from . import synth
@@ -34,7 +34,7 @@ def trained():
         classifier=ClassifierParams(iters=100),
     )
     router = train(recs, options)
-    fam = fit_familiarity(router, [r.text for r in recs])
+    fam = router.familiarity
     assert fam is not None
     return router, fam, recs
 
@@ -60,25 +60,46 @@ def test_prompts_unlike_the_training_data_are_unfamiliar(trained):
 def test_assess_gives_the_router_predictions_and_the_distance(trained):
     router, fam, _ = trained
     texts = ["Prove that 7 is prime.", FOREIGN[0]]
-    predicted, far = assess(router, texts, fam)
+    predicted, far = assess(router, texts)
     np.testing.assert_allclose(predicted, router.predict(texts), rtol=1e-6)
     assert far is not None
     np.testing.assert_allclose(far, fam.distance(router.featurizer.transform(texts)))
-    predicted, none = assess(router, texts, None)
-    assert none is None
+    plain = train(
+        [record_from_obj(o) for o in synth.records(60, seed=6)],
+        TrainOptions(
+            strong=synth.STRONG, weak=synth.WEAK, features=SMALL, familiarity=None,
+            classifier=ClassifierParams(iters=20),
+        ),
+    )  # fmt: skip
+    assert plain.familiarity is None
+    assert assess(plain, texts)[1] is None
+
+
+def test_off_its_training_data_the_strong_prediction_shrinks_to_its_mean(trained):
+    router, fam, _ = trained
+    texts = ["Prove that 7 is prime.", *FOREIGN]
+    x = router.featurizer.transform(texts)
+    raw = router.raw_predict_features(x)
+    shrunk = router.predict_features(x)
+    far = fam.distance(x)
+    s, w = router.models.index(synth.STRONG), router.models.index(synth.WEAK)
+    np.testing.assert_allclose(shrunk[:, w], raw[:, w])  # the weak model's prediction stays
+    prior = router.prior[s]
+    trust = np.minimum(1.0, 1.0 / far)
+    np.testing.assert_allclose(shrunk[:, s], prior + trust * (raw[:, s] - prior), rtol=1e-6)
+    assert far[1] > 1.0 and abs(shrunk[1, s] - prior) < abs(raw[1, s] - prior)
 
 
 def test_the_artifact_keeps_the_distance_model(trained, tmp_path):
     router, fam, _ = trained
-    artifact.save(router, tmp_path / "a", familiarity=fam)
+    artifact.save(router, tmp_path / "a")
     loaded = artifact.load_artifact(tmp_path / "a")
     assert loaded.familiarity is not None
-    x = router.featurizer.transform([*FOREIGN, "Say hello to my friend number 3."])
+    texts = [*FOREIGN, "Say hello to my friend number 3."]
+    x = router.featurizer.transform(texts)
     np.testing.assert_allclose(loaded.familiarity.distance(x), fam.distance(x), rtol=1e-5)
+    np.testing.assert_allclose(loaded.router.predict(texts), router.predict(texts), rtol=1e-5)
     assert loaded.meta["familiarity"]["quantile"] == pytest.approx(0.99)
-    # A router without one loads with none.
-    artifact.save(router, tmp_path / "b")
-    assert artifact.load_artifact(tmp_path / "b").familiarity is None
 
 
 def test_fit_checks_its_input():
