@@ -135,6 +135,7 @@ class DecisionInfo(_Event, frozen=True, kw_only=True, omit_defaults=True):
     arm: str | None = None
     deployment: NonEmpty | None = None
     deployment_reason: str | None = None
+    unfamiliar: NonNegative | None = None
 
 
 class ErrorInfo(_Event, frozen=True, kw_only=True):

@@ -80,6 +80,9 @@ class PolicySpec(_Section, frozen=True, kw_only=True):
     # a budget below this factor x the fastest model's expected latency is a tight deadline
     latency_weight_per_s: float = 0.0
     tight_latency_factor: float = 1.5
+    # a prompt further from the router's training prompts than 99% of them: routed as usual
+    # ("route"), sent to the strong or weak model, or to the cheap one with a cascade check
+    on_unfamiliar: Literal["route", "strong", "weak", "cascade"] = "route"
 
     def __post_init__(self) -> None:
         if self.cascade_scorer is not None and self.cascade_grader is not None:
@@ -158,6 +161,9 @@ class ShadowSettings(_Section, frozen=True, kw_only=True):
     tenants: tuple[str, ...] | None = None
     judge_model: str | None = None
     max_in_flight: int = 256  # shadow calls beyond this are skipped (never queue up)
+    # with `sample` > 0, every unfamiliar prompt is shadowed too (judged first: the router
+    # knows least about them)
+    unfamiliar: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sample <= 1.0:

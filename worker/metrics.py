@@ -37,6 +37,8 @@ __all__ = ["Health", "OpsServer", "OpsServerConfig", "WorkerMetrics"]
 log = logging.getLogger(__name__)
 
 # Routing is pure CPU work measured in microseconds; a request includes model calls (seconds).
+# `unfamiliar` is 1.0 at the training prompts' 99th percentile
+UNFAMILIAR_BUCKETS: Final = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)
 ROUTE_BUCKETS_S: Final = (
     25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25,
 )  # fmt: skip
@@ -88,6 +90,14 @@ class WorkerMetrics:
             "route_duration_seconds", "Time to make a routing decision.",
             namespace=ns, registry=reg, buckets=ROUTE_BUCKETS_S,
         )  # fmt: skip
+        self.route_unfamiliar = Histogram(
+            "route_unfamiliar",
+            "Distance of routed prompts from the router's training prompts (above 1.0: "
+            "further than 99% of them).",
+            namespace=ns,
+            registry=reg,
+            buckets=UNFAMILIAR_BUCKETS,
+        )
         self.request_duration = Histogram(
             "request_duration_seconds",
             "End to end: record received to response acknowledged, by chosen model.",
@@ -203,6 +213,9 @@ class WorkerMetrics:
         self.route_duration.observe(duration_s)
         if cache_hit is not None:
             self.cache_lookups.labels("hit" if cache_hit else "miss").inc()
+
+    def observe_unfamiliar(self, unfamiliar: float) -> None:
+        self.route_unfamiliar.observe(unfamiliar)
 
     def observe_arm(self, arm: str, status: str, cost_usd: float, duration_s: float) -> None:
         children = self._per_arm.get((arm, status))

@@ -70,6 +70,8 @@ class MetricsObserver:
             always = r.cost_usd if strong is None else strong
             m.add_cost(r.model or "none", r.cost_usd, always)
             m.add_tenant_cost(r.tenant if r.tenant in self.tenants else "other", r.cost_usd, always)
+        if r.decision is not None and r.decision.unfamiliar is not None:
+            m.observe_unfamiliar(r.decision.unfamiliar)
         if r.decision is not None and r.decision.arm is not None:
             m.observe_arm(r.decision.arm, r.status, r.cost_usd, r.latency_ms / 1000)
         for before, a in zip(r.attempts, r.attempts[1:], strict=False):

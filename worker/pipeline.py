@@ -31,7 +31,9 @@ from routers.calibration import threshold_from_quantiles
 from routers.cascade import AnswerScorer, CascadeParams, CascadeResult
 from routers.decision import Candidate, Decision
 from routers.errors import NoEligibleModelError
+from routers.familiarity import UNFAMILIAR_THRESHOLD
 from routers.features import prompt_text
+from routers.learned import assess
 from worker.batch.jobs import Finished
 from worker.config import Config, PolicySpec
 from worker.judge import Judge, JudgeSettings
@@ -88,6 +90,7 @@ class Prepared:
     predicted: npt.NDArray[np.float64]
     predict_ms: float  # this request's share of the batch's predict time
     core: RoutingCore | None = None  # the router that scored it (a reload may swap it)
+    unfamiliar: float | None = None  # distance from the router's training prompts
 
 
 @dataclass
@@ -264,6 +267,7 @@ class RoutingCore:
             max_latency_ms=min(latency_budgets) if latency_budgets else None,
             latency_weight_per_s=spec.latency_weight_per_s,
             tight_latency_factor=spec.tight_latency_factor,
+            on_unfamiliar=spec.on_unfamiliar,
         )
         batch = tenant.mode == "batch" or (ask.mode == "batch" and allowed("mode", ask.mode))
         return Resolved(name, spec, options, tuple(notes), "batch" if batch else "interactive")
@@ -323,9 +327,12 @@ class RoutingCore:
         budget (its `max_latency_ms` or the time left to its deadline, the smaller)."""
         if prepared is not None:
             text, predicted = prepared.text, prepared.predicted
+            unfamiliar = prepared.unfamiliar
         else:
             text = self.prompt([schemas.to_builtins(m) for m in request.messages])
-            predicted = self.router.predict([text])[0]
+            rows, far = assess(self.router, [text])
+            predicted = rows[0]
+            unfamiliar = float(far[0]) if far is not None else None
         known = self._routed.get(id(resolved.options))
         if known is not None and known[0] is resolved.options:
             options = known[1]
@@ -346,6 +353,7 @@ class RoutingCore:
                 router=self.router.name,
                 router_version=self.router.version,
                 est_latency_ms=est_latency_ms,
+                unfamiliar=unfamiliar,
             )
         except NoEligibleModelError as exc:
             raise RequestRejected(str(exc)) from None
@@ -481,14 +489,21 @@ class Pipeline:
                 messages = [[schemas.to_builtins(m) for m in r.messages] for r in chunk]
                 texts = [core.prompt(m) for m in messages]
                 t0 = self.perf()
-                predicted = core.router.predict(texts)
+                predicted, far = assess(core.router, texts)
                 share_ms = (self.perf() - t0) * 1000 / len(texts)
             except Exception:
                 log.exception("batched routing failed; scoring each request alone")
                 out.extend([None] * len(chunk))
                 continue
             out.extend(
-                Prepared(messages[i], texts[i], predicted[i].copy(), share_ms, core)
+                Prepared(
+                    messages[i],
+                    texts[i],
+                    predicted[i].copy(),
+                    share_ms,
+                    core,
+                    float(far[i]) if far is not None else None,
+                )
                 for i in range(len(texts))
             )
         return out
@@ -568,7 +583,10 @@ class Pipeline:
         chain = core.fallback_chain(decision, resolved.options, budget)
         plan = _Route(budget, decision.policy == "latency_tight")
         try:
-            if resolved.spec.kind == "cascade" and decision.model == core.router.weak:
+            cascade = resolved.spec.kind == "cascade" or (
+                decision.policy == "unfamiliar" and resolved.spec.on_unfamiliar == "cascade"
+            )
+            if cascade and decision.model == core.router.weak:
                 question = ready.text if ready is not None else core.prompt(messages)
                 completion = await self._cascade(
                     request,
@@ -843,7 +861,12 @@ class Pipeline:
             return
         if shadow.tenants is not None and request.tenant not in shadow.tenants:
             return
-        if not split.sampled(request.request_id, shadow.sample, "shadow"):
+        unfamiliar = (
+            shadow.unfamiliar
+            and decision.unfamiliar is not None
+            and decision.unfamiliar > UNFAMILIAR_THRESHOLD
+        )
+        if not unfamiliar and not split.sampled(request.request_id, shadow.sample, "shadow"):
             return
         strong, weak = core.router.strong, core.router.weak
         model = {
@@ -1198,4 +1221,9 @@ def _decision_info(decision: Decision, arm: str | None = None) -> schemas.Decisi
             if math.isfinite(c.est_cost_usd)
         ],
         reason=decision.reason,
+        unfamiliar=(
+            decision.unfamiliar
+            if decision.unfamiliar is not None and math.isfinite(decision.unfamiliar)
+            else None
+        ),
     )

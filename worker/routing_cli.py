@@ -48,7 +48,6 @@ from routers.calibration import (
 from routers.dataset import Record, data_sha256, item_keys, record_from_obj, split_by_id
 from routers.errors import RoutingError
 from routers.evaluation import EvalOptions, cost_matrix, evaluate
-from routers.familiarity import fit_familiarity
 from routers.metrics import two_model_report
 from routers.multi import lambda_curve, lambda_for_budget, lambda_for_quality
 from routers.policy import ModelPrice
@@ -183,14 +182,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             calibration = _calibration(sc.tolist(), y[ok, s].tolist(), y[ok, w].tolist())
             quantiles = score_quantiles(sc)
         progress.end()
-    familiarity = fit_familiarity(router, [r.text for r in fit])
     save(
         router,
         args.out,
         data_sha256=data_sha256(fit),
         metrics=metrics,
         calibration=calibration,
-        familiarity=familiarity,
         split={"holdout": args.holdout, "salt": args.split_salt},
         train_keys=np.asarray(item_keys(fit), dtype=np.uint64),
     )

@@ -36,6 +36,7 @@ DECISION = DecisionInfo(
     ],
     reason="score 0.31 < threshold 0.50: the small model is predicted good enough",
     cache_hit=False,
+    unfamiliar=0.42,
 )
 MESSAGES = [Message(role="system", content="Be brief."), Message(role="user", content=PROMPT)]
 

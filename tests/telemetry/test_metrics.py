@@ -43,6 +43,8 @@ def feed(m: WorkerMetrics) -> None:
         m.fallback("small", "strong")
         m.escalation("small", "strong")
         m.redelivery_skipped()
+        m.observe_unfamiliar(0.42)
+        m.observe_unfamiliar(1.7)
     m.forget_partition("llm.requests", 1)
     m.forget_partition("llm.requests", 9)  # never assigned: no error
 
@@ -81,6 +83,8 @@ async def test_metrics_endpoint_serves_what_the_loop_fed(ops):
     assert got[("llmroute_fallbacks_total", edge)] == got[("llmroute_escalations_total", edge)] == 1
     assert got[("llmroute_route_cache_lookups_total", (("result", "hit"),))] == 1
     assert got[("llmroute_redeliveries_skipped_total", ())] == 1
+    assert got[("llmroute_route_unfamiliar_count", ())] == 2
+    assert got[("llmroute_route_unfamiliar_bucket", (("le", "1.0"),))] == 1
 
 
 async def test_openmetrics_when_asked_and_head_requests(ops):

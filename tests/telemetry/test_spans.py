@@ -132,6 +132,7 @@ def test_a_request_makes_process_route_chat_with_a_trace_id_from_request_id(memo
     )
     assert r["llm_router.reason"] == DECISION.reason
     assert r["llm_router.cache_hit"] is False
+    assert r["llm_router.unfamiliar"] == 0.42
     assert json.loads(r["llm_router.candidates"]) == [
         {"model": "small", "predicted_quality": 0.72, "est_cost_usd": 0.0004},
         {"model": "strong", "predicted_quality": 0.91, "est_cost_usd": 0.012},

@@ -8,6 +8,7 @@ import pytest
 
 from routers.artifact import load_artifact
 from routers.calibration import threshold_from_quantiles
+from routers.learned import assess
 from schemas import RoutingOptions
 from tests.worker.support import (
     ROWS,
@@ -122,3 +123,40 @@ def test_an_arm_policy_replaces_the_tenant_policy(artifact: Path) -> None:
     assert (base.policy_name, arm.policy_name) == ("default", "cheap")
     assert base.options.threshold is not None and arm.options.threshold is not None
     assert arm.options.threshold > base.options.threshold
+
+
+FOREIGN = (
+    "def merge(a, b):\n    return {**a, **b}  # why does this drop keys? fix the bug\n"
+    "SELECT name, COUNT(*) FROM orders o JOIN users u ON o.uid = u.id GROUP BY name;"
+)
+
+
+def test_every_decision_carries_unfamiliar_and_a_foreign_prompt_exceeds_1(artifact: Path) -> None:
+    core = _core(artifact)
+    familiar = request_event(ROWS[0], 1)
+    decision = core.decide(familiar, core.resolve(familiar))
+    assert decision.unfamiliar is not None and decision.unfamiliar >= 0.0
+    foreign = request_event({"prompt": FOREIGN}, 2)
+    far = core.decide(foreign, core.resolve(foreign))
+    assert far.unfamiliar is not None and far.unfamiliar > 1.0
+    assert "unfamiliar prompt" in far.reason and "routed as usual" in far.reason
+    # the batched path (`Pipeline.prepare`'s assess) gives the same figure
+    _, batched = assess(core.router, [FOREIGN])
+    assert batched is not None and batched[0] == pytest.approx(far.unfamiliar)
+
+
+@pytest.mark.parametrize(
+    ("action", "model"), [("strong", STRONG_MODEL), ("weak", WEAK_MODEL), ("cascade", WEAK_MODEL)]
+)
+def test_on_unfamiliar_sends_the_prompt_where_the_policy_says(
+    artifact: Path, action: str, model: str
+) -> None:
+    core = _core(artifact, policies={"default": {"kind": "threshold", "on_unfamiliar": action}})
+    req = request_event({"prompt": FOREIGN}, 3)
+    decision = core.decide(req, core.resolve(req))
+    assert decision.model == model
+    assert decision.policy == "unfamiliar"
+    assert f"on_unfamiliar={action!r}" in decision.reason
+    # a familiar prompt is routed by the threshold as before
+    plain = request_event(ROWS[0], 4)
+    assert core.decide(plain, core.resolve(plain)).policy == "threshold"

@@ -363,6 +363,8 @@ def _decision_attributes(d: DecisionInfo) -> Attributes:
         attrs[f"{p}cache_hit"] = d.cache_hit
     if d.arm is not None:
         attrs[f"{p}arm"] = d.arm
+    if d.unfamiliar is not None:
+        attrs[f"{p}unfamiliar"] = d.unfamiliar
     return attrs
 
 
@@ -377,6 +379,7 @@ def _decision_metadata(d: DecisionInfo) -> Attributes:
         "reason": d.reason,
         "cache_hit": d.cache_hit,
         "arm": d.arm,
+        "unfamiliar": d.unfamiliar,
         "candidates": msgspec.to_builtins(d.candidates),
     }
     return {f"{sc.LF_METADATA}.{k}": _lf_meta(v) for k, v in meta.items() if v is not None}

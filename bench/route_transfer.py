@@ -1,0 +1,177 @@
+"""Transfer validation of the default router: leave-one-domain-out over the labelled files.
+
+Domains: the four MMLU subject groups (STEM, humanities, social sciences, other), GSM8K
+(`gsm8k_feedback.jsonl`) and every other file given with --data. For each, the default router
+is trained on all the other domains and scored on it; the worst held-out domain is the figure
+the default's settings are chosen by (`docs/routing.md`). Two in-domain figures for reference:
+MMLU unseen items (trained on mmlu_dev with `--holdout 0.2`, as documented) and GSM8K after
+adding 60% of gsm8k_feedback to the MMLU training data (scored on the other 40%).
+
+Each fold's router is also scored two other ways, for the trade-off: the gain its heads predict
+without the unfamiliarity shrinkage, and 1 - P(weak right) alone. Prints one JSON object.
+
+    .venv/bin/python bench/route_transfer.py [--data F.jsonl ...] [--no-reference]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from routers.base import FloatArray, strong_need  # noqa: E402
+from routers.dataset import Record, record_from_obj, split_by_id  # noqa: E402
+from routers.learned import ClassifierRouter  # noqa: E402
+from routers.metrics import two_model_report  # noqa: E402
+from routers.training import TrainOptions, train  # noqa: E402
+from routers.transfer import group_by_domain, leave_one_domain_out  # noqa: E402
+
+# ../shared next to the clone (or next to the folder of worktrees)
+DATA = (
+    next(
+        (d for d in (REPO.parent / "shared", REPO.parent.parent / "shared") if d.exists()),
+        REPO.parent / "shared",
+    )
+    / "data"
+    / "routing"
+)
+DEFAULT_DATA = [DATA / "mmlu_dev.jsonl", DATA / "gsm8k_feedback.jsonl"]
+STRONG = "gpt-4-1106-preview"
+WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+
+Scorer = Callable[[ClassifierRouter, Sequence[Record]], FloatArray]
+
+
+def _default(router: ClassifierRouter, test: Sequence[Record]) -> FloatArray:
+    return strong_need(router, router.predict([r.text for r in test]))
+
+
+def _raw(router: ClassifierRouter, test: Sequence[Record]) -> FloatArray:
+    return router.raw_predict_features(router.featurizer.transform([r.text for r in test]))
+
+
+def _gain_unshrunk(router: ClassifierRouter, test: Sequence[Record]) -> FloatArray:
+    p = _raw(router, test)
+    s, w = router.models.index(router.strong), router.models.index(router.weak)
+    out: FloatArray = p[:, s] - p[:, w]
+    return out
+
+
+def _weak_fail(router: ClassifierRouter, test: Sequence[Record]) -> FloatArray:
+    p = _raw(router, test)
+    out: FloatArray = 1.0 - p[:, router.models.index(router.weak)]
+    return out
+
+
+SCORERS: dict[str, Scorer] = {
+    "default": _default,
+    "gain_unshrunk": _gain_unshrunk,
+    "weak_fail_only": _weak_fail,
+}
+
+
+def _read(path: Path) -> list[Record]:
+    with path.open(encoding="utf-8") as fh:
+        return [record_from_obj(json.loads(line)) for line in fh if line.strip()]
+
+
+def _report(scores: FloatArray, test: Sequence[Record]) -> dict[str, float]:
+    rep = two_model_report(scores, [r.scores[STRONG] for r in test], [r.scores[WEAK] for r in test])
+    return {
+        "n": rep.n,
+        "apgr": round(rep.apgr, 4),
+        "cpt50": round(rep.cpt50, 4),
+        "cps95": round(rep.strong_fraction_for_95pct, 4),
+    }
+
+
+def _unfamiliar_share(router: ClassifierRouter, test: Sequence[Record]) -> float:
+    fam = router.familiarity
+    if fam is None:
+        return float("nan")
+    far = fam.distance(router.featurizer.transform([r.text for r in test]))
+    return round(float((far > 1.0).mean()), 4)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, action="append", help="labelled JSONL (repeatable)")
+    ap.add_argument("--no-reference", action="store_true", help="skip the in-domain figures")
+    args = ap.parse_args()
+    paths: list[Path] = args.data or DEFAULT_DATA
+    sources = {p.stem: _read(p) for p in paths}
+    domains = group_by_domain(sources)
+    options = TrainOptions(strong=STRONG, weak=WEAK)
+    started = time.perf_counter()
+    fitted: dict[str, ClassifierRouter] = {}
+    extra: dict[str, float] = {}
+
+    def fit(records: Sequence[Record]) -> Callable[[Sequence[Record]], FloatArray]:
+        router = train(records, options)
+        assert isinstance(router, ClassifierRouter)
+
+        def score(test: Sequence[Record]) -> FloatArray:
+            fitted[test[0].id] = router
+            extra[test[0].id] = _unfamiliar_share(router, test)
+            return _default(router, test)
+
+        return score
+
+    report = leave_one_domain_out(domains, fit, STRONG, WEAK)
+    out: dict[str, Any] = {
+        "data": [p.name for p in paths],
+        "router": options.router,
+        "strong": STRONG,
+        "weak": WEAK,
+        "domains": {k: len(v) for k, v in domains.items()},
+        "leave_one_domain_out": report.summary(),
+    }
+    for d in out["leave_one_domain_out"]["held_out"]:
+        first = domains[d["domain"]][0].id
+        d["unfamiliar_share"] = extra[first]
+    variants: dict[str, Any] = {}
+    for name, scorer in SCORERS.items():
+        per = {}
+        for dom, recs in domains.items():
+            test = [r for r in recs if STRONG in r.scores and WEAK in r.scores]
+            router = fitted.get(test[0].id) if test else None
+            if router is not None:
+                per[dom] = _report(scorer(router, test), test)["apgr"]
+        variants[name] = {"apgr": per, "worst_apgr": min(per.values())}
+    out["score_variants_same_fits"] = variants
+    if not args.no_reference and "mmlu_dev" in sources:
+        mmlu = sources["mmlu_dev"]
+        held = split_by_id([r.id for r in mmlu], 0.2, "heldout")
+        fit_recs = [r for r, h in zip(mmlu, held, strict=True) if not h]
+        test = [r for r, h in zip(mmlu, held, strict=True) if h]
+        router = train(fit_recs, options)
+        assert isinstance(router, ClassifierRouter)
+        out["mmlu_unseen_items"] = {
+            name: _report(scorer(router, test), test) for name, scorer in SCORERS.items()
+        }
+        out["mmlu_unseen_items"]["unfamiliar_share"] = _unfamiliar_share(router, test)
+        if "gsm8k_feedback" in sources:
+            gsm = sources["gsm8k_feedback"]
+            g_held = split_by_id([r.id for r in gsm], 0.4, "gsm8k-test")
+            g_fit = [r for r, h in zip(gsm, g_held, strict=True) if not h]
+            g_test = [r for r, h in zip(gsm, g_held, strict=True) if h]
+            router = train(mmlu + g_fit, options)
+            assert isinstance(router, ClassifierRouter)
+            out["gsm8k_after_feedback"] = {
+                name: _report(scorer(router, g_test), g_test) for name, scorer in SCORERS.items()
+            }
+            out["gsm8k_after_feedback"]["unfamiliar_share"] = _unfamiliar_share(router, g_test)
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
