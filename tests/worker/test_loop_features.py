@@ -267,3 +267,46 @@ async def test_semantic_cache_answers_near_duplicates_per_tenant(
     assert hit.message.content == by_id["req-000001"].message.content
     assert hit.decision is not None and hit.decision.cache_hit
     assert not miss.cache_hit and miss.attempts  # another tenant never sees the entry
+
+
+FOREIGN = [
+    "def merge(a, b):\n    return {**a, **b}  # why does this drop keys? fix the bug {i}",
+    "SELECT name, COUNT(*) FROM orders o JOIN users u ON o.uid = u.id GROUP BY name -- v{i}",
+    "Schreibe eine kurze Zusammenfassung des Romans Der Prozess von Franz Kafka, Teil {i}.",
+]
+
+
+async def test_unfamiliar_prompts_are_on_the_decision_event_and_shadow_judged_first(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator
+) -> None:
+    topics = await _topics_with_shadow(new_topic)
+    config = worker_config(
+        kafka_bootstrap, topics, artifact, sim.base_url,
+        shadow={"sample": 0.001, "model": "other", "judge_model": STRONG_MODEL},
+    )  # fmt: skip
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
+    familiar = _events(30)
+    foreign = []
+    for i in range(9):
+        row = {"prompt": FOREIGN[i % 3].replace("{i}", str(i))}
+        event = request_event(row, 1000 + i)
+        foreign.append((event.request_id.encode(), schemas.encode(event)))
+    await produce(kafka_bootstrap, topics["requests"], familiar + foreign)
+    wanted = {f"req-{i:06d}" for i in range(30)} | {f"req-{1000 + i:06d}" for i in range(9)}
+    async with (
+        Collector(kafka_bootstrap, topics["responses"]) as responses,
+        Collector(kafka_bootstrap, topics["decisions"]) as decisions,
+    ):
+        async with _Running(config) as app:
+            assert await responses.wait_for(wanted, timeout_s=90)
+            await poll_until(lambda: app.pipeline.shadow_stats["calls"] >= 9, 30)
+        events = _decode_all(decisions.values, schemas.RoutingDecision)
+    routed = {d.request_id: d for d in events if not d.shadow}
+    shadowed = {d.request_id for d in events if d.shadow}
+    assert set(routed) == wanted
+    assert all(d.decision.unfamiliar is not None for d in routed.values())
+    far = {r for r, d in routed.items() if d.decision.unfamiliar > 1.0}
+    assert {f"req-{1000 + i:06d}" for i in range(9)} <= far
+    assert len(far) < 15  # most familiar prompts stay under 1.0
+    assert far <= shadowed  # every unfamiliar prompt was shadowed, whatever the sample
+    assert all("unfamiliar prompt" in routed[r].decision.reason for r in far)
