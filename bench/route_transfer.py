@@ -120,7 +120,10 @@ def main() -> int:
         def score(test: Sequence[Record]) -> FloatArray:
             fitted[test[0].id] = router
             extra[test[0].id] = _unfamiliar_share(router, test)
-            return _default(router, test)
+            scores = _default(router, test)
+            progress = {name: _report(f(router, test), test) for name, f in SCORERS.items()}
+            print(json.dumps({"held_out_first_id": test[0].id, **progress}), file=sys.stderr)
+            return scores
 
         return score
 

@@ -12,12 +12,15 @@ pairs (NaN in the label matrix): those pairs are left out of the loss.
 
 A feature router may carry a `Familiarity` of its training prompts: `assess` then gives each
 prompt's `unfamiliar` from the same features. The classifier also uses it (`unfamiliar_shrink`):
-off its training distribution it trusts its prediction for the strong model less, shrinking it
-towards that model's training mean by min(1, 1 / unfamiliar). What a router learns about when
-the strong model fails is mostly cues of its training set (on MMLU: the subjects and question
-styles both models get wrong); what makes the weak model fail (difficulty) carries over better.
-So on familiar prompts the score is the learned gain P(strong right) - P(weak right); the
-further a prompt is from the training data, the more it ranks by 1 - P(weak right) alone.
+on a prompt beyond its training distribution (unfamiliar > 1) it does not trust its prediction
+for the strong model and predicts that model's training mean instead. What a router learns about
+when the strong model fails is mostly cues of its training set (on MMLU: the subjects and
+question styles both models get wrong); what makes the weak model fail (difficulty) carries over
+better. So on familiar prompts the score is the learned gain P(strong right) - P(weak right), on
+unfamiliar ones 1 - P(weak right) (plus a constant). All or nothing on purpose: a trust that
+falls with the distance (1 / unfamiliar was tried) mixes the two scores in a proportion that
+varies from prompt to prompt, and that ranked held-out GSM8K worse than either score alone
+(bench/results/route_transfer.json, docs/routing.md).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from routers.base import FloatArray, HasIdentity, Identity, Router
-from routers.familiarity import Familiarity
+from routers.familiarity import UNFAMILIAR_THRESHOLD, Familiarity
 from routers.features import Featurizer
 
 __all__ = [
@@ -192,9 +195,8 @@ class ClassifierRouter(FeatureRouter):
             return p, None
         far = self.familiarity.distance(x)
         if self.hyper.unfamiliar_shrink:
-            trust = np.minimum(1.0, 1.0 / np.maximum(far, 1e-9))
-            s, prior = self._strong, self.prior[self._strong]
-            p[:, s] = prior + trust * (p[:, s] - prior)
+            s = self._strong
+            p[:, s] = np.where(far > UNFAMILIAR_THRESHOLD, self.prior[s], p[:, s])
         return p, far
 
     def params(self) -> dict[str, Any]:

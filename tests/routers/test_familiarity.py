@@ -75,19 +75,19 @@ def test_assess_gives_the_router_predictions_and_the_distance(trained):
     assert assess(plain, texts)[1] is None
 
 
-def test_off_its_training_data_the_strong_prediction_shrinks_to_its_mean(trained):
+def test_off_its_training_data_the_strong_prediction_is_its_mean(trained):
     router, fam, _ = trained
-    texts = ["Prove that 7 is prime.", *FOREIGN]
+    texts = ["Say hello to my friend number 37 in a cheerful way.", *FOREIGN]
     x = router.featurizer.transform(texts)
     raw = router.raw_predict_features(x)
     shrunk = router.predict_features(x)
     far = fam.distance(x)
     s, w = router.models.index(synth.STRONG), router.models.index(synth.WEAK)
     np.testing.assert_allclose(shrunk[:, w], raw[:, w])  # the weak model's prediction stays
-    prior = router.prior[s]
-    trust = np.minimum(1.0, 1.0 / far)
-    np.testing.assert_allclose(shrunk[:, s], prior + trust * (raw[:, s] - prior), rtol=1e-6)
-    assert far[1] > 1.0 and abs(shrunk[1, s] - prior) < abs(raw[1, s] - prior)
+    expect = np.where(far > 1.0, router.prior[s], raw[:, s])
+    np.testing.assert_allclose(shrunk[:, s], expect, rtol=1e-6)
+    assert far[0] <= 1.0 < far[1]  # one of each
+    assert shrunk[1, s] == pytest.approx(router.prior[s]) != pytest.approx(raw[1, s])
 
 
 def test_the_artifact_keeps_the_distance_model(trained, tmp_path):
