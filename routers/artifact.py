@@ -231,7 +231,7 @@ def _build(
             familiarity=familiarity,
         )
     if name == "pooled":
-        return pooled_from_arrays(a, params, identity, featurizer, std)
+        return pooled_from_arrays(a, params, identity, featurizer, std, familiarity)
     if name == "sw_ranking":
         return SWRankingRouter(
             projection=a["projection"],

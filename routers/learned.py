@@ -132,12 +132,12 @@ class FeatureRouter(HasIdentity):
         return self.predict_features(self.featurizer.transform(texts))
 
     def predict_features(self, x: F32) -> FloatArray:
-        return self.assess_features(x)[0]
+        return self._predict(x)
 
     def assess_features(self, x: F32) -> tuple[FloatArray, FloatArray | None]:
         """Predicted qualities and `unfamiliar` (None without a familiarity model)."""
         far = self.familiarity.distance(x) if self.familiarity is not None else None
-        return self._predict(x), far
+        return self.predict_features(x), far
 
     def _predict(self, x: F32) -> FloatArray:
         raise NotImplementedError

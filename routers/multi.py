@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from routers.base import FloatArray, Identity
+from routers.familiarity import Familiarity
 from routers.features import Featurizer
 from routers.learned import F32, AnyFloat, FeatureRouter, Standardizer, SWRankingRouter
 
@@ -74,8 +75,9 @@ class PooledRouter(FeatureRouter):
         identity: Identity,
         featurizer: Featurizer,
         standardizer: Standardizer,
+        familiarity: Familiarity | None = None,
     ) -> None:
-        super().__init__(identity, featurizer, standardizer)
+        super().__init__(identity, featurizer, standardizer, familiarity)
         self.projection = projection.astype(np.float32)  # (dim, proj_dim)
         self.keys = keys.astype(np.float32)  # (n_anchors, proj_dim), unit rows
         self.alpha = alpha.astype(np.float64)  # (n_anchors, n_models)
@@ -185,6 +187,7 @@ def pooled_from_arrays(
     identity: Identity,
     featurizer: Featurizer,
     standardizer: Standardizer,
+    familiarity: Familiarity | None = None,
 ) -> PooledRouter:
     hyper, temperature, penalty = PooledRouter.params_from_meta(params)
     return PooledRouter(
@@ -198,6 +201,7 @@ def pooled_from_arrays(
         identity=identity,
         featurizer=featurizer,
         standardizer=standardizer,
+        familiarity=familiarity,
     )
 
 

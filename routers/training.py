@@ -185,6 +185,7 @@ def train(records: Sequence[Record], options: TrainOptions) -> Router:
             identity=identity,
             featurizer=featurizer,
             standardizer=standardizer,
+            familiarity=familiarity,
         )
     # sw_ranking
     rng = np.random.default_rng(options.sw.seed)

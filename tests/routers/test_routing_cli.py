@@ -2,9 +2,11 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from routers.artifact import load_artifact
+from routers.learned import assess
 from worker.__main__ import main
 
 from . import synth
@@ -155,6 +157,12 @@ def test_train_stores_the_unfamiliar_model_and_the_split(trained):
     assert art.meta["familiarity"]["quantile"] == pytest.approx(0.99)
     assert art.meta["split"] == {"holdout": 0.25, "salt": "heldout"}
     assert len(art.train_keys) == art.metrics["n_train"]
+    # whatever the default router is (three models here: the pooled one), it is assessed too
+    predicted, far = assess(art.router, ["Say hello", "SELECT * FROM t JOIN u ON t.a = u.b;"])
+    assert far is not None and far.shape == (2,)
+    np.testing.assert_allclose(
+        predicted, art.router.predict(["Say hello", "SELECT * FROM t JOIN u ON t.a = u.b;"])
+    )
 
 
 def test_eval_transfer_holds_out_each_domain(tmp_path, capsys):
