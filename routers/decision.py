@@ -28,3 +28,5 @@ class Decision:
     router_version: str
     # "threshold", "quality_target", "cost_tradeoff", "only_candidate" or "latency_tight"
     policy: str
+    # the models the request may reach (routers.eligibility): the shell calls no other
+    eligible: frozenset[str] = frozenset()

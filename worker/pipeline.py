@@ -30,6 +30,7 @@ from routers.artifact import Artifact
 from routers.calibration import threshold_from_quantiles
 from routers.cascade import AnswerScorer, CascadeParams, CascadeResult
 from routers.decision import Candidate, Decision
+from routers.eligibility import Eligible, Limits, eligible
 from routers.errors import NoEligibleModelError
 from routers.features import prompt_text
 from worker.batch.jobs import Finished
@@ -76,6 +77,12 @@ class Resolved:
     options: rpolicy.PolicyOptions
     notes: tuple[str, ...] = ()
     mode: Literal["interactive", "batch"] = "interactive"
+    limits: tuple[Limits, ...] = ()  # the tenant's and the request's (routers.eligibility)
+
+    @property
+    def budget_usd(self) -> float | None:
+        budgets = [x.max_cost_usd for x in self.limits if x.max_cost_usd is not None]
+        return min(budgets) if budgets else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +180,11 @@ class RoutingCore:
                 f"{sorted(catalogue.models)}"
             )
         self.routable = frozenset(routable)
+        owners: dict[str, set[str]] = {}
+        for tenant_name, tenant in config.tenants.items():
+            for topic in tenant.topics or ():
+                owners.setdefault(topic, set()).add(tenant_name)
+        self._topic_owners = {t: frozenset(names) for t, names in owners.items()}
         self._default_threshold = self._calibrated_default()
         self._fraction_thresholds: dict[float, float] = {}
         # requests without routing overrides resolve alike per (tenant, arm policy): memoised,
@@ -197,6 +209,23 @@ class RoutingCore:
 
     # ------------------------------------------------------------ policy
 
+    def admit(self, request: schemas.RouteRequest, topic: str | None) -> None:
+        """Raise `RequestRejected` unless the request's tenant is known (or unknown ones are
+        routed as the default tenant) and may send on `topic` (None: not from Kafka)."""
+        name = request.tenant
+        tenant = self.config.tenants.get(name)
+        if tenant is None and self.config.unknown_tenant == "reject":
+            raise RequestRejected(f"unknown tenant {name!r}")
+        if topic is None:
+            return
+        if tenant is not None and tenant.topics is not None and topic not in tenant.topics:
+            raise RequestRejected(f"tenant {name!r} does not send on topic {topic!r}")
+        owners = self._topic_owners.get(topic)
+        if owners is not None and name not in owners:
+            raise RequestRejected(
+                f"topic {topic!r} carries only the requests of {', '.join(sorted(owners))}"
+            )
+
     def resolve(self, request: schemas.RouteRequest, policy: str | None = None) -> Resolved:
         """`policy` (an A/B arm's) replaces the tenant's policy; request overrides still apply."""
         plain = request.routing == _NO_OVERRIDES
@@ -214,6 +243,8 @@ class RoutingCore:
 
     def _resolve(self, request: schemas.RouteRequest, policy: str | None) -> Resolved:
         tenant = self.config.tenant(request.tenant)
+        if tenant is None:
+            raise RequestRejected(f"unknown tenant {request.tenant!r}")
         if policy is not None:
             tenant = msgspec.structs.replace(tenant, policy=policy)
         ask = request.routing
@@ -233,13 +264,20 @@ class RoutingCore:
         if spec is None:
             raise RequestRejected(f"unknown routing policy {name!r}")
 
-        allow = set(self.routable)
-        if tenant.allowed_models is not None:
-            allow &= set(tenant.allowed_models)
-        if ask.allowed_models is not None:
-            allow &= set(ask.allowed_models)  # narrowing is always allowed
-        deny = set(tenant.denied_models) | set(ask.denied_models or ())
-        budgets = [b for b in (tenant.max_cost_usd, ask.max_cost_usd) if b is not None]
+        limits = (
+            Limits(
+                "tenant",
+                None if tenant.allowed_models is None else frozenset(tenant.allowed_models),
+                frozenset(tenant.denied_models),
+                tenant.max_cost_usd,
+            ),
+            Limits(  # a request may always narrow, never widen
+                "request",
+                None if ask.allowed_models is None else frozenset(ask.allowed_models),
+                frozenset(ask.denied_models or ()),
+                ask.max_cost_usd,
+            ),
+        )
         latency_budgets = [b for b in (tenant.max_latency_ms, ask.max_latency_ms) if b is not None]
         threshold = spec.threshold
         fraction = spec.strong_fraction
@@ -257,16 +295,14 @@ class RoutingCore:
             threshold=threshold if spec.kind in ("threshold", "cascade") else None,
             quality_target=spec.quality_target if spec.kind == "quality_target" else None,
             cost_weight_per_usd=spec.cost_weight_per_usd,
-            allow=frozenset(allow),
-            deny=frozenset(deny),
-            max_cost_usd=min(budgets) if budgets else None,
             default_output_tokens=spec.default_output_tokens,
             max_latency_ms=min(latency_budgets) if latency_budgets else None,
             latency_weight_per_s=spec.latency_weight_per_s,
             tight_latency_factor=spec.tight_latency_factor,
         )
         batch = tenant.mode == "batch" or (ask.mode == "batch" and allowed("mode", ask.mode))
-        return Resolved(name, spec, options, tuple(notes), "batch" if batch else "interactive")
+        mode: Literal["interactive", "batch"] = "batch" if batch else "interactive"
+        return Resolved(name, spec, options, tuple(notes), mode, limits)
 
     def threshold_for_fraction(self, fraction: float) -> float:
         """The threshold sending about `fraction` of calibration prompts to the strong model."""
@@ -334,10 +370,15 @@ class RoutingCore:
         if latency_budget_ms != options.max_latency_ms:
             options = replace(options, max_latency_ms=latency_budget_ms)
         n_in = rpolicy.estimate_input_tokens(text, options.chars_per_token)
-        n_out = request.params.max_tokens or options.default_output_tokens
+        n_out = self.output_tokens(request, resolved)
         costs = {m: rpolicy.estimate_cost_usd(price, n_in, n_out) for _, m, price in self._priced}
+        messages = prepared.messages if prepared is not None else None
+        allowed = self.eligible(request, resolved, messages)
+        if not allowed:
+            raise RequestRejected(allowed.why_none())
         scores = predicted.tolist()
         row = {m: float(scores[j]) for j, m, _ in self._priced}
+        options = replace(options, allow=allowed.models)
         try:
             decision = rpolicy.decide(
                 row,
@@ -352,6 +393,26 @@ class RoutingCore:
         if resolved.notes:
             decision = _with_reason(decision, decision.reason + "; " + "; ".join(resolved.notes))
         return decision
+
+    def output_tokens(self, request: schemas.RouteRequest, resolved: Resolved) -> int:
+        """The most output tokens the call may produce: the request's `max_tokens`, else the
+        policy's default (sent to the provider as the call's limit whenever a budget applies)."""
+        return request.params.max_tokens or resolved.options.default_output_tokens
+
+    def eligible(
+        self,
+        request: schemas.RouteRequest,
+        resolved: Resolved,
+        messages: list[dict[str, Any]] | None = None,
+    ) -> Eligible:
+        """The models this request may reach: the routable ones within every party's limits,
+        priced at an upper bound of the whole input plus the maximum output."""
+        if messages is None:
+            messages = [schemas.to_builtins(m) for m in request.messages]
+        n_in = rpolicy.input_tokens_bound(messages, resolved.spec.image_input_tokens)
+        n_out = self.output_tokens(request, resolved)
+        bounds = {m: rpolicy.estimate_cost_usd(price, n_in, n_out) for _, m, price in self._priced}
+        return eligible(bounds.keys(), resolved.limits, bounds)
 
     def fallback_chain(
         self,
@@ -370,10 +431,7 @@ class RoutingCore:
             (
                 c
                 for c in decision.candidates
-                if c.model != decision.model
-                and (not options.allow or c.model in options.allow)
-                and c.model not in options.deny
-                and (options.max_cost_usd is None or c.est_cost_usd <= options.max_cost_usd)
+                if c.model != decision.model and c.model in decision.eligible
             ),
             key=lambda c: (misses(c), -c.predicted_quality, c.est_cost_usd),
         )
@@ -506,6 +564,10 @@ class Pipeline:
         started = self.perf()
         outcome = Outcome()
         ready = prepared if isinstance(prepared, Prepared) else None
+        try:
+            self.core.admit(request, record.topic)
+        except RequestRejected as exc:
+            return self._error(request, started, outcome, "RequestRejected", str(exc), False)
         now = self.wall_clock()
         if request.deadline is not None and request.deadline <= now:
             return self._error(
@@ -558,6 +620,9 @@ class Pipeline:
         if request.deadline is not None:
             deadline_s = min(deadline_s, (request.deadline - now).total_seconds())
         call = _completion_request(request, messages)
+        if resolved.budget_usd is not None and call.max_tokens is None:
+            # the budget was checked against this many output tokens: hold the provider to it
+            call = replace(call, max_tokens=core.output_tokens(request, resolved))
         if resolved.mode == "batch" and not interactive and self.can_batch(decision.model):
             trace_id = trace_id_for(request.request_id)
             return Deferred(
@@ -580,6 +645,7 @@ class Pipeline:
                     core.router.strong,
                     question,
                     plan,
+                    allowed=core.eligible(request, resolved, messages),
                 )
             else:
                 completion = await self._call(request, call, chain, deadline_s, outcome, plan)
@@ -703,8 +769,11 @@ class Pipeline:
         router_strong: str,
         question: str,
         route: _Route | None = None,
+        *,
+        allowed: Eligible,
     ) -> RoutedCompletion:
-        """Cheap model first; escalate to the strong model when the scorer rejects the answer."""
+        """Cheap model first; escalate to the strong model when the scorer rejects the answer,
+        the strong model is eligible and its cost bound still fits the budget."""
         cheap = chain[0]
         strong = spec.strong or router_strong
         started = self.perf()
@@ -712,8 +781,12 @@ class Pipeline:
         remaining = deadline_s - (self.perf() - started)
         verdict, how = await self._judge_answer(spec, question, first, remaining, outcome)
         outcome.cascade_reason = f"cascade {how}: {verdict.reason}"
-        if verdict.accept or strong == cheap:
+        if verdict.accept or strong == cheap or strong not in allowed:
             return first
+        budget = allowed.budget_usd
+        bound = allowed.cost_bound_usd.get(strong, math.inf)
+        if budget is not None and not outcome.extra_cost_usd + first.cost_usd + bound <= budget:
+            return first  # escalating could overspend the budget
         # the grader's call is not an attempt: the last attempt is the cheap answer's
         last = outcome.attempts[-1]
         outcome.attempts[-1] = msgspec.structs.replace(last, status="escalated")
@@ -780,7 +853,7 @@ class Pipeline:
         info = schemas.DecisionInfo(
             router="semantic-cache",
             router_version=core.router.version,
-            policy=tenant.policy,
+            policy=tenant.policy if tenant is not None else "unknown",
             model=answer.model,
             score=hit.similarity,
             threshold=core.config.cache.similarity_threshold,
@@ -853,6 +926,8 @@ class Pipeline:
         }.get(shadow.model, shadow.model)
         if model == answered_by or model not in core.catalogue.models:
             return  # nothing to compare against
+        if model not in decision.eligible:
+            return  # the tenant's prompt never goes to a model it may not use
         if len(self._shadow_tasks) >= shadow.max_in_flight:
             self.shadow_stats["skipped"] += 1
             return

@@ -1,0 +1,145 @@
+"""Tenants against the pipeline, with the provider simulator over real HTTP (issue 13):
+no escape from the allow-list, exact tenant names, topic binding, caps that hold."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import schemas
+from routers.artifact import load_artifact
+from schemas import RoutingOptions
+from tests.worker.support import ROWS, SIM_KEYS, request_event, worker_config
+from worker.loop import Handled, RecordInfo
+from worker.pipeline import Pipeline, RoutingCore
+from worker.providers.catalogue import STRONG_MODEL, WEAK_MODEL, Catalogue
+from worker.providers.client import RouterClient
+from worker.sim import Simulator
+
+TOPIC = "unit.requests"
+TENANTS: dict[str, Any] = {
+    "cheap": {"allowed_models": [WEAK_MODEL], "allow_overrides": []},
+    "capped": {"max_cost_usd": 0.001, "allow_overrides": []},
+    "bound": {"topics": ["bound.requests"]},
+    "acme": {},
+}
+
+
+def make_core(artifact: Path, base_url: str, **sections: Any) -> RoutingCore:
+    sections.setdefault("tenants", TENANTS)
+    config = worker_config("127.0.0.1:1", {"requests": TOPIC}, artifact, base_url, **sections)
+    return RoutingCore(
+        config, load_artifact(artifact), Catalogue.from_dict({"models": config.models})
+    )
+
+
+@pytest.fixture
+async def pipeline(artifact: Path, sim: Simulator) -> AsyncIterator[Pipeline]:
+    core = make_core(artifact, sim.base_url, unknown_tenant="reject")
+    async with RouterClient(core.catalogue, env=SIM_KEYS) as client:
+        yield Pipeline(core, client)
+
+
+def record(topic: str = TOPIC) -> RecordInfo:
+    return RecordInfo(topic, 0, 0, None, [], None)
+
+
+async def answer(pipeline: Pipeline, request: schemas.RouteRequest, topic: str = TOPIC) -> Any:
+    handled = await pipeline.handle(request, record(topic))
+    assert isinstance(handled, Handled)
+    return handled.response
+
+
+# ------------------------------------------------------------ who the tenant is
+
+
+@pytest.mark.parametrize("name", ["Restricted", "restricted ", "cheap ", "CHEAP", "nobody"])
+async def test_unknown_tenant_names_are_rejected_when_configured(pipeline, name) -> None:
+    response = await answer(pipeline, request_event(ROWS[0], 1, tenant=name))
+    assert response.status == "error" and response.error.type == "RequestRejected"
+    assert "unknown tenant" in response.error.message
+    assert response.error.retriable is False and response.attempts == []
+
+
+def test_unknown_tenants_route_as_the_default_tenant_when_configured(artifact: Path) -> None:
+    core = make_core(
+        artifact, "http://127.0.0.1:1", unknown_tenant="default",
+        default_tenant={"allowed_models": [WEAK_MODEL]},
+    )  # fmt: skip
+    req = request_event(ROWS[0], 1, tenant="Cheap")
+    core.admit(req, TOPIC)
+    assert core.decide(req, core.resolve(req)).eligible == {WEAK_MODEL}
+
+
+async def test_a_tenant_bound_to_a_topic_is_asked_for_only_from_it(pipeline) -> None:
+    # the bound tenant named on the shared topic: the payload cannot claim who asks
+    response = await answer(pipeline, request_event(ROWS[0], 1, tenant="bound"))
+    assert response.error is not None and "does not send on topic" in response.error.message
+    # another tenant named on the bound topic
+    response = await answer(pipeline, request_event(ROWS[0], 2, tenant="acme"), "bound.requests")
+    assert response.error is not None and "carries only the requests of bound" in (
+        response.error.message
+    )
+    ok = await answer(pipeline, request_event(ROWS[0], 3, tenant="bound"), "bound.requests")
+    assert ok.status == "ok"
+
+
+# ------------------------------------------------------------ no escape
+
+
+@pytest.mark.parametrize("asked", [[STRONG_MODEL], []])
+async def test_a_hostile_allow_list_is_answered_by_no_model(pipeline, asked) -> None:
+    req = request_event(ROWS[0], 1, tenant="cheap", routing=RoutingOptions(allowed_models=asked))
+    response = await answer(pipeline, req)
+    assert response.status == "error" and response.model is None and response.attempts == []
+    assert response.error.message.startswith("no eligible model")
+
+
+# ------------------------------------------------------------ caps that hold
+
+
+def _big(role: str, n: int) -> schemas.Message:
+    return schemas.Message(role=role, content=("lorem ipsum dolor sit amet " * (n // 27 + 1))[:n])
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        # a 400 KB system prompt before a short question
+        [_big("system", 400_000), schemas.Message(role="user", content="hi?")],
+        # a long history
+        [_big("user" if i % 2 == 0 else "assistant", 2_000) for i in range(30)]
+        + [schemas.Message(role="user", content="and now?")],
+        # images at their documented token cost
+        [
+            schemas.Message(
+                role="user",
+                content=[
+                    schemas.ImagePart(
+                        image_url=schemas.ImageUrl(url=f"https://example.test/{i}.png")
+                    )
+                    for i in range(4)
+                ]
+                + [schemas.TextPart(text="what is in these?")],
+            )
+        ],
+    ],
+    ids=["system-prompt", "history", "images"],
+)
+async def test_a_per_request_cap_holds_over_the_whole_input(pipeline, messages) -> None:
+    req = request_event(ROWS[0], 1, tenant="capped", messages=messages)
+    response = await answer(pipeline, req)
+    assert response.cost_usd <= 0.001
+    assert response.status == "error" and response.error.type == "RequestRejected"
+    assert "budget" in response.error.message
+
+
+async def test_without_max_tokens_the_call_is_held_to_the_output_the_cap_assumed(pipeline) -> None:
+    req = request_event(ROWS[0], 1, tenant="capped", params=schemas.GenerationParams())
+    response = await answer(pipeline, req)
+    assert response.status == "ok"
+    assert response.usage.output_tokens <= 256  # the policy's default_output_tokens
+    assert response.cost_usd <= 0.001
