@@ -32,6 +32,7 @@ over a judge's).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -49,6 +50,7 @@ __all__ = [
     "label_scores",
     "merge_answered",
     "normalise",
+    "request_key",
     "trace_id_for",
 ]
 
@@ -69,9 +71,18 @@ DEFAULT_CATEGORIES: Mapping[str, float] = MappingProxyType(
 )  # fmt: skip
 
 
-def trace_id_for(request_id: str) -> str:
-    """The trace id the worker derives from a request id (sha256, first 32 hex digits)."""
-    return hashlib.sha256(request_id.encode()).hexdigest()[:32]
+def request_key(tenant: str | None, request_id: str) -> str:
+    """A request's identity across tenants, `["tenant","id"]` (compact JSON): two tenants using
+    the same request id are two requests. The id alone when the tenant is unknown (None)."""
+    if tenant is None:
+        return request_id
+    return json.dumps([tenant, request_id], ensure_ascii=False, separators=(",", ":"))
+
+
+def trace_id_for(request_id: str, tenant: str | None = None) -> str:
+    """The trace id the worker derives from a request (sha256 of `request_key`, first 32 hex
+    digits: Langfuse's `create_trace_id(seed=request_key(tenant, request_id))`)."""
+    return hashlib.sha256(request_key(tenant, request_id).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +220,7 @@ def label_scores(
     """{request_id: {model: score}} from the labels, aggregated as `rules` say."""
     stats = BuildStats(requests=len(answered))
     by_trace = {trace_id_for(rid): rid for rid in answered}
+    by_trace.update({trace_id_for(rid, a.tenant): rid for rid, a in answered.items() if a.tenant})
     collected: dict[tuple[str, str], list[tuple[str, float, float]]] = defaultdict(list)
     for label in labels:
         stats.labels += 1

@@ -226,6 +226,9 @@ class Feedback(_Event, frozen=True, kw_only=True, omit_defaults=True):
     source: Literal["user", "task", "judge", "system"]
     created_at: Timestamp
     request_id: RequestId | None = None
+    # the tenant of `request_id`: request ids are the tenant's own (without it, and without
+    # `trace_id`, the score lands on the trace of the bare request id)
+    tenant: Tenant | None = None
     trace_id: TraceId | None = None
     comment: str | None = None
     model: str | None = None
@@ -255,6 +258,7 @@ class Control(_Event, frozen=True, kw_only=True, omit_defaults=True):
 class BatchItem(_Event, frozen=True, kw_only=True, omit_defaults=True):
     custom_id: Annotated[str, Meta(min_length=1, max_length=64)]
     request_id: RequestId
+    tenant: Tenant | None = None  # with request_id, the request's identity (absent: older jobs)
     topic: NonEmpty
     partition: Count
     offset: Count

@@ -251,6 +251,7 @@ class Judge:
         pairwise: bool = False,
         comment: str | None = None,
         now: datetime | None = None,
+        tenant: str | None = None,
     ) -> schemas.Feedback:
         return schemas.Feedback(
             schema_version=1,
@@ -259,7 +260,8 @@ class Judge:
             source="judge",
             created_at=now or datetime.now(UTC),
             request_id=request_id,
-            trace_id=trace_id_for(request_id),
+            tenant=tenant,
+            trace_id=trace_id_for(request_id, tenant),
             comment=comment,
             model=model,
         )
@@ -276,6 +278,7 @@ class Pending:
     prompt: str
     model: str
     answer: str
+    tenant: str | None = None
 
 
 def unjudged(
@@ -294,6 +297,7 @@ def unjudged(
         if r.status == "ok" and r.message is not None and r.message.content:
             answers[r.request_id] = r.message.content
     by_trace = {trace_id_for(rid): rid for rid in merged}
+    by_trace.update({trace_id_for(rid, a.tenant): rid for rid, a in merged.items() if a.tenant})
     judged: set[tuple[str, str | None]] = set()  # (request id, model) with feedback
     for label in labels:
         rid = label.request_id or (by_trace.get(label.trace_id) if label.trace_id else None)
@@ -306,7 +310,7 @@ def unjudged(
         model = a.model
         if model is None or a.prompt is None or rid not in answers or (rid, model) in judged:
             continue
-        out.append(Pending(rid, a.prompt, model, answers[rid]))
+        out.append(Pending(rid, a.prompt, model, answers[rid], a.tenant))
     return out
 
 
@@ -333,7 +337,11 @@ async def judge_pending(
                         return
                     events = [
                         judge.feedback(
-                            p.request_id, p.model, verdict.score, comment=verdict.text[-500:]
+                            p.request_id,
+                            p.model,
+                            verdict.score,
+                            comment=verdict.text[-500:],
+                            tenant=p.tenant,
                         )
                     ]
                 else:
@@ -352,11 +360,11 @@ async def judge_pending(
                     events = [
                         judge.feedback(
                             p.request_id, p.model, va, pairwise=True,
-                            comment=f"vs {pairwise_model}; {note}",
+                            comment=f"vs {pairwise_model}; {note}", tenant=p.tenant,
                         ),
                         judge.feedback(
                             p.request_id, pairwise_model, vb, pairwise=True,
-                            comment=f"vs {p.model}; {note}",
+                            comment=f"vs {p.model}; {note}", tenant=p.tenant,
                         ),
                     ]  # fmt: skip
             except ProviderError:

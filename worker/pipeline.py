@@ -33,6 +33,7 @@ from routers.decision import Candidate, Decision
 from routers.eligibility import Eligible, Limits, eligible
 from routers.errors import NoEligibleModelError
 from routers.features import prompt_text
+from routers.outcomes import trace_id_for as rtrace_id_for
 from worker.batch.jobs import Finished
 from worker.config import Config, PolicySpec
 from worker.judge import Judge, JudgeSettings
@@ -154,9 +155,10 @@ def load_answer_scorers(config: Config) -> dict[str, LoadedAnswerScorer]:
     return out
 
 
-def trace_id_for(request_id: str) -> str:
-    """The trace id derived from a request id (Langfuse's `create_trace_id(seed=...)` rule)."""
-    return hashlib.sha256(request_id.encode()).hexdigest()[:32]
+def trace_id_for(request: schemas.RouteRequest) -> str:
+    """The trace id derived from the request's tenant and id (`routers.outcomes.request_key`;
+    Langfuse's `create_trace_id(seed=...)` rule): two tenants' same id makes two traces."""
+    return rtrace_id_for(request.request_id, request.tenant)
 
 
 class RoutingCore:
@@ -624,7 +626,7 @@ class Pipeline:
             # the budget was checked against this many output tokens: hold the provider to it
             call = replace(call, max_tokens=core.output_tokens(request, resolved))
         if resolved.mode == "batch" and not interactive and self.can_batch(decision.model):
-            trace_id = trace_id_for(request.request_id)
+            trace_id = trace_id_for(request)
             return Deferred(
                 model=decision.model,
                 call=call,
@@ -694,7 +696,7 @@ class Pipeline:
             store = asyncio.create_task(cache.publish(request, _answer_of(request, result)))
             self._background.add(store)
             store.add_done_callback(self._background.discard)
-        trace_id = trace_id_for(request.request_id)
+        trace_id = trace_id_for(request)
         response = _ok_response(
             request, result, cost, outcome.attempts, (self.perf() - started) * 1000, info,
             trace_id, self.wall_clock(),
@@ -862,7 +864,7 @@ class Pipeline:
             f"{answer.request_id or 'an earlier request'}",
             cache_hit=True,
         )
-        trace_id = trace_id_for(request.request_id)
+        trace_id = trace_id_for(request)
         usage = schemas.Usage(input_tokens=answer.usage.input_tokens,
                               output_tokens=answer.usage.output_tokens)  # fmt: skip
         finish = answer.finish_reason if answer.finish_reason in ("stop", "length") else "stop"
@@ -951,7 +953,7 @@ class Pipeline:
         """Call `model` too; publish its answer, its decision (`shadow: true`) and, with a
         judge, the pairwise verdict. Never touches the user's response; never raises."""
         started = self.perf()
-        trace_id = trace_id_for(request.request_id)
+        trace_id = trace_id_for(request)
         try:
             completion = await self.client.complete(
                 call, [model], deadline_s=self.core.config.providers.request_deadline_s
@@ -993,6 +995,7 @@ class Pipeline:
                         feedback.append(judge.feedback(
                             request.request_id, who, value, pairwise=True,
                             comment=f"shadow comparison, consistent={verdict.consistent}",
+                            tenant=request.tenant,
                         ))  # fmt: skip
         assert self.shadow_sink is not None
         try:
@@ -1010,7 +1013,8 @@ class Pipeline:
         """The response for one item of an ended batch job: its answer (priced with the batch
         discount), or an error response (cancelled job, failed or missing item)."""
         item, request, outcome = finished.item, finished.request, finished.outcome
-        trace_id = trace_id_for(item.request_id)
+        tenant = item.tenant if item.tenant is not None else (request and request.tenant)
+        trace_id = rtrace_id_for(item.request_id, tenant or None)
         spec = self.core.catalogue.models.get(finished.model)
         attempt = schemas.Attempt(
             model=finished.model,
@@ -1022,7 +1026,7 @@ class Pipeline:
         base = schemas.RouteResponse(
             schema_version=1,
             request_id=item.request_id,
-            tenant=request.tenant if request is not None else "unknown",
+            tenant=tenant or "unknown",
             status="error",
             model=None,
             provider=None,
@@ -1102,7 +1106,7 @@ class Pipeline:
     ) -> Handled:
         if decision is not None and info is None:
             info = _decision_info(decision)
-        trace_id = trace_id_for(request.request_id)
+        trace_id = trace_id_for(request)
         response = schemas.RouteResponse(
             schema_version=1,
             request_id=request.request_id,
@@ -1145,7 +1149,7 @@ class Pipeline:
             request_id=request.request_id,
             tenant=request.tenant,
             decision=info,
-            trace_id=trace_id if trace_id is not None else trace_id_for(request.request_id),
+            trace_id=trace_id if trace_id is not None else trace_id_for(request),
             created_at=self.wall_clock(),
             mode=request.routing.mode,
             prompt=None if self.mask_prompts else text,

@@ -50,9 +50,16 @@ def test_normalise_table(name, value, expected):
 
 
 def test_trace_id_matches_the_workers_rule():
+    from langfuse import Langfuse
+
+    from tests.worker.support import ROWS, request_event
     from worker.pipeline import trace_id_for as worker_rule
 
-    assert trace_id_for("req-000001") == worker_rule("req-000001")
+    request = request_event(ROWS[0], 1, tenant="acme")
+    assert trace_id_for("req-000001", "acme") == worker_rule(request)
+    assert worker_rule(request) == Langfuse.create_trace_id(seed='["acme","req-000001"]')
+    # two tenants' same id: two traces
+    assert trace_id_for("req-000001", "acme") != trace_id_for("req-000001", "globex")
 
 
 def test_merge_takes_prompt_from_decision_and_model_from_response():

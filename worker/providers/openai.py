@@ -220,7 +220,13 @@ class OpenAITransport(PooledTransport):
             timeout_s=min(timeout_s, self._http.total_timeout_s),
         )
         latency_ms = (time.perf_counter() - started) * 1000.0
-        wire = decode_json(response.content, ChatCompletionWire, provider=PROVIDER, model=spec.name)
+        wire = decode_json(
+            response.content,
+            ChatCompletionWire,
+            provider=PROVIDER,
+            model=spec.name,
+            secrets=self._secret_values,
+        )
         result = result_from_wire(
             wire, spec, latency_ms=latency_ms, request_id=response.headers.get("x-request-id")
         )
