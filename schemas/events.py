@@ -16,8 +16,10 @@ from msgspec import Meta
 
 SCHEMA_VERSION = 1
 
-RequestId = Annotated[str, Meta(min_length=1, max_length=256)]
-Tenant = Annotated[str, Meta(min_length=1, max_length=128)]
+# any Unicode but control characters (C0, DEL, C1): ids reach headers, logs and record keys
+NO_CONTROL = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
+RequestId = Annotated[str, Meta(min_length=1, max_length=256, pattern=NO_CONTROL)]
+Tenant = Annotated[str, Meta(min_length=1, max_length=128, pattern=NO_CONTROL)]
 Timestamp = Annotated[datetime, Meta(tz=True)]
 TraceId = Annotated[str, Meta(pattern="^[0-9a-f]{32}$")]
 NonEmpty = Annotated[str, Meta(min_length=1)]

@@ -3,6 +3,7 @@ no escape from the allow-list, exact tenant names, topic binding, caps that hold
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -143,3 +144,47 @@ async def test_without_max_tokens_the_call_is_held_to_the_output_the_cap_assumed
     assert response.status == "ok"
     assert response.usage.output_tokens <= 256  # the policy's default_output_tokens
     assert response.cost_usd <= 0.001
+
+
+# ------------------------------------------------------------ ids and JSON
+
+
+@pytest.mark.parametrize("rid", ["請求-ü-1", "emoji-😀-id", "tab-less ümlaut", "x" * 256])
+async def test_any_unicode_request_id_is_answered(pipeline, rid) -> None:
+    response = await answer(pipeline, request_event(ROWS[0], 1, request_id=rid))
+    assert response.status == "ok", response.error
+    assert response.request_id == rid
+
+
+def _raw(request_id: str, extra: str = "") -> bytes:
+    head = '{"schema_version": 1, "request_id": ' + json.dumps(request_id) + ', "tenant": "acme", '
+    tail = '"messages": [{"role": "user", "content": "hi"}], "created_at": "2026-11-27T10:00:00Z"}'
+    return (head + extra + tail).encode()
+
+
+@pytest.mark.parametrize("rid", ["a\x00b", "line\nbreak", "bell\x07", "del\x7f", "c1\x85"])
+def test_control_characters_in_ids_are_a_validation_error(rid) -> None:
+    with pytest.raises(schemas.InvalidEvent, match="request_id"):
+        schemas.decode(_raw(rid), schemas.RouteRequest)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        '"request_id": "other", ',
+        '"tenant": "someone-else", ',
+        '"routing": {"allowed_models": ["a"], "allowed_models": ["b"]}, ',
+    ],
+)
+def test_duplicate_json_keys_are_a_validation_error(extra) -> None:
+    with pytest.raises(schemas.InvalidEvent, match="duplicate key"):
+        schemas.decode(_raw("r-1", extra), schemas.RouteRequest)
+
+
+def test_repeated_keys_in_different_objects_are_fine() -> None:
+    data = _raw("r-1").replace(
+        b'[{"role": "user", "content": "hi"}]',
+        b'[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a:b"},'
+        b' {"role": "user", "content": "again"}]',
+    )
+    assert len(schemas.decode(data, schemas.RouteRequest).messages) == 3
