@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaError
 
 import schemas
 from routers.artifact import load_artifact
-from worker import lograte
+from worker import lograte, logs
 from worker.batch.backends import backend_factory
 from worker.config import Config
 from worker.feedback import FeedbackStats, run_feedback
@@ -118,6 +118,7 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
             max_answer_bytes=p.max_answer_bytes,
         ),
     )
+    logs.protect(client.redactor)  # logs and span error texts: the key values themselves
     if client.missing_keys:
         log.warning("no API key set in %s; those models will fail", ", ".join(client.missing_keys))
     tracing = tracing or Tracing(TelemetryConfig.from_mapping(config.telemetry))
@@ -129,7 +130,7 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
         mask_prompts=tracing_masks(config),
         answer_scorers=load_answer_scorers(config),
     )
-    metrics, health = WorkerMetrics(), Health()
+    metrics, health = WorkerMetrics(tenants=config.tenants), Health()
     observer = MetricsObserver(metrics, health, config.topics.requests)
     backends = backend_factory(client, catalogue)
     if config.batch.enabled:

@@ -2,7 +2,8 @@
 
 `WorkerMetrics` owns its own `CollectorRegistry` (never the global one), so tests and several
 workers in one process do not collide. The loop feeds it through small typed methods; label
-values must come from bounded sets (model names of the catalogue, statuses, error classes).
+values must come from bounded sets (model names of the catalogue, statuses, error classes, the
+configured tenant names with "other" for the rest).
 
 `OpsServer` is an asyncio HTTP/1.1 server (one request per connection) on 127.0.0.1 by default:
 
@@ -25,7 +26,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -48,9 +49,23 @@ REQUEST_BUCKETS_S: Final = (
 class WorkerMetrics:
     """Every metric of one worker, registered in `self.registry`."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, namespace: str = "llmroute"):
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        namespace: str = "llmroute",
+        *,
+        tenants: Iterable[str] = (),
+    ):
         self.registry = registry if registry is not None else CollectorRegistry()
         ns, reg = namespace, self.registry
+        # tenant labels: the configured names only (a request's name is never a label)
+        self._tenants = frozenset(tenants)
+        self.tenant_cost_usd = Counter(
+            "tenant_cost_usd", "Provider cost of the model calls per configured tenant, USD "
+            "(tenant=\"other\": every name not configured).", ["tenant"],
+            namespace=ns, registry=reg,
+        )  # fmt: skip
+        self._tenant_cost: dict[str, Counter] = {}
         self.requests = Counter(
             "requests", "Requests finished, by chosen model and status ('none' before routing).",
             ["model", "status"], namespace=ns, registry=reg,
@@ -206,6 +221,14 @@ class WorkerMetrics:
         cost.inc(cost_usd)
         self.always_strong_cost_usd.inc(always_strong_cost_usd)
         self.cost_saved_usd.inc(always_strong_cost_usd - cost_usd)
+
+    def add_tenant_cost(self, tenant: str, cost_usd: float) -> None:
+        """The real cost of one request's calls, on its tenant's series."""
+        label = tenant if tenant in self._tenants else "other"
+        cost = self._tenant_cost.get(label)
+        if cost is None:
+            cost = self._tenant_cost[label] = self.tenant_cost_usd.labels(label)
+        cost.inc(cost_usd)
 
     @contextlib.contextmanager
     def track_in_flight(self) -> Iterator[None]:

@@ -39,6 +39,7 @@ class MetricsObserver:
         if r.model is not None or r.cost_usd:
             strong = handled.strong_cost_usd
             m.add_cost(r.model or "none", r.cost_usd, r.cost_usd if strong is None else strong)
+            m.add_tenant_cost(r.tenant, r.cost_usd)
         if r.decision is not None and r.decision.arm is not None:
             m.observe_arm(r.decision.arm, r.status, r.cost_usd, r.latency_ms / 1000)
         for before, a in zip(r.attempts, r.attempts[1:], strict=False):

@@ -188,3 +188,29 @@ def test_repeated_keys_in_different_objects_are_fine() -> None:
         b' {"role": "user", "content": "again"}]',
     )
     assert len(schemas.decode(data, schemas.RouteRequest).messages) == 3
+
+
+# ------------------------------------------------------------ real cost, per tenant
+
+
+def test_real_cost_is_counted_per_tenant_with_a_bounded_label_set() -> None:
+    from prometheus_client import generate_latest
+
+    from worker.metrics import WorkerMetrics
+
+    metrics = WorkerMetrics(tenants=("acme", "globex"))
+    metrics.add_tenant_cost("acme", 0.25)
+    metrics.add_tenant_cost("acme", 0.5)
+    metrics.add_tenant_cost("globex", 0.125)
+    for i in range(50):  # names from requests never become labels
+        metrics.add_tenant_cost(f"stranger-{i}", 0.01)
+    text = generate_latest(metrics.registry).decode()
+    assert 'llmroute_tenant_cost_usd_total{tenant="acme"} 0.75' in text
+    assert 'llmroute_tenant_cost_usd_total{tenant="globex"} 0.125' in text
+    other = [
+        s
+        for s in text.splitlines()
+        if s.startswith('llmroute_tenant_cost_usd_total{tenant="other"')
+    ]
+    assert other and float(other[0].split()[-1]) == pytest.approx(0.5)
+    assert "stranger" not in text

@@ -185,3 +185,20 @@ def test_the_redactor_keeps_ordinary_text_and_short_pieces() -> None:
     assert r(text) == text
     assert r("x" + KEYS["SIM_OPENAI_API_KEY"].upper() + "y") == "x[REDACTED]y"
     assert "9f8e" not in repr(r).lower()
+
+
+def test_logs_redact_the_configured_key_values_once_protected() -> None:
+    from worker import logs
+
+    key = "plainkeynoprefix0123456789"  # matches none of the patterns
+    buf = io.StringIO()
+    handler = setup_logging(logging.INFO, buf)
+    try:
+        logging.getLogger("worker.test").warning("echo %s", key.upper()[2:])
+        logs.protect(Redactor([key]))
+        logging.getLogger("worker.test").warning("echo %s and %s", key.upper()[2:], "x" + key)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    first, second = buf.getvalue().splitlines()
+    assert key.upper()[2:] in first  # patterns alone never knew it
+    assert "[REDACTED] and x[REDACTED]" in second
