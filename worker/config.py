@@ -94,6 +94,10 @@ class TenantSettings(_Section, frozen=True, kw_only=True):
     denied_models: tuple[str, ...] = ()
     max_cost_usd: float | None = None  # per request
     max_latency_ms: float | None = None  # default latency budget (a request may narrow it)
+    # spend of all members together per UTC hour / day, shared on the `spend` topic
+    # (worker.spend: the bound on overshoot is in its docstring)
+    spend_limit_usd_per_hour: float | None = None
+    spend_limit_usd_per_day: float | None = None
     mode: Literal["interactive", "batch"] = "interactive"  # "batch": every request can wait
     # Kafka topics this tenant's requests arrive on (None: any). When set, a request naming this
     # tenant from another topic, or naming another tenant from one of these, is rejected: the

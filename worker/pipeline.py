@@ -48,6 +48,7 @@ from worker.providers.types import (
     RoutedCompletion,
     Usage,
 )
+from worker.spend import SpendLedger
 from worker.telemetry import TelemetryConfig, Tracing
 
 if TYPE_CHECKING:
@@ -473,8 +474,10 @@ class Pipeline:
         mask_prompts: bool = False,
         tracing: Tracing | None = None,
         answer_scorers: dict[str, LoadedAnswerScorer] | None = None,
+        spend: SpendLedger | None = None,
     ) -> None:
         self.core = core
+        self.spend = spend  # per-tenant spend limits (worker.spend), when any tenant has one
         self.client = client
         self.answer_scorers = answer_scorers or {}
         for name, spec in core.config.policies.items():
@@ -622,10 +625,17 @@ class Pipeline:
         if request.deadline is not None:
             deadline_s = min(deadline_s, (request.deadline - now).total_seconds())
         call = _completion_request(request, messages)
-        if resolved.budget_usd is not None and call.max_tokens is None:
+        spend = self.spend
+        limited = spend is not None and spend.limited(request.tenant)
+        if (resolved.budget_usd is not None or limited) and call.max_tokens is None:
             # the budget was checked against this many output tokens: hold the provider to it
             call = replace(call, max_tokens=core.output_tokens(request, resolved))
-        if resolved.mode == "batch" and not interactive and self.can_batch(decision.model):
+        if (
+            resolved.mode == "batch"
+            and not interactive
+            and not limited  # batch spend is not tracked: a limited tenant is answered now
+            and self.can_batch(decision.model)
+        ):
             trace_id = trace_id_for(request)
             return Deferred(
                 model=decision.model,
@@ -634,8 +644,24 @@ class Pipeline:
             )
         chain = core.fallback_chain(decision, resolved.options, budget)
         plan = _Route(budget, decision.policy == "latency_tight")
+        cascade = resolved.spec.kind == "cascade" and decision.model == core.router.weak
+        allowed = core.eligible(request, resolved, messages) if cascade or limited else None
+        reserved = 0.0
+        if limited:
+            assert spend is not None and allowed is not None
+            bounds = allowed.cost_bound_usd
+            reserved = max(bounds.get(m, math.inf) for m in chain)
+            if cascade:
+                reserved += bounds.get(resolved.spec.strong or core.router.strong, 0.0)
+            why = spend.reserve(request.tenant, reserved)
+            if why is not None:
+                return self._error(
+                    request, started, outcome, "RequestRejected", why, False, decision, info,
+                    messages,
+                )  # fmt: skip
         try:
-            if resolved.spec.kind == "cascade" and decision.model == core.router.weak:
+            if cascade:
+                assert allowed is not None
                 question = ready.text if ready is not None else core.prompt(messages)
                 completion = await self._cascade(
                     request,
@@ -647,10 +673,11 @@ class Pipeline:
                     core.router.strong,
                     question,
                     plan,
-                    allowed=core.eligible(request, resolved, messages),
+                    allowed=allowed,
                 )
             else:
                 completion = await self._call(request, call, chain, deadline_s, outcome, plan)
+            outcome.completion = completion
         except AllModelsFailedError as exc:
             outcome.attempts.extend(_attempts(exc.attempts))
             last = exc.last_error
@@ -677,7 +704,12 @@ class Pipeline:
                 info,
                 messages,
             )
-        outcome.completion = completion
+        finally:
+            if limited:
+                assert spend is not None
+                done = outcome.completion
+                paid = outcome.extra_cost_usd + (done.cost_usd if done is not None else 0.0)
+                spend.settle(request.tenant, reserved, paid)
         result = completion.result
         if outcome.cascade_reason is not None:
             info = msgspec.structs.replace(info, reason=f"{info.reason}; {outcome.cascade_reason}")

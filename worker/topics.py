@@ -28,7 +28,7 @@ async def ensure_topics(
     try:
         existing = await _partitions(admin)
         partitions = max(1, existing.get(topics.requests, 0))
-        compacted = {topics.done, topics.batch_jobs, topics.cache}
+        compacted = {topics.done, topics.batch_jobs, topics.cache, topics.spend}
         wanted = [
             topics.requests,
             topics.responses,
@@ -41,6 +41,7 @@ async def ensure_topics(
             topics.control,
             topics.cache,
             topics.shadow,
+            topics.spend,
         ]
         missing = [t for t in dict.fromkeys(wanted) if t not in existing]
         if missing:
