@@ -586,7 +586,7 @@ class Pipeline:
         cache = self.cache
         if cache is not None and not interactive:
             hit = cache.lookup(request)
-            if hit is not None:
+            if hit is not None and self._may_serve(request, hit.value.model):
                 return self._cached(request, hit, started)
         arm = self.arm_for(request)
         core = arm.core if arm is not None and arm.core is not None else self.core
@@ -876,6 +876,15 @@ class Pipeline:
         r = first.result
         logprobs = [t.logprob for t in r.logprobs] if r.logprobs else None
         return scorer.score(answer, logprobs), "rules"
+
+    def _may_serve(self, request: schemas.RouteRequest, model: str) -> bool:
+        """Whether a cached answer of `model` may answer this request: the model must be in its
+        eligible set now (entries are shared between members, whose configs can differ)."""
+        try:
+            resolved = self.core.resolve(request)
+        except RequestRejected:
+            return False
+        return model in self.core.eligible(request, resolved)
 
     def _cached(
         self, request: schemas.RouteRequest, hit: CacheHit[CachedAnswer], started: float

@@ -214,3 +214,36 @@ def test_real_cost_is_counted_per_tenant_with_a_bounded_label_set() -> None:
     ]
     assert other and float(other[0].split()[-1]) == pytest.approx(0.5)
     assert "stranger" not in text
+
+
+# ------------------------------------------------------------ the semantic cache
+
+
+async def test_a_cached_answer_is_served_only_from_an_eligible_model(
+    artifact: Path, sim: Simulator
+) -> None:
+    """A rolling deploy narrows a tenant to the weak model; entries the old members cached from
+    the strong model (shared through the cache topic) must not answer it."""
+    import asyncio
+
+    from worker.semcache_sync import CacheSettings, SemanticCacheSync
+
+    cache = SemanticCacheSync(CacheSettings(enabled=True))
+    prompt = [schemas.Message(role="user", content="What is the boiling point of water?")]
+    params = schemas.GenerationParams(max_tokens=64, temperature=0.0)
+    old = make_core(artifact, sim.base_url, tenants={"acme": {"allowed_models": [STRONG_MODEL]}})
+    new = make_core(artifact, sim.base_url, tenants={"acme": {"allowed_models": [WEAK_MODEL]}})
+    async with RouterClient(old.catalogue, env=SIM_KEYS) as client:
+        before, after = Pipeline(old, client), Pipeline(new, client)
+        before.cache = after.cache = cache
+        first = await answer(before, request_event(ROWS[0], 1, messages=prompt, params=params))
+        assert first.status == "ok" and first.model == STRONG_MODEL
+        for _ in range(100):  # the answer is stored in the background
+            if cache.stats.stored:
+                break
+            await asyncio.sleep(0.02)
+        again = await answer(before, request_event(ROWS[0], 2, messages=prompt, params=params))
+        assert again.cache_hit and again.model == STRONG_MODEL  # the cache works here
+        narrowed = await answer(after, request_event(ROWS[0], 3, messages=prompt, params=params))
+        assert narrowed.status == "ok" and not narrowed.cache_hit
+        assert narrowed.model == WEAK_MODEL
