@@ -9,7 +9,7 @@ API key in response headers, answers and model ids, and in error bodies: 10% pla
 10% JSON 400s), a span exporter in memory and the JSON log handler writing to a buffer.
 
 The matrix: tenants (locked to the weak model with no overrides; the strong model denied; a
-per-request cap of 0.001 USD; an hourly spend limit of 0.05 USD; an unlimited one; unknown names
+per-request cap of 0.001 USD; an hourly spend limit of 0.02 USD; an unlimited one; unknown names
 close to known ones) x hostile
 routing asks (allow-lists naming the strong model, empty, unknown models; policy and threshold
 overrides forcing the strong model; a raised budget) x hostile inputs (a 100 KB system prompt, a
@@ -67,7 +67,7 @@ KEYS = {
     "SIM_ANTHROPIC_API_KEY": "sk-ant-Zy98Xw76Vu54Ts32Rq10PoNm",
 }
 CAP_USD = 0.001
-HOURLY_USD = 0.05
+HOURLY_USD = 0.02  # low enough to bind within the matrix
 TENANTS: dict[str, dict[str, Any]] = {
     "locked": {"allowed_models": [WEAK_MODEL], "allow_overrides": []},
     "nostrong": {"denied_models": [STRONG_MODEL]},
@@ -263,6 +263,10 @@ async def run(bootstrap: str, workdir: Path) -> dict[str, Any]:
     statuses: Counter[str] = Counter()
     suppressed = 0
     hourly_spend = sum(r.cost_usd for r in responses if r.tenant == "hourly")
+    hourly_refused = sum(
+        r.tenant == "hourly" and r.error is not None and "spend limit" in r.error.message
+        for r in responses
+    )
     for tenant, rid, ask, label in sent:
         cases[label] += 1
         r = by_key.get((tenant, rid))
@@ -296,6 +300,7 @@ async def run(bootstrap: str, workdir: Path) -> dict[str, Any]:
             "tenant_limit_usd_per_hour": HOURLY_USD,
             "spent_usd": round(hourly_spend, 6),
             "over_limit_usd": round(max(0.0, hourly_spend - HOURLY_USD), 6),
+            "requests_refused_by_the_limit": hourly_refused,
             "members": 1,
         },
         "secret_fragments": {
