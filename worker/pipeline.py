@@ -41,6 +41,7 @@ from worker.loop import Deferred, Handled, RecordInfo
 from worker.providers.catalogue import Catalogue
 from worker.providers.client import RouterClient
 from worker.providers.errors import AllModelsFailedError, CircuitOpenError, ProviderError
+from worker.providers.redaction import scrub_error, scrub_result
 from worker.providers.types import (
     Attempt,
     CompletionRequest,
@@ -1054,6 +1055,11 @@ class Pipeline:
         """The response for one item of an ended batch job: its answer (priced with the batch
         discount), or an error response (cancelled job, failed or missing item)."""
         item, request, outcome = finished.item, finished.request, finished.outcome
+        # batch results are parsed outside the client's call path: redact them here
+        if isinstance(outcome, CompletionResult):
+            outcome = scrub_result(outcome, self.client.redactor)
+        elif isinstance(outcome, ProviderError):
+            outcome = scrub_error(outcome, self.client.redactor)
         tenant = item.tenant if item.tenant is not None else (request and request.tenant)
         trace_id = rtrace_id_for(item.request_id, tenant or None)
         spec = self.core.catalogue.models.get(finished.model)

@@ -202,3 +202,25 @@ def test_logs_redact_the_configured_key_values_once_protected() -> None:
     first, second = buf.getvalue().splitlines()
     assert key.upper()[2:] in first  # patterns alone never knew it
     assert "[REDACTED] and x[REDACTED]" in second
+
+
+async def test_batch_answers_and_errors_leave_redacted(echoing: Rig) -> None:
+    """Batch results are parsed outside the interactive call path; they are redacted too."""
+    from worker.batch.jobs import Finished
+    from worker.providers.errors import InternalServerError
+    from worker.providers.types import CompletionResult, Usage
+
+    key = KEYS["SIM_OPENAI_API_KEY"]
+    item = schemas.BatchItem(custom_id="p0-o1", request_id="r-1", tenant="acme", topic="t",
+                             partition=0, offset=1)  # fmt: skip
+    request = request_event(ROWS[0], 1, request_id="r-1")
+    result = CompletionResult(
+        text=f"answer {key.upper()}", finish_reason="stop", usage=Usage(1, 1), cost_usd=0.0,
+        latency_ms=0.0, provider="openai", model=WEAK_MODEL, response_model=f"m-{key}",
+        provider_request_id=key,
+    )  # fmt: skip
+    error = InternalServerError(f"boom x{key}y", status=500, provider="openai")
+    for outcome in (result, error):
+        finished = Finished(item, request, outcome, WEAK_MODEL, "job-1", False)
+        handled = echoing.pipeline.batch_response(finished)
+        assert fragments(schemas.encode(handled.response).decode()) == []
