@@ -224,3 +224,11 @@ async def test_batch_answers_and_errors_leave_redacted(echoing: Rig) -> None:
         finished = Finished(item, request, outcome, WEAK_MODEL, "job-1", False)
         handled = echoing.pipeline.batch_response(finished)
         assert fragments(schemas.encode(handled.response).decode()) == []
+
+
+def test_merging_the_same_keys_again_adds_no_work() -> None:
+    one = Redactor(KEYS.values())
+    again = one.merged(Redactor(KEYS.values()))
+    assert again is one
+    both = Redactor([KEYS["SIM_OPENAI_API_KEY"]]).merged(Redactor([KEYS["SIM_ANTHROPIC_API_KEY"]]))
+    assert both(" ".join(KEYS.values()).upper()) == "[REDACTED] [REDACTED]"
