@@ -95,14 +95,35 @@ def _inputs() -> list[tuple[str, list[schemas.Message], int | None]]:
     return [
         ("short", [schemas.Message(role="user", content=ROWS[0]["prompt"])], 64),
         ("no_max_tokens", [schemas.Message(role="user", content=ROWS[1]["prompt"])], None),
-        ("system_100kb", [schemas.Message(role="system", content=big),
-                          schemas.Message(role="user", content="hi?")], 64),
-        ("history_30", [schemas.Message(role="user" if i % 2 == 0 else "assistant",
-                                        content=(filler * 80)[:2000]) for i in range(30)]
-         + [schemas.Message(role="user", content="and now?")], 64),
-        ("images_4", [schemas.Message(role="user", content=[image] * 4
-                                      + [schemas.TextPart(text="describe")])], 64),
-    ]  # fmt: skip
+        (
+            "system_100kb",
+            [
+                schemas.Message(role="system", content=big),
+                schemas.Message(role="user", content="hi?"),
+            ],
+            64,
+        ),
+        (
+            "history_30",
+            [
+                schemas.Message(
+                    role="user" if i % 2 == 0 else "assistant", content=(filler * 80)[:2000]
+                )
+                for i in range(30)
+            ]
+            + [schemas.Message(role="user", content="and now?")],
+            64,
+        ),
+        (
+            "images_4",
+            [
+                schemas.Message(
+                    role="user", content=[image] * 4 + [schemas.TextPart(text="describe")]
+                )
+            ],
+            64,
+        ),
+    ]
 
 
 def _localkafka() -> Any:
@@ -173,11 +194,16 @@ async def run(bootstrap: str, workdir: Path) -> dict[str, Any]:
     artifact = train_artifact(workdir / "router", ROWS)
     prefix = f"tenants-bench-{int(time.time())}"
     topics = {
-        "requests": prefix, "responses": f"{prefix}.responses", "decisions": f"{prefix}.decisions",
-        "dlq": f"{prefix}.dlq", "done": f"{prefix}.done", "feedback": f"{prefix}.feedback",
-        "batch_jobs": f"{prefix}.batch-jobs", "control": f"{prefix}.control",
+        "requests": prefix,
+        "responses": f"{prefix}.responses",
+        "decisions": f"{prefix}.decisions",
+        "dlq": f"{prefix}.dlq",
+        "done": f"{prefix}.done",
+        "feedback": f"{prefix}.feedback",
+        "batch_jobs": f"{prefix}.batch-jobs",
+        "control": f"{prefix}.control",
         "shadow": f"{prefix}.shadow",
-    }  # fmt: skip
+    }
     sim_config = SimConfig(
         seed=3,
         echo_key=("header", "answer", "model"),
@@ -191,13 +217,19 @@ async def run(bootstrap: str, workdir: Path) -> dict[str, Any]:
     try:
         async with Simulator(sim_config, replay_dataset()) as sim:
             config = worker_config(
-                bootstrap, topics, artifact, sim.base_url,
-                tenants=TENANTS, unknown_tenant="reject",
-                policies={"default": {"kind": "threshold", "strong_fraction": 0.3},
-                          "strongest": {"kind": "threshold", "threshold": 0.0}},
+                bootstrap,
+                topics,
+                artifact,
+                sim.base_url,
+                tenants=TENANTS,
+                unknown_tenant="reject",
+                policies={
+                    "default": {"kind": "threshold", "strong_fraction": 0.3},
+                    "strongest": {"kind": "threshold", "threshold": 0.0},
+                },
                 loop={"max_request_bytes": 2_000_000},
                 shadow={"sample": 0.2},
-            )  # fmt: skip
+            )
             await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
             sent: list[tuple[str, str, dict[str, Any], str]] = []
             values: list[tuple[bytes | None, bytes]] = []
@@ -207,9 +239,14 @@ async def run(bootstrap: str, workdir: Path) -> dict[str, Any]:
                 rid = f"h-{i}"
                 params = schemas.GenerationParams(max_tokens=max_tokens)
                 event = request_event(
-                    ROWS[i % len(ROWS)], i, request_id=rid, tenant=tenant, messages=messages,
-                    params=params, routing=schemas.RoutingOptions(**ask),
-                )  # fmt: skip
+                    ROWS[i % len(ROWS)],
+                    i,
+                    request_id=rid,
+                    tenant=tenant,
+                    messages=messages,
+                    params=params,
+                    routing=schemas.RoutingOptions(**ask),
+                )
                 sent.append((tenant, rid, ask, label))
                 values.append((rid.encode(), schemas.encode(event)))
             # the same ids from two tenants, interleaved, then repeated after the first answers

@@ -61,10 +61,13 @@ class WorkerMetrics:
         # tenant labels: the configured names only (a request's name is never a label)
         self._tenants = frozenset(tenants)
         self.tenant_cost_usd = Counter(
-            "tenant_cost_usd", "Provider cost of the model calls per configured tenant, USD "
-            "(tenant=\"other\": every name not configured).", ["tenant"],
-            namespace=ns, registry=reg,
-        )  # fmt: skip
+            "tenant_cost_usd",
+            "Provider cost of the model calls per configured tenant, USD "
+            '(tenant="other": every name not configured).',
+            ["tenant"],
+            namespace=ns,
+            registry=reg,
+        )
         self._tenant_cost: dict[str, Counter] = {}
         self.requests = Counter(
             "requests", "Requests finished, by chosen model and status ('none' before routing).",

@@ -657,9 +657,16 @@ class Pipeline:
             why = spend.reserve(request.tenant, reserved)
             if why is not None:
                 return self._error(
-                    request, started, outcome, "RequestRejected", why, False, decision, info,
+                    request,
+                    started,
+                    outcome,
+                    "RequestRejected",
+                    why,
+                    False,
+                    decision,
+                    info,
                     messages,
-                )  # fmt: skip
+                )
         try:
             if cascade:
                 assert allowed is not None

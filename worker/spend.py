@@ -187,9 +187,12 @@ class SpendSync:
         self._producer = AIOKafkaProducer(acks="all", **self.client_kwargs)
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
-            self.topic, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", **self.client_kwargs,
-        )  # fmt: skip
+            self.topic,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **self.client_kwargs,
+        )
         await self._consumer.start()
         self._stop.clear()
         self._tasks = [

@@ -82,14 +82,21 @@ def test_merge_takes_prompt_from_decision_and_model_from_response():
 def _answered():
     return merge_answered(
         [
-            Answered("r1", prompt="hard q", routed_model=STRONG, answer_model=STRONG,
-                     cost_usd=0.02, tenant="acme", router_version="v1"),
+            Answered(
+                "r1",
+                prompt="hard q",
+                routed_model=STRONG,
+                answer_model=STRONG,
+                cost_usd=0.02,
+                tenant="acme",
+                router_version="v1",
+            ),
             Answered("r2", prompt="easy q", routed_model=WEAK, answer_model=WEAK, cost_usd=0.001),
             Answered("r3", prompt=None, prompt_masked=True, routed_model=WEAK, answer_model=WEAK),
             Answered("r4", prompt="fails", routed_model=WEAK, failed=True),
             Answered("r5", prompt="no feedback", routed_model=WEAK, answer_model=WEAK),
         ]
-    )  # fmt: skip
+    )
 
 
 def test_build_joins_by_request_and_trace_id_and_counts_every_skip():
@@ -222,10 +229,11 @@ def test_two_tenants_with_the_same_request_id_are_two_rows():
 
 
 def test_parts_without_a_tenant_join_the_only_request_with_that_id():
-    answered = merge_answered(
-        [Answered("r7", prompt="q", routed_model="weak", tenant="acme"),
-         Answered("r7", answer_model="strong", cost_usd=0.5)]  # e.g. from a source without it
-    )  # fmt: skip
+    parts = [
+        Answered("r7", prompt="q", routed_model="weak", tenant="acme"),
+        Answered("r7", answer_model="strong", cost_usd=0.5),  # from a source without tenants
+    ]
+    answered = merge_answered(parts)
     assert len(answered) == 1
     (only,) = answered.values()
     assert (only.tenant, only.model, only.cost_usd) == ("acme", "strong", 0.5)

@@ -75,9 +75,12 @@ async def test_one_member_never_overshoots_a_tenants_hourly_limit(
 ) -> None:
     limit = 0.01  # a few requests' worth: each reserves its chain's dearest cost bound
     config = worker_config(
-        "127.0.0.1:1", {"requests": "t"}, artifact, sim.base_url,
+        "127.0.0.1:1",
+        {"requests": "t"},
+        artifact,
+        sim.base_url,
         tenants={"acme": {"spend_limit_usd_per_hour": limit}},
-    )  # fmt: skip
+    )
     core = RoutingCore(
         config, load_artifact(artifact), Catalogue.from_dict({"models": config.models})
     )

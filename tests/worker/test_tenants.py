@@ -67,9 +67,11 @@ async def test_unknown_tenant_names_are_rejected_when_configured(pipeline, name)
 
 def test_unknown_tenants_route_as_the_default_tenant_when_configured(artifact: Path) -> None:
     core = make_core(
-        artifact, "http://127.0.0.1:1", unknown_tenant="default",
+        artifact,
+        "http://127.0.0.1:1",
+        unknown_tenant="default",
         default_tenant={"allowed_models": [WEAK_MODEL]},
-    )  # fmt: skip
+    )
     req = request_event(ROWS[0], 1, tenant="Cheap")
     core.admit(req, TOPIC)
     assert core.decide(req, core.resolve(req)).eligible == {WEAK_MODEL}

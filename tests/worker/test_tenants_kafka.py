@@ -48,10 +48,12 @@ async def _run_until(worker: Any, predicate: Any, timeout_s: float = 90.0) -> No
 
 def _values(tenant: str, ids: range) -> list[tuple[bytes | None, bytes]]:
     return [
-        (f"r-{i}".encode(), schemas.encode(request_event(ROWS[i], i, request_id=f"r-{i}",
-                                                         tenant=tenant)))
+        (
+            f"r-{i}".encode(),
+            schemas.encode(request_event(ROWS[i], i, request_id=f"r-{i}", tenant=tenant)),
+        )
         for i in ids
-    ]  # fmt: skip
+    ]
 
 
 async def test_one_tenant_never_silences_another_with_the_same_request_id(

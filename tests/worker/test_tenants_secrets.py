@@ -46,8 +46,11 @@ def fragments(text: str) -> list[str]:
     found = []
     for key in KEYS.values():
         k = key.lower()
-        found += [k[i : i + MIN_FRAGMENT] for i in range(len(k) - MIN_FRAGMENT + 1)
-                  if k[i : i + MIN_FRAGMENT] in low]  # fmt: skip
+        found += [
+            k[i : i + MIN_FRAGMENT]
+            for i in range(len(k) - MIN_FRAGMENT + 1)
+            if k[i : i + MIN_FRAGMENT] in low
+        ]
     return found
 
 
@@ -102,9 +105,10 @@ async def _rig(artifact: Path, config: SimConfig, monkeypatch: Any) -> AsyncIter
         async with Simulator(config, replay_dataset()) as sim:
             core_config = worker_config("127.0.0.1:1", {"requests": "t"}, artifact, sim.base_url)
             core = RoutingCore(
-                core_config, load_artifact(artifact),
+                core_config,
+                load_artifact(artifact),
                 Catalogue.from_dict({"models": core_config.models}),
-            )  # fmt: skip
+            )
             settings = ClientSettings(
                 retry=RetryPolicy(max_retries=1, initial_delay_s=0.0, max_delay_s=0.0)
             )
@@ -121,8 +125,9 @@ MODELS = [STRONG_MODEL, WEAK_MODEL]  # the router's models (OpenAI's wire protoc
 
 @pytest.fixture
 async def echoing(artifact: Path, monkeypatch: Any) -> AsyncIterator[Rig]:
-    async for rig in _rig(artifact, SimConfig(seed=1, echo_key=("header", "answer", "model")),
-                          monkeypatch):  # fmt: skip
+    async for rig in _rig(
+        artifact, SimConfig(seed=1, echo_key=("header", "answer", "model")), monkeypatch
+    ):
         yield rig
 
 
@@ -211,14 +216,21 @@ async def test_batch_answers_and_errors_leave_redacted(echoing: Rig) -> None:
     from worker.providers.types import CompletionResult, Usage
 
     key = KEYS["SIM_OPENAI_API_KEY"]
-    item = schemas.BatchItem(custom_id="p0-o1", request_id="r-1", tenant="acme", topic="t",
-                             partition=0, offset=1)  # fmt: skip
+    item = schemas.BatchItem(
+        custom_id="p0-o1", request_id="r-1", tenant="acme", topic="t", partition=0, offset=1
+    )
     request = request_event(ROWS[0], 1, request_id="r-1")
     result = CompletionResult(
-        text=f"answer {key.upper()}", finish_reason="stop", usage=Usage(1, 1), cost_usd=0.0,
-        latency_ms=0.0, provider="openai", model=WEAK_MODEL, response_model=f"m-{key}",
+        text=f"answer {key.upper()}",
+        finish_reason="stop",
+        usage=Usage(1, 1),
+        cost_usd=0.0,
+        latency_ms=0.0,
+        provider="openai",
+        model=WEAK_MODEL,
+        response_model=f"m-{key}",
         provider_request_id=key,
-    )  # fmt: skip
+    )
     error = InternalServerError(f"boom x{key}y", status=500, provider="openai")
     for outcome in (result, error):
         finished = Finished(item, request, outcome, WEAK_MODEL, "job-1", False)

@@ -489,8 +489,17 @@ class Simulator:
         if kind == "echo_json":
             detail = f"invalid request for {echoed(key)}"
             if openai:
-                return _json(400, {"error": {"message": detail, "type": key.upper(),
-                                             "param": None, "code": key[2:]}})  # fmt: skip
+                return _json(
+                    400,
+                    {
+                        "error": {
+                            "message": detail,
+                            "type": key.upper(),
+                            "param": None,
+                            "code": key[2:],
+                        }
+                    },
+                )
             return _json(400, {"type": "error", "error": {"type": key[1:], "message": detail}})
         # malformed: a 200 whose JSON body is cut in half
         return HttpResponse(200, b'{"id": "chatcmpl-x", "object": "chat.completion", "choi', _JSON)
