@@ -209,6 +209,10 @@ class Pipeline(Protocol):
 
     def batch_response(self, finished: Finished) -> Handled: ...
 
+    def redacted(self, finished: Finished) -> Finished:
+        """The ended batch item with its provider strings redacted (before any use)."""
+        ...
+
     def internal_error(
         self, request: schemas.RouteRequest, record: RecordInfo, exc: BaseException
     ) -> Handled: ...
@@ -1022,6 +1026,7 @@ class Worker:
     ) -> Handled:
         """The response for an ended batch item (retried interactively when so configured),
         traced on `span`: a `chat` span for the batch's own answer, the outcome on the root."""
+        finished = self.pipeline.redacted(finished)  # parsed outside the client's call path
         item, request, outcome = finished.item, finished.request, finished.outcome
         if request is not None:
             span.set_request(

@@ -1058,15 +1058,20 @@ class Pipeline:
         for task in list(self._shadow_tasks):
             task.cancel()
 
+    def redacted(self, finished: Finished) -> Finished:
+        """The ended batch item with its provider strings redacted by the configured keys
+        (batch results are parsed outside the client's call path)."""
+        outcome = finished.outcome
+        if isinstance(outcome, CompletionResult):
+            return replace(finished, outcome=scrub_result(outcome, self.client.redactor))
+        if isinstance(outcome, ProviderError):
+            scrub_error(outcome, self.client.redactor)
+        return finished
+
     def batch_response(self, finished: Finished) -> Handled:
         """The response for one item of an ended batch job: its answer (priced with the batch
         discount), or an error response (cancelled job, failed or missing item)."""
-        item, request, outcome = finished.item, finished.request, finished.outcome
-        # batch results are parsed outside the client's call path: redact them here
-        if isinstance(outcome, CompletionResult):
-            outcome = scrub_result(outcome, self.client.redactor)
-        elif isinstance(outcome, ProviderError):
-            outcome = scrub_error(outcome, self.client.redactor)
+        item, request, outcome = finished.item, finished.request, self.redacted(finished).outcome
         tenant = item.tenant if item.tenant is not None else (request and request.tenant)
         trace_id = rtrace_id_for(item.request_id, tenant or None)
         spec = self.core.catalogue.models.get(finished.model)
