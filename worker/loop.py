@@ -1007,7 +1007,13 @@ class Worker:
                           [], None)  # fmt: skip
         # the answer's span: in the request's trace, linked to the submission's span
         with self.tracing.answer_span(
-            item.topic, item.partition, item.offset, key, finished.job_id, item.traceparent
+            item.topic,
+            item.partition,
+            item.offset,
+            item.request_id,
+            finished.job_id,
+            item.traceparent,
+            trace_seed=key,  # the request's trace: seeded by (tenant, request_id)
         ) as span:
             handled = await self._batch_answer(finished, info, span)
             state = _Publishing(handled_once=True, handled=handled)

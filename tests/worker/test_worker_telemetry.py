@@ -259,7 +259,11 @@ async def test_responses_and_dead_letters_carry_traceparent_even_with_tracing_of
         response = schemas.decode(record.value, schemas.RouteResponse)
         version, trace_id, span_id, flags = dict(record.headers)["traceparent"].decode().split("-")
         assert (version, flags) == ("00", "00")  # not sampled: nothing recorded it
-        assert trace_id == response.trace_id == derive_trace_id_hex(response.request_id)
+        assert (
+            trace_id
+            == response.trace_id
+            == derive_trace_id_hex(request_key(response.tenant, response.request_id))
+        )
         assert len(span_id) == 16 and int(span_id, 16) != 0
     [letter] = await read_all(kafka_bootstrap, topics["dlq"], 1)
     assert "traceparent" in dict(letter.headers)
