@@ -9,6 +9,7 @@ from routers.base import Identity, Router, strong_need
 from routers.cascade import AnswerScorer, CascadeParams, CascadeResult
 from routers.dataset import Record
 from routers.decision import Candidate, Decision
+from routers.eligibility import Eligible, Limits, eligible
 from routers.errors import ArtifactError, NoEligibleModelError, RoutingError, TrainingDataError
 from routers.features import HashingFeaturizer, HashingParams, prompt_text
 from routers.policy import ModelPrice, PolicyOptions, decide, route, route_batch
@@ -26,9 +27,11 @@ __all__ = [
     "CascadeParams",
     "CascadeResult",
     "Decision",
+    "Eligible",
     "HashingFeaturizer",
     "HashingParams",
     "Identity",
+    "Limits",
     "ModelPrice",
     "NoEligibleModelError",
     "PolicyOptions",
@@ -40,6 +43,7 @@ __all__ = [
     "TrainOptions",
     "TrainingDataError",
     "decide",
+    "eligible",
     "load",
     "prompt_text",
     "route",

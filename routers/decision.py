@@ -31,3 +31,5 @@ class Decision:
     policy: str
     # distance from the router's training prompts; > 1.0 is beyond 99% of them (None: unknown)
     unfamiliar: float | None = None
+    # the models the request may reach (routers.eligibility): the shell calls no other
+    eligible: frozenset[str] = frozenset()

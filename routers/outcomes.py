@@ -6,8 +6,13 @@ The shell (`worker/dataset_cli.py`) reads `llm.decisions`, `llm.responses` and `
 - `Answered` parts, one per decision or response event; `merge_answered` joins the parts of one
   request (a decision gives the prompt and the routed model, a response the model that really
   answered after fallbacks, its cost and latency; later parts fill what earlier ones left open).
-- `Label`s, one per feedback event, keyed by `request_id` or by trace id (the worker derives the
-  trace id from the request id: `trace_id_for`, Langfuse's `create_trace_id(seed=...)` rule).
+- `Label`s, one per feedback event, keyed by `request_id` (with its `tenant`) or by trace id (the
+  worker derives the trace id from the tenant and request id: `trace_id_for`, Langfuse's
+  `create_trace_id(seed=...)` rule).
+
+Request ids are each tenant's own: requests are keyed by `request_key(tenant, request_id)`. A part
+or label without a tenant joins the one request with its id, and none when several tenants used
+it (such a label counts as unmatched).
 
 `build_dataset` turns them into rows of the routing dataset format (`schemas/dataset.schema.json`):
 `{"id": request_id, "prompt", "scores": {model: 0..1}, "costs"?, "tags", "answers"?}`; `answers`
@@ -32,6 +37,7 @@ over a judge's).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -44,11 +50,13 @@ __all__ = [
     "Answered",
     "BuildStats",
     "Label",
+    "LabelIndex",
     "ScoreRules",
     "build_dataset",
     "label_scores",
     "merge_answered",
     "normalise",
+    "request_key",
     "trace_id_for",
 ]
 
@@ -69,9 +77,18 @@ DEFAULT_CATEGORIES: Mapping[str, float] = MappingProxyType(
 )  # fmt: skip
 
 
-def trace_id_for(request_id: str) -> str:
-    """The trace id the worker derives from a request id (sha256, first 32 hex digits)."""
-    return hashlib.sha256(request_id.encode()).hexdigest()[:32]
+def request_key(tenant: str | None, request_id: str) -> str:
+    """A request's identity across tenants, `["tenant","id"]` (compact JSON): two tenants using
+    the same request id are two requests. The id alone when the tenant is unknown (None)."""
+    if tenant is None:
+        return request_id
+    return json.dumps([tenant, request_id], ensure_ascii=False, separators=(",", ":"))
+
+
+def trace_id_for(request_id: str, tenant: str | None = None) -> str:
+    """The trace id the worker derives from a request (sha256 of `request_key`, first 32 hex
+    digits: Langfuse's `create_trace_id(seed=request_key(tenant, request_id))`)."""
+    return hashlib.sha256(request_key(tenant, request_id).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +131,7 @@ class Label:
     request_id: str | None = None
     trace_id: str | None = None
     model: str | None = None  # the judged model when not the one that answered the user
+    tenant: str | None = None  # the tenant of `request_id`
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,26 +178,86 @@ def normalise(label: Label, rules: ScoreRules) -> float | None:
 
 
 def merge_answered(parts: Iterable[Answered]) -> dict[str, Answered]:
-    """Join the parts of each request: a later part fills the fields an earlier one left
-    unknown; `failed` and `prompt_masked` stick once set. Redelivered duplicates merge away."""
+    """Join the parts of each request, keyed by `request_key(tenant, request_id)`: a later part
+    fills the fields an earlier one left unknown; `failed` and `prompt_masked` stick once set.
+    Redelivered duplicates merge away. A part without a tenant joins the one request with its id
+    (or, when several tenants used it, stands alone under the bare id)."""
     out: dict[str, Answered] = {}
-    names = [f.name for f in fields(Answered)]
+    loose: list[Answered] = []
     for part in parts:
-        have = out.get(part.request_id)
-        if have is None:
-            out[part.request_id] = part
-            continue
-        changes: dict[str, Any] = {}
-        for name in names:
-            old, new = getattr(have, name), getattr(part, name)
-            if name in ("failed", "prompt_masked"):
-                if new and not old:
-                    changes[name] = True
-            elif old is None and new is not None:
-                changes[name] = new
-        if changes:
-            out[part.request_id] = replace(have, **changes)
+        if part.tenant is None:
+            loose.append(part)
+        else:
+            _merge_into(out, request_key(part.tenant, part.request_id), part)
+    if loose:
+        keys = _keys_by_id(out)
+        for part in loose:
+            found = keys.get(part.request_id, [])
+            _merge_into(out, found[0] if len(found) == 1 else part.request_id, part)
     return out
+
+
+_FIELDS = [f.name for f in fields(Answered)]
+
+
+def _merge_into(out: dict[str, Answered], key: str, part: Answered) -> None:
+    have = out.get(key)
+    if have is None:
+        out[key] = part
+        return
+    changes: dict[str, Any] = {}
+    for name in _FIELDS:
+        old, new = getattr(have, name), getattr(part, name)
+        if name in ("failed", "prompt_masked"):
+            if new and not old:
+                changes[name] = True
+        elif old is None and new is not None:
+            changes[name] = new
+    if changes:
+        out[key] = replace(have, **changes)
+
+
+def _keys_by_id(answered: Mapping[str, Answered]) -> dict[str, list[str]]:
+    keys: dict[str, list[str]] = defaultdict(list)
+    for key, a in answered.items():
+        keys[a.request_id].append(key)
+    return keys
+
+
+class LabelIndex:
+    """Which request of `answered` (its key) a label is about, or None."""
+
+    def __init__(self, answered: Mapping[str, Answered]) -> None:
+        self._answered = answered
+        self._ids = _keys_by_id(answered)
+        self._traces: dict[str, str] = {}
+        for key, a in answered.items():
+            self._traces[trace_id_for(a.request_id, a.tenant)] = key
+            if len(self._ids[a.request_id]) == 1:  # traces derived before ids were scoped
+                self._traces.setdefault(trace_id_for(a.request_id), key)
+                # a request known only by its trace id (Langfuse, without a request id)
+                self._traces.setdefault(a.request_id, key)
+
+    def key_for(self, label: Label) -> str | None:
+        rid = label.request_id
+        if rid is not None:
+            if label.tenant is not None:
+                key = request_key(label.tenant, rid)
+                if key in self._answered:
+                    return key
+            else:
+                found = self._ids.get(rid, [])
+                if len(found) == 1:
+                    return found[0]
+        trace = label.trace_id
+        if trace is not None:
+            # requests known by request id, or (from Langfuse) by their trace id itself
+            found_trace = self._traces.get(trace)
+            if found_trace is not None:
+                return found_trace
+            if trace in self._answered:
+                return trace
+        return None
 
 
 @dataclass
@@ -208,7 +286,7 @@ def label_scores(
 ) -> tuple[dict[str, dict[str, float]], BuildStats]:
     """{request_id: {model: score}} from the labels, aggregated as `rules` say."""
     stats = BuildStats(requests=len(answered))
-    by_trace = {trace_id_for(rid): rid for rid in answered}
+    index = LabelIndex(answered)
     collected: dict[tuple[str, str], list[tuple[str, float, float]]] = defaultdict(list)
     for label in labels:
         stats.labels += 1
@@ -217,12 +295,7 @@ def label_scores(
         ):
             stats.labels_filtered += 1
             continue
-        rid = label.request_id if label.request_id in answered else None
-        if rid is None and label.trace_id is not None:
-            # requests known by request id, or (from Langfuse) by their trace id itself
-            rid = by_trace.get(label.trace_id) or (
-                label.trace_id if label.trace_id in answered else None
-            )
+        rid = index.key_for(label)
         if rid is None:
             stats.labels_unmatched += 1
             continue
@@ -255,6 +328,7 @@ def build_dataset(
     """Dataset rows (sorted by id) for every request with at least one usable score."""
     scores, stats = label_scores(answered, labels, rules or ScoreRules())
     rows: list[dict[str, Any]] = []
+    ids = _keys_by_id(answered)
     for rid in sorted(scores):
         a = answered[rid]
         if a.prompt is None:
@@ -264,7 +338,8 @@ def build_dataset(
                 stats.skipped_no_prompt += 1
             continue
         row: dict[str, Any] = {
-            "id": rid,
+            # the request id; with its tenant when another tenant used the same id
+            "id": a.request_id if len(ids[a.request_id]) == 1 else rid,
             "prompt": a.prompt,
             "scores": dict(sorted(scores[rid].items())),
         }

@@ -1,7 +1,8 @@
 """The decision policy, separate from scoring: predicted quality + estimated cost -> Decision.
 
-Eligible models: those predicted, in `allow` (when given), not in `deny`, and whose estimated
-cost is within `max_cost_usd` (when given).
+Eligible models (`routers.eligibility`): those predicted, in `allow` (when given: None allows
+every model, an empty set none), not in `deny`, and whose cost is within `max_cost_usd` (when
+given). The `Decision` carries that set; the shell draws every model it calls from it.
 
 Latency (the shell passes each model's expected latency for the request, measured live on its
 deployments; a model without a measurement counts as meeting any budget):
@@ -43,6 +44,8 @@ from typing import Any, Literal
 
 from routers.base import Router
 from routers.decision import Candidate, Decision
+from routers.eligibility import Limits
+from routers.eligibility import eligible as eligible_set
 from routers.errors import NoEligibleModelError
 from routers.familiarity import UNFAMILIAR_THRESHOLD
 from routers.features import prompt_text
@@ -55,6 +58,7 @@ __all__ = [
     "decide",
     "estimate_cost_usd",
     "estimate_input_tokens",
+    "input_tokens_bound",
     "route",
     "route_batch",
 ]
@@ -79,7 +83,7 @@ class PolicyOptions:
     threshold: float | None = None
     quality_target: float | None = None
     cost_weight_per_usd: float = 0.0  # lambda in quality - lambda * cost
-    allow: frozenset[str] = frozenset()  # empty = every model
+    allow: frozenset[str] | None = None  # None: every model; empty: none
     deny: frozenset[str] = frozenset()
     max_cost_usd: float | None = None
     default_output_tokens: int = 256
@@ -100,6 +104,42 @@ class PolicyOptions:
 def estimate_input_tokens(text: str, chars_per_token: float = 4.0) -> int:
     """A rough count from the text length (no tokenizer): ceil(chars / chars_per_token)."""
     return math.ceil(len(text) / chars_per_token) if text else 0
+
+
+MESSAGE_OVERHEAD_TOKENS = 4  # role and separators of one chat message (OpenAI's format: 3-4)
+REPLY_PRIMING_TOKENS = 3
+IMAGE_LOW_DETAIL_TOKENS = 85  # OpenAI: a `detail: "low"` image costs 85 tokens
+# The most one image costs in input tokens: Anthropic (width x height / 750, images above
+# ~1.15 megapixels are scaled down first) about 1,600; OpenAI high detail (85 + 170 per 512 px
+# tile of an image scaled into 2048 x 768) at most 1,445. Models that count more set their own.
+IMAGE_MAX_TOKENS = 1_600
+
+
+def input_tokens_bound(
+    messages: Sequence[Mapping[str, Any]], image_tokens: int = IMAGE_MAX_TOKENS
+) -> int:
+    """An upper bound on the input tokens of a chat request: every string of every message
+    (system and developer prompts, history, tool results, names) counted at one token per UTF-8
+    byte (a byte-level BPE token is at least one byte), images at their documented maximum
+    (`image_tokens`; 85 for `detail: "low"`), plus the per-message and reply framing."""
+    total = REPLY_PRIMING_TOKENS
+    for message in messages:
+        total += MESSAGE_OVERHEAD_TOKENS + _bound(message, image_tokens)
+    return total
+
+
+def _bound(value: Any, image_tokens: int) -> int:
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, Mapping):
+        if value.get("type") == "image_url":
+            image = value.get("image_url")
+            low = isinstance(image, Mapping) and image.get("detail") == "low"
+            return IMAGE_LOW_DETAIL_TOKENS if low else image_tokens
+        return sum(_bound(v, image_tokens) for k, v in value.items() if k != "type")
+    if isinstance(value, list | tuple):
+        return sum(_bound(v, image_tokens) for v in value)
+    return len(str(value)) if value is not None else 0
 
 
 def estimate_cost_usd(price: ModelPrice, input_tokens: int, output_tokens: int) -> float:
@@ -150,18 +190,11 @@ def _decide(
         Candidate(m, float(q), float(est_cost.get(m, math.inf)), latency.get(m))
         for m, q in predicted.items()
     )
-    eligible = [
-        c
-        for c in candidates
-        if (not options.allow or c.model in options.allow)
-        and c.model not in options.deny
-        and (options.max_cost_usd is None or c.est_cost_usd <= options.max_cost_usd)
-    ]
-    if not eligible:
-        raise NoEligibleModelError(
-            f"no eligible model among {sorted(predicted)} (allow={sorted(options.allow)}, "
-            f"deny={sorted(options.deny)}, max_cost_usd={options.max_cost_usd})"
-        )
+    limits = Limits("policy", options.allow, options.deny, options.max_cost_usd)
+    allowed = eligible_set(predicted, (limits,), est_cost)
+    if not allowed:
+        raise NoEligibleModelError(allowed.why_none())
+    eligible = [c for c in candidates if c.model in allowed]
     note = ""
     budget = options.max_latency_ms
     if budget is not None and latency:
@@ -181,6 +214,7 @@ def _decide(
                     router,
                     router_version,
                     "latency_tight",
+                    eligible=allowed.models,
                 )
             missing = [
                 c for c in timed if c.est_latency_ms is not None and c.est_latency_ms > budget
@@ -205,6 +239,7 @@ def _decide(
             router,
             router_version,
             policy,
+            eligible=allowed.models,
         )
 
     s, w = options.strong, options.weak

@@ -16,8 +16,10 @@ from msgspec import Meta
 
 SCHEMA_VERSION = 1
 
-RequestId = Annotated[str, Meta(min_length=1, max_length=256)]
-Tenant = Annotated[str, Meta(min_length=1, max_length=128)]
+# any Unicode but control characters (C0, DEL, C1): ids reach headers, logs and record keys
+NO_CONTROL = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
+RequestId = Annotated[str, Meta(min_length=1, max_length=256, pattern=NO_CONTROL)]
+Tenant = Annotated[str, Meta(min_length=1, max_length=128, pattern=NO_CONTROL)]
 Timestamp = Annotated[datetime, Meta(tz=True)]
 TraceId = Annotated[str, Meta(pattern="^[0-9a-f]{32}$")]
 NonEmpty = Annotated[str, Meta(min_length=1)]
@@ -227,6 +229,9 @@ class Feedback(_Event, frozen=True, kw_only=True, omit_defaults=True):
     source: Literal["user", "task", "judge", "system"]
     created_at: Timestamp
     request_id: RequestId | None = None
+    # the tenant of `request_id`: request ids are the tenant's own (without it, and without
+    # `trace_id`, the score lands on the trace of the bare request id)
+    tenant: Tenant | None = None
     trace_id: TraceId | None = None
     comment: str | None = None
     model: str | None = None
@@ -256,6 +261,7 @@ class Control(_Event, frozen=True, kw_only=True, omit_defaults=True):
 class BatchItem(_Event, frozen=True, kw_only=True, omit_defaults=True):
     custom_id: Annotated[str, Meta(min_length=1, max_length=64)]
     request_id: RequestId
+    tenant: Tenant | None = None  # with request_id, the request's identity (absent: older jobs)
     topic: NonEmpty
     partition: Count
     offset: Count

@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import signal
+import socket
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from aiokafka.errors import KafkaError
 
 import schemas
 from routers.artifact import load_artifact
-from worker import lograte
+from worker import lograte, logs
 from worker.batch.backends import backend_factory
 from worker.cli import version
 from worker.config import Config
@@ -32,6 +34,7 @@ from worker.providers.client import ClientSettings, RouterClient
 from worker.providers.http import HttpSettings
 from worker.providers.retry import RetryPolicy
 from worker.semcache_sync import SemanticCacheSync
+from worker.spend import SpendLedger, SpendLimit, SpendSync
 from worker.telemetry import TelemetryConfig, Tracing
 from worker.telemetry.scores import LangfuseScores
 from worker.topics import ensure_topics
@@ -120,19 +123,30 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
             max_answer_bytes=p.max_answer_bytes,
         ),
     )
+    logs.protect(client.redactor)  # logs and span error texts: the key values themselves
     if client.missing_keys:
         log.warning("no API key set in %s; those models will fail", ", ".join(client.missing_keys))
     tracing = tracing or Tracing(TelemetryConfig.from_mapping(config.telemetry))
     core = RoutingCore(config, artifact, catalogue)
+    limits = {
+        name: SpendLimit(t.spend_limit_usd_per_hour, t.spend_limit_usd_per_day)
+        for name, t in config.tenants.items()
+        if t.spend_limit_usd_per_hour is not None or t.spend_limit_usd_per_day is not None
+    }
+    # a member id of its own per process: after a restart, the old one's spend still counts
+    ledger = (
+        SpendLedger(f"{socket.gethostname()}-{uuid.uuid4().hex[:12]}", limits) if limits else None
+    )
     pipeline = Pipeline(
         core,
         client,
         tracing=tracing,
         mask_prompts=tracing_masks(config),
         answer_scorers=load_answer_scorers(config),
+        spend=ledger,
     )
-    metrics, health = WorkerMetrics(), Health()
-    observer = MetricsObserver(metrics, health, config.topics.requests, frozenset(config.tenants))
+    metrics, health = WorkerMetrics(tenants=config.tenants), Health()
+    observer = MetricsObserver(metrics, health, config.topics.requests)
     backends = backend_factory(client, catalogue)
     if config.batch.enabled:
         pipeline.can_batch = lambda model: backends(model) is not None
@@ -145,6 +159,12 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
     if config.shadow.judge_model is not None:
         pipeline.shadow_judge = Judge(client, JudgeSettings(model=config.shadow.judge_model))
     worker.before_stop.append(lambda: pipeline.close_shadow(5.0))
+    if ledger is not None:
+        spend = SpendSync(
+            ledger, topic=config.topics.spend, client_kwargs=config.kafka.common_kwargs()
+        )
+        worker.on_start.append(spend.start)
+        worker.before_stop.append(spend.stop)
     if config.cache.enabled:
         cache = SemanticCacheSync(
             config.cache, topic=config.topics.cache, client_kwargs=config.kafka.common_kwargs(),

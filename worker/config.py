@@ -83,6 +83,8 @@ class PolicySpec(_Section, frozen=True, kw_only=True):
     # a prompt further from the router's training prompts than 99% of them: routed as usual
     # ("route"), sent to the strong or weak model, or to the cheap one with a cascade check
     on_unfamiliar: Literal["route", "strong", "weak", "cascade"] = "route"
+    # the input tokens one image may cost at most (routers.policy.IMAGE_MAX_TOKENS)
+    image_input_tokens: int = 1_600
 
     def __post_init__(self) -> None:
         if self.cascade_scorer is not None and self.cascade_grader is not None:
@@ -95,7 +97,15 @@ class TenantSettings(_Section, frozen=True, kw_only=True):
     denied_models: tuple[str, ...] = ()
     max_cost_usd: float | None = None  # per request
     max_latency_ms: float | None = None  # default latency budget (a request may narrow it)
+    # spend of all members together per UTC hour / day, shared on the `spend` topic
+    # (worker.spend: the bound on overshoot is in its docstring)
+    spend_limit_usd_per_hour: float | None = None
+    spend_limit_usd_per_day: float | None = None
     mode: Literal["interactive", "batch"] = "interactive"  # "batch": every request can wait
+    # Kafka topics this tenant's requests arrive on (None: any). When set, a request naming this
+    # tenant from another topic, or naming another tenant from one of these, is rejected: the
+    # topic's ACLs, not the payload, say who is asking.
+    topics: tuple[str, ...] | None = None
     allow_overrides: tuple[Override, ...] = (
         "policy", "threshold", "strong_fraction", "allowed_models", "denied_models",
         "max_cost_usd", "mode",
@@ -198,6 +208,9 @@ class Config(_Section, frozen=True, kw_only=True):
         default_factory=lambda: {"default": PolicySpec()}
     )
     tenants: dict[str, TenantSettings] = {}
+    # a request naming a tenant not in `tenants` (names match exactly): "reject" answers it with
+    # an error; "default" routes it with `default_tenant`'s settings
+    unknown_tenant: Literal["reject", "default"] = "default"
     default_tenant: TenantSettings = TenantSettings()
     models: dict[str, dict[str, Any]]
     providers: ProviderSettings = ProviderSettings()
@@ -243,8 +256,13 @@ class Config(_Section, frozen=True, kw_only=True):
             if model is not None and model not in self.models:
                 raise ValueError(f"shadow names unknown model {model!r}")  # fmt: skip
 
-    def tenant(self, name: str) -> TenantSettings:
-        return self.tenants.get(name, self.default_tenant)
+    def tenant(self, name: str) -> TenantSettings | None:
+        """The settings of tenant `name` (exact match), `default_tenant` for an unknown name
+        when `unknown_tenant` is "default", else None."""
+        known = self.tenants.get(name)
+        if known is not None:
+            return known
+        return self.default_tenant if self.unknown_tenant == "default" else None
 
 
 class ConfigError(ValueError):

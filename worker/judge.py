@@ -37,7 +37,7 @@ from typing import Any, Literal
 from aiokafka import AIOKafkaProducer
 
 import schemas
-from routers.outcomes import Label, merge_answered, trace_id_for
+from routers.outcomes import Label, LabelIndex, merge_answered, request_key, trace_id_for
 from worker.dataset_cli import CommandError, add_kafka_args, kafka_from_args
 from worker.outcome_sources import (
     answered_from_decision,
@@ -251,6 +251,7 @@ class Judge:
         pairwise: bool = False,
         comment: str | None = None,
         now: datetime | None = None,
+        tenant: str | None = None,
     ) -> schemas.Feedback:
         return schemas.Feedback(
             schema_version=1,
@@ -259,7 +260,8 @@ class Judge:
             source="judge",
             created_at=now or datetime.now(UTC),
             request_id=request_id,
-            trace_id=trace_id_for(request_id),
+            tenant=tenant,
+            trace_id=trace_id_for(request_id, tenant),
             comment=comment,
             model=model,
         )
@@ -276,6 +278,7 @@ class Pending:
     prompt: str
     model: str
     answer: str
+    tenant: str | None = None
 
 
 def unjudged(
@@ -289,24 +292,23 @@ def unjudged(
         [answered_from_decision(d) for d in decisions]
         + [answered_from_response(r) for r in responses]
     )
-    answers: dict[str, str] = {}
+    answers: dict[str, str] = {}  # by request_key (merged's keys)
     for r in responses:
         if r.status == "ok" and r.message is not None and r.message.content:
-            answers[r.request_id] = r.message.content
-    by_trace = {trace_id_for(rid): rid for rid in merged}
-    judged: set[tuple[str, str | None]] = set()  # (request id, model) with feedback
+            answers[request_key(r.tenant, r.request_id)] = r.message.content
+    index = LabelIndex(merged)
+    judged: set[tuple[str, str | None]] = set()  # (request key, model) with feedback
     for label in labels:
-        rid = label.request_id or (by_trace.get(label.trace_id) if label.trace_id else None)
-        if rid is None or rid not in merged:
-            continue
-        judged.add((rid, label.model or merged[rid].model))
+        key = index.key_for(label)
+        if key is not None:
+            judged.add((key, label.model or merged[key].model))
     out: list[Pending] = []
-    for rid in sorted(merged):
-        a = merged[rid]
+    for key in sorted(merged, key=lambda k: (merged[k].request_id, k)):
+        a = merged[key]
         model = a.model
-        if model is None or a.prompt is None or rid not in answers or (rid, model) in judged:
+        if model is None or a.prompt is None or key not in answers or (key, model) in judged:
             continue
-        out.append(Pending(rid, a.prompt, model, answers[rid]))
+        out.append(Pending(a.request_id, a.prompt, model, answers[key], a.tenant))
     return out
 
 
@@ -333,7 +335,11 @@ async def judge_pending(
                         return
                     events = [
                         judge.feedback(
-                            p.request_id, p.model, verdict.score, comment=verdict.text[-500:]
+                            p.request_id,
+                            p.model,
+                            verdict.score,
+                            comment=verdict.text[-500:],
+                            tenant=p.tenant,
                         )
                     ]
                 else:
@@ -352,11 +358,11 @@ async def judge_pending(
                     events = [
                         judge.feedback(
                             p.request_id, p.model, va, pairwise=True,
-                            comment=f"vs {pairwise_model}; {note}",
+                            comment=f"vs {pairwise_model}; {note}", tenant=p.tenant,
                         ),
                         judge.feedback(
                             p.request_id, pairwise_model, vb, pairwise=True,
-                            comment=f"vs {p.model}; {note}",
+                            comment=f"vs {p.model}; {note}", tenant=p.tenant,
                         ),
                     ]  # fmt: skip
             except ProviderError:

@@ -7,7 +7,9 @@ Fields passed with `extra=` are written as top-level keys (values that JSON cann
 written as `str()`); an exception adds `exc_type` and `exc`. `RedactingFilter` scrubs API keys
 (`sk-...`, `sk-ant-...`, Langfuse `sk-lf-...`), `Bearer`/`Basic` credentials,
 `api-key`/`x-api-key`-style header values and SASL/PLAIN auth bytes from the message, the
-extras and the traceback.
+extras and the traceback; and, once `protect` has been given them (the app does, at start-up),
+every fragment of the configured key values themselves (`worker.secrets.Redactor`). The
+logging machinery is process-wide, so that set is too.
 Nothing here runs at import; `setup_logging` installs one handler on the root logger.
 """
 
@@ -20,11 +22,14 @@ import sys
 import time
 from typing import IO, Any, Final
 
+from worker.secrets import Redactor
+
 __all__ = [
     "LOG_FORMATS",
     "JsonFormatter",
     "RedactingFilter",
     "TextFormatter",
+    "protect",
     "redact",
     "setup_logging",
 ]
@@ -60,10 +65,20 @@ _RECORD_ATTRS: Final = frozenset(
 )
 
 
+_configured = Redactor()
+
+
+def protect(redactor: Redactor) -> None:
+    """From now on, `redact` (log records, span error messages) also removes these secrets."""
+    global _configured
+    _configured = _configured.merged(redactor)
+
+
 def redact(text: str) -> str:
     """`text` with anything that looks like an API key or credential replaced."""
     if not text:
         return text
+    text = _configured(text)
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text

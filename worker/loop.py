@@ -40,6 +40,7 @@ from aiokafka.errors import (
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 import schemas
+from routers.outcomes import request_key
 from worker.batch.backends import BatchBackend
 from worker.batch.jobs import BatchManager, Finished
 from worker.batch.store import JobStore
@@ -207,6 +208,10 @@ class Pipeline(Protocol):
     ) -> Handled | Deferred: ...
 
     def batch_response(self, finished: Finished) -> Handled: ...
+
+    def redacted(self, finished: Finished) -> Finished:
+        """The ended batch item with its provider strings redacted (before any use)."""
+        ...
 
     def internal_error(
         self, request: schemas.RouteRequest, record: RecordInfo, exc: BaseException
@@ -796,7 +801,9 @@ class Worker:
                             state.handled_once = True  # not before: a failure here is retried
                         if state.handled is not None:
                             await self._publish(state.handled, request, info, state)
-                            (await self.answered(tp.partition)).add(request.request_id)
+                            (await self.answered(tp.partition)).add(
+                                request_key(request.tenant, request.request_id)
+                            )
                     break
                 except asyncio.CancelledError:
                     raise
@@ -844,7 +851,8 @@ class Worker:
                 info.key,
                 info.headers,
                 self.kafka.group_id,
-                request.request_id if request is not None else None,
+                # the trace seed: ids are each tenant's own
+                request_key(request.tenant, request.request_id) if request is not None else None,
             )
         except Exception:
             log.exception("opening the record's span failed; the record goes on without it")
@@ -888,8 +896,11 @@ class Worker:
         once per record: the model call is paid for once, whatever publishing needs."""
         answered = await self.answered(tp.partition)
         batches = self.batches
-        if request.request_id in answered or (
-            batches is not None and batches.is_batched(tp.partition, request.request_id)
+        # ids are the tenant's own: the same id of another tenant is another request
+        key = request_key(request.tenant, request.request_id)
+        if key in answered or (
+            batches is not None
+            and batches.is_batched(tp.partition, request.request_id, request.tenant)
         ):
             self.stats["duplicates"] += 1
             _quietly(self.observer.duplicate)
@@ -906,6 +917,7 @@ class Worker:
                     result.call,
                     decision=decided,
                     traceparent=span.traceparent(),
+                    tenant=request.tenant,
                 ):
                     _quietly(span.set_response, status="batched", model=result.model)
                     try:
@@ -986,16 +998,27 @@ class Worker:
         """Answer one item of an ended batch job (called by the batch jobs, at least once)."""
         item = finished.item
         answered = await self.answered(item.partition)
-        if item.request_id in answered:
+        tenant = (
+            item.tenant
+            if item.tenant is not None
+            else (finished.request.tenant if finished.request is not None else None)
+        )
+        key = request_key(tenant, item.request_id)
+        if key in answered:
             return
         request = finished.request
         info = RecordInfo(item.topic, item.partition, item.offset, item.request_id.encode(),
                           [], None)  # fmt: skip
         # the answer's span: in the request's trace, linked to the submission's span
         with self.tracing.answer_span(
-            item.topic, item.partition, item.offset, item.request_id, finished.job_id,
+            item.topic,
+            item.partition,
+            item.offset,
+            item.request_id,
+            finished.job_id,
             item.traceparent,
-        ) as span:  # fmt: skip
+            trace_seed=key,  # the request's trace: seeded by (tenant, request_id)
+        ) as span:
             handled = await self._batch_answer(finished, info, span)
             state = _Publishing(handled_once=True, handled=handled)
             while True:
@@ -1006,13 +1029,14 @@ class Worker:
                     log.warning("publishing batch answer %s failed, retrying: %s",
                                 item.request_id, exc)  # fmt: skip
                     await asyncio.sleep(1.0)
-        answered.add(item.request_id)
+        answered.add(key)
 
     async def _batch_answer(
         self, finished: Finished, info: RecordInfo, span: RequestSpan
     ) -> Handled:
         """The response for an ended batch item (retried interactively when so configured),
         traced on `span`: a `chat` span for the batch's own answer, the outcome on the root."""
+        finished = self.pipeline.redacted(finished)  # parsed outside the client's call path
         item, request, outcome = finished.item, finished.request, finished.outcome
         if request is not None:
             span.set_request(
@@ -1130,7 +1154,7 @@ class Worker:
                 await self.producer.send_and_wait(
                     self.topics.done,
                     marker(info.partition, info.offset),
-                    key=key,
+                    key=request_key(handled.response.tenant, handled.response.request_id).encode(),
                     partition=marker_partition(info.partition, self._done_partitions),
                 )
             except KafkaError as exc:

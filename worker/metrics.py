@@ -2,7 +2,8 @@
 
 `WorkerMetrics` owns its own `CollectorRegistry` (never the global one), so tests and several
 workers in one process do not collide. The loop feeds it through small typed methods; label
-values must come from bounded sets (model names of the catalogue, statuses, error classes).
+values must come from bounded sets (model names of the catalogue, statuses, error classes, the
+configured tenant names with "other" for the rest).
 
 `OpsServer` is an asyncio HTTP/1.1 server (one request per connection) on 127.0.0.1 by default:
 
@@ -25,7 +26,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -50,9 +51,17 @@ REQUEST_BUCKETS_S: Final = (
 class WorkerMetrics:
     """Every metric of one worker, registered in `self.registry`."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, namespace: str = "llmroute"):
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        namespace: str = "llmroute",
+        *,
+        tenants: Iterable[str] = (),
+    ):
         self.registry = registry if registry is not None else CollectorRegistry()
         ns, reg = namespace, self.registry
+        # tenant labels: the configured names only (a request's name is never a label)
+        self._tenants = frozenset(tenants)
         self.requests = Counter(
             "requests", "Requests finished, by chosen model and status ('none' before routing).",
             ["model", "status"], namespace=ns, registry=reg,
@@ -68,7 +77,8 @@ class WorkerMetrics:
         )  # fmt: skip
         self.tenant_cost_usd = Counter(
             "tenant_cost_usd",
-            "Provider cost by tenant (configured tenants; others: 'other'), USD.",
+            "Provider cost of the model calls per configured tenant, USD "
+            '(tenant="other": every name not configured).',
             ["tenant"],
             namespace=ns,
             registry=reg,
@@ -253,10 +263,14 @@ class WorkerMetrics:
         self.always_strong_cost_usd.inc(always_strong_cost_usd)
         self.cost_saved_usd.inc(always_strong_cost_usd - cost_usd)
 
-    def add_tenant_cost(self, tenant: str, cost_usd: float, always_strong_cost_usd: float) -> None:
-        """`tenant` must come from a bounded set (the observer maps unknown ones to "other")."""
-        self.tenant_cost_usd.labels(tenant).inc(cost_usd)
-        self.tenant_always_strong_cost_usd.labels(tenant).inc(always_strong_cost_usd)
+    def add_tenant_cost(
+        self, tenant: str, cost_usd: float, always_strong_cost_usd: float = 0.0
+    ) -> None:
+        """The real cost of one request's calls (and its always-strong estimate) on its tenant's
+        series: a configured tenant's name, else "other" (a request's name is never a label)."""
+        label = tenant if tenant in self._tenants else "other"
+        self.tenant_cost_usd.labels(label).inc(cost_usd)
+        self.tenant_always_strong_cost_usd.labels(label).inc(always_strong_cost_usd)
 
     @contextlib.contextmanager
     def track_in_flight(self) -> Iterator[None]:

@@ -16,12 +16,10 @@ class MetricsObserver:
         metrics: WorkerMetrics,
         health: Health,
         topic: str,
-        tenants: frozenset[str] = frozenset(),
     ) -> None:
         self.metrics = metrics
         self.health = health
         self.topic = topic
-        self.tenants = tenants  # label values of per-tenant series; any other tenant: "other"
 
     def heartbeat(self) -> None:
         self.health.beat()
@@ -69,7 +67,7 @@ class MetricsObserver:
             strong = handled.strong_cost_usd
             always = r.cost_usd if strong is None else strong
             m.add_cost(r.model or "none", r.cost_usd, always)
-            m.add_tenant_cost(r.tenant if r.tenant in self.tenants else "other", r.cost_usd, always)
+            m.add_tenant_cost(r.tenant, r.cost_usd, always)
         if r.decision is not None and r.decision.unfamiliar is not None:
             m.observe_unfamiliar(r.decision.unfamiliar)
         if r.decision is not None and r.decision.arm is not None:

@@ -165,6 +165,7 @@ def label_from_feedback(f: schemas.Feedback) -> Label:
         request_id=f.request_id,
         trace_id=f.trace_id,
         model=f.model,
+        tenant=f.tenant,
     )
 
 

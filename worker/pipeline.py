@@ -30,10 +30,12 @@ from routers.artifact import Artifact
 from routers.calibration import threshold_from_quantiles
 from routers.cascade import AnswerScorer, CascadeParams, CascadeResult
 from routers.decision import Candidate, Decision
+from routers.eligibility import Eligible, Limits, eligible
 from routers.errors import NoEligibleModelError
 from routers.familiarity import UNFAMILIAR_THRESHOLD
 from routers.features import prompt_text
 from routers.learned import assess
+from routers.outcomes import trace_id_for as rtrace_id_for
 from worker.batch.jobs import Finished
 from worker.config import Config, PolicySpec
 from worker.judge import Judge, JudgeSettings
@@ -41,6 +43,7 @@ from worker.loop import Deferred, Handled, RecordInfo
 from worker.providers.catalogue import Catalogue
 from worker.providers.client import RouterClient
 from worker.providers.errors import AllModelsFailedError, CircuitOpenError, ProviderError
+from worker.providers.redaction import scrub_error, scrub_result
 from worker.providers.types import (
     Attempt,
     CompletionRequest,
@@ -48,6 +51,7 @@ from worker.providers.types import (
     RoutedCompletion,
     Usage,
 )
+from worker.spend import SpendLedger
 from worker.telemetry import TelemetryConfig, Tracing
 
 if TYPE_CHECKING:
@@ -78,6 +82,12 @@ class Resolved:
     options: rpolicy.PolicyOptions
     notes: tuple[str, ...] = ()
     mode: Literal["interactive", "batch"] = "interactive"
+    limits: tuple[Limits, ...] = ()  # the tenant's and the request's (routers.eligibility)
+
+    @property
+    def budget_usd(self) -> float | None:
+        budgets = [x.max_cost_usd for x in self.limits if x.max_cost_usd is not None]
+        return min(budgets) if budgets else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,9 +160,10 @@ def load_answer_scorers(config: Config) -> dict[str, LoadedAnswerScorer]:
     return out
 
 
-def trace_id_for(request_id: str) -> str:
-    """The trace id derived from a request id (Langfuse's `create_trace_id(seed=...)` rule)."""
-    return hashlib.sha256(request_id.encode()).hexdigest()[:32]
+def trace_id_for(request: schemas.RouteRequest) -> str:
+    """The trace id derived from the request's tenant and id (`routers.outcomes.request_key`;
+    Langfuse's `create_trace_id(seed=...)` rule): two tenants' same id makes two traces."""
+    return rtrace_id_for(request.request_id, request.tenant)
 
 
 class RoutingCore:
@@ -176,6 +187,11 @@ class RoutingCore:
                 f"{sorted(catalogue.models)}"
             )
         self.routable = frozenset(routable)
+        owners: dict[str, set[str]] = {}
+        for tenant_name, tenant in config.tenants.items():
+            for topic in tenant.topics or ():
+                owners.setdefault(topic, set()).add(tenant_name)
+        self._topic_owners = {t: frozenset(names) for t, names in owners.items()}
         self._default_threshold = self._calibrated_default()
         self._fraction_thresholds: dict[float, float] = {}
         # requests without routing overrides resolve alike per (tenant, arm policy): memoised,
@@ -200,6 +216,23 @@ class RoutingCore:
 
     # ------------------------------------------------------------ policy
 
+    def admit(self, request: schemas.RouteRequest, topic: str | None) -> None:
+        """Raise `RequestRejected` unless the request's tenant is known (or unknown ones are
+        routed as the default tenant) and may send on `topic` (None: not from Kafka)."""
+        name = request.tenant
+        tenant = self.config.tenants.get(name)
+        if tenant is None and self.config.unknown_tenant == "reject":
+            raise RequestRejected(f"unknown tenant {name!r}")
+        if topic is None:
+            return
+        if tenant is not None and tenant.topics is not None and topic not in tenant.topics:
+            raise RequestRejected(f"tenant {name!r} does not send on topic {topic!r}")
+        owners = self._topic_owners.get(topic)
+        if owners is not None and name not in owners:
+            raise RequestRejected(
+                f"topic {topic!r} carries only the requests of {', '.join(sorted(owners))}"
+            )
+
     def resolve(self, request: schemas.RouteRequest, policy: str | None = None) -> Resolved:
         """`policy` (an A/B arm's) replaces the tenant's policy; request overrides still apply."""
         plain = request.routing == _NO_OVERRIDES
@@ -217,6 +250,8 @@ class RoutingCore:
 
     def _resolve(self, request: schemas.RouteRequest, policy: str | None) -> Resolved:
         tenant = self.config.tenant(request.tenant)
+        if tenant is None:
+            raise RequestRejected(f"unknown tenant {request.tenant!r}")
         if policy is not None:
             tenant = msgspec.structs.replace(tenant, policy=policy)
         ask = request.routing
@@ -236,13 +271,20 @@ class RoutingCore:
         if spec is None:
             raise RequestRejected(f"unknown routing policy {name!r}")
 
-        allow = set(self.routable)
-        if tenant.allowed_models is not None:
-            allow &= set(tenant.allowed_models)
-        if ask.allowed_models is not None:
-            allow &= set(ask.allowed_models)  # narrowing is always allowed
-        deny = set(tenant.denied_models) | set(ask.denied_models or ())
-        budgets = [b for b in (tenant.max_cost_usd, ask.max_cost_usd) if b is not None]
+        limits = (
+            Limits(
+                "tenant",
+                None if tenant.allowed_models is None else frozenset(tenant.allowed_models),
+                frozenset(tenant.denied_models),
+                tenant.max_cost_usd,
+            ),
+            Limits(  # a request may always narrow, never widen
+                "request",
+                None if ask.allowed_models is None else frozenset(ask.allowed_models),
+                frozenset(ask.denied_models or ()),
+                ask.max_cost_usd,
+            ),
+        )
         latency_budgets = [b for b in (tenant.max_latency_ms, ask.max_latency_ms) if b is not None]
         threshold = spec.threshold
         fraction = spec.strong_fraction
@@ -260,9 +302,6 @@ class RoutingCore:
             threshold=threshold if spec.kind in ("threshold", "cascade") else None,
             quality_target=spec.quality_target if spec.kind == "quality_target" else None,
             cost_weight_per_usd=spec.cost_weight_per_usd,
-            allow=frozenset(allow),
-            deny=frozenset(deny),
-            max_cost_usd=min(budgets) if budgets else None,
             default_output_tokens=spec.default_output_tokens,
             max_latency_ms=min(latency_budgets) if latency_budgets else None,
             latency_weight_per_s=spec.latency_weight_per_s,
@@ -270,7 +309,8 @@ class RoutingCore:
             on_unfamiliar=spec.on_unfamiliar,
         )
         batch = tenant.mode == "batch" or (ask.mode == "batch" and allowed("mode", ask.mode))
-        return Resolved(name, spec, options, tuple(notes), "batch" if batch else "interactive")
+        mode: Literal["interactive", "batch"] = "batch" if batch else "interactive"
+        return Resolved(name, spec, options, tuple(notes), mode, limits)
 
     def threshold_for_fraction(self, fraction: float) -> float:
         """The threshold sending about `fraction` of calibration prompts to the strong model."""
@@ -341,10 +381,15 @@ class RoutingCore:
         if latency_budget_ms != options.max_latency_ms:
             options = replace(options, max_latency_ms=latency_budget_ms)
         n_in = rpolicy.estimate_input_tokens(text, options.chars_per_token)
-        n_out = request.params.max_tokens or options.default_output_tokens
+        n_out = self.output_tokens(request, resolved)
         costs = {m: rpolicy.estimate_cost_usd(price, n_in, n_out) for _, m, price in self._priced}
+        messages = prepared.messages if prepared is not None else None
+        allowed = self.eligible(request, resolved, messages)
+        if not allowed:
+            raise RequestRejected(allowed.why_none())
         scores = predicted.tolist()
         row = {m: float(scores[j]) for j, m, _ in self._priced}
+        options = replace(options, allow=allowed.models)
         try:
             decision = rpolicy.decide(
                 row,
@@ -360,6 +405,26 @@ class RoutingCore:
         if resolved.notes:
             decision = _with_reason(decision, decision.reason + "; " + "; ".join(resolved.notes))
         return decision
+
+    def output_tokens(self, request: schemas.RouteRequest, resolved: Resolved) -> int:
+        """The most output tokens the call may produce: the request's `max_tokens`, else the
+        policy's default (sent to the provider as the call's limit whenever a budget applies)."""
+        return request.params.max_tokens or resolved.options.default_output_tokens
+
+    def eligible(
+        self,
+        request: schemas.RouteRequest,
+        resolved: Resolved,
+        messages: list[dict[str, Any]] | None = None,
+    ) -> Eligible:
+        """The models this request may reach: the routable ones within every party's limits,
+        priced at an upper bound of the whole input plus the maximum output."""
+        if messages is None:
+            messages = [schemas.to_builtins(m) for m in request.messages]
+        n_in = rpolicy.input_tokens_bound(messages, resolved.spec.image_input_tokens)
+        n_out = self.output_tokens(request, resolved)
+        bounds = {m: rpolicy.estimate_cost_usd(price, n_in, n_out) for _, m, price in self._priced}
+        return eligible(bounds.keys(), resolved.limits, bounds)
 
     def fallback_chain(
         self,
@@ -378,10 +443,7 @@ class RoutingCore:
             (
                 c
                 for c in decision.candidates
-                if c.model != decision.model
-                and (not options.allow or c.model in options.allow)
-                and c.model not in options.deny
-                and (options.max_cost_usd is None or c.est_cost_usd <= options.max_cost_usd)
+                if c.model != decision.model and c.model in decision.eligible
             ),
             key=lambda c: (misses(c), -c.predicted_quality, c.est_cost_usd),
         )
@@ -421,8 +483,10 @@ class Pipeline:
         mask_prompts: bool = False,
         tracing: Tracing | None = None,
         answer_scorers: dict[str, LoadedAnswerScorer] | None = None,
+        spend: SpendLedger | None = None,
     ) -> None:
         self.core = core
+        self.spend = spend  # per-tenant spend limits (worker.spend), when any tenant has one
         self.client = client
         self.answer_scorers = answer_scorers or {}
         for name, spec in core.config.policies.items():
@@ -521,6 +585,10 @@ class Pipeline:
         started = self.perf()
         outcome = Outcome()
         ready = prepared if isinstance(prepared, Prepared) else None
+        try:
+            self.core.admit(request, record.topic)
+        except RequestRejected as exc:
+            return self._error(request, started, outcome, "RequestRejected", str(exc), False)
         now = self.wall_clock()
         if request.deadline is not None and request.deadline <= now:
             return self._error(
@@ -534,7 +602,7 @@ class Pipeline:
         cache = self.cache
         if cache is not None and not interactive:
             hit = cache.lookup(request)
-            if hit is not None:
+            if hit is not None and self._may_serve(request, hit.value.model):
                 return self._cached(request, hit, started)
         arm = self.arm_for(request)
         core = arm.core if arm is not None and arm.core is not None else self.core
@@ -573,8 +641,18 @@ class Pipeline:
         if request.deadline is not None:
             deadline_s = min(deadline_s, (request.deadline - now).total_seconds())
         call = _completion_request(request, messages)
-        if resolved.mode == "batch" and not interactive and self.can_batch(decision.model):
-            trace_id = trace_id_for(request.request_id)
+        spend = self.spend
+        limited = spend is not None and spend.limited(request.tenant)
+        if (resolved.budget_usd is not None or limited) and call.max_tokens is None:
+            # the budget was checked against this many output tokens: hold the provider to it
+            call = replace(call, max_tokens=core.output_tokens(request, resolved))
+        if (
+            resolved.mode == "batch"
+            and not interactive
+            and not limited  # batch spend is not tracked: a limited tenant is answered now
+            and self.can_batch(decision.model)
+        ):
+            trace_id = trace_id_for(request)
             return Deferred(
                 model=decision.model,
                 call=call,
@@ -582,11 +660,34 @@ class Pipeline:
             )
         chain = core.fallback_chain(decision, resolved.options, budget)
         plan = _Route(budget, decision.policy == "latency_tight")
+        cascade = (
+            resolved.spec.kind == "cascade"
+            or (decision.policy == "unfamiliar" and resolved.spec.on_unfamiliar == "cascade")
+        ) and decision.model == core.router.weak
+        allowed = core.eligible(request, resolved, messages) if cascade or limited else None
+        reserved = 0.0
+        if limited:
+            assert spend is not None and allowed is not None
+            bounds = allowed.cost_bound_usd
+            reserved = max(bounds.get(m, math.inf) for m in chain)
+            if cascade:
+                reserved += bounds.get(resolved.spec.strong or core.router.strong, 0.0)
+            why = spend.reserve(request.tenant, reserved)
+            if why is not None:
+                return self._error(
+                    request,
+                    started,
+                    outcome,
+                    "RequestRejected",
+                    why,
+                    False,
+                    decision,
+                    info,
+                    messages,
+                )
         try:
-            cascade = resolved.spec.kind == "cascade" or (
-                decision.policy == "unfamiliar" and resolved.spec.on_unfamiliar == "cascade"
-            )
-            if cascade and decision.model == core.router.weak:
+            if cascade:
+                assert allowed is not None
                 question = ready.text if ready is not None else core.prompt(messages)
                 completion = await self._cascade(
                     request,
@@ -598,9 +699,11 @@ class Pipeline:
                     core.router.strong,
                     question,
                     plan,
+                    allowed=allowed,
                 )
             else:
                 completion = await self._call(request, call, chain, deadline_s, outcome, plan)
+            outcome.completion = completion
         except AllModelsFailedError as exc:
             outcome.attempts.extend(_attempts(exc.attempts))
             last = exc.last_error
@@ -627,7 +730,12 @@ class Pipeline:
                 info,
                 messages,
             )
-        outcome.completion = completion
+        finally:
+            if limited:
+                assert spend is not None
+                done = outcome.completion
+                paid = outcome.extra_cost_usd + (done.cost_usd if done is not None else 0.0)
+                spend.settle(request.tenant, reserved, paid)
         result = completion.result
         if outcome.cascade_reason is not None:
             info = msgspec.structs.replace(info, reason=f"{info.reason}; {outcome.cascade_reason}")
@@ -646,7 +754,7 @@ class Pipeline:
             store = asyncio.create_task(cache.publish(request, _answer_of(request, result)))
             self._background.add(store)
             store.add_done_callback(self._background.discard)
-        trace_id = trace_id_for(request.request_id)
+        trace_id = trace_id_for(request)
         response = _ok_response(
             request, result, cost, outcome.attempts, (self.perf() - started) * 1000, info,
             trace_id, self.wall_clock(),
@@ -721,8 +829,11 @@ class Pipeline:
         router_strong: str,
         question: str,
         route: _Route | None = None,
+        *,
+        allowed: Eligible,
     ) -> RoutedCompletion:
-        """Cheap model first; escalate to the strong model when the scorer rejects the answer."""
+        """Cheap model first; escalate to the strong model when the scorer rejects the answer,
+        the strong model is eligible and its cost bound still fits the budget."""
         cheap = chain[0]
         strong = spec.strong or router_strong
         started = self.perf()
@@ -730,8 +841,12 @@ class Pipeline:
         remaining = deadline_s - (self.perf() - started)
         verdict, how = await self._judge_answer(spec, question, first, remaining, outcome)
         outcome.cascade_reason = f"cascade {how}: {verdict.reason}"
-        if verdict.accept or strong == cheap:
+        if verdict.accept or strong == cheap or strong not in allowed:
             return first
+        budget = allowed.budget_usd
+        bound = allowed.cost_bound_usd.get(strong, math.inf)
+        if budget is not None and not outcome.extra_cost_usd + first.cost_usd + bound <= budget:
+            return first  # escalating could overspend the budget
         # the grader's call is not an attempt: the last attempt is the cheap answer's
         last = outcome.attempts[-1]
         outcome.attempts[-1] = msgspec.structs.replace(last, status="escalated")
@@ -788,6 +903,15 @@ class Pipeline:
         logprobs = [t.logprob for t in r.logprobs] if r.logprobs else None
         return scorer.score(answer, logprobs), "rules"
 
+    def _may_serve(self, request: schemas.RouteRequest, model: str) -> bool:
+        """Whether a cached answer of `model` may answer this request: the model must be in its
+        eligible set now (entries are shared between members, whose configs can differ)."""
+        try:
+            resolved = self.core.resolve(request)
+        except RequestRejected:
+            return False
+        return model in self.core.eligible(request, resolved)
+
     def _cached(
         self, request: schemas.RouteRequest, hit: CacheHit[CachedAnswer], started: float
     ) -> Handled:
@@ -798,7 +922,7 @@ class Pipeline:
         info = schemas.DecisionInfo(
             router="semantic-cache",
             router_version=core.router.version,
-            policy=tenant.policy,
+            policy=tenant.policy if tenant is not None else "unknown",
             model=answer.model,
             score=hit.similarity,
             threshold=core.config.cache.similarity_threshold,
@@ -807,7 +931,7 @@ class Pipeline:
             f"{answer.request_id or 'an earlier request'}",
             cache_hit=True,
         )
-        trace_id = trace_id_for(request.request_id)
+        trace_id = trace_id_for(request)
         usage = schemas.Usage(input_tokens=answer.usage.input_tokens,
                               output_tokens=answer.usage.output_tokens)  # fmt: skip
         finish = answer.finish_reason if answer.finish_reason in ("stop", "length") else "stop"
@@ -876,6 +1000,8 @@ class Pipeline:
         }.get(shadow.model, shadow.model)
         if model == answered_by or model not in core.catalogue.models:
             return  # nothing to compare against
+        if model not in decision.eligible:
+            return  # the tenant's prompt never goes to a model it may not use
         if len(self._shadow_tasks) >= shadow.max_in_flight:
             self.shadow_stats["skipped"] += 1
             return
@@ -899,7 +1025,7 @@ class Pipeline:
         """Call `model` too; publish its answer, its decision (`shadow: true`) and, with a
         judge, the pairwise verdict. Never touches the user's response; never raises."""
         started = self.perf()
-        trace_id = trace_id_for(request.request_id)
+        trace_id = trace_id_for(request)
         try:
             completion = await self.client.complete(
                 call, [model], deadline_s=self.core.config.providers.request_deadline_s
@@ -941,6 +1067,7 @@ class Pipeline:
                         feedback.append(judge.feedback(
                             request.request_id, who, value, pairwise=True,
                             comment=f"shadow comparison, consistent={verdict.consistent}",
+                            tenant=request.tenant,
                         ))  # fmt: skip
         assert self.shadow_sink is not None
         try:
@@ -954,11 +1081,22 @@ class Pipeline:
         for task in list(self._shadow_tasks):
             task.cancel()
 
+    def redacted(self, finished: Finished) -> Finished:
+        """The ended batch item with its provider strings redacted by the configured keys
+        (batch results are parsed outside the client's call path)."""
+        outcome = finished.outcome
+        if isinstance(outcome, CompletionResult):
+            return replace(finished, outcome=scrub_result(outcome, self.client.redactor))
+        if isinstance(outcome, ProviderError):
+            scrub_error(outcome, self.client.redactor)
+        return finished
+
     def batch_response(self, finished: Finished) -> Handled:
         """The response for one item of an ended batch job: its answer (priced with the batch
         discount), or an error response (cancelled job, failed or missing item)."""
-        item, request, outcome = finished.item, finished.request, finished.outcome
-        trace_id = trace_id_for(item.request_id)
+        item, request, outcome = finished.item, finished.request, self.redacted(finished).outcome
+        tenant = item.tenant if item.tenant is not None else (request and request.tenant)
+        trace_id = rtrace_id_for(item.request_id, tenant or None)
         spec = self.core.catalogue.models.get(finished.model)
         attempt = schemas.Attempt(
             model=finished.model,
@@ -970,7 +1108,7 @@ class Pipeline:
         base = schemas.RouteResponse(
             schema_version=1,
             request_id=item.request_id,
-            tenant=request.tenant if request is not None else "unknown",
+            tenant=tenant or "unknown",
             status="error",
             model=None,
             provider=None,
@@ -1050,7 +1188,7 @@ class Pipeline:
     ) -> Handled:
         if decision is not None and info is None:
             info = _decision_info(decision)
-        trace_id = trace_id_for(request.request_id)
+        trace_id = trace_id_for(request)
         response = schemas.RouteResponse(
             schema_version=1,
             request_id=request.request_id,
@@ -1093,7 +1231,7 @@ class Pipeline:
             request_id=request.request_id,
             tenant=request.tenant,
             decision=info,
-            trace_id=trace_id if trace_id is not None else trace_id_for(request.request_id),
+            trace_id=trace_id if trace_id is not None else trace_id_for(request),
             created_at=self.wall_clock(),
             mode=request.routing.mode,
             prompt=None if self.mask_prompts else text,

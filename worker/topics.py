@@ -31,7 +31,7 @@ async def ensure_topics(
     try:
         existing = await _partitions(admin)
         partitions = existing.get(topics.requests) or topics.partitions
-        compacted = {topics.done, topics.batch_jobs, topics.cache}
+        compacted = {topics.done, topics.batch_jobs, topics.cache, topics.spend}
         missing = [t for t in dict.fromkeys(topics.names().values()) if t not in existing]
         if missing:
             new = [

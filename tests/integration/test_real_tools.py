@@ -29,6 +29,7 @@ import pytest
 from aiokafka import codec as aiokafka_codec
 
 import schemas
+from routers.outcomes import request_key
 from tests.integration.real_tools import (
     OtelCollector,
     free_port,
@@ -309,7 +310,9 @@ def test_every_response_carries_the_traceparent_of_its_request(run: Run):
     for headers, key, _ in run.consumed:
         version, trace_id, span_id, flags = headers["traceparent"].split("-")
         assert version == "00" and flags == "01"
-        assert trace_id == run.responses[key].trace_id == derive_trace_id_hex(key)
+        assert (
+            trace_id == run.responses[key].trace_id == derive_trace_id_hex(request_key("acme", key))
+        )
         assert roots[trace_id].span_id == span_id  # the consumer continues the trace
 
 
@@ -333,7 +336,10 @@ def test_ok_requests_have_the_promised_structure(run: Run):
     for s in run.spans:
         by_trace.setdefault(s.trace_id, []).append(s)
     for request_id in (r for ids in run.sent.values() for r in ids):
-        spans = {s.name.split(" ")[0]: s for s in by_trace[derive_trace_id_hex(request_id)]}
+        spans = {
+            s.name.split(" ")[0]: s
+            for s in by_trace[derive_trace_id_hex(request_key("acme", request_id))]
+        }
         root, route, chat = spans["process"], spans["route"], spans["chat"]
         _, producer_trace, producer_span = _producer_traceparent(request_id)
         assert root.kind == KIND_CONSUMER and root.parent_span_id == ""
@@ -357,7 +363,11 @@ def test_ok_requests_have_the_promised_structure(run: Run):
 
 def test_error_requests_are_error_spans(run: Run):
     for request_id in run.errors:
-        [root] = [s for s in run.spans if s.trace_id == derive_trace_id_hex(request_id)]
+        [root] = [
+            s
+            for s in run.spans
+            if s.trace_id == derive_trace_id_hex(request_key("acme", request_id))
+        ]
         assert root.kind == KIND_CONSUMER and root.status_code == STATUS_ERROR
         assert root.attributes["error.type"] == "DeadlineExceeded"
         assert root.attributes["llm_router.status"] == "error"
@@ -369,7 +379,11 @@ def test_batch_requests_answer_with_their_decision_and_linked_spans(run: Run):
         response = run.responses[request_id]
         assert response.mode == "batch" and response.status == "ok"
         assert response.decision is not None and response.decision.model == response.model
-        spans = [s for s in run.spans if s.trace_id == derive_trace_id_hex(request_id)]
+        spans = [
+            s
+            for s in run.spans
+            if s.trace_id == derive_trace_id_hex(request_key("acme", request_id))
+        ]
         by_name = {s.name.split(" ")[0]: s for s in spans}
         submission, answer = by_name["process"], by_name["batch"]
         assert submission.attributes["llm_router.status"] == "batched"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from routers.outcomes import ScoreRules, build_dataset, merge_answered, trace_id_for
+from routers.outcomes import ScoreRules, build_dataset, merge_answered, request_key, trace_id_for
 from tests.loop.langfuse_api import LangfuseApi, generation, score
 from worker.__main__ import main
 from worker.outcome_sources import LangfuseApiError, LangfuseQuery, LangfuseSource
@@ -65,12 +65,16 @@ async def test_outcomes_from_langfuse_pages_retries_and_joins():
     assert len([s for s in obs if s.query.get("cursor")]) >= 2  # 5 observations, 2 a page
     assert len([s for s in sc if s.query.get("cursor")]) >= 2
     assert all(s.query["type"] == "GENERATION" for s in obs)
-    answered = merge_answered(parts)
-    assert set(answered) == {"r1", T2, T3}  # request id from metadata when there is one
-    assert answered["r1"].model == STRONG and answered["r1"].routed_model == WEAK
-    assert answered["r1"].arm == "candidate" and answered["r1"].cost_usd == 0.02
-    assert answered[T2].model == WEAK and answered[T2].shadow_model == STRONG
-    assert answered[T3].prompt is None and answered[T3].prompt_masked
+    merged = merge_answered(parts)
+    # keyed by tenant (Langfuse's userId) and request id (from metadata when there is one)
+    answered_by_id = {a.request_id: a for a in merged.values()}
+    assert set(merged) == {request_key(a.tenant, a.request_id) for a in merged.values()}
+    assert set(answered_by_id) == {"r1", T2, T3}
+    assert answered_by_id["r1"].model == STRONG and answered_by_id["r1"].routed_model == WEAK
+    assert answered_by_id["r1"].arm == "candidate" and answered_by_id["r1"].cost_usd == 0.02
+    assert answered_by_id[T2].model == WEAK and answered_by_id[T2].shadow_model == STRONG
+    assert answered_by_id[T3].prompt is None and answered_by_id[T3].prompt_masked
+    answered = merged
     assert {lab.source for lab in labels} == {"user", "judge"}
     rows, stats = build_dataset(answered, labels, ScoreRules())
     by_id = {r["id"]: r for r in rows}

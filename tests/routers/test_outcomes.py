@@ -18,6 +18,7 @@ from routers.outcomes import (
     label_scores,
     merge_answered,
     normalise,
+    request_key,
     trace_id_for,
 )
 from routers.training import TrainOptions, label_matrix, train
@@ -50,9 +51,16 @@ def test_normalise_table(name, value, expected):
 
 
 def test_trace_id_matches_the_workers_rule():
+    from langfuse import Langfuse
+
+    from tests.worker.support import ROWS, request_event
     from worker.pipeline import trace_id_for as worker_rule
 
-    assert trace_id_for("req-000001") == worker_rule("req-000001")
+    request = request_event(ROWS[0], 1, tenant="acme")
+    assert trace_id_for("req-000001", "acme") == worker_rule(request)
+    assert worker_rule(request) == Langfuse.create_trace_id(seed='["acme","req-000001"]')
+    # two tenants' same id: two traces
+    assert trace_id_for("req-000001", "acme") != trace_id_for("req-000001", "globex")
 
 
 def test_merge_takes_prompt_from_decision_and_model_from_response():
@@ -74,14 +82,21 @@ def test_merge_takes_prompt_from_decision_and_model_from_response():
 def _answered():
     return merge_answered(
         [
-            Answered("r1", prompt="hard q", routed_model=STRONG, answer_model=STRONG,
-                     cost_usd=0.02, tenant="acme", router_version="v1"),
+            Answered(
+                "r1",
+                prompt="hard q",
+                routed_model=STRONG,
+                answer_model=STRONG,
+                cost_usd=0.02,
+                tenant="acme",
+                router_version="v1",
+            ),
             Answered("r2", prompt="easy q", routed_model=WEAK, answer_model=WEAK, cost_usd=0.001),
             Answered("r3", prompt=None, prompt_masked=True, routed_model=WEAK, answer_model=WEAK),
             Answered("r4", prompt="fails", routed_model=WEAK, failed=True),
             Answered("r5", prompt="no feedback", routed_model=WEAK, answer_model=WEAK),
         ]
-    )  # fmt: skip
+    )
 
 
 def test_build_joins_by_request_and_trace_id_and_counts_every_skip():
@@ -120,14 +135,15 @@ def test_mean_latest_filters_and_source_priority():
         Label("thumb", True, "user", 3.0, request_id="r1"),
         Label("task_success", 0.0, "task", 4.0, request_id="r1"),
     ]
+    r1 = request_key("acme", "r1")  # results are keyed as `answered` is: by tenant and id
     mean, _ = label_scores(answered, labels, ScoreRules())
-    assert mean["r1"][STRONG] == pytest.approx(0.5)
+    assert mean[r1][STRONG] == pytest.approx(0.5)
     latest, _ = label_scores(answered, labels, ScoreRules(aggregate="latest"))
-    assert latest["r1"][STRONG] == 1.0  # the judge's, at t=5
+    assert latest[r1][STRONG] == 1.0  # the judge's, at t=5
     prefer, _ = label_scores(answered, labels, ScoreRules(source_priority=("user", "task")))
-    assert prefer["r1"][STRONG] == pytest.approx(0.5)  # only the two user labels
+    assert prefer[r1][STRONG] == pytest.approx(0.5)  # only the two user labels
     tasks, stats = label_scores(answered, labels, ScoreRules(sources=frozenset({"task"})))
-    assert tasks["r1"][STRONG] == 0.0 and stats.labels_filtered == 3
+    assert tasks[r1][STRONG] == 0.0 and stats.labels_filtered == 3
     named, _ = label_scores(answered, labels, ScoreRules(names=frozenset({"nothing"})))
     assert named == {}
 
@@ -185,3 +201,41 @@ def test_rows_carry_the_answer_the_user_got_and_retrain_the_cascade_scorer():
         [Label("correct", True, "task", 1.0, request_id="x")],
     )
     assert "answers" not in bare[0]
+
+
+def test_two_tenants_with_the_same_request_id_are_two_rows():
+    parts = [
+        Answered("r1", prompt="alpha's question", routed_model="weak", tenant="alpha"),
+        Answered("r1", prompt="beta's question", routed_model="strong", tenant="beta"),
+        Answered("r1", answer_model="weak", tenant="alpha"),
+        Answered("r1", answer_model="strong", tenant="beta"),
+    ]
+    answered = merge_answered(parts)
+    assert len(answered) == 2
+    labels = [
+        Label("correct", True, "user", request_id="r1", tenant="alpha"),
+        Label("correct", False, "user", request_id="r1", tenant="beta"),
+        Label("correct", True, "judge", trace_id=trace_id_for("r1", "beta"), model="weak"),
+        Label("correct", True, "user", request_id="r1"),  # which tenant's? not guessed
+    ]
+    rows, stats = build_dataset(answered, labels)
+    by_prompt = {r["prompt"]: r["scores"] for r in rows}
+    assert by_prompt == {
+        "alpha's question": {"weak": 1.0},
+        "beta's question": {"strong": 0.0, "weak": 1.0},
+    }
+    assert stats.labels_unmatched == 1
+    assert {r["tags"]["tenant"] for r in rows} == {"alpha", "beta"}
+
+
+def test_parts_without_a_tenant_join_the_only_request_with_that_id():
+    parts = [
+        Answered("r7", prompt="q", routed_model="weak", tenant="acme"),
+        Answered("r7", answer_model="strong", cost_usd=0.5),  # from a source without tenants
+    ]
+    answered = merge_answered(parts)
+    assert len(answered) == 1
+    (only,) = answered.values()
+    assert (only.tenant, only.model, only.cost_usd) == ("acme", "strong", 0.5)
+    rows, _ = build_dataset(answered, [Label("correct", 1.0, "user", request_id="r7")])
+    assert rows[0]["id"] == "r7" and rows[0]["scores"] == {"strong": 1.0}

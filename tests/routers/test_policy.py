@@ -25,7 +25,7 @@ def _options(obj):
         threshold=obj.get("threshold"),
         quality_target=obj.get("quality_target"),
         cost_weight_per_usd=obj.get("cost_weight_per_usd", 0.0),
-        allow=frozenset(obj.get("allow", ())),
+        allow=frozenset(obj["allow"]) if "allow" in obj else None,
         deny=frozenset(obj.get("deny", ())),
         max_cost_usd=obj.get("max_cost_usd"),
         max_latency_ms=obj.get("max_latency_ms"),
@@ -96,7 +96,7 @@ def test_monotone_in_threshold(table, t1, t2):
 @settings(max_examples=200, deadline=None)
 @given(
     tables(),
-    st.sets(st.sampled_from(MODELS)),
+    st.one_of(st.none(), st.sets(st.sampled_from(MODELS))),
     st.sets(st.sampled_from(MODELS)),
     st.one_of(st.none(), cost),
     st.one_of(st.none(), quality),
@@ -111,14 +111,16 @@ def test_choice_honours_allow_deny_and_budget(table, allow, deny, budget, target
         threshold=thr,
         quality_target=target,
         cost_weight_per_usd=lam,
-        allow=frozenset(allow),
+        allow=None if allow is None else frozenset(allow),
         deny=frozenset(deny),
         max_cost_usd=budget,
     )
     eligible = {
         m
         for m in predicted
-        if (not allow or m in allow) and m not in deny and (budget is None or costs[m] <= budget)
+        if (allow is None or m in allow)
+        and m not in deny
+        and (budget is None or costs[m] <= budget)
     }
     if not eligible:
         with pytest.raises(errors.NoEligibleModelError):
@@ -126,6 +128,7 @@ def test_choice_honours_allow_deny_and_budget(table, allow, deny, budget, target
         return
     d = decide(predicted, costs, opts)
     assert d.model in eligible
+    assert d.eligible == eligible
     if budget is not None:
         assert costs[d.model] <= budget
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from referencing import Registry, Resource
 
 import schemas
@@ -124,3 +126,27 @@ def test_public_surface() -> None:
         if not n.startswith("_")
         and n not in {"annotations", "codec", "events", "json", "resources", "Any"}
     )
+
+
+# ------------------------------------------------------------ duplicate keys (issue 13)
+
+_json_keys = st.text(st.sampled_from('ab:"\\é \u003a'), min_size=1, max_size=4)
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.text(st.sampled_from('x:"\\'), max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_json_keys, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_json_keys, _json_values, min_size=1, max_size=4), st.data())
+def test_duplicate_keys_are_found_exactly(obj, data) -> None:
+    """The fast check agrees with a full parse: a document written with one key twice is
+    caught, any other document passes (colons in keys and strings, escapes, nesting)."""
+    from schemas.codec import _duplicate_key
+
+    text = json.dumps(obj, ensure_ascii=data.draw(st.booleans()))
+    assert _duplicate_key(text.encode()) is None
+    key = data.draw(st.sampled_from(sorted(obj)))
+    doubled = text[:-1] + ", " + json.dumps(key) + ": " + json.dumps(obj[key]) + "}"
+    assert _duplicate_key(doubled.encode()) == key

@@ -18,7 +18,9 @@ def test_the_example_config_parses() -> None:
     config = config_mod.load(EXAMPLE)
     assert config.kafka.group_id == "llmroute"
     assert config.tenant("acme").max_cost_usd == 0.05
-    assert config.tenant("someone-else") is config.default_tenant
+    assert config.unknown_tenant == "reject"
+    assert config.tenant("someone-else") is None  # names match exactly; unknown ones rejected
+    assert config.tenant("Acme") is None
     assert set(config.policies) == {"default", "cheap", "cascade"}
     assert Path(config.router.artifact).is_absolute()  # resolved against the file's folder
 
@@ -38,6 +40,7 @@ def test_the_example_config_parses() -> None:
         (MODEL + '[[experiments]]\nname = "e"\narms = [{name = "a"}, {name = "a"}]\n', "distinct"),
         (MODEL + '[shadow]\nsample = 0.1\njudge_model = "gpt-9"\n', "gpt-9"),
         (MODEL + "[shadow]\nsample = 1.5\n", "sample"),
+        (MODEL + 'unknown_tenant = "allow"\n', "unknown_tenant"),
         (MODEL + "[batch]\nflush_age_s = 0\n", "flush"),
         (MODEL + '[batch]\non_item_failure = "drop"\n', "on_item_failure"),
     ],

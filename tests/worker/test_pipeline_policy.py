@@ -58,9 +58,10 @@ def test_a_request_only_narrows_its_tenant(artifact: Path) -> None:
                                threshold=0.9, denied_models=[STRONG_MODEL]),
     )  # fmt: skip
     resolved = core.resolve(req)
-    assert resolved.options.allow == frozenset({WEAK_MODEL})  # the tenant never allowed haiku
-    assert resolved.options.deny == frozenset({STRONG_MODEL})
-    assert resolved.options.max_cost_usd == 0.5  # the lower budget wins
+    allowed = core.eligible(req, resolved)
+    assert allowed.models == frozenset({WEAK_MODEL})  # the tenant never allowed haiku
+    assert dict(allowed.excluded)[STRONG_MODEL] == "not allowed by the request"
+    assert allowed.budget_usd == 0.5  # the lower budget wins
     assert resolved.options.threshold != 0.9  # threshold is not an allowed override here
     assert any("threshold" in note for note in resolved.notes)
     decision = core.decide(req, resolved)
@@ -160,3 +161,34 @@ def test_on_unfamiliar_sends_the_prompt_where_the_policy_says(
     # a familiar prompt is routed by the threshold as before
     plain = request_event(ROWS[0], 4)
     assert core.decide(plain, core.resolve(plain)).policy == "threshold"
+
+
+# ------------------------------------------------------------ issue 13: no escape
+
+
+def _locked(artifact: Path) -> RoutingCore:
+    return _core(
+        artifact,
+        tenants={"cheap": {"allowed_models": [WEAK_MODEL], "allow_overrides": []}},
+    )
+
+
+@pytest.mark.parametrize("asked", [[STRONG_MODEL], [], [ANTHROPIC_MODEL]])
+def test_a_request_cannot_widen_its_tenants_allow_list(artifact: Path, asked: list[str]) -> None:
+    """The intersection of the tenant's and the request's allow-lists is empty: nothing is
+    eligible (it used to mean "no restriction" and the strong model answered)."""
+    core = _locked(artifact)
+    req = request_event(ROWS[0], 1, tenant="cheap", routing=RoutingOptions(allowed_models=asked))
+    with pytest.raises(RequestRejected, match="no eligible model") as caught:
+        core.decide(req, core.resolve(req))
+    assert WEAK_MODEL in str(caught.value) and "not allowed by the request" in str(caught.value)
+
+
+def test_every_model_a_request_can_reach_comes_from_the_eligible_set(artifact: Path) -> None:
+    core = _locked(artifact)
+    for i, row in enumerate(ROWS[:50]):
+        req = request_event(row, i, tenant="cheap")
+        resolved = core.resolve(req)
+        decision = core.decide(req, resolved)
+        assert decision.eligible == frozenset({WEAK_MODEL})
+        assert core.fallback_chain(decision, resolved.options) == [WEAK_MODEL]

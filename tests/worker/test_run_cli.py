@@ -415,8 +415,8 @@ async def test_a_missing_router_creates_no_topic(
 
 
 def test_cost_per_tenant_has_a_bounded_label() -> None:
-    metrics = WorkerMetrics()
-    observer = MetricsObserver(metrics, Health(), "llm.requests", frozenset({"acme"}))
+    metrics = WorkerMetrics(tenants=("acme",))
+    observer = MetricsObserver(metrics, Health(), "llm.requests")
     for i, tenant in enumerate(["acme", "acme", "someone-else", "yet-another"]):
         response = schemas.RouteResponse(
             schema_version=1,

@@ -12,6 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 import schemas
+from routers.outcomes import request_key
 from tests.conftest import TopicFactory
 from tests.telemetry.conftest import langfuse_config
 from tests.telemetry.receiver import LangfuseReceiver
@@ -64,8 +65,8 @@ async def test_each_request_is_one_langfuse_trace_with_a_generation_and_scores(
                 headers=[("traceparent", TRACEPARENT)],
             )  # fmt: skip
         feedback = schemas.Feedback(
-            schema_version=1, request_id="req-000001", name="correct", value=True,
-            source="task", created_at=datetime.now(UTC),
+            schema_version=1, request_id="req-000001", tenant="acme", name="correct",
+            value=True, source="task", created_at=datetime.now(UTC),
         )  # fmt: skip
         await producer.send_and_wait(topics["feedback"], schemas.encode(feedback))
     finally:
@@ -96,7 +97,7 @@ async def test_each_request_is_one_langfuse_trace_with_a_generation_and_scores(
         await app.close()
 
     for i in range(n):
-        trace_id = derive_trace_id_hex(f"req-{i:06d}")
+        trace_id = derive_trace_id_hex(request_key("acme", f"req-{i:06d}"))
         spans = {s.name: s for s in receiver.spans if s.trace_id == trace_id}
         root = spans[f"process {topics['requests']}"]
         assert root.kind == 5  # CONSUMER
@@ -113,7 +114,7 @@ async def test_each_request_is_one_langfuse_trace_with_a_generation_and_scores(
         assert root.attributes["langfuse.trace.metadata.tenant"] == "acme"  # plain
         assert "langfuse.trace.input" in root.attributes  # the routed prompt
     [score] = receiver.scores
-    assert score["traceId"] == derive_trace_id_hex("req-000001")
+    assert score["traceId"] == derive_trace_id_hex(request_key("acme", "req-000001"))
     assert score["name"] == "correct"
 
 
@@ -258,7 +259,11 @@ async def test_responses_and_dead_letters_carry_traceparent_even_with_tracing_of
         response = schemas.decode(record.value, schemas.RouteResponse)
         version, trace_id, span_id, flags = dict(record.headers)["traceparent"].decode().split("-")
         assert (version, flags) == ("00", "00")  # not sampled: nothing recorded it
-        assert trace_id == response.trace_id == derive_trace_id_hex(response.request_id)
+        assert (
+            trace_id
+            == response.trace_id
+            == derive_trace_id_hex(request_key(response.tenant, response.request_id))
+        )
         assert len(span_id) == 16 and int(span_id, 16) != 0
     [letter] = await read_all(kafka_bootstrap, topics["dlq"], 1)
     assert "traceparent" in dict(letter.headers)

@@ -36,6 +36,7 @@ from typing import TypeVar
 import msgspec
 
 import schemas
+from routers.outcomes import request_key
 from worker.batch.backends import BatchBackend, Progress
 from worker.batch.crash import crash_point
 from worker.batch.store import JobStore, chunks, read_source, record_key
@@ -72,6 +73,7 @@ class _Waiting:
     partition: int
     offset: int
     request_id: str
+    tenant: str | None
     custom_id: str
     line: bytes
     done: asyncio.Future[bool]
@@ -160,9 +162,9 @@ class BatchManager:
     def can_batch(self, model: str) -> bool:
         return self.backend_for(model) is not None
 
-    def is_batched(self, partition: int, request_id: str) -> bool:
+    def is_batched(self, partition: int, request_id: str, tenant: str | None = None) -> bool:
         """Whether a recorded, submitted job already holds this request (a redelivery)."""
-        return request_id in self._batched.get(partition, ())
+        return request_key(tenant, request_id) in self._batched.get(partition, ())
 
     async def submit(
         self,
@@ -174,6 +176,7 @@ class BatchManager:
         *,
         decision: schemas.DecisionInfo | None = None,
         traceparent: str | None = None,
+        tenant: str | None = None,
     ) -> bool:
         """Queue one routed request; True once a submitted job that holds it is recorded (its
         offset may then be committed), False when it cannot go through a batch (answer it
@@ -196,7 +199,9 @@ class BatchManager:
             bucket = self._buckets[model] = _Bucket(first_at=self.clock())
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         bucket.items.append(
-            _Waiting(partition, offset, request_id, custom_id, line, done, decision, traceparent)
+            _Waiting(
+                partition, offset, request_id, tenant, custom_id, line, done, decision, traceparent
+            )
         )
         bucket.size += len(line) + 1
         if len(bucket.items) >= max_requests:
@@ -276,7 +281,7 @@ class BatchManager:
         by_partition: dict[int, list[schemas.BatchItem]] = defaultdict(list)
         for w in waiting:
             by_partition[w.partition].append(
-                schemas.BatchItem(custom_id=w.custom_id, request_id=w.request_id,
+                schemas.BatchItem(custom_id=w.custom_id, request_id=w.request_id, tenant=w.tenant,
                                   topic=self.source_topic, partition=w.partition, offset=w.offset,
                                   decision=w.decision, traceparent=w.traceparent)
             )  # fmt: skip
@@ -318,7 +323,9 @@ class BatchManager:
             if state.status == "cancelling":
                 known.cancelled = True
             for item in state.items:
-                self._batched[item.partition][item.request_id] = job.job_id
+                self._batched[item.partition][request_key(item.tenant, item.request_id)] = (
+                    job.job_id
+                )
         if known.task is None or known.task.done():
             known.task = asyncio.create_task(self._follow(known))
 
@@ -448,7 +455,7 @@ class BatchManager:
                 continue
             job.parts.pop(key, None)
             for item in state.items:
-                self._batched[item.partition].pop(item.request_id, None)
+                self._batched[item.partition].pop(request_key(item.tenant, item.request_id), None)
         self._jobs.pop(job.job_id, None)
         log.info("batch job %s (%s) done: %d responses", job.job_id, progress.status, published)
 

@@ -38,6 +38,7 @@ KINDS: dict[str, type[Any] | None] = {
     "batch_jobs": schemas.BatchJob,
     "cache": schemas.CacheEntry,
     "done": None,
+    "spend": None,
 }
 
 

@@ -252,7 +252,13 @@ class AnthropicTransport(PooledTransport):
             timeout_s=min(timeout_s, self._http.total_timeout_s),
         )
         latency_ms = (time.perf_counter() - started) * 1000.0
-        wire = decode_json(response.content, MessageWire, provider=PROVIDER, model=spec.name)
+        wire = decode_json(
+            response.content,
+            MessageWire,
+            provider=PROVIDER,
+            model=spec.name,
+            secrets=self._secret_values,
+        )
         result = result_from_wire(
             wire, spec, latency_ms=latency_ms, request_id=response.headers.get("request-id")
         )

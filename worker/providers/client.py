@@ -44,6 +44,7 @@ from worker.providers.errors import (
 )
 from worker.providers.http import HttpSettings
 from worker.providers.openai import OpenAITransport
+from worker.providers.redaction import scrub_error, scrub_result
 from worker.providers.retry import Deadline, RetryPolicy, call_with_retries
 from worker.providers.types import (
     Attempt,
@@ -52,6 +53,7 @@ from worker.providers.types import (
     RoutedCompletion,
     Secret,
 )
+from worker.secrets import Redactor
 
 AnyTransport = OpenAITransport | AnthropicTransport
 _NO_RETRY = RetryPolicy(max_retries=0)
@@ -94,6 +96,13 @@ class RouterClient:
         self._sleep = sleep
         self._rand = rand
         environ = os.environ if env is None else env
+        # every configured key: what leaves this client (results, errors) is redacted by them
+        self.redactor = Redactor(
+            key
+            for spec in catalogue.models.values()
+            for deployment in spec.all_deployments
+            if (key := environ.get(deployment.spec.api_key_env))
+        )
         self._transports: dict[tuple[str, str, str], AnyTransport] = {}
         self._states: dict[str, tuple[DeploymentState, ...]] = {}
         self._dep_transport: dict[tuple[str, str], AnyTransport | None] = {}
@@ -229,15 +238,16 @@ class RouterClient:
                     spec, request, deadline, attempts, within_ms, fastest
                 )
             except DeadlineExceededError as exc:
-                last_error = exc
-                errors.append(exc)
+                last_error = scrub_error(exc, self.redactor)
+                errors.append(last_error)
                 if not attempts or attempts[-1].error_type != type(exc).__name__:
                     attempts.append(self._attempt(spec, exc, 0.0, 0, "error"))
                 break
             except ProviderError as exc:
-                last_error = exc
-                errors.append(exc)
+                last_error = scrub_error(exc, self.redactor)
+                errors.append(last_error)
                 continue
+            result = scrub_result(result, self.redactor)
             listed = chosen.deployment.listed
             return RoutedCompletion(
                 result=result,

@@ -439,7 +439,9 @@ def error_from_response(
     try:
         body: Any = _json_decoder.decode(response.content)
     except msgspec.DecodeError:
-        body = {"error": {"message": response.text[:300]}} if response.content else None
+        # redacted before it is cut (status_error): a key cut short is still a key
+        text = response.text[:65_536] if response.content else ""
+        body = {"error": {"message": _cut(redact(text, secrets), 300)}} if text else None
     return status_error(
         status=response.status_code,
         body=body,
@@ -452,13 +454,22 @@ def error_from_response(
     )
 
 
-def decode_json(content: bytes, typ: type[T], *, provider: str, model: str | None) -> T:
+def decode_json(
+    content: bytes,
+    typ: type[T],
+    *,
+    provider: str,
+    model: str | None,
+    secrets: Iterable[str] = (),
+) -> T:
     """Decode a 2xx body into ``typ`` or raise MalformedResponseError."""
     try:
         return msgspec.json.decode(content, type=typ)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         err = MalformedResponseError(
-            f"unexpected response body: {str(exc)[:200]}", provider=provider, model=model
+            f"unexpected response body: {_cut(redact(str(exc), secrets), 200)}",
+            provider=provider,
+            model=model,
         )
         # well-formed JSON of the wrong shape (a fractional token count) is the same answer
         # again on a retry, paid again: not retriable; a cut-off body may be transient
@@ -482,3 +493,7 @@ __all__ = [
     "send",
     "send_request",
 ]
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit]

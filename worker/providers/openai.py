@@ -4,6 +4,7 @@ by ``base_url``) and the OpenAI Files + Batch API calls the batch jobs need."""
 from __future__ import annotations
 
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, Final
@@ -201,15 +202,17 @@ class OpenAITransport(PooledTransport):
             headers["content-type"] = "application/json"
         if self._api_key is not None:
             headers["authorization"] = f"Bearer {self._api_key.reveal()}"
-        if request_id:
-            headers["x-client-request-id"] = request_id[:512]
+        client_id = client_request_id(request_id)
+        if client_id is not None:
+            headers["x-client-request-id"] = client_id
         return headers
 
     async def complete(
         self, spec: ModelSpec, request: CompletionRequest, *, timeout_s: float
     ) -> CompletionResult:
         payload = msgspec.json.encode(chat_body(spec, request))
-        extra = {"x-client-request-id": request.request_id[:512]} if request.request_id else None
+        client_id = client_request_id(request.request_id)
+        extra = {"x-client-request-id": client_id} if client_id is not None else None
         started = time.perf_counter()
         response = await self._chat.send(
             payload,
@@ -220,7 +223,13 @@ class OpenAITransport(PooledTransport):
             timeout_s=min(timeout_s, self._http.total_timeout_s),
         )
         latency_ms = (time.perf_counter() - started) * 1000.0
-        wire = decode_json(response.content, ChatCompletionWire, provider=PROVIDER, model=spec.name)
+        wire = decode_json(
+            response.content,
+            ChatCompletionWire,
+            provider=PROVIDER,
+            model=spec.name,
+            secrets=self._secret_values,
+        )
         result = result_from_wire(
             wire, spec, latency_ms=latency_ms, request_id=response.headers.get("x-request-id")
         )
@@ -368,3 +377,18 @@ def parse_batch_output_line(
         retry_after_s=None,
         should_retry_header=None,
     )
+
+
+def client_request_id(request_id: str | None) -> str | None:
+    """The request id as an HTTP header value: printable ASCII as is, anything else (and `%`)
+    percent-encoded as UTF-8; None (no header) when empty or longer than OpenAI's 512."""
+    if not request_id:
+        return None
+    if request_id.isascii() and request_id.isprintable() and "%" not in request_id:
+        value = request_id
+    else:
+        value = urllib.parse.quote(request_id, safe=_HEADER_SAFE)
+    return value if len(value) <= 512 else None
+
+
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")

@@ -35,7 +35,9 @@ from types import MappingProxyType
 from typing import Literal, cast
 
 LatencyKind = Literal["fixed", "uniform", "lognormal"]
-FaultKind = Literal["429", "quota", "500", "503", "529", "timeout", "reset", "malformed"]
+FaultKind = Literal[
+    "429", "quota", "500", "503", "529", "timeout", "reset", "malformed", "echo_text", "echo_json"
+]
 _FAULT_KINDS: tuple[FaultKind, ...] = (
     "429",
     "quota",
@@ -45,7 +47,11 @@ _FAULT_KINDS: tuple[FaultKind, ...] = (
     "timeout",
     "reset",
     "malformed",
+    "echo_text",  # a 500 whose plain-text body holds the caller's key, ending at character 301
+    "echo_json",  # a 400 whose JSON error echoes the key in its message, code and type
 )
+# a hostile provider: where successful answers echo the caller's key
+EchoPlace = Literal["header", "answer", "model"]
 ApiName = Literal["openai", "anthropic", "any"]
 
 
@@ -179,6 +185,10 @@ class SimConfig:
     batch: BatchTiming = field(default_factory=BatchTiming)
     per_output_token_ms: float = 0.0  # added to `latency` per output token of the answer
     rate_limit: RateLimit | None = None
+    # echo the caller's API key (as sent, upper-cased, glued to letters, without its first
+    # characters) in response headers (x-request-id / request-id and x-echo), the answer text,
+    # or the model id of successful answers; see also the echo_text / echo_json faults
+    echo_key: tuple[EchoPlace, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "aliases", MappingProxyType(dict(self.aliases)))

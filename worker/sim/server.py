@@ -245,6 +245,9 @@ class Simulator:
         finally:
             self.stats.in_flight -= 1
         if response is not None:
+            if "header" in self.config.echo_key and (key := _caller_key(req, api)):
+                rid = f"req_{key}"
+                response.headers.append(("x-echo", echoed(key)))
             response.headers.append(("request-id" if api == "anthropic" else "x-request-id", rid))
             self.stats.statuses[response.status] += 1
         return response
@@ -378,7 +381,7 @@ class Simulator:
                 return fault
         return None
 
-    def _fault_response(self, fault: Fault, api: str) -> HttpResponse:
+    def _fault_response(self, fault: Fault, api: str, key: str = "") -> HttpResponse:
         openai = api == "openai"
         kind = fault.kind
         if kind == "429":
@@ -478,6 +481,26 @@ class Simulator:
                 503,
                 {"type": "error", "error": {"type": "api_error", "message": "Service unavailable"}},
             )
+        if kind == "echo_text":
+            # the key ends just past character 300: a body cut at 300 keeps all but its last
+            head = "upstream failure while using key "
+            text = head.ljust(max(len(head), 301 - len(key)), ".") + key + " (plain text)"
+            return HttpResponse(500, text.encode(), "text/plain")
+        if kind == "echo_json":
+            detail = f"invalid request for {echoed(key)}"
+            if openai:
+                return _json(
+                    400,
+                    {
+                        "error": {
+                            "message": detail,
+                            "type": key.upper(),
+                            "param": None,
+                            "code": key[2:],
+                        }
+                    },
+                )
+            return _json(400, {"type": "error", "error": {"type": key[1:], "message": detail}})
         # malformed: a 200 whose JSON body is cut in half
         return HttpResponse(200, b'{"id": "chatcmpl-x", "object": "chat.completion", "choi', _JSON)
 
@@ -531,8 +554,10 @@ class Simulator:
             else:
                 if latency_s > 0:
                     await asyncio.sleep(latency_s)
-                return self._fault_response(fault, api)
+                return self._fault_response(fault, api, _caller_key(req, api))
         status, payload = self._answer(api, body, req.headers.get("x-sim-item-id"))
+        if self.config.echo_key and status == 200:
+            _echo_into(payload, api, self.config.echo_key, _caller_key(req, api))
         if self.config.per_output_token_ms > 0:
             usage = payload.get("usage") or {}
             out = usage.get("completion_tokens", usage.get("output_tokens", 0))
@@ -592,3 +617,32 @@ class Simulator:
             return self._answer(api, body, None)
         except WireError as exc:
             return exc.status, exc.body
+
+
+def _caller_key(req: HttpRequest, api: str) -> str:
+    if api == "anthropic":
+        return req.headers.get("x-api-key", "")
+    auth = req.headers.get("authorization", "")
+    return auth[7:] if auth.lower().startswith("bearer ") else ""
+
+
+def echoed(key: str) -> str:
+    """The ways a hostile provider repeats a key: as sent, upper-cased, glued to letters, and
+    without its first three characters (no `sk-` prefix)."""
+    return f"{key} / {key.upper()} / x{key}y / {key[3:]}"
+
+
+def _echo_into(payload: dict[str, Any], api: str, where: tuple[str, ...], key: str) -> None:
+    if not key:
+        return
+    if "answer" in where:
+        if api == "openai":
+            message = payload["choices"][0]["message"]
+            message["content"] = f"{message.get('content') or ''} [{echoed(key)}]"
+        else:
+            for block in payload.get("content", []):
+                if block.get("type") == "text":
+                    block["text"] = f"{block['text']} [{echoed(key)}]"
+                    break
+    if "model" in where:
+        payload["model"] = f"{payload.get('model')}-{key}"

@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import httpx
 
+from routers.outcomes import request_key
 from schemas.events import Feedback
 from worker.logs import redact
 from worker.telemetry.config import LangfuseConfig
@@ -85,11 +86,12 @@ class ScoreRejected(ScoreError):
 
 
 def score_trace_id(feedback: Feedback) -> str:
-    """The trace the score lands on: the event's `trace_id`, else derived from `request_id`."""
+    """The trace the score lands on: the event's `trace_id`, else derived from its tenant and
+    `request_id` (`routers.outcomes.request_key`, as the worker derives the request's trace)."""
     if feedback.trace_id is not None:
         return feedback.trace_id
     assert feedback.request_id is not None  # Feedback.__post_init__ guarantees one
-    return derive_trace_id_hex(feedback.request_id)
+    return derive_trace_id_hex(request_key(feedback.tenant, feedback.request_id))
 
 
 def score_body(feedback: Feedback, environment: str | None = None) -> dict[str, Any]:

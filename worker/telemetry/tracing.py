@@ -584,16 +584,19 @@ class Tracing:
         request_id: str,
         job_id: str,
         submission: str | None,
+        trace_seed: str | None = None,
     ) -> AbstractContextManager[RequestSpan]:
         """The root span of a batch answer, `batch answer {topic}`: in the request's trace (the
-        trace id derived from `request_id`, like its `process` span at submission) and linked to
-        that submission span (`submission`: its traceparent, kept with the job's item)."""
+        trace id derived from `trace_seed`, else `request_id`, like its `process` span at
+        submission) and linked to that submission span (`submission`: its traceparent, kept
+        with the job's item)."""
+        seed = trace_seed if trace_seed is not None else request_id
         if self.provider is None:
-            derived = derive_trace_id_hex(request_id)
+            derived = derive_trace_id_hex(seed)
             return _Entered(RequestSpan(trace.INVALID_SPAN, derived, _NO_STATE, "", self._masks))
         headers = [("traceparent", submission.encode())] if submission else []
         return self._process_span(
-            topic, partition, offset, request_id.encode(), headers, "", request_id,
+            topic, partition, offset, request_id.encode(), headers, "", seed,
             name=f"batch answer {topic}", extra={f"{ROUTER_PREFIX}batch.job_id": job_id},
         )  # fmt: skip
 
