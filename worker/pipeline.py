@@ -426,6 +426,12 @@ class RoutingCore:
         bounds = {m: rpolicy.estimate_cost_usd(price, n_in, n_out) for _, m, price in self._priced}
         return eligible(bounds.keys(), resolved.limits, bounds)
 
+    def permits(self, resolved: Resolved, model: str | None) -> bool:
+        """Whether every party (tenant, request, policy) lets this request reach `model`, a
+        model outside the routed ones (a cascade's grader reads the prompt too); its cost is
+        not bounded beforehand."""
+        return model is not None and model in eligible([model], resolved.limits, {model: 0.0})
+
     def fallback_chain(
         self,
         decision: Decision,
@@ -700,6 +706,7 @@ class Pipeline:
                     question,
                     plan,
                     allowed=allowed,
+                    grader_allowed=core.permits(resolved, resolved.spec.cascade_grader),
                 )
             else:
                 completion = await self._call(request, call, chain, deadline_s, outcome, plan)
@@ -739,7 +746,18 @@ class Pipeline:
         result = completion.result
         if outcome.cascade_reason is not None:
             info = msgspec.structs.replace(info, reason=f"{info.reason}; {outcome.cascade_reason}")
-        self._maybe_shadow(request, call, core, decision, info, result.model, result.text, messages)
+        judge = self.shadow_judge
+        self._maybe_shadow(
+            request,
+            call,
+            core,
+            decision,
+            info,
+            result.model,
+            result.text,
+            messages,
+            judge_allowed=judge is not None and core.permits(resolved, judge.settings.model),
+        )
         if completion.deployment is not None:  # on the response and its decision event only
             info = msgspec.structs.replace(
                 info,
@@ -831,6 +849,7 @@ class Pipeline:
         route: _Route | None = None,
         *,
         allowed: Eligible,
+        grader_allowed: bool = False,
     ) -> RoutedCompletion:
         """Cheap model first; escalate to the strong model when the scorer rejects the answer,
         the strong model is eligible and its cost bound still fits the budget."""
@@ -839,7 +858,9 @@ class Pipeline:
         started = self.perf()
         first = await self._call(request, call, [cheap], deadline_s, outcome, route)
         remaining = deadline_s - (self.perf() - started)
-        verdict, how = await self._judge_answer(spec, question, first, remaining, outcome)
+        verdict, how = await self._judge_answer(
+            spec, question, first, remaining, outcome, grader_allowed
+        )
         outcome.cascade_reason = f"cascade {how}: {verdict.reason}"
         if verdict.accept or strong == cheap or strong not in allowed:
             return first
@@ -863,10 +884,22 @@ class Pipeline:
         first: RoutedCompletion,
         remaining_s: float,
         outcome: Outcome,
+        grader_allowed: bool,
     ) -> tuple[CascadeResult, str]:
         """The cascade's verdict on the cheap answer and how it was reached (rules, learned
-        scorer or grader model). A grader call is paid for: its cost goes to the request."""
+        scorer or grader model). A grader call is paid for: its cost goes to the request. The
+        grader reads the prompt: one the request may not reach is not asked (the rules are)."""
         answer = first.result.text
+        if spec.cascade_grader is not None and not grader_allowed:
+            verdict, how = await self._judge_answer(
+                msgspec.structs.replace(spec, cascade_grader=None),
+                question,
+                first,
+                remaining_s,
+                outcome,
+                False,
+            )
+            return verdict, f"{how} (grader {spec.cascade_grader} not eligible)"
         if spec.cascade_grader is not None:
             threshold = 0.5 if spec.cascade_threshold is None else spec.cascade_threshold
             judge = Judge(
@@ -979,6 +1012,8 @@ class Pipeline:
         answered_by: str,
         answer: str,
         messages: list[dict[str, Any]],
+        *,
+        judge_allowed: bool,
     ) -> None:
         shadow = core.config.shadow
         if shadow.sample <= 0 or self.shadow_sink is None:
@@ -1006,7 +1041,9 @@ class Pipeline:
             self.shadow_stats["skipped"] += 1
             return
         task = asyncio.create_task(
-            self._shadow(request, call, model, decision, info, answered_by, answer, messages)
+            self._shadow(
+                request, call, model, decision, info, answered_by, answer, messages, judge_allowed
+            )
         )
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
@@ -1021,9 +1058,11 @@ class Pipeline:
         answered_by: str,
         answer: str,
         messages: list[dict[str, Any]],
+        judge_allowed: bool,
     ) -> None:
         """Call `model` too; publish its answer, its decision (`shadow: true`) and, with a
-        judge, the pairwise verdict. Never touches the user's response; never raises."""
+        judge the request may reach (it reads the prompt), the pairwise verdict. Never touches
+        the user's response; never raises."""
         started = self.perf()
         trace_id = trace_id_for(request)
         try:
@@ -1050,7 +1089,7 @@ class Pipeline:
             shadow_model=model,
         )
         feedback: list[schemas.Feedback] = []
-        judge = self.shadow_judge
+        judge = self.shadow_judge if judge_allowed else None
         if judge is not None:
             try:
                 verdict = await judge.compare(prompt_text(messages), answer, result.text)

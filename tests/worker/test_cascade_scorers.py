@@ -15,6 +15,7 @@ from routers.dataset import record_from_obj
 from tests.routers import synth
 from tests.worker.support import ROWS, request_event, worker_config
 from worker.config import ConfigError
+from worker.judge import Judge, JudgeSettings
 from worker.loop import RecordInfo
 from worker.pipeline import Pipeline, RoutingCore, load_answer_scorers
 from worker.providers.catalogue import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL, Catalogue
@@ -38,9 +39,9 @@ def _record(i: int) -> RecordInfo:
     return RecordInfo(TOPICS["requests"], 0, i, None, [], None)
 
 
-async def _answers(artifact: Path, sim: Simulator, policy: dict[str, object]):
+async def _answers(artifact: Path, sim: Simulator, policy: dict[str, object], **sections: object):
     config = worker_config(
-        "127.0.0.1:1", TOPICS, artifact, sim.base_url, policies={"default": policy}
+        "127.0.0.1:1", TOPICS, artifact, sim.base_url, policies={"default": policy}, **sections
     )
     catalogue = Catalogue.from_dict({"models": config.models})
     core = RoutingCore(config, load_artifact(artifact), catalogue)
@@ -137,6 +138,25 @@ async def test_grader_model_decides_and_its_call_is_paid_for(
     assert 0 < escalations < N  # the simulated grader tells right answers from wrong ones
 
 
+async def test_a_grader_the_tenant_may_not_use_never_sees_its_prompt(
+    artifact: Path, sim: Simulator
+) -> None:
+    """The grader is a model the request reaches (it reads the prompt and the answer): one the
+    tenant denies is not called; the cascade falls back to its answer rules and says why."""
+    policy = {"kind": "cascade", "threshold": 1.0, "cascade_grader": ANTHROPIC_MODEL}
+    tenants = {"acme": {"denied_models": [ANTHROPIC_MODEL]}}
+    before = sim.stats.completions
+    responses, _ = await _answers(artifact, sim, policy, tenants=tenants)
+    escalations = 0
+    for r in responses:
+        assert r.decision is not None
+        assert f"grader {ANTHROPIC_MODEL} not eligible" in r.decision.reason, r.decision.reason
+        assert ANTHROPIC_MODEL not in [a.model for a in r.attempts]
+        escalations += [a.status for a in r.attempts] == ["escalated", "ok"]
+    # one cheap call per request and one strong call per escalation: no grader call
+    assert sim.stats.completions - before == N + escalations
+
+
 def test_a_policy_takes_a_scorer_or_a_grader_and_a_known_grader(
     artifact: Path, scorer_dir: Path
 ) -> None:
@@ -153,3 +173,41 @@ def test_a_policy_takes_a_scorer_or_a_grader_and_a_known_grader(
             "http://127.0.0.1:1",
             policies={"default": {"kind": "cascade", "cascade_grader": "nope"}},
         )
+
+
+@pytest.mark.parametrize("denied", [False, True])
+async def test_a_shadow_judge_the_tenant_may_not_use_never_sees_its_prompt(
+    artifact: Path, sim: Simulator, denied: bool
+) -> None:
+    """The shadow judge reads the prompt and both answers: a tenant that denies the judge's
+    model gets its shadow calls (to an eligible model) but no verdicts."""
+    judge_model = ANTHROPIC_MODEL
+    tenants = {"acme": {"denied_models": [judge_model] if denied else []}}
+    config = worker_config(
+        "127.0.0.1:1",
+        TOPICS,
+        artifact,
+        sim.base_url,
+        shadow={"sample": 1.0, "model": "other", "judge_model": judge_model},
+        tenants=tenants,
+    )
+    catalogue = Catalogue.from_dict({"models": config.models})
+    core = RoutingCore(config, load_artifact(artifact), catalogue)
+    published: list[tuple[object, list[object]]] = []
+
+    async def sink(response: object, decision: object, feedback: list[object]) -> None:
+        published.append((response, feedback))
+
+    async with RouterClient(catalogue) as client:
+        pipeline = Pipeline(core, client)
+        pipeline.shadow_sink = sink
+        pipeline.shadow_judge = Judge(client, JudgeSettings(model=judge_model))
+        for i in range(N):
+            await pipeline.handle(request_event(ROWS[i], i), _record(i))
+        await pipeline.close_shadow(30.0)
+    assert len(published) == N  # the shadow calls themselves go to eligible models
+    verdicts = [f for _, feedback in published for f in feedback]
+    if denied:
+        assert verdicts == [] and pipeline.shadow_stats["judge_cost_usd"] == 0.0
+    else:
+        assert verdicts and pipeline.shadow_stats["judge_cost_usd"] > 0.0
