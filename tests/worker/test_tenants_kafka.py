@@ -7,43 +7,18 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import schemas
 from tests.conftest import TopicFactory
 from tests.worker.support import ROWS, poll_until, produce, read_all, request_event, worker_config
+from tests.worker.test_worker_kafka import _run_until, _topics
 from worker.app import build
 from worker.sim import Simulator
 from worker.topics import ensure_topics
 
 pytestmark = pytest.mark.kafka
-
-
-async def _topics(new_topic: TopicFactory) -> dict[str, str]:
-    requests = await new_topic("tenants", partitions=1)
-    return {
-        "requests": requests,
-        "responses": f"{requests}.responses",
-        "decisions": f"{requests}.decisions",
-        "dlq": f"{requests}.dlq",
-        "done": f"{requests}.done",
-        "feedback": f"{requests}.feedback",
-        "batch_jobs": f"{requests}.batch-jobs",
-        "control": f"{requests}.control",
-    }
-
-
-async def _run_until(worker: Any, predicate: Any, timeout_s: float = 90.0) -> None:
-    task = asyncio.create_task(worker.run())
-    try:
-        await poll_until(lambda: predicate() or task.done(), timeout_s)
-        if task.done():
-            task.result()
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, timeout=60)
 
 
 def _values(tenant: str, ids: range) -> list[tuple[bytes | None, bytes]]:
@@ -59,7 +34,7 @@ def _values(tenant: str, ids: range) -> list[tuple[bytes | None, bytes]]:
 async def test_one_tenant_never_silences_another_with_the_same_request_id(
     kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator
 ) -> None:
-    topics = await _topics(new_topic)
+    topics = await _topics(new_topic, partitions=1)
     config = worker_config(kafka_bootstrap, topics, artifact, sim.base_url)
     await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
     await produce(kafka_bootstrap, topics["requests"], _values("alpha", range(5)))

@@ -26,7 +26,7 @@ from tests.worker.support import (
 from tests.worker.test_worker_kafka import _run_until, _topics
 from worker.app import build
 from worker.dedupe import marker
-from worker.loop import Worker
+from worker.loop import Worker, _NullObserver
 from worker.sim import Simulator
 from worker.topics import ensure_topics
 
@@ -306,29 +306,11 @@ async def test_results_that_cannot_be_published_as_asked_still_end(
     assert await _committed_to_end(kafka_bootstrap, config.kafka.group_id, topics["requests"], 1)
 
 
-class _FailingMetrics:
+class _FailingMetrics(_NullObserver):
     """A loop observer whose `published` raises, as a metric did on a negative count."""
 
     def __init__(self) -> None:
         self.calls = 0
-
-    def heartbeat(self) -> None:
-        pass
-
-    def ready(self, ready: bool, reason: str) -> None:
-        pass
-
-    def dead_letter(self, error_type: str) -> None:
-        pass
-
-    def duplicate(self) -> None:
-        pass
-
-    def in_flight(self, count: int) -> None:
-        pass
-
-    def lag(self, partition: int, lag: int) -> None:
-        pass
 
     def published(self, handled: object) -> None:
         self.calls += 1
