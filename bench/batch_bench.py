@@ -54,7 +54,7 @@ from tests.worker.support import (  # noqa: E402
     train_artifact,
     worker_config_data,
 )
-from worker.providers.catalogue import simulator_catalogue  # noqa: E402
+from worker.config.models import simulator_catalogue  # noqa: E402
 from worker.providers.types import Usage  # noqa: E402
 
 

@@ -54,7 +54,7 @@ from tests.worker.support import (  # noqa: E402
     worker_config_data,
 )
 from tests.worker.test_worker_edges import _NotUtf8, _send_raw_batch  # noqa: E402
-from worker.kafka_config import TopicSettings  # noqa: E402
+from worker.config.kafka import TopicSettings  # noqa: E402
 from worker.topics import ensure_topics  # noqa: E402
 
 PARTITIONS = 12

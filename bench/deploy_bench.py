@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from routers.policy import PolicyOptions, decide
+from worker.config.models import Catalogue
 from worker.providers import ClientSettings, CompletionRequest, HttpSettings, RouterClient
-from worker.providers.catalogue import Catalogue
 from worker.providers.errors import ProviderError
 from worker.sim import Latency, RateLimit, SimConfig, Simulator
 

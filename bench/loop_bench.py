@@ -95,7 +95,7 @@ from routers.policy import ModelPrice, estimate_cost_usd, estimate_input_tokens 
 from routers.promotion import CostTarget  # noqa: E402
 from routers.training import TrainOptions, label_matrix, train  # noqa: E402
 from tests.worker.support import worker_config_data  # noqa: E402
-from worker.providers.catalogue import STRONG_MODEL, WEAK_MODEL, simulator_catalogue  # noqa: E402
+from worker.config.models import STRONG_MODEL, WEAK_MODEL, simulator_catalogue  # noqa: E402
 from worker.providers.types import Usage  # noqa: E402
 from worker.retrain_cli import (  # noqa: E402
     RetrainOptions,
@@ -107,7 +107,7 @@ from worker.retrain_cli import (  # noqa: E402
 from worker.sim import grade  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "routing" / "mmlu_dev.jsonl"
-# simulator catalogue list prices (worker.providers.catalogue.simulator_catalogue)
+# simulator catalogue list prices (worker.config.models.simulator_catalogue)
 PRICES = {STRONG_MODEL: ModelPrice(10.0, 30.0), WEAK_MODEL: ModelPrice(0.6, 0.6)}
 OUTPUT_TOKENS = 16  # in process: the simulator's answers, a short rationale and a letter
 MAX_TOKENS = 64  # pipeline: the requests' max_tokens

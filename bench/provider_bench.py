@@ -31,8 +31,8 @@ from typing import Literal, cast
 
 import httpx
 
+from worker.config.models import WEAK_MODEL, simulator_catalogue
 from worker.providers import ClientSettings, CompletionRequest, HttpSettings, RouterClient
-from worker.providers.catalogue import WEAK_MODEL, simulator_catalogue
 
 TransportImpl = Literal["fast", "httpcore"]
 ENV = {"SIM_OPENAI_API_KEY": "sk-bench", "SIM_ANTHROPIC_API_KEY": "sk-ant-bench"}

@@ -41,9 +41,9 @@ from worker_bench import _create, _localkafka  # noqa: E402
 
 import schemas  # noqa: E402
 from tests.telemetry.receiver import LangfuseReceiver  # noqa: E402
+from worker.config.kafka import KafkaSettings, TopicSettings  # noqa: E402
+from worker.config.telemetry import LangfuseConfig  # noqa: E402
 from worker.feedback import FeedbackRetry, FeedbackStats, run_feedback  # noqa: E402
-from worker.kafka_config import KafkaSettings, TopicSettings  # noqa: E402
-from worker.telemetry import LangfuseConfig  # noqa: E402
 from worker.telemetry.scores import LangfuseScores, score_body  # noqa: E402
 
 

@@ -56,7 +56,7 @@ from tests.worker.support import (  # noqa: E402
     train_artifact,
     worker_config_data,
 )
-from worker.kafka_config import TopicSettings  # noqa: E402
+from worker.config.kafka import TopicSettings  # noqa: E402
 from worker.topics import ensure_topics  # noqa: E402
 
 PARTITIONS = 12

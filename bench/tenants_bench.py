@@ -55,11 +55,12 @@ from tests.worker.support import (  # noqa: E402
     worker_config,
 )
 from worker.app import build  # noqa: E402
+from worker.config.models import STRONG_MODEL, WEAK_MODEL  # noqa: E402
+from worker.config.telemetry import TelemetryConfig  # noqa: E402
 from worker.logs import setup_logging  # noqa: E402
-from worker.providers.catalogue import STRONG_MODEL, WEAK_MODEL  # noqa: E402
 from worker.secrets import MIN_FRAGMENT  # noqa: E402
 from worker.sim import Fault, SimConfig, Simulator  # noqa: E402
-from worker.telemetry import TelemetryConfig, Tracing, build_tracer_provider  # noqa: E402
+from worker.telemetry import Tracing, build_tracer_provider  # noqa: E402
 from worker.topics import ensure_topics  # noqa: E402
 
 KEYS = {

@@ -82,8 +82,8 @@ def offending(loaded: list[str], worker_allowed: tuple[str, ...]) -> list[str]:
             id="worker.config",
             marks=pytest.mark.xfail(
                 strict=True,
-                reason="config imports worker.semcache_sync (aiokafka), worker.kafka_config, "
-                "worker.providers.catalogue (httpx) and worker.telemetry (opentelemetry)",
+                reason="config imports worker.semcache_sync (aiokafka), worker.config.kafka, "
+                "worker.config.models (httpx) and worker.telemetry (opentelemetry)",
             ),
         ),
     ],

@@ -23,19 +23,20 @@ from worker import lograte, logs
 from worker.batch.backends import backend_factory
 from worker.cli import version
 from worker.config import Config
+from worker.config.models import Catalogue
+from worker.config.telemetry import TelemetryConfig
 from worker.feedback import FeedbackStats, run_feedback
 from worker.judge import Judge, JudgeSettings
 from worker.loop import Worker, close_quietly
 from worker.metrics import Health, OpsServer, OpsServerConfig, WorkerMetrics
 from worker.observer import MetricsObserver
 from worker.pipeline import Arm, Pipeline, RoutingCore, load_answer_scorers
-from worker.providers.catalogue import Catalogue
 from worker.providers.client import ClientSettings, RouterClient
 from worker.providers.http import HttpSettings
 from worker.providers.retry import RetryPolicy
 from worker.semcache_sync import SemanticCacheSync
 from worker.spend import SpendLedger, SpendLimit, SpendSync
-from worker.telemetry import TelemetryConfig, Tracing
+from worker.telemetry import Tracing
 from worker.telemetry.scores import LangfuseScores
 from worker.topics import ensure_topics
 

@@ -31,7 +31,7 @@ import schemas
 from routers.outcomes import Answered, BuildStats, Label, ScoreRules, build_dataset, merge_answered
 from worker import config as config_mod
 from worker.cli import Stages, next_hint
-from worker.kafka_config import KafkaSettings, TopicSettings
+from worker.config.kafka import KafkaSettings, TopicSettings
 from worker.outcome_sources import (
     LangfuseApiError,
     LangfuseQuery,

@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 import schemas
 from worker import config as config_mod
 from worker.cli import next_hint
-from worker.providers.catalogue import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
+from worker.config.models import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
 from worker.sim import Dataset, Latency, SimConfig, Simulator, grade
 from worker.topics import ensure_topics
 

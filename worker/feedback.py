@@ -28,8 +28,8 @@ from aiokafka.errors import CommitFailedError
 from aiokafka.structs import OffsetAndMetadata
 
 import schemas
+from worker.config.kafka import KafkaSettings, TopicSettings
 from worker.deadletter import dead_letter
-from worker.kafka_config import KafkaSettings, TopicSettings
 from worker.loop import close_quietly
 from worker.telemetry.propagation import context_headers
 from worker.telemetry.scores import LangfuseScores, ScoreRejected, ScoreUnavailable, score_trace_id

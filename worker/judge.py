@@ -38,13 +38,13 @@ from aiokafka import AIOKafkaProducer
 
 import schemas
 from routers.outcomes import Label, LabelIndex, merge_answered, request_key, trace_id_for
+from worker.config.models import Catalogue
 from worker.dataset_cli import CommandError, add_kafka_args, kafka_from_args
 from worker.outcome_sources import (
     answered_from_decision,
     answered_from_response,
     read_kafka_outcomes,
 )
-from worker.providers.catalogue import Catalogue
 from worker.providers.client import ClientSettings, RouterClient
 from worker.providers.errors import ProviderError
 from worker.providers.types import CompletionRequest

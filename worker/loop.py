@@ -45,13 +45,14 @@ from worker.batch.backends import BatchBackend
 from worker.batch.jobs import BatchManager, Finished
 from worker.batch.store import JobStore
 from worker.config import BatchSettings
+from worker.config.kafka import KafkaSettings, LoopSettings, TopicSettings
+from worker.config.telemetry import TelemetryConfig
 from worker.deadletter import dead_letter
 from worker.dedupe import AnsweredIds, load_answered, marker, marker_partition
-from worker.kafka_config import KafkaSettings, LoopSettings, TopicSettings
 from worker.offsets import OffsetTracker
 from worker.providers.types import CompletionRequest, CompletionResult
 from worker.records import RawFetcher, read_batches
-from worker.telemetry import RequestSpan, TelemetryConfig, Tracing
+from worker.telemetry import RequestSpan, Tracing
 from worker.telemetry.propagation import context_headers, record_context_headers
 from worker.topics import max_message_bytes, partition_counts
 

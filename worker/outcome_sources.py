@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 import schemas
 from routers.features import prompt_text
 from routers.outcomes import Answered, Label
-from worker.kafka_config import KafkaSettings
+from worker.config.kafka import KafkaSettings
 from worker.providers.types import Secret
 from worker.topics import partition_counts
 

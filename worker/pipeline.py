@@ -38,9 +38,10 @@ from routers.learned import assess
 from routers.outcomes import trace_id_for as rtrace_id_for
 from worker.batch.jobs import Finished
 from worker.config import Config, PolicySpec
+from worker.config.models import Catalogue
+from worker.config.telemetry import TelemetryConfig
 from worker.judge import Judge, JudgeSettings
 from worker.loop import Deferred, Handled, RecordInfo
-from worker.providers.catalogue import Catalogue
 from worker.providers.client import RouterClient
 from worker.providers.errors import AllModelsFailedError, CircuitOpenError, ProviderError
 from worker.providers.redaction import scrub_error, scrub_result
@@ -52,7 +53,7 @@ from worker.providers.types import (
     Usage,
 )
 from worker.spend import SpendLedger
-from worker.telemetry import TelemetryConfig, Tracing
+from worker.telemetry import Tracing
 
 if TYPE_CHECKING:
     from routers.semcache import CacheHit

@@ -26,9 +26,9 @@ from routers.errors import RoutingError
 from worker import config as config_mod
 from worker.cli import UserError
 from worker.config import Config
+from worker.config.models import Catalogue
+from worker.config.telemetry import TelemetryConfig, TelemetryConfigError
 from worker.ops.common import reach
-from worker.providers.catalogue import Catalogue
-from worker.telemetry.config import TelemetryConfig, TelemetryConfigError
 
 # environment overrides of `llmroute run` (flags win over them, they win over the file)
 ENV_BOOTSTRAP = "LLMROUTE_BOOTSTRAP_SERVERS"

@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from worker.kafka_config import TopicSettings
+from worker.config.kafka import TopicSettings
 
 log = logging.getLogger(__name__)
 

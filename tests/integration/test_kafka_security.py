@@ -42,7 +42,7 @@ from tests.worker.support import (
     worker_config,
 )
 from worker.app import build
-from worker.kafka_config import KafkaSettings
+from worker.config.kafka import KafkaSettings
 from worker.logs import setup_logging
 from worker.sim import SimConfig, Simulator
 from worker.topics import ensure_topics

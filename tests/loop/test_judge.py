@@ -9,6 +9,7 @@ import pytest
 import schemas
 from routers.outcomes import Label, trace_id_for
 from tests.worker.support import ROWS, SIM_KEYS, replay_dataset
+from worker.config.models import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
 from worker.judge import (
     PAIR_RUBRIC,
     Judge,
@@ -19,7 +20,6 @@ from worker.judge import (
     parse_rating,
     unjudged,
 )
-from worker.providers.catalogue import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
 from worker.providers.client import RouterClient
 from worker.providers.types import CompletionRequest
 from worker.sim import SimConfig, Simulator, grade

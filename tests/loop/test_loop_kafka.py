@@ -16,7 +16,7 @@ from tests.loop.test_judge import ITEMS
 from tests.routers.synth import records, write_jsonl
 from tests.worker.support import SIM_KEYS, produce, read_all, worker_config_data
 from worker.__main__ import main
-from worker.providers.catalogue import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
+from worker.config.models import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
 from worker.providers.client import RouterClient
 from worker.providers.types import CompletionRequest
 from worker.sim import Simulator

@@ -6,8 +6,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from worker.providers import Catalogue, ClientSettings, RetryPolicy, RouterClient
-from worker.providers.catalogue import simulator_catalogue
+from worker.config.models import Catalogue, simulator_catalogue
+from worker.providers import ClientSettings, RetryPolicy, RouterClient
 
 OPENAI_KEY = "sk-proj-SECRETabcdefghijklmnop0123456789"
 ANTHROPIC_KEY = "sk-ant-api03-SECRETzyxwvutsrqponm9876543210"

@@ -11,8 +11,8 @@ import pytest
 
 from tests.providers.conftest import ENV, OPENAI_KEY
 from worker.batch.backends import AnthropicBatchBackend, BatchBackend, OpenAIBatchBackend
+from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, simulator_catalogue
 from worker.providers.anthropic import AnthropicTransport
-from worker.providers.catalogue import ANTHROPIC_MODEL, STRONG_MODEL, simulator_catalogue
 from worker.providers.openai import OpenAITransport
 from worker.providers.types import CompletionRequest, CompletionResult, Secret
 from worker.sim import BatchTiming, SimConfig, Simulator

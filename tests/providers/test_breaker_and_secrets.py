@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from tests.providers.conftest import ANTHROPIC_KEY, ENV, OPENAI_KEY, FakeClock, mock_client
+from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL
 from worker.providers import (
     AllModelsFailedError,
     BreakerSettings,
@@ -17,7 +18,6 @@ from worker.providers import (
     CompletionRequest,
     RetryPolicy,
 )
-from worker.providers.catalogue import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL
 from worker.providers.errors import redact
 
 REQ = CompletionRequest.from_prompt("hi")

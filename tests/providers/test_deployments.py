@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from tests.providers.conftest import FakeClock
+from worker.config.models import Catalogue, CatalogueError, simulator_catalogue
 from worker.providers import BreakerSettings, CompletionRequest, RetryPolicy, RouterClient
-from worker.providers.catalogue import Catalogue, CatalogueError, simulator_catalogue
 from worker.providers.client import ClientSettings
 from worker.providers.deployments import (
     LatencyFit,

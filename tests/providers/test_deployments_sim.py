@@ -12,8 +12,8 @@ import pytest
 
 from tests.providers.conftest import FakeClock
 from worker import provider_cli
+from worker.config.models import Catalogue
 from worker.providers import ClientSettings, CompletionRequest, HttpSettings, RouterClient
-from worker.providers.catalogue import Catalogue
 from worker.sim import Latency, RateLimit, SimConfig, Simulator
 
 KEY = {"SIM_KEY": "sk-sim-0123456789"}

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.providers.test_fasttransport import Server, dies_on_second_request, keep_alive, ok, serve
+from worker.config.models import WEAK_MODEL, simulator_catalogue
 from worker.providers import (
     CompletionRequest,
     HttpSettings,
@@ -19,7 +20,6 @@ from worker.providers import (
     ProviderStatusError,
     ProviderTimeoutError,
 )
-from worker.providers.catalogue import WEAK_MODEL, simulator_catalogue
 from worker.providers.http import RawResponse, send_request
 from worker.providers.openai import OpenAITransport, chat_body
 from worker.providers.types import Secret

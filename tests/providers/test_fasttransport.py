@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.providers.conftest import ENV
+from worker.config.models import WEAK_MODEL, simulator_catalogue
 from worker.providers import (
     AllModelsFailedError,
     ClientSettings,
@@ -27,7 +28,6 @@ from worker.providers import (
     RetryPolicy,
     RouterClient,
 )
-from worker.providers.catalogue import WEAK_MODEL, simulator_catalogue
 from worker.providers.fasttransport import FastTransport
 from worker.providers.http import default_transport, make_client
 from worker.sim import Fault, SimConfig, Simulator

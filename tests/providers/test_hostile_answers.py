@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from tests.providers.conftest import mock_client
+from worker.config.models import STRONG_MODEL
 from worker.providers import AllModelsFailedError, ClientSettings, CompletionRequest, RetryPolicy
-from worker.providers.catalogue import STRONG_MODEL
 from worker.providers.errors import MalformedResponseError
 
 REQ = CompletionRequest.from_prompt("hi")

@@ -9,9 +9,9 @@ import jsonschema
 import pytest
 
 from tests.providers.conftest import mock_catalogue, mock_client, openai_schema
-from worker.providers import Catalogue, CatalogueError, CompletionRequest, Usage
+from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, Catalogue, CatalogueError
+from worker.providers import CompletionRequest, Usage
 from worker.providers.anthropic import messages_body
-from worker.providers.catalogue import ANTHROPIC_MODEL, STRONG_MODEL
 from worker.providers.openai import batch_request_line, chat_body
 
 MESSAGES = (

@@ -8,13 +8,13 @@ import httpx
 import pytest
 
 from tests.providers.conftest import FakeClock, mock_client
+from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL
 from worker.providers import (
     AllModelsFailedError,
     ClientSettings,
     CompletionRequest,
     RetryPolicy,
 )
-from worker.providers.catalogue import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL
 from worker.providers.errors import RateLimitError
 from worker.providers.http import parse_retry_after_s, parse_should_retry
 from worker.providers.retry import retry_delay_s

@@ -13,6 +13,12 @@ import jsonschema
 import pytest
 
 from tests.providers.conftest import ENV, OPENAI_KEY, openai_schema
+from worker.config.models import (
+    ANTHROPIC_MODEL,
+    STRONG_MODEL,
+    WEAK_MODEL,
+    simulator_catalogue,
+)
 from worker.providers import (
     AllModelsFailedError,
     ClientSettings,
@@ -24,12 +30,6 @@ from worker.providers import (
     Secret,
 )
 from worker.providers.anthropic import AnthropicTransport, parse_batch_result_line
-from worker.providers.catalogue import (
-    ANTHROPIC_MODEL,
-    STRONG_MODEL,
-    WEAK_MODEL,
-    simulator_catalogue,
-)
 from worker.providers.openai import batch_request_line, parse_batch_output_line
 from worker.sim import BatchTiming, Dataset, Fault, Latency, Row, SimConfig, Simulator, grade
 

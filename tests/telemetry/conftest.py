@@ -14,7 +14,8 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 from schemas.events import Candidate, DecisionInfo, Feedback, Message
 from tests.telemetry.receiver import LangfuseReceiver
-from worker.telemetry import LangfuseConfig, TelemetryConfig, build_tracer_provider
+from worker.config.telemetry import LangfuseConfig, TelemetryConfig
+from worker.telemetry import build_tracer_provider
 
 PRODUCER_TRACE = "0af7651916cd43dd8448eb211c80319c"
 PRODUCER_SPAN = "b7ad6b7169203331"

@@ -24,7 +24,8 @@ from tests.telemetry.conftest import (
     langfuse_config,
 )
 from tests.telemetry.receiver import LangfuseReceiver
-from worker.telemetry import TelemetryConfig, TelemetryConfigError, Tracing, derive_trace_id_hex
+from worker.config.telemetry import TelemetryConfig, TelemetryConfigError
+from worker.telemetry import Tracing, derive_trace_id_hex
 from worker.telemetry.scores import LangfuseScores
 
 OTLP_PATH = "/api/public/otel/v1/traces"

@@ -24,12 +24,10 @@ from tests.telemetry.conftest import (
     PROMPT,
     TRACEPARENT,
 )
+from worker.config.telemetry import LangfuseConfig, TelemetryConfig, TelemetryConfigError
 from worker.telemetry import (
     MASKED,
-    LangfuseConfig,
     RequestSpan,
-    TelemetryConfig,
-    TelemetryConfigError,
     Tracing,
     build_tracer_provider,
     derive_trace_id_hex,

@@ -20,7 +20,7 @@ from routers.calibration import score_quantiles, threshold_for_strong_fraction
 from routers.dataset import Record, data_sha256, record_from_obj
 from routers.training import TrainOptions, train
 from worker import config as config_mod
-from worker.providers.catalogue import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
+from worker.config.models import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
 from worker.sim import Dataset
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -36,7 +36,7 @@ from tests.worker.test_worker_kafka import _topics
 from worker.app import build
 from worker.batch.crash import ENV as CRASH_ENV
 from worker.batch.crash import STEPS
-from worker.providers.catalogue import simulator_catalogue
+from worker.config.models import simulator_catalogue
 from worker.providers.types import Usage
 from worker.sim import SimConfig, Simulator
 from worker.sim.config import BatchTiming
@@ -334,7 +334,8 @@ async def test_batch_answers_carry_their_decision_and_spans_linked_to_the_submis
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from worker.telemetry import TelemetryConfig, Tracing, build_tracer_provider
+    from worker.config.telemetry import TelemetryConfig
+    from worker.telemetry import Tracing, build_tracer_provider
 
     topics = await _topics(new_topic, partitions=1)
     config = worker_config(kafka_bootstrap, topics, artifact, batch_sim.base_url,

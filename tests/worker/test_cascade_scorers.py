@@ -15,10 +15,10 @@ from routers.dataset import record_from_obj
 from tests.routers import synth
 from tests.worker.support import ROWS, request_event, worker_config
 from worker.config import ConfigError
+from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL, Catalogue
 from worker.judge import Judge, JudgeSettings
 from worker.loop import RecordInfo
 from worker.pipeline import Pipeline, RoutingCore, load_answer_scorers
-from worker.providers.catalogue import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL, Catalogue
 from worker.providers.client import RouterClient
 from worker.providers.types import Usage
 from worker.sim import Simulator

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import TopicFactory
 from tests.worker.support import poll_until, worker_config
 from worker.app import build
-from worker.providers.catalogue import STRONG_MODEL
+from worker.config.models import STRONG_MODEL
 from worker.sim import Simulator
 from worker.topics import ensure_topics
 

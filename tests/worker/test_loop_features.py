@@ -29,7 +29,7 @@ from tests.worker.support import (
 )
 from tests.worker.test_worker_kafka import _topics
 from worker.app import build
-from worker.providers.catalogue import STRONG_MODEL, WEAK_MODEL
+from worker.config.models import STRONG_MODEL, WEAK_MODEL
 from worker.sim import Simulator
 from worker.topics import ensure_topics
 

@@ -18,11 +18,12 @@ from routers.artifact import load_artifact
 from schemas import RoutingOptions
 from tests.providers.conftest import FakeClock
 from tests.worker.support import ROWS, SIM_KEYS, request_event, worker_config
+from worker.config.models import STRONG_MODEL, WEAK_MODEL, Catalogue
+from worker.config.telemetry import TelemetryConfig
 from worker.loop import Handled, RecordInfo
 from worker.pipeline import Pipeline, RoutingCore
 from worker.providers import CompletionRequest, RouterClient
-from worker.providers.catalogue import STRONG_MODEL, WEAK_MODEL, Catalogue
-from worker.telemetry import TelemetryConfig, Tracing, build_tracer_provider
+from worker.telemetry import Tracing, build_tracer_provider
 
 RECORD = RecordInfo("unit.requests", 0, 0, None, [], None)
 SECONDS = {"west.test": 0.05, "east.test": 2.0, "weak.test": 0.2}  # answer time per host

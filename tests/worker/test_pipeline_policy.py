@@ -16,8 +16,8 @@ from tests.worker.support import (
     train_artifact,
     worker_config,
 )
+from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL, Catalogue
 from worker.pipeline import RequestRejected, RoutingCore
-from worker.providers.catalogue import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL, Catalogue
 
 TOPICS = {"requests": "unit.requests"}
 

@@ -16,11 +16,11 @@ from prometheus_client import generate_latest
 from routers.artifact import load_artifact
 from schemas import RoutingOptions
 from tests.worker.support import ROWS, request_event, worker_config
+from worker.config.models import Catalogue
 from worker.dedupe import marker
 from worker.loop import KeyHashPartitioner, _all_acked
 from worker.metrics import WorkerMetrics
 from worker.pipeline import RoutingCore
-from worker.providers.catalogue import Catalogue
 
 
 def test_key_hash_partitioner_places_keys_as_aiokafka_does() -> None:

@@ -33,7 +33,7 @@ from worker import preflight
 from worker.__main__ import main
 from worker.app import start_ops_server
 from worker.cli import Stages, UserError, next_hint
-from worker.kafka_config import TOPIC_ROLES
+from worker.config.kafka import TOPIC_ROLES
 from worker.logs import TextFormatter, setup_logging
 from worker.loop import Handled
 from worker.metrics import Health, WorkerMetrics

@@ -13,9 +13,9 @@ import pytest
 from routers.artifact import load_artifact
 from tests.conftest import TopicFactory
 from tests.worker.support import ROWS, SIM_KEYS, poll_until, request_event, worker_config
+from worker.config.models import Catalogue
 from worker.loop import Handled, RecordInfo
 from worker.pipeline import Pipeline, RoutingCore
-from worker.providers.catalogue import Catalogue
 from worker.providers.client import RouterClient
 from worker.sim import Simulator
 from worker.spend import SpendLedger, SpendLimit, SpendSync

@@ -14,9 +14,9 @@ import schemas
 from routers.artifact import load_artifact
 from schemas import RoutingOptions
 from tests.worker.support import ROWS, SIM_KEYS, request_event, worker_config
+from worker.config.models import STRONG_MODEL, WEAK_MODEL, Catalogue
 from worker.loop import Handled, RecordInfo
 from worker.pipeline import Pipeline, RoutingCore
-from worker.providers.catalogue import STRONG_MODEL, WEAK_MODEL, Catalogue
 from worker.providers.client import RouterClient
 from worker.sim import Simulator
 

@@ -21,17 +21,18 @@ import schemas
 from routers.artifact import load_artifact
 from schemas import RoutingOptions
 from tests.worker.support import ROWS, replay_dataset, request_event, worker_config
+from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL, Catalogue
+from worker.config.telemetry import TelemetryConfig
 from worker.logs import setup_logging
 from worker.loop import Handled, RecordInfo
 from worker.pipeline import Pipeline, RoutingCore
-from worker.providers.catalogue import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL, Catalogue
 from worker.providers.client import ClientSettings, RouterClient
 from worker.providers.errors import ProviderError
 from worker.providers.retry import RetryPolicy
 from worker.providers.types import CompletionRequest
 from worker.secrets import MIN_FRAGMENT, Redactor
 from worker.sim import Fault, SimConfig, Simulator
-from worker.telemetry import TelemetryConfig, Tracing, build_tracer_provider
+from worker.telemetry import Tracing, build_tracer_provider
 
 # keys that do not start with sk- as well as one that does
 KEYS = {

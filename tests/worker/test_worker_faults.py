@@ -29,7 +29,7 @@ from tests.worker.support import (
 from tests.worker.test_worker_kafka import _run_until, _topics
 from tests.worker.test_worker_processes import _spawn
 from worker.app import build
-from worker.providers.catalogue import WEAK_MODEL
+from worker.config.models import WEAK_MODEL
 from worker.sim import Fault, Latency, SimConfig, Simulator
 from worker.topics import ensure_topics
 

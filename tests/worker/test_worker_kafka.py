@@ -173,7 +173,7 @@ async def test_redelivered_request_is_not_answered_twice_after_restart(
 async def test_cascade_escalates_weak_answers_and_replies_go_to_reply_topic(
     kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator
 ) -> None:
-    from worker.providers.catalogue import STRONG_MODEL, WEAK_MODEL
+    from worker.config.models import STRONG_MODEL, WEAK_MODEL
 
     topics = await _topics(new_topic, partitions=1)
     reply = f"{topics['requests']}.replies"

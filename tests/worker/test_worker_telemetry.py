@@ -24,9 +24,10 @@ from tests.worker.support import (
 )
 from tests.worker.test_worker_kafka import _run_until, _topics
 from worker.app import build
+from worker.config.telemetry import TelemetryConfig
 from worker.feedback import FeedbackRetry, FeedbackStats, run_feedback
 from worker.sim import Simulator
-from worker.telemetry import TelemetryConfig, Tracing, derive_trace_id_hex
+from worker.telemetry import Tracing, derive_trace_id_hex
 from worker.telemetry.scores import LangfuseScores
 from worker.topics import ensure_topics
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
+from worker.config.models import Catalogue, ModelSpec
 from worker.providers.anthropic import (
     AnthropicTransport,
     batch_request_item,
     parse_batch_result_line,
 )
-from worker.providers.catalogue import Catalogue, ModelSpec
 from worker.providers.client import RouterClient
 from worker.providers.errors import MalformedResponseError, ProviderError
 from worker.providers.openai import OpenAITransport, batch_request_line, parse_batch_output_line

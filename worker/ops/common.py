@@ -22,7 +22,7 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 
 from worker.cli import UserError
-from worker.kafka_config import KafkaSettings, TopicSettings
+from worker.config.kafka import KafkaSettings, TopicSettings
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 BROKER_HINT = (

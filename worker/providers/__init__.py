@@ -7,7 +7,6 @@ Nothing here does I/O at import time; clients are built explicitly from a :class
 
 from worker.providers.anthropic import AnthropicTransport, MessageBatch
 from worker.providers.breaker import BreakerSettings, CircuitBreaker
-from worker.providers.catalogue import Catalogue, CatalogueError, Deployment, ModelSpec, Prices
 from worker.providers.client import ClientSettings, RouterClient
 from worker.providers.errors import (
     AllModelsFailedError,
@@ -54,8 +53,6 @@ __all__ = [
     "BadRequestError",
     "BatchObject",
     "BreakerSettings",
-    "Catalogue",
-    "CatalogueError",
     "CircuitBreaker",
     "CircuitOpenError",
     "ClientSettings",
@@ -64,7 +61,6 @@ __all__ = [
     "ConflictError",
     "Deadline",
     "DeadlineExceededError",
-    "Deployment",
     "FileObject",
     "HttpSettings",
     "InsufficientQuotaError",
@@ -72,12 +68,10 @@ __all__ = [
     "MalformedResponseError",
     "MessageBatch",
     "MissingApiKeyError",
-    "ModelSpec",
     "NotFoundError",
     "OpenAITransport",
     "OverloadedError",
     "PermissionDeniedError",
-    "Prices",
     "ProviderConnectionError",
     "ProviderError",
     "ProviderStatusError",

@@ -17,7 +17,7 @@ from typing import Any, Final
 import httpx
 import msgspec
 
-from worker.providers.catalogue import ModelSpec
+from worker.config.models import ModelSpec
 from worker.providers.deployments import parse_rate_limit_headers
 from worker.providers.errors import ProviderError, UnsupportedRequestError, status_error
 from worker.providers.http import (

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from worker.config.models import Catalogue, ModelSpec
 from worker.providers.anthropic import AnthropicTransport
 from worker.providers.breaker import BreakerSettings, CircuitBreaker
-from worker.providers.catalogue import Catalogue, ModelSpec
 from worker.providers.deployments import DeploymentState, order_deployments
 from worker.providers.errors import (
     AllModelsFailedError,

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from worker.config.models import Deployment, RoutingStrategy
 from worker.providers.breaker import BreakerSettings, CircuitBreaker
-from worker.providers.catalogue import Deployment, RoutingStrategy
 from worker.providers.types import RateLimitInfo
 
 WINDOW_S = 60.0  # rpm / tpm are per minute

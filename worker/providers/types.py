@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
-    from worker.providers.catalogue import ModelSpec
+    from worker.config.models import ModelSpec
 
 ProviderKind = Literal["openai", "anthropic"]
 FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "other"]

@@ -173,7 +173,7 @@ class SimConfig:
     seed: int = 0
     models: tuple[str, ...] = ()  # served model ids; empty: any model id is served
     # model id -> dataset model name; by default the simulated Anthropic model replays the
-    # weak model's labels (see worker.providers.catalogue.simulator_catalogue)
+    # weak model's labels (see worker.config.models.simulator_catalogue)
     aliases: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ALIASES))
     default_accuracy: float = 0.7  # for prompts or models the dataset does not know
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # accepted; empty: any non-empty

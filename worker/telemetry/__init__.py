@@ -5,12 +5,6 @@ Importing this package starts nothing and does not import the Langfuse SDK; `Tra
 builds the export pipelines.
 """
 
-from worker.telemetry.config import (
-    ExportLimits,
-    LangfuseConfig,
-    TelemetryConfig,
-    TelemetryConfigError,
-)
 from worker.telemetry.ids import RequestIdGenerator, derive_trace_id, derive_trace_id_hex
 from worker.telemetry.tracing import (
     MASKED,
@@ -26,13 +20,9 @@ __all__ = [
     "MASKED",
     "SCOPE_NAME",
     "ChatSpan",
-    "ExportLimits",
-    "LangfuseConfig",
     "RequestIdGenerator",
     "RequestSpan",
     "RouteSpan",
-    "TelemetryConfig",
-    "TelemetryConfigError",
     "Tracing",
     "build_tracer_provider",
     "derive_trace_id",

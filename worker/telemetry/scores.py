@@ -33,8 +33,8 @@ import httpx
 
 from routers.outcomes import request_key
 from schemas.events import Feedback
+from worker.config.telemetry import LangfuseConfig
 from worker.logs import redact
-from worker.telemetry.config import LangfuseConfig
 from worker.telemetry.ids import derive_trace_id_hex
 
 __all__ = [

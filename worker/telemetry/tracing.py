@@ -58,9 +58,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from schemas.events import Attempt, DecisionInfo, Message
+from worker.config.telemetry import TelemetryConfig, TelemetryConfigError
 from worker.logs import redact
 from worker.telemetry import semconv as sc
-from worker.telemetry.config import TelemetryConfig, TelemetryConfigError
 from worker.telemetry.ids import RequestIdGenerator, derive_trace_id_hex
 
 if TYPE_CHECKING:

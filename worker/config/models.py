@@ -39,11 +39,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import msgspec
 
-from worker.providers.types import ProviderKind, Usage
+if TYPE_CHECKING:
+    from worker.providers.types import ProviderKind, Usage
 
 _MTOK = 1_000_000.0
 

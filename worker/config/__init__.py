@@ -1,8 +1,8 @@
 """The worker's configuration: one TOML file, decoded once into frozen typed sections.
 
-    [kafka]      bootstrap, group, static membership, TLS / SASL      (worker.kafka_config)
-    [topics]     topic names                                          (worker.kafka_config)
-    [loop]       in-flight bounds, drain and commit timing, limits    (worker.kafka_config)
+    [kafka]      bootstrap, group, static membership, TLS / SASL      (worker.config.kafka)
+    [topics]     topic names                                          (worker.config.kafka)
+    [loop]       in-flight bounds, drain and commit timing, limits    (worker.config.kafka)
     [router]     the trained router artifact to load
     [policies.NAME]   named routing policies (threshold, strong_fraction, quality_target,
                       cost_tradeoff, cascade)
@@ -24,10 +24,10 @@ from typing import Any, Literal
 
 import msgspec
 
-from worker.kafka_config import KafkaSettings, LoopSettings, TopicSettings
-from worker.providers.catalogue import Catalogue
+from worker.config.kafka import KafkaSettings, LoopSettings, TopicSettings
+from worker.config.models import Catalogue
+from worker.config.telemetry import TelemetryConfig
 from worker.semcache_sync import CacheSettings
-from worker.telemetry.config import TelemetryConfig
 
 PolicyKind = Literal["threshold", "quality_target", "cost_tradeoff", "cascade"]
 Override = Literal[
