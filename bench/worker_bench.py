@@ -47,7 +47,6 @@ from tests.worker.support import (  # noqa: E402
     worker_config_data,
 )
 from worker import config as config_mod  # noqa: E402
-from worker.config.models import Catalogue  # noqa: E402
 from worker.pipeline import RoutingCore  # noqa: E402
 
 KEYS = {"SIM_OPENAI_API_KEY": "sk-bench", "SIM_ANTHROPIC_API_KEY": "sk-ant-bench"}
@@ -237,9 +236,7 @@ def _route_overhead(artifact: Path) -> tuple[float, float]:
     rows = dataset_rows(400)
     topics = {"requests": "bench.requests"}
     config = config_mod.parse(worker_config_data("x:1", topics, artifact, "http://127.0.0.1:1"))
-    core = RoutingCore(
-        config, load_artifact(artifact), Catalogue.from_dict({"models": config.models})
-    )
+    core = RoutingCore(config, load_artifact(artifact), config.models)
     times = []
     for i in range(2000):
         event = request_event(rows[i % len(rows)], i)

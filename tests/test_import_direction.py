@@ -76,16 +76,7 @@ def offending(loaded: list[str], worker_allowed: tuple[str, ...]) -> list[str]:
     [
         pytest.param("routers", (), id="routers"),
         pytest.param("schemas", (), id="schemas"),
-        pytest.param(
-            "worker.config",
-            CONFIG_MAY_LOAD,
-            id="worker.config",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="config imports worker.semcache_sync (aiokafka), worker.config.kafka, "
-                "worker.config.models (httpx) and worker.telemetry (opentelemetry)",
-            ),
-        ),
+        pytest.param("worker.config", CONFIG_MAY_LOAD, id="worker.config"),
     ],
 )
 def test_package_loads_no_runtime(package: str, worker_allowed: tuple[str, ...]) -> None:

@@ -24,7 +24,6 @@ from worker.batch.backends import backend_factory
 from worker.cli import version
 from worker.config import Config
 from worker.config.models import Catalogue
-from worker.config.telemetry import TelemetryConfig
 from worker.feedback import FeedbackStats, run_feedback
 from worker.judge import Judge, JudgeSettings
 from worker.loop import Worker, close_quietly
@@ -106,7 +105,7 @@ def resolve_artifact(path: str | Path) -> Path:
 
 def build(config: Config, tracing: Tracing | None = None) -> App:
     artifact = load_artifact(resolve_artifact(config.router.artifact))
-    catalogue = Catalogue.from_dict({"models": config.models})
+    catalogue = config.models
     p = config.providers
     client = RouterClient(
         catalogue,
@@ -127,7 +126,7 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
     logs.protect(client.redactor)  # logs and span error texts: the key values themselves
     if client.missing_keys:
         log.warning("no API key set in %s; those models will fail", ", ".join(client.missing_keys))
-    tracing = tracing or Tracing(TelemetryConfig.from_mapping(config.telemetry))
+    tracing = tracing or Tracing(config.telemetry)
     core = RoutingCore(config, artifact, catalogue)
     limits = {
         name: SpendLimit(t.spend_limit_usd_per_hour, t.spend_limit_usd_per_day)
@@ -249,7 +248,7 @@ class Reloader:
 
 
 def tracing_masks(config: Config) -> bool:
-    return bool(config.telemetry.get("mask_prompts", False))
+    return config.telemetry.mask_prompts
 
 
 async def serve(config: Config, *, blocked: str | None = None) -> int:

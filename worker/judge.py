@@ -38,7 +38,6 @@ from aiokafka import AIOKafkaProducer
 
 import schemas
 from routers.outcomes import Label, LabelIndex, merge_answered, request_key, trace_id_for
-from worker.config.models import Catalogue
 from worker.dataset_cli import CommandError, add_kafka_args, kafka_from_args
 from worker.outcome_sources import (
     answered_from_decision,
@@ -395,7 +394,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    catalogue = Catalogue.from_dict({"models": cfg.models})
+    catalogue = cfg.models
     for m in (args.judge_model, args.pairwise_model):
         if m is not None and m not in catalogue:
             raise CommandError(f"model {m!r} is not in the catalogue")

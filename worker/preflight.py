@@ -26,8 +26,7 @@ from routers.errors import RoutingError
 from worker import config as config_mod
 from worker.cli import UserError
 from worker.config import Config
-from worker.config.models import Catalogue
-from worker.config.telemetry import TelemetryConfig, TelemetryConfigError
+from worker.config.telemetry import TelemetryConfigError
 from worker.ops.common import reach
 
 # environment overrides of `llmroute run` (flags win over them, they win over the file)
@@ -110,7 +109,7 @@ def check_router(config: Config) -> tuple[Check, Artifact | None]:
         return Check("router", False, f"no router artifact at {where}", ROUTER_HINT), None
     try:
         artifact = load_artifact(folder)
-        RoutingCore(config, artifact, Catalogue.from_dict({"models": config.models}))
+        RoutingCore(config, artifact, config.models)
     except (RoutingError, ValueError, OSError, KeyError) as exc:
         return Check("router", False, f"{folder}: {exc}", ROUTER_HINT), None
     r = artifact.router
@@ -138,7 +137,7 @@ def policy_models(config: Config, artifact: Artifact) -> dict[str, set[str]]:
 def missing_keys(config: Config, artifact: Artifact, env: Mapping[str, str]) -> dict[str, str]:
     """Model -> its unset API-key variable(s), for every model a policy can choose (the shadow
     and judge models too) that no deployment could serve: a request routed there would fail."""
-    catalogue = Catalogue.from_dict({"models": config.models})
+    catalogue = config.models
     wanted = set().union(*policy_models(config, artifact).values())
     if config.shadow.sample > 0:
         shadow = config.shadow.model
@@ -176,7 +175,7 @@ def keys_check(config: Config, artifact: Artifact, env: Mapping[str, str]) -> Ch
 
 def telemetry_check(config: Config, env: Mapping[str, str]) -> Check:
     try:
-        telemetry = TelemetryConfig.from_mapping(config.telemetry)
+        telemetry = config.telemetry
         if telemetry.langfuse is not None:
             telemetry.langfuse.resolve_keys(env)
     except TelemetryConfigError as exc:

@@ -1,6 +1,5 @@
 """The semantic cache in the worker: which requests may use it, and sharing it across members.
 
-    CacheSettings       the `[cache]` section (frozen, typed)
     cache_key           request -> (params key, text) or the reason it is not cacheable
     SemanticCacheSync   the local `routers.semcache.SemanticCache` of one member, filled by
                         this member's answers (`publish`) and by everyone's, read back from the
@@ -32,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -40,16 +39,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 import schemas
 from routers.semcache import (
     CacheHit,
-    CacheParams,
     PromptVector,
     PromptVectorizer,
     SemanticCache,
     VectorizerParams,
 )
+from worker.config.cache import CacheSettings
 from worker.topics import partition_counts
 
 __all__ = [
-    "CacheSettings",
     "CacheStats",
     "CachedAnswer",
     "SemanticCacheSync",
@@ -58,41 +56,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Mode = Literal["interactive", "batch"]
-
-
-class CacheSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """`[cache]`: the semantic cache (off by default)."""
-
-    enabled: bool = False
-    similarity_threshold: float = 0.92  # cosine; README "Semantic cache" has the trade-off
-    ttl_s: float = 86_400.0
-    max_entries: int = 100_000
-    max_entries_per_tenant: int = 20_000
-    share_topic: bool = True  # publish answers to, and load from, topics.cache
-    match_numbers: bool = True  # a hit needs the same numbers in the prompt
-    max_temperature: float = 0.0  # an explicit temperature above this is not cached
-    cache_unset_temperature: bool = True  # requests that leave temperature to the provider
-    tenants_any_temperature: tuple[str, ...] = ()  # tenants cached at any temperature
-    tenants: tuple[str, ...] | None = None  # None: every tenant
-    modes: tuple[Mode, ...] = ("interactive", "batch")
-    load_timeout_s: float = 60.0  # how long `wait_loaded` waits for the backlog by default
-
-    def __post_init__(self) -> None:
-        # the pure core validates the rest and says which field is wrong
-        self.params()
-        if self.max_temperature < 0:
-            raise ValueError("max_temperature must be >= 0")
-
-    def params(self) -> CacheParams:
-        return CacheParams(
-            similarity_threshold=self.similarity_threshold,
-            ttl_s=self.ttl_s,
-            max_entries=self.max_entries,
-            max_entries_per_tenant=self.max_entries_per_tenant,
-            match_numbers=self.match_numbers,
-        )
 
 
 class CachedAnswer(msgspec.Struct, frozen=True, kw_only=True):

@@ -50,3 +50,15 @@ def test_invalid_config_names_the_key(tmp_path: Path, text: str, fragment: str) 
     path.write_text(text)
     with pytest.raises(config_mod.ConfigError, match=fragment):
         config_mod.load(path)
+
+
+def test_kafka_client_options_are_built_once() -> None:
+    # the SSLContext (CA and client certificate files read) and the SASL credentials (read from
+    # the environment) are built on the first call, not on each of the callers' calls
+    kafka = config_mod.KafkaSettings(security_protocol="SSL")
+    first, second = kafka.common_kwargs(), kafka.common_kwargs()
+    assert first["ssl_context"] is second["ssl_context"]
+    first["bootstrap_servers"] = "elsewhere:9092"  # a caller's copy: the cached one is unchanged
+    assert kafka.common_kwargs()["bootstrap_servers"] == "127.0.0.1:19092"
+    # an explicit environment builds them anew (tests, `llmroute` commands given --env)
+    assert kafka.common_kwargs({})["ssl_context"] is not first["ssl_context"]

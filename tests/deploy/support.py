@@ -35,11 +35,11 @@ def host_port(address: str) -> tuple[str, int]:
 
 def env_names(config: config_mod.Config) -> set[str]:
     """Every environment variable the config says the worker reads (secrets by name)."""
-    names = {str(m["api_key_env"]) for m in config.models.values()}
-    langfuse = config.telemetry.get("langfuse")
-    if isinstance(langfuse, dict):
-        names.add(langfuse.get("public_key_env", "LANGFUSE_PUBLIC_KEY"))
-        names.add(langfuse.get("secret_key_env", "LANGFUSE_SECRET_KEY"))
+    names = {m.api_key_env for m in config.models.values()}
+    langfuse = config.telemetry.langfuse
+    if langfuse is not None:
+        names.add(langfuse.public_key_env)
+        names.add(langfuse.secret_key_env)
     for name in (config.kafka.sasl_username_env, config.kafka.sasl_password_env):
         if name:
             names.add(name)

@@ -102,9 +102,10 @@ def test_worker_configs_load_and_point_at_the_stack(name: str) -> None:
         f"PLAINTEXT://{host}:{port}"
         in services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
     )
-    otlp = config.telemetry["otlp_endpoint"]
-    assert host_port(otlp) == ("otel-collector", 4318)
-    assert host_port(config.telemetry["langfuse"]["base_url"])[0] == "langfuse-web"
+    otlp = config.telemetry.otlp_endpoint
+    assert otlp is not None and host_port(otlp) == ("otel-collector", 4318)
+    assert config.telemetry.langfuse is not None
+    assert host_port(config.telemetry.langfuse.base_url)[0] == "langfuse-web"
     assert config.metrics.host == "0.0.0.0"
     assert config.kafka.group_instance_id == "${HOSTNAME}"
     assert config.router.artifact == "/opt/llmroute/router"
@@ -114,7 +115,7 @@ def test_worker_configs_load_and_point_at_the_stack(name: str) -> None:
         assert var in env, f"{var} is named in {name} but not given to the worker"
     if name == "worker.sim.toml":
         for model in config.models.values():
-            assert host_port(model["base_url"])[0] == "sim"
+            assert host_port(model.base_url)[0] == "sim"
     # the grace period outlasts the drain
     grace = int(worker["stop_grace_period"].rstrip("s"))
     assert grace > config.loop.drain_timeout_s + 5

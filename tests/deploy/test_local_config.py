@@ -30,6 +30,6 @@ def test_local_config_points_at_the_quickstart_parts() -> None:
     sim_port = parser.parse_args(["sim-provider"]).port
     assert {STRONG_MODEL, WEAK_MODEL} <= set(config.models)
     for model in config.models.values():
-        assert model["base_url"] == f"http://127.0.0.1:{sim_port}/v1"
-        assert model["api_key_env"] == "SIM_OPENAI_API_KEY"  # the README exports it
+        assert model.base_url == f"http://127.0.0.1:{sim_port}/v1"
+        assert model.api_key_env == "SIM_OPENAI_API_KEY"  # the README exports it
     assert config.topics.partitions > 1

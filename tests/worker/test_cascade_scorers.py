@@ -43,7 +43,7 @@ async def _answers(artifact: Path, sim: Simulator, policy: dict[str, object], **
     config = worker_config(
         "127.0.0.1:1", TOPICS, artifact, sim.base_url, policies={"default": policy}, **sections
     )
-    catalogue = Catalogue.from_dict({"models": config.models})
+    catalogue = config.models
     core = RoutingCore(config, load_artifact(artifact), catalogue)
     async with RouterClient(catalogue) as client:
         pipeline = Pipeline(core, client, answer_scorers=load_answer_scorers(config))
@@ -191,7 +191,7 @@ async def test_a_shadow_judge_the_tenant_may_not_use_never_sees_its_prompt(
         shadow={"sample": 1.0, "model": "other", "judge_model": judge_model},
         tenants=tenants,
     )
-    catalogue = Catalogue.from_dict({"models": config.models})
+    catalogue = config.models
     core = RoutingCore(config, load_artifact(artifact), catalogue)
     published: list[tuple[object, list[object]]] = []
 

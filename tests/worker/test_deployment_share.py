@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TopicFactory
-from tests.worker.support import poll_until, worker_config
+from tests.worker.support import poll_until, worker_config, worker_config_data
 from worker.app import build
 from worker.config.models import STRONG_MODEL
 from worker.sim import Simulator
@@ -27,8 +27,8 @@ async def test_two_members_take_half_of_every_limit_each(
         for name in ("responses", "decisions", "dlq", "done", "feedback", "batch_jobs", "control")
     }
     topics["requests"] = requests
-    base = worker_config(kafka_bootstrap, topics, artifact, sim.base_url)
-    models = dict(base.models)
+    base = worker_config_data(kafka_bootstrap, topics, artifact, sim.base_url)
+    models = dict(base["models"])
     models[STRONG_MODEL] = {**models[STRONG_MODEL], "rpm": 600}
     config = worker_config(
         kafka_bootstrap,

@@ -17,8 +17,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from routers.artifact import load_artifact
 from schemas import RoutingOptions
 from tests.providers.conftest import FakeClock
-from tests.worker.support import ROWS, SIM_KEYS, request_event, worker_config
-from worker.config.models import STRONG_MODEL, WEAK_MODEL, Catalogue
+from tests.worker.support import ROWS, SIM_KEYS, request_event, worker_config, worker_config_data
+from worker.config.models import STRONG_MODEL, WEAK_MODEL
 from worker.config.telemetry import TelemetryConfig
 from worker.loop import Handled, RecordInfo
 from worker.pipeline import Pipeline, RoutingCore
@@ -59,7 +59,7 @@ def spans() -> Iterator[tuple[Any, InMemorySpanExporter]]:
 
 def _pipeline(artifact: Path, provider: Any, down: set[str], **sections: Any) -> Pipeline:
     topics = {"requests": "unit.requests"}
-    models = dict(worker_config("127.0.0.1:1", topics, artifact, "http://x").models)
+    models = dict(worker_config_data("127.0.0.1:1", topics, artifact, "http://x")["models"])
     models[STRONG_MODEL] = {
         **models[STRONG_MODEL],
         "routing_strategy": "latency-based-routing",
@@ -70,7 +70,7 @@ def _pipeline(artifact: Path, provider: Any, down: set[str], **sections: Any) ->
     }
     models[WEAK_MODEL] = {**models[WEAK_MODEL], "base_url": "http://weak.test/v1"}
     config = worker_config("127.0.0.1:1", topics, artifact, "http://x", models=models, **sections)
-    catalogue = Catalogue.from_dict({"models": config.models})
+    catalogue = config.models
     clock = FakeClock()
     client = RouterClient(
         catalogue,

@@ -16,7 +16,7 @@ from tests.worker.support import (
     train_artifact,
     worker_config,
 )
-from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL, Catalogue
+from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL
 from worker.pipeline import RequestRejected, RoutingCore
 
 TOPICS = {"requests": "unit.requests"}
@@ -24,9 +24,7 @@ TOPICS = {"requests": "unit.requests"}
 
 def _core(artifact: Path, **sections: object) -> RoutingCore:
     config = worker_config("127.0.0.1:1", TOPICS, artifact, "http://127.0.0.1:1", **sections)
-    return RoutingCore(
-        config, load_artifact(artifact), Catalogue.from_dict({"models": config.models})
-    )
+    return RoutingCore(config, load_artifact(artifact), config.models)
 
 
 def test_threshold_from_quantiles_interpolates() -> None:

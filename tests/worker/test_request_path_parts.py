@@ -16,7 +16,6 @@ from prometheus_client import generate_latest
 from routers.artifact import load_artifact
 from schemas import RoutingOptions
 from tests.worker.support import ROWS, request_event, worker_config
-from worker.config.models import Catalogue
 from worker.dedupe import marker
 from worker.loop import KeyHashPartitioner, _all_acked
 from worker.metrics import WorkerMetrics
@@ -45,9 +44,7 @@ def test_plain_requests_share_one_resolution_and_overrides_do_not(artifact: Path
     config = worker_config(
         "127.0.0.1:1", {"requests": "unit.requests"}, artifact, "http://127.0.0.1:1"
     )
-    core = RoutingCore(
-        config, load_artifact(artifact), Catalogue.from_dict({"models": config.models})
-    )
+    core = RoutingCore(config, load_artifact(artifact), config.models)
     first, second = request_event(ROWS[0], 1), request_event(ROWS[1], 2)
     plain = core.resolve(first)
     assert core.resolve(second) is plain
@@ -58,9 +55,7 @@ def test_plain_requests_share_one_resolution_and_overrides_do_not(artifact: Path
     other = request_event(ROWS[0], 4, tenant="globex")
     assert core.resolve(other) is not plain
     # the decisions are those of a core that never memoised anything
-    fresh = RoutingCore(
-        config, load_artifact(artifact), Catalogue.from_dict({"models": config.models})
-    )
+    fresh = RoutingCore(config, load_artifact(artifact), config.models)
     for request in (first, second, asked, other):
         again = core.decide(request, core.resolve(request))
         assert again == fresh.decide(request, fresh._resolve(request, None))

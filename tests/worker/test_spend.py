@@ -13,7 +13,6 @@ import pytest
 from routers.artifact import load_artifact
 from tests.conftest import TopicFactory
 from tests.worker.support import ROWS, SIM_KEYS, poll_until, request_event, worker_config
-from worker.config.models import Catalogue
 from worker.loop import Handled, RecordInfo
 from worker.pipeline import Pipeline, RoutingCore
 from worker.providers.client import RouterClient
@@ -81,9 +80,7 @@ async def test_one_member_never_overshoots_a_tenants_hourly_limit(
         sim.base_url,
         tenants={"acme": {"spend_limit_usd_per_hour": limit}},
     )
-    core = RoutingCore(
-        config, load_artifact(artifact), Catalogue.from_dict({"models": config.models})
-    )
+    core = RoutingCore(config, load_artifact(artifact), config.models)
     ledger = SpendLedger("m1", {"acme": SpendLimit(per_hour_usd=limit)})
     async with RouterClient(core.catalogue, env=SIM_KEYS) as client:
         pipeline = Pipeline(core, client, spend=ledger)

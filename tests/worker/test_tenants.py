@@ -14,7 +14,7 @@ import schemas
 from routers.artifact import load_artifact
 from schemas import RoutingOptions
 from tests.worker.support import ROWS, SIM_KEYS, request_event, worker_config
-from worker.config.models import STRONG_MODEL, WEAK_MODEL, Catalogue
+from worker.config.models import STRONG_MODEL, WEAK_MODEL
 from worker.loop import Handled, RecordInfo
 from worker.pipeline import Pipeline, RoutingCore
 from worker.providers.client import RouterClient
@@ -32,9 +32,7 @@ TENANTS: dict[str, Any] = {
 def make_core(artifact: Path, base_url: str, **sections: Any) -> RoutingCore:
     sections.setdefault("tenants", TENANTS)
     config = worker_config("127.0.0.1:1", {"requests": TOPIC}, artifact, base_url, **sections)
-    return RoutingCore(
-        config, load_artifact(artifact), Catalogue.from_dict({"models": config.models})
-    )
+    return RoutingCore(config, load_artifact(artifact), config.models)
 
 
 @pytest.fixture
@@ -228,7 +226,8 @@ async def test_a_cached_answer_is_served_only_from_an_eligible_model(
     the strong model (shared through the cache topic) must not answer it."""
     import asyncio
 
-    from worker.semcache_sync import CacheSettings, SemanticCacheSync
+    from worker.config.cache import CacheSettings
+    from worker.semcache_sync import SemanticCacheSync
 
     cache = SemanticCacheSync(CacheSettings(enabled=True))
     prompt = [schemas.Message(role="user", content="What is the boiling point of water?")]

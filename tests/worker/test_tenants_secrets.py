@@ -21,7 +21,7 @@ import schemas
 from routers.artifact import load_artifact
 from schemas import RoutingOptions
 from tests.worker.support import ROWS, replay_dataset, request_event, worker_config
-from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL, Catalogue
+from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL
 from worker.config.telemetry import TelemetryConfig
 from worker.logs import setup_logging
 from worker.loop import Handled, RecordInfo
@@ -108,7 +108,7 @@ async def _rig(artifact: Path, config: SimConfig, monkeypatch: Any) -> AsyncIter
             core = RoutingCore(
                 core_config,
                 load_artifact(artifact),
-                Catalogue.from_dict({"models": core_config.models}),
+                core_config.models,
             )
             settings = ClientSettings(
                 retry=RetryPolicy(max_retries=1, initial_delay_s=0.0, max_delay_s=0.0)

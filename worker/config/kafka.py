@@ -1,25 +1,24 @@
 """Kafka, topic and loop settings: frozen, typed, units in the names.
 
 Security settings pass straight through to aiokafka (TLS, SASL PLAIN and SCRAM); secrets are
-given as the *names* of environment variables and read only when the clients are built.
+given as the *names* of environment variables, read when the first client is built: the client
+options (SSLContext, credentials) are built once per process (`KafkaSettings.common_kwargs`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Literal
 
-import msgspec
-
 import schemas
+from worker.config.base import Section
 
 
-class _Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
-class KafkaSettings(_Settings, frozen=True, kw_only=True):
+class KafkaSettings(Section, frozen=True, kw_only=True):
     bootstrap_servers: str = "127.0.0.1:19092"
     group_id: str = "llmroute"
     group_instance_id: str | None = None  # static membership; `${POD_NAME}`-style env expansion
@@ -60,9 +59,18 @@ class KafkaSettings(_Settings, frozen=True, kw_only=True):
         if self.ssl_keyfile and not self.ssl_certfile:
             raise ValueError("ssl_keyfile needs ssl_certfile (the client certificate for mTLS)")
 
-    def common_kwargs(self, env: dict[str, str] | None = None) -> dict[str, Any]:
-        """Connection and security arguments shared by aiokafka consumers, producers, admins."""
-        env = dict(os.environ) if env is None else env
+    def common_kwargs(self, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Connection and security arguments shared by aiokafka consumers, producers, admins.
+
+        For the process environment (`env` None) they are built once per settings: the
+        SSLContext (certificate files read) and the SASL credentials are shared by every client
+        of the process; each call returns its own dict. An explicit `env` builds them anew.
+        """
+        if env is None:
+            return dict(_process_options(self))
+        return self._build(env)
+
+    def _build(self, env: Mapping[str, str]) -> dict[str, Any]:
         kw: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers,
             "client_id": self.client_id,
@@ -85,7 +93,12 @@ class KafkaSettings(_Settings, frozen=True, kw_only=True):
         return os.path.expandvars(self.group_instance_id) if self.group_instance_id else None
 
 
-def _env(env: dict[str, str], name: str | None) -> str | None:
+@functools.cache
+def _process_options(settings: KafkaSettings) -> Mapping[str, Any]:
+    return MappingProxyType(settings._build(os.environ))
+
+
+def _env(env: Mapping[str, str], name: str | None) -> str | None:
     if name is None:
         return None
     if name not in env:
@@ -109,7 +122,7 @@ TOPIC_ROLES = (
 )
 
 
-class TopicSettings(_Settings, frozen=True, kw_only=True):
+class TopicSettings(Section, frozen=True, kw_only=True):
     requests: str = schemas.TOPICS["requests"]
     responses: str = schemas.TOPICS["responses"]
     decisions: str = schemas.TOPICS["decisions"]
@@ -136,7 +149,7 @@ class TopicSettings(_Settings, frozen=True, kw_only=True):
         return {role: getattr(self, role) for role in TOPIC_ROLES}
 
 
-class LoopSettings(_Settings, frozen=True, kw_only=True):
+class LoopSettings(Section, frozen=True, kw_only=True):
     max_in_flight: int = 2_000  # pause fetching at this many unfinished requests
     resume_below: int = 1_500  # resume under this many
     # ... or at this many record bytes in flight (resume under 3/4 of it): memory is bounded

@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import msgspec
 
+from worker.config.base import Section
+
 if TYPE_CHECKING:
     from worker.providers.types import ProviderKind, Usage
 
@@ -173,12 +175,29 @@ class _Entry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     tpm: int | None = None
 
 
+class ProviderSettings(Section, frozen=True, kw_only=True):
+    """`[providers]`: timeouts, retries and limits of every model call."""
+
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 120.0
+    max_retries: int = 2
+    request_deadline_s: float = 300.0  # when the request carries no deadline
+    max_connections: int = 2_000
+    # several deployments per model (docs/deployments-per-model.md)
+    rate_limit_max_wait_s: float = 30.0  # longest wait for rate-limit headroom, else reroute
+    failover_timeout_min_s: float = 2.0  # a try with deployments after it: max(this,
+    failover_timeout_factor: float = 5.0  # this x its expected latency)
+    max_answer_bytes: int = 4 * 1024 * 1024  # longer answers: MalformedResponseError, no retry
+
+
 class CatalogueError(ValueError):
     """The catalogue mapping is not valid (names the model and the field)."""
 
 
 @dataclass(frozen=True, slots=True)
-class Catalogue:
+class Catalogue(Mapping[str, "ModelSpec"]):
+    """The models by name: a read-only mapping (`catalogue[name]`, `in`, `items()`)."""
+
     models: Mapping[str, ModelSpec]
 
     def __post_init__(self) -> None:

@@ -14,7 +14,15 @@ from typing import Any, Literal
 
 import msgspec
 
-__all__ = ["ExportLimits", "LangfuseConfig", "TelemetryConfig", "TelemetryConfigError"]
+from worker.config.base import Section
+
+__all__ = [
+    "ExportLimits",
+    "LangfuseConfig",
+    "MetricsSettings",
+    "TelemetryConfig",
+    "TelemetryConfigError",
+]
 
 
 class TelemetryConfigError(ValueError):
@@ -154,3 +162,11 @@ def _reject_unknown(data: Mapping[str, Any], cls: type, where: str) -> None:
         value = data.get(name)
         if name in known and isinstance(value, Mapping):
             _reject_unknown(value, nested, f"{where}.{name}")
+
+
+class MetricsSettings(Section, frozen=True, kw_only=True):
+    """`[metrics]`: the Prometheus /metrics, /healthz and /readyz server."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9464
