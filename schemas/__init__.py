@@ -20,6 +20,7 @@ from importlib import resources
 from typing import Any
 
 from schemas.codec import InvalidEvent, decode, encode, to_builtins
+from schemas.errors import ERROR_CODES, ErrorCode
 from schemas.events import (
     SCHEMA_VERSION,
     Attempt,
@@ -84,6 +85,7 @@ def load_schema(name: str) -> dict[str, Any]:
 
 
 __all__ = [
+    "ERROR_CODES",
     "SCHEMA_TYPES",
     "SCHEMA_VERSION",
     "TOPICS",
@@ -98,6 +100,7 @@ __all__ = [
     "DeadLetterHeader",
     "DeadLetterSource",
     "DecisionInfo",
+    "ErrorCode",
     "ErrorInfo",
     "Feedback",
     "GenerationParams",

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from schemas.errors import ErrorCode
+
 SCHEMA_VERSION = 1
 
 # any Unicode but control characters (C0, DEL, C1): ids reach headers, logs and record keys
@@ -141,7 +143,7 @@ class DecisionInfo(_Event, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class ErrorInfo(_Event, frozen=True, kw_only=True):
-    type: NonEmpty
+    type: ErrorCode  # a stable code (schemas/errors.py), never a class name
     message: str
     retriable: bool
 
@@ -152,7 +154,7 @@ class Attempt(_Event, frozen=True, kw_only=True, omit_defaults=True):
     status: Literal["ok", "error", "skipped", "escalated"]
     latency_ms: NonNegative
     http_status: int | None = None
-    error_type: str | None = None
+    error_type: ErrorCode | None = None
     retry: Count | None = None
     deployment: NonEmpty | None = None
 
@@ -315,7 +317,7 @@ class DeadLetterSource(_Event, frozen=True, kw_only=True, omit_defaults=True):
 class DeadLetter(_Event, frozen=True, kw_only=True, omit_defaults=True):
     schema_version: Literal[1]
     reason: NonEmpty
-    error_type: NonEmpty
+    error_type: ErrorCode
     original_value_b64: str
     source: DeadLetterSource
     first_seen_at: Timestamp

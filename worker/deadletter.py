@@ -22,7 +22,7 @@ def dead_letter(
     value: bytes,
     headers: Sequence[tuple[str, bytes]] = (),
     timestamp_ms: int | None = None,
-    error_type: str,
+    error_type: schemas.ErrorCode,
     reason: str,
     worker_id: str | None = None,
 ) -> schemas.DeadLetter:

@@ -30,6 +30,7 @@ from aiokafka.structs import OffsetAndMetadata
 import schemas
 from worker.config.kafka import KafkaSettings, TopicSettings
 from worker.deadletter import dead_letter
+from worker.errors import InvalidRecord
 from worker.loop import close_quietly
 from worker.telemetry.propagation import context_headers
 from worker.telemetry.scores import LangfuseScores, ScoreRejected, ScoreUnavailable, score_trace_id
@@ -119,7 +120,7 @@ async def _handle(
     try:
         event = schemas.decode(record.value or b"", schemas.Feedback)
     except schemas.InvalidEvent as exc:
-        await _dead_letter(producer, topics.dlq, record, "InvalidEvent", str(exc), None)
+        await _dead_letter(producer, topics.dlq, record, InvalidRecord.code, str(exc), None)
         stats.invalid += 1
         return True
     if scores is None:
@@ -145,7 +146,7 @@ async def _handle(
             if exc.status is not None:
                 stats.answers[exc.status] = stats.answers.get(exc.status, 0) + 1
             await _dead_letter(
-                producer, topics.feedback_dlq, record, "ScoreRejected", str(exc),
+                producer, topics.feedback_dlq, record, exc.code, str(exc),
                 score_trace_id(event),
             )  # fmt: skip
             stats.rejected += 1
@@ -168,7 +169,7 @@ async def _dead_letter(
     producer: AIOKafkaProducer,
     topic: str,
     record: Any,
-    error_type: str,
+    error_type: schemas.ErrorCode,
     reason: str,
     trace_id: str | None,
 ) -> None:

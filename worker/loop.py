@@ -49,6 +49,7 @@ from worker.config.kafka import KafkaSettings, LoopSettings, TopicSettings
 from worker.config.telemetry import TelemetryConfig
 from worker.deadletter import dead_letter
 from worker.dedupe import AnsweredIds, load_answered, marker, marker_partition
+from worker.errors import InvalidRecord, OversizedRecord, UnpublishableRecord, UnreadableRecord
 from worker.offsets import OffsetTracker
 from worker.providers.types import CompletionRequest, CompletionResult
 from worker.records import RawFetcher, read_batches
@@ -157,7 +158,7 @@ def _cut_letter(
     return msgspec.structs.replace(cut, original_value_b64=base64.b64encode(value[:keep]).decode())
 
 
-Decoded = schemas.RouteRequest | tuple[str, str]  # the request, or (error type, reason)
+Decoded = schemas.RouteRequest | tuple[schemas.ErrorCode, str]  # the request, or (code, reason)
 
 
 @dataclass(frozen=True)
@@ -638,24 +639,24 @@ class Worker:
         """The request, or the dead-letter reason (error type, message)."""
         problem = getattr(record, "problem", None)  # set on records read raw (worker.records)
         if problem is not None:
-            return ("UnreadableRecord", problem)
+            return (UnreadableRecord.code, problem)
         value: bytes = record.value if record.value is not None else b""
         if len(value) > self.settings.max_request_bytes:
             return (
-                "OversizedEvent",
+                OversizedRecord.code,
                 f"record of {len(value)} bytes exceeds max_request_bytes "
                 f"{self.settings.max_request_bytes}",
             )
         try:
             request = schemas.decode(value, schemas.RouteRequest)
         except schemas.InvalidEvent as exc:
-            return ("InvalidEvent", str(exc))
+            return (InvalidRecord.code, str(exc))
         except Exception as exc:  # never let one record stop the poll loop
-            return ("InvalidEvent", f"{type(exc).__name__} while decoding: {exc}")
+            return (InvalidRecord.code, f"{type(exc).__name__} while decoding: {exc}")
         if request.reply_topic is not None:
             refused = self._refused_reply_topic(request.reply_topic)
             if refused is not None:
-                return ("InvalidEvent", f"$.reply_topic: {refused}")
+                return (InvalidRecord.code, f"$.reply_topic: {refused}")
         return request
 
     def _refused_reply_topic(self, topic: str) -> str | None:
@@ -837,7 +838,7 @@ class Worker:
                         break
                     request = None  # dead-letter it instead, with the reason
                     item = (
-                        "Unpublishable",
+                        UnpublishableRecord.code,
                         f"its result could not be published: {type(exc).__name__}: {exc}",
                     )
                     faults = 0
@@ -1162,7 +1163,7 @@ class Worker:
                 log.warning("dedupe marker of %s not written: %s", key.decode(), exc)
 
     async def _dead_letter(
-        self, info: RecordInfo, value: bytes, error_type: str, reason: str
+        self, info: RecordInfo, value: bytes, error_type: schemas.ErrorCode, reason: str
     ) -> None:
         """The dead-letter record, cut to fit the dead-letter topic when it is too large."""
         assert self.producer is not None

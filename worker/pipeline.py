@@ -40,6 +40,14 @@ from worker.batch.jobs import Finished
 from worker.config import Config, PolicySpec
 from worker.config.models import Catalogue
 from worker.config.telemetry import TelemetryConfig
+from worker.errors import (
+    BatchCancelled,
+    MissingBatchResult,
+    RequestDeadlineExceeded,
+    RequestRejected,
+    SourceRecordLost,
+    WorkerError,
+)
 from worker.judge import Judge, JudgeSettings
 from worker.loop import Deferred, Handled, RecordInfo
 from worker.providers.client import RouterClient
@@ -66,12 +74,6 @@ ShadowSink = Callable[
 ]
 
 PREPARE_CHUNK = 64  # requests scored per batched `predict` (worker.loop fetches up to thousands)
-
-
-class RequestRejected(Exception):
-    """The request cannot be routed as asked (unknown policy, nothing eligible)."""
-
-    retriable = False
 
 
 @dataclass(frozen=True)
@@ -595,16 +597,15 @@ class Pipeline:
         try:
             self.core.admit(request, record.topic)
         except RequestRejected as exc:
-            return self._error(request, started, outcome, "RequestRejected", str(exc), False)
+            return self._error(request, started, outcome, RequestRejected, str(exc))
         now = self.wall_clock()
         if request.deadline is not None and request.deadline <= now:
             return self._error(
                 request,
                 started,
                 outcome,
-                "DeadlineExceeded",
+                RequestDeadlineExceeded,
                 f"deadline {request.deadline.isoformat()} passed before routing",
-                False,
             )
         cache = self.cache
         if cache is not None and not interactive:
@@ -637,7 +638,7 @@ class Pipeline:
                 info = _decision_info(decision, arm.label if arm is not None else None)
                 route.set_decision(info)
         except RequestRejected as exc:
-            return self._error(request, started, outcome, "RequestRejected", str(exc), False)
+            return self._error(request, started, outcome, RequestRejected, str(exc))
         outcome.decision = decision
         messages = (
             ready.messages
@@ -685,9 +686,9 @@ class Pipeline:
                     request,
                     started,
                     outcome,
-                    "RequestRejected",
+                    RequestRejected,
                     why,
-                    False,
+                    None,
                     decision,
                     info,
                     messages,
@@ -719,7 +720,7 @@ class Pipeline:
                 request,
                 started,
                 outcome,
-                type(last).__name__,
+                type(last),
                 exc.describe(),
                 _retry_later(last),
                 decision,
@@ -731,7 +732,7 @@ class Pipeline:
                 request,
                 started,
                 outcome,
-                type(exc).__name__,
+                type(exc),
                 str(exc),
                 exc.retriable,
                 decision,
@@ -1182,14 +1183,14 @@ class Pipeline:
             )
         if request is None:
             error = schemas.ErrorInfo(
-                type="SourceRecordLost",
+                type=SourceRecordLost.code,
                 message=f"the request at {item.topic}[{item.partition}]@{item.offset} is no "
                 "longer retained; it cannot be answered",
                 retriable=True,
             )
         elif finished.cancelled:
             error = schemas.ErrorInfo(
-                type="BatchCancelled",
+                type=BatchCancelled.code,
                 message=f"batch job {finished.job_id} was cancelled before this request ran",
                 retriable=True,
             )
@@ -1209,9 +1210,8 @@ class Pipeline:
             request,
             self.perf(),
             Outcome(),
-            "InternalError",
+            WorkerError,
             f"{type(exc).__name__} while handling the request",
-            True,
         )
 
     def _error(
@@ -1219,9 +1219,9 @@ class Pipeline:
         request: schemas.RouteRequest,
         started: float,
         outcome: Outcome,
-        error_type: str,
+        error: type[WorkerError],
         message: str,
-        retriable: bool,
+        retriable: bool | None = None,  # None: the class's
         decision: Decision | None = None,
         info: schemas.DecisionInfo | None = None,
         messages: list[dict[str, Any]] | None = None,
@@ -1243,7 +1243,11 @@ class Pipeline:
             latency_ms=(self.perf() - started) * 1000,
             decision=info,
             attempts=outcome.attempts,
-            error=schemas.ErrorInfo(type=error_type, message=message, retriable=retriable),
+            error=schemas.ErrorInfo(
+                type=error.code,
+                message=message,
+                retriable=error.retriable if retriable is None else retriable,
+            ),
             trace_id=trace_id,
             created_at=self.wall_clock(),
             mode=request.routing.mode,
@@ -1316,8 +1320,8 @@ def _answer_of(request: schemas.RouteRequest, result: CompletionResult) -> schem
     return _ok_response(request, result, result.cost_usd, [], 0.0, None, None, datetime.now(UTC))
 
 
-def _error_name(outcome: object) -> str:
-    return type(outcome).__name__ if isinstance(outcome, ProviderError) else "MissingBatchResult"
+def _error_name(outcome: object) -> schemas.ErrorCode:
+    return outcome.code if isinstance(outcome, ProviderError) else MissingBatchResult.code
 
 
 def _since_ms(start: datetime | None, now: datetime) -> float:

@@ -191,7 +191,7 @@ def _response(rid: str, model: str | None, text: str = "ans") -> schemas.RouteRe
         message=schemas.OutputMessage(content=text) if ok else None,
         finish_reason="stop" if ok else None, usage=schemas.Usage(), cost_usd=0.001,
         latency_ms=5.0, decision=None, attempts=[],
-        error=None if ok else schemas.ErrorInfo(type="X", message="x", retriable=False),
+        error=None if ok else schemas.ErrorInfo(type="InternalError", message="x", retriable=False),
         trace_id=trace_id_for(rid), created_at=datetime.now(UTC),
     )  # fmt: skip
 

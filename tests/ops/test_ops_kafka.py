@@ -164,7 +164,7 @@ async def test_produce_from_stdin_with_a_limit(
 
 
 def _response(request_id: str, tenant: str, status: str, model: str | None) -> bytes:
-    error = schemas.ErrorInfo(type="Timeout", message="late", retriable=True)
+    error = schemas.ErrorInfo(type="ProviderTimeoutError", message="late", retriable=True)
     return schemas.encode(
         schemas.RouteResponse(
             schema_version=1,

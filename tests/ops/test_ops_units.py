@@ -177,7 +177,7 @@ def test_format_lines() -> None:
         status="error",
         model=None,
         message=None,
-        error=schemas.ErrorInfo(type="Timeout", message="deadline", retriable=True),
+        error=schemas.ErrorInfo(type="ProviderTimeoutError", message="deadline", retriable=True),
     )
     assert format_event(error).endswith("model=- cost=$0.000012 512ms Timeout: deadline")
     assert format_event(_decision()) == (

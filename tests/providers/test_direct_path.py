@@ -124,7 +124,7 @@ async def test_chunked_answer_and_error_status_on_the_direct_path():
         with pytest.raises(ProviderStatusError) as err:
             await transport.complete(spec(server), request, timeout_s=5.0)
         assert err.value.status == 429
-        assert err.value.code == "rate_limit_exceeded"
+        assert err.value.provider_code == "rate_limit_exceeded"
         await transport.aclose()
     assert server.connections == 1
 

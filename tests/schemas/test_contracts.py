@@ -124,7 +124,7 @@ def test_public_surface() -> None:
         n
         for n in dir(schemas)
         if not n.startswith("_")
-        and n not in {"annotations", "codec", "events", "json", "resources", "Any"}
+        and n not in {"annotations", "codec", "errors", "events", "json", "resources", "Any"}
     )
 
 

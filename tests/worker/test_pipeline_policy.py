@@ -17,7 +17,8 @@ from tests.worker.support import (
     worker_config,
 )
 from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL
-from worker.pipeline import RequestRejected, RoutingCore
+from worker.errors import RequestRejected
+from worker.pipeline import RoutingCore
 
 TOPICS = {"requests": "unit.requests"}
 

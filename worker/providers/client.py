@@ -240,7 +240,7 @@ class RouterClient:
             except DeadlineExceededError as exc:
                 last_error = scrub_error(exc, self.redactor)
                 errors.append(last_error)
-                if not attempts or attempts[-1].error_type != type(exc).__name__:
+                if not attempts or attempts[-1].error_type != exc.code:
                     attempts.append(self._attempt(spec, exc, 0.0, 0, "error"))
                 break
             except ProviderError as exc:
@@ -280,7 +280,7 @@ class RouterClient:
             http_status=error.status
             if isinstance(error, ProviderStatusError)
             else (200 if error is None else None),
-            error_type=None if error is None else type(error).__name__,
+            error_type=None if error is None else error.code,
             retry=retry,
             deployment=deployment,
         )

@@ -1,6 +1,9 @@
 """Provider errors: one root, mapped at the boundary, decided on by class.
 
-The tree (``retriable``: the same model may be tried again after a backoff):
+`ProviderError` is a `worker.errors.WorkerError`: each class has a stable ``code`` (equal to its
+class name, the value `error.type` carried before codes existed; listed in schemas/errors.py).
+A non-2xx answer's own error code and type, as the provider wrote them, are ``provider_code`` and
+``error_type``. The tree (``retriable``: the same model may be tried again after a backoff):
 
     ProviderError                        retriable=False
     ├── ProviderConnectionError          retriable=True   connect refused, reset, protocol error
@@ -39,8 +42,10 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from schemas.errors import ErrorCode
+from worker.errors import WorkerError
 from worker.secrets import Redactor
 
 if TYPE_CHECKING:
@@ -62,10 +67,11 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return _MASKED_KEY.sub(_REDACTED, text)
 
 
-class ProviderError(Exception):
-    """Root of every error the provider layer raises."""
+class ProviderError(WorkerError):
+    """Root of every error the provider layer raises (a `worker.errors.WorkerError`)."""
 
-    retriable: bool = False
+    code: ClassVar[ErrorCode] = "ProviderError"
+    retriable = False
     trips_breaker: bool = False
 
     def __init__(self, message: str, *, provider: str | None = None, model: str | None = None):
@@ -79,22 +85,26 @@ class ProviderError(Exception):
 
 
 class ProviderConnectionError(ProviderError):
+    code: ClassVar[ErrorCode] = "ProviderConnectionError"
     retriable = True
     trips_breaker = True
 
 
 class ProviderTimeoutError(ProviderConnectionError):
-    pass
+    code = "ProviderTimeoutError"
 
 
 class MalformedResponseError(ProviderError):
+    code = "MalformedResponseError"
     retriable = True
     trips_breaker = True
 
 
 class ProviderStatusError(ProviderError):
-    """A non-2xx answer. ``status``, the provider's error ``code``/``error_type`` and request id."""
+    """A non-2xx answer. ``status``, the provider's own error code and type (``provider_code``,
+    ``error_type``) and request id."""
 
+    code: ClassVar[ErrorCode] = "ProviderStatusError"
     trips_breaker = False
 
     def __init__(
@@ -104,7 +114,7 @@ class ProviderStatusError(ProviderError):
         status: int,
         provider: str | None = None,
         model: str | None = None,
-        code: str | None = None,
+        provider_code: str | None = None,
         error_type: str | None = None,
         request_id: str | None = None,
         retry_after_s: float | None = None,
@@ -112,7 +122,7 @@ class ProviderStatusError(ProviderError):
     ):
         super().__init__(message, provider=provider, model=model)
         self.status = status
-        self.code = code
+        self.provider_code = provider_code
         self.error_type = error_type
         self.request_id = request_id
         self.retry_after_s = retry_after_s
@@ -120,76 +130,84 @@ class ProviderStatusError(ProviderError):
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(status={self.status}, code={self.code!r}, "
+            f"{type(self).__name__}(status={self.status}, code={self.provider_code!r}, "
             f"message={self.message!r}, provider={self.provider!r})"
         )
 
 
 class BadRequestError(ProviderStatusError):
-    pass
+    code = "BadRequestError"
 
 
 class AuthenticationError(ProviderStatusError):
-    pass
+    code = "AuthenticationError"
 
 
 class PermissionDeniedError(ProviderStatusError):
-    pass
+    code = "PermissionDeniedError"
 
 
 class NotFoundError(ProviderStatusError):
-    pass
+    code = "NotFoundError"
 
 
 class RequestTimeoutError(ProviderStatusError):
+    code = "RequestTimeoutError"
     retriable = True
     trips_breaker = True
 
 
 class ConflictError(ProviderStatusError):
+    code = "ConflictError"
     retriable = True
 
 
 class RateLimitError(ProviderStatusError):
+    code: ClassVar[ErrorCode] = "RateLimitError"
     retriable = True
     trips_breaker = True
 
 
 class InsufficientQuotaError(RateLimitError):
+    code = "InsufficientQuotaError"
     retriable = False
 
 
 class InternalServerError(ProviderStatusError):
+    code: ClassVar[ErrorCode] = "InternalServerError"
     retriable = True
     trips_breaker = True
 
 
 class OverloadedError(InternalServerError):
-    pass
+    code = "OverloadedError"
 
 
 class DeadlineExceededError(ProviderError):
-    pass
+    code = "DeadlineExceededError"
 
 
 class CircuitOpenError(ProviderError):
-    pass
+    code = "CircuitOpenError"
 
 
 class MissingApiKeyError(ProviderError):
-    pass
+    code = "MissingApiKeyError"
 
 
 class RateLimitWaitError(ProviderError):
+    code = "RateLimitWaitError"
     retriable = True
 
 
 class UnsupportedRequestError(ProviderError):
-    pass
+    code = "UnsupportedRequestError"
 
 
 class AllModelsFailedError(ProviderError):
     """Every model of the chain failed; ``attempts`` lists each try, ``last_error`` the last."""
+
+    code = "AllModelsFailedError"
 
     def __init__(
         self,
@@ -279,7 +297,7 @@ def status_error(
         status=status,
         provider=provider,
         model=model,
-        code=code,
+        provider_code=code,
         error_type=etype,
         request_id=request_id,
         retry_after_s=retry_after_s,

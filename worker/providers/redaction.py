@@ -44,7 +44,7 @@ def scrub_error(exc: ProviderError, redactor: Redactor) -> ProviderError:
     exc.message = redactor(exc.message)
     exc.args = (exc.message, *exc.args[1:])
     if isinstance(exc, ProviderStatusError):
-        for name in ("code", "error_type", "request_id"):
+        for name in ("provider_code", "error_type", "request_id"):
             value = getattr(exc, name)
             if value is not None:
                 setattr(exc, name, redactor(value))

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from schemas.errors import ErrorCode
+
 if TYPE_CHECKING:
     from worker.config.models import ModelSpec
 
@@ -126,7 +128,7 @@ class Attempt:
     status: AttemptStatus
     latency_ms: float
     http_status: int | None = None
-    error_type: str | None = None  # our error class name, e.g. "RateLimitError"
+    error_type: ErrorCode | None = None  # the error's stable code, e.g. "RateLimitError"
     retry: int = 0  # 0 for the first try of this model, 1.. for retries
     deployment: str | None = None  # the catalogue's deployment name (models that list them)
 

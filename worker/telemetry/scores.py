@@ -27,13 +27,15 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import httpx
 
 from routers.outcomes import request_key
+from schemas.errors import ErrorCode
 from schemas.events import Feedback
 from worker.config.telemetry import LangfuseConfig
+from worker.errors import WorkerError
 from worker.logs import redact
 from worker.telemetry.ids import derive_trace_id_hex
 
@@ -52,10 +54,11 @@ _ANSWER_CHARS: Final = 1000  # of the server's answer kept in errors and dead le
 _RETRIABLE_STATUS: Final = frozenset({408, 429})
 
 
-class ScoreError(Exception):
+class ScoreError(WorkerError):
     """A score was not accepted. `retriable` says whether sending it again may succeed."""
 
-    retriable: bool = False
+    code: ClassVar[ErrorCode] = "ScoreError"
+    retriable = False
 
     def __init__(self, message: str, *, status: int | None = None, body: str = "") -> None:
         super().__init__(message)
@@ -66,6 +69,7 @@ class ScoreError(Exception):
 class ScoreUnavailable(ScoreError):
     """The server could not take the score now (network, timeout, 408, 429, 5xx)."""
 
+    code = "ScoreUnavailable"
     retriable = True
 
     def __init__(
@@ -83,6 +87,8 @@ class ScoreUnavailable(ScoreError):
 class ScoreRejected(ScoreError):
     """The server refused the score itself (400, 401, 403, 404, 413, ...): sending it again
     will not help."""
+
+    code = "ScoreRejected"
 
 
 def score_trace_id(feedback: Feedback) -> str:

@@ -59,6 +59,7 @@ from opentelemetry.util.types import AttributeValue
 
 from schemas.events import Attempt, DecisionInfo, Message
 from worker.config.telemetry import TelemetryConfig, TelemetryConfigError
+from worker.errors import WorkerError
 from worker.logs import redact
 from worker.telemetry import semconv as sc
 from worker.telemetry.ids import RequestIdGenerator, derive_trace_id_hex
@@ -104,7 +105,8 @@ def _lf_meta(value: object) -> AttributeValue:
 
 
 def _error_type(exc: BaseException) -> str:
-    return type(exc).__name__
+    """OpenTelemetry's `error.type`: the stable code of our errors, else the class name."""
+    return exc.code if isinstance(exc, WorkerError) else type(exc).__name__
 
 
 def _record_exception(span: trace.Span, exc: BaseException) -> None:
