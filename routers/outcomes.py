@@ -7,7 +7,7 @@ The shell (`worker/dataset_cli.py`) reads `llm.decisions`, `llm.responses` and `
   request (a decision gives the prompt and the routed model, a response the model that really
   answered after fallbacks, its cost and latency; later parts fill what earlier ones left open).
 - `Label`s, one per feedback event, keyed by `request_id` (with its `tenant`) or by trace id (the
-  worker derives the trace id from the tenant and request id: `trace_id_for`, Langfuse's
+  worker derives the trace id from the tenant and request id: `schemas.trace`, Langfuse's
   `create_trace_id(seed=...)` rule).
 
 Request ids are each tenant's own: requests are keyed by `request_key(tenant, request_id)`. A part
@@ -36,14 +36,14 @@ over a judge's).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Literal
+
+from schemas.trace import request_key, request_trace_id
 
 __all__ = [
     "DEFAULT_CATEGORIES",
@@ -56,8 +56,6 @@ __all__ = [
     "label_scores",
     "merge_answered",
     "normalise",
-    "request_key",
-    "trace_id_for",
 ]
 
 SOURCES: tuple[str, ...] = ("user", "task", "judge", "system")
@@ -75,20 +73,6 @@ DEFAULT_CATEGORIES: Mapping[str, float] = MappingProxyType(
         "accepted": 1.0, "rejected": 0.0,
     }
 )  # fmt: skip
-
-
-def request_key(tenant: str | None, request_id: str) -> str:
-    """A request's identity across tenants, `["tenant","id"]` (compact JSON): two tenants using
-    the same request id are two requests. The id alone when the tenant is unknown (None)."""
-    if tenant is None:
-        return request_id
-    return json.dumps([tenant, request_id], ensure_ascii=False, separators=(",", ":"))
-
-
-def trace_id_for(request_id: str, tenant: str | None = None) -> str:
-    """The trace id the worker derives from a request (sha256 of `request_key`, first 32 hex
-    digits: Langfuse's `create_trace_id(seed=request_key(tenant, request_id))`)."""
-    return hashlib.sha256(request_key(tenant, request_id).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,9 +216,9 @@ class LabelIndex:
         self._ids = _keys_by_id(answered)
         self._traces: dict[str, str] = {}
         for key, a in answered.items():
-            self._traces[trace_id_for(a.request_id, a.tenant)] = key
+            self._traces[request_trace_id(a.request_id, a.tenant)] = key
             if len(self._ids[a.request_id]) == 1:  # traces derived before ids were scoped
-                self._traces.setdefault(trace_id_for(a.request_id), key)
+                self._traces.setdefault(request_trace_id(a.request_id), key)
                 # a request known only by its trace id (Langfuse, without a request id)
                 self._traces.setdefault(a.request_id, key)
 

@@ -37,7 +37,8 @@ from typing import Any, Literal
 from aiokafka import AIOKafkaProducer
 
 import schemas
-from routers.outcomes import Label, LabelIndex, merge_answered, request_key, trace_id_for
+from routers.outcomes import Label, LabelIndex, merge_answered
+from schemas.trace import request_key, request_trace_id
 from worker.dataset_cli import CommandError, add_kafka_args, kafka_from_args
 from worker.outcome_sources import (
     answered_from_decision,
@@ -260,7 +261,7 @@ class Judge:
             created_at=now or datetime.now(UTC),
             request_id=request_id,
             tenant=tenant,
-            trace_id=trace_id_for(request_id, tenant),
+            trace_id=request_trace_id(request_id, tenant),
             comment=comment,
             model=model,
         )

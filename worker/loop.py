@@ -40,7 +40,7 @@ from aiokafka.errors import (
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 import schemas
-from routers.outcomes import request_key
+from schemas.trace import request_key
 from worker.batch.backends import BatchBackend
 from worker.batch.jobs import BatchManager, Finished
 from worker.batch.store import JobStore

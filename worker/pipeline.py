@@ -35,7 +35,7 @@ from routers.errors import NoEligibleModelError
 from routers.familiarity import UNFAMILIAR_THRESHOLD
 from routers.features import prompt_text
 from routers.learned import assess
-from routers.outcomes import trace_id_for as rtrace_id_for
+from schemas.trace import request_trace_id
 from worker.batch.jobs import Finished
 from worker.config import Config, PolicySpec
 from worker.config.models import Catalogue
@@ -164,9 +164,9 @@ def load_answer_scorers(config: Config) -> dict[str, LoadedAnswerScorer]:
 
 
 def trace_id_for(request: schemas.RouteRequest) -> str:
-    """The trace id derived from the request's tenant and id (`routers.outcomes.request_key`;
+    """The trace id derived from the request's tenant and id (`schemas.trace`;
     Langfuse's `create_trace_id(seed=...)` rule): two tenants' same id makes two traces."""
-    return rtrace_id_for(request.request_id, request.tenant)
+    return request_trace_id(request.request_id, request.tenant)
 
 
 class RoutingCore:
@@ -1137,7 +1137,7 @@ class Pipeline:
         discount), or an error response (cancelled job, failed or missing item)."""
         item, request, outcome = finished.item, finished.request, self.redacted(finished).outcome
         tenant = item.tenant if item.tenant is not None else (request and request.tenant)
-        trace_id = rtrace_id_for(item.request_id, tenant or None)
+        trace_id = request_trace_id(item.request_id, tenant or None)
         spec = self.core.catalogue.models.get(finished.model)
         attempt = schemas.Attempt(
             model=finished.model,

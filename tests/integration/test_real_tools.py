@@ -29,7 +29,7 @@ import pytest
 from aiokafka import codec as aiokafka_codec
 
 import schemas
-from routers.outcomes import request_key
+from schemas.trace import request_key, trace_id_hex
 from tests.integration.real_tools import (
     OtelCollector,
     free_port,
@@ -47,7 +47,6 @@ from tests.worker.support import (
     worker_config_data,
 )
 from worker.sim import SimConfig, Simulator
-from worker.telemetry import derive_trace_id_hex
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -76,7 +75,7 @@ def _decodable(codec: str) -> bool:
 
 def _producer_traceparent(request_id: str) -> tuple[str, str, str]:
     """A producer-side trace context per request: (traceparent, trace id, span id)."""
-    trace_id = derive_trace_id_hex(f"producer:{request_id}")
+    trace_id = trace_id_hex(f"producer:{request_id}")
     span_id = trace_id[:16]
     return f"00-{trace_id}-{span_id}-01", trace_id, span_id
 
@@ -310,9 +309,7 @@ def test_every_response_carries_the_traceparent_of_its_request(run: Run):
     for headers, key, _ in run.consumed:
         version, trace_id, span_id, flags = headers["traceparent"].split("-")
         assert version == "00" and flags == "01"
-        assert (
-            trace_id == run.responses[key].trace_id == derive_trace_id_hex(request_key("acme", key))
-        )
+        assert trace_id == run.responses[key].trace_id == trace_id_hex(request_key("acme", key))
         assert roots[trace_id].span_id == span_id  # the consumer continues the trace
 
 
@@ -337,8 +334,7 @@ def test_ok_requests_have_the_promised_structure(run: Run):
         by_trace.setdefault(s.trace_id, []).append(s)
     for request_id in (r for ids in run.sent.values() for r in ids):
         spans = {
-            s.name.split(" ")[0]: s
-            for s in by_trace[derive_trace_id_hex(request_key("acme", request_id))]
+            s.name.split(" ")[0]: s for s in by_trace[trace_id_hex(request_key("acme", request_id))]
         }
         root, route, chat = spans["process"], spans["route"], spans["chat"]
         _, producer_trace, producer_span = _producer_traceparent(request_id)
@@ -364,9 +360,7 @@ def test_ok_requests_have_the_promised_structure(run: Run):
 def test_error_requests_are_error_spans(run: Run):
     for request_id in run.errors:
         [root] = [
-            s
-            for s in run.spans
-            if s.trace_id == derive_trace_id_hex(request_key("acme", request_id))
+            s for s in run.spans if s.trace_id == trace_id_hex(request_key("acme", request_id))
         ]
         assert root.kind == KIND_CONSUMER and root.status_code == STATUS_ERROR
         assert root.attributes["error.type"] == "DeadlineExceeded"
@@ -380,9 +374,7 @@ def test_batch_requests_answer_with_their_decision_and_linked_spans(run: Run):
         assert response.mode == "batch" and response.status == "ok"
         assert response.decision is not None and response.decision.model == response.model
         spans = [
-            s
-            for s in run.spans
-            if s.trace_id == derive_trace_id_hex(request_key("acme", request_id))
+            s for s in run.spans if s.trace_id == trace_id_hex(request_key("acme", request_id))
         ]
         by_name = {s.name.split(" ")[0]: s for s in spans}
         submission, answer = by_name["process"], by_name["batch"]

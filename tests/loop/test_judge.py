@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 import schemas
-from routers.outcomes import Label, trace_id_for
+from routers.outcomes import Label
+from schemas.trace import request_trace_id
 from tests.worker.support import ROWS, SIM_KEYS, replay_dataset
 from worker.config.models import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
 from worker.judge import (
@@ -160,7 +161,7 @@ async def test_judge_pending_publishes_feedback_events(sim: Simulator):
     pairs = [e for e in published if e.name == "judge_pairwise"]
     assert {e.request_id for e in singles} == {"req-0", "req-1", "req-2"}
     assert all(e.source == "judge" and e.model == WEAK_MODEL for e in singles)
-    assert all(e.trace_id == trace_id_for(e.request_id or "") for e in published)
+    assert all(e.trace_id == request_trace_id(e.request_id or "") for e in published)
     by_request: dict[str, dict[str, float]] = {}
     for e in pairs:
         by_request.setdefault(e.request_id or "", {})[e.model or ""] = float(e.value)
@@ -178,7 +179,7 @@ def _decision(rid: str, prompt: str | None, model: str) -> schemas.RoutingDecisi
     )  # fmt: skip
     return schemas.RoutingDecision(
         schema_version=1, request_id=rid, tenant="acme", decision=info,
-        trace_id=trace_id_for(rid), created_at=datetime.now(UTC), prompt=prompt,
+        trace_id=request_trace_id(rid), created_at=datetime.now(UTC), prompt=prompt,
         prompt_sha256="a" * 64,
     )  # fmt: skip
 
@@ -192,7 +193,7 @@ def _response(rid: str, model: str | None, text: str = "ans") -> schemas.RouteRe
         finish_reason="stop" if ok else None, usage=schemas.Usage(), cost_usd=0.001,
         latency_ms=5.0, decision=None, attempts=[],
         error=None if ok else schemas.ErrorInfo(type="InternalError", message="x", retriable=False),
-        trace_id=trace_id_for(rid), created_at=datetime.now(UTC),
+        trace_id=request_trace_id(rid), created_at=datetime.now(UTC),
     )  # fmt: skip
 
 
@@ -202,7 +203,7 @@ def test_unjudged_skips_answers_with_feedback_masked_prompts_and_errors():
     responses = [_response(f"r{i}", m) for i, m in enumerate(models)]
     labels = [
         Label("thumb", True, "user", request_id="r0"),
-        Label("judge", 0.2, "judge", trace_id=trace_id_for("r4"), model=STRONG_MODEL),  # shadow
+        Label("judge", 0.2, "judge", trace_id=request_trace_id("r4"), model=STRONG_MODEL),  # shadow
     ]
     pending = unjudged(decisions, responses, labels)
     assert [(p.request_id, p.model) for p in pending] == [("r1", STRONG_MODEL), ("r4", WEAK_MODEL)]

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from routers.outcomes import ScoreRules, build_dataset, merge_answered, request_key, trace_id_for
+from routers.outcomes import ScoreRules, build_dataset, merge_answered
+from schemas.trace import request_key, request_trace_id
 from tests.loop.langfuse_api import LangfuseApi, generation, score
 from worker.__main__ import main
 from worker.outcome_sources import LangfuseApiError, LangfuseQuery, LangfuseSource
@@ -14,7 +15,7 @@ from worker.providers.types import Secret
 
 PK, SK = "pk-lf-test-1234", "sk-lf-very-secret-5678"
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
-T1, T2, T3 = trace_id_for("r1"), trace_id_for("r2"), trace_id_for("r3")
+T1, T2, T3 = request_trace_id("r1"), request_trace_id("r2"), request_trace_id("r3")
 
 
 def _api(**kw) -> LangfuseApi:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 import schemas
-from routers.outcomes import trace_id_for
+from schemas.trace import request_trace_id
 from tests.conftest import TopicFactory
 from tests.loop.test_judge import ITEMS
 from tests.routers.synth import records, write_jsonl
@@ -47,14 +47,14 @@ def _events(i: int, prompt: str, model: str, answer: str, arm: str):
     )  # fmt: skip
     decision = schemas.RoutingDecision(
         schema_version=1, request_id=rid, tenant="acme", decision=info,
-        trace_id=trace_id_for(rid), created_at=now, prompt=prompt, prompt_sha256="a" * 64,
+        trace_id=request_trace_id(rid), created_at=now, prompt=prompt, prompt_sha256="a" * 64,
     )  # fmt: skip
     response = schemas.RouteResponse(
         schema_version=1, request_id=rid, tenant="acme", status="ok", model=model,
         provider="openai", message=schemas.OutputMessage(content=answer), finish_reason="stop",
         usage=schemas.Usage(input_tokens=50, output_tokens=20),
         cost_usd=0.01 if model == STRONG_MODEL else 0.001, latency_ms=100.0 + i,
-        decision=info, attempts=[], error=None, trace_id=trace_id_for(rid), created_at=now,
+        decision=info, attempts=[], error=None, trace_id=request_trace_id(rid), created_at=now,
     )  # fmt: skip
     return rid, decision, response
 
@@ -77,7 +77,9 @@ async def test_judge_then_dataset_then_ab_report(
             decisions.append((rid.encode(), schemas.encode(d)))
             responses.append((rid.encode(), schemas.encode(r)))
             if i < 8:  # users rated a third of the answers, by request id or by trace id
-                by_trace = {"trace_id": trace_id_for(rid)} if i % 4 == 0 else {"request_id": rid}
+                by_trace = (
+                    {"trace_id": request_trace_id(rid)} if i % 4 == 0 else {"request_id": rid}
+                )
                 f = schemas.Feedback(
                     schema_version=1, name="thumb", value=i % 3 != 0, source="user",
                     created_at=datetime.now(UTC), **by_trace,

@@ -18,10 +18,9 @@ from routers.outcomes import (
     label_scores,
     merge_answered,
     normalise,
-    request_key,
-    trace_id_for,
 )
 from routers.training import TrainOptions, label_matrix, train
+from schemas.trace import request_key, request_trace_id
 from tests.routers.synth import EASY, HARD, STRONG, WEAK, records
 
 RULES = ScoreRules(scales={"stars": (1.0, 5.0)})
@@ -57,10 +56,10 @@ def test_trace_id_matches_the_workers_rule():
     from worker.pipeline import trace_id_for as worker_rule
 
     request = request_event(ROWS[0], 1, tenant="acme")
-    assert trace_id_for("req-000001", "acme") == worker_rule(request)
+    assert request_trace_id("req-000001", "acme") == worker_rule(request)
     assert worker_rule(request) == Langfuse.create_trace_id(seed='["acme","req-000001"]')
     # two tenants' same id: two traces
-    assert trace_id_for("req-000001", "acme") != trace_id_for("req-000001", "globex")
+    assert request_trace_id("req-000001", "acme") != request_trace_id("req-000001", "globex")
 
 
 def test_merge_takes_prompt_from_decision_and_model_from_response():
@@ -102,7 +101,7 @@ def _answered():
 def test_build_joins_by_request_and_trace_id_and_counts_every_skip():
     labels = [
         Label("thumb", True, "user", 1.0, request_id="r1"),
-        Label("stars", 2, "user", 2.0, trace_id=trace_id_for("r2")),
+        Label("stars", 2, "user", 2.0, trace_id=request_trace_id("r2")),
         Label("judge", 0.9, "judge", 3.0, request_id="r2", model=STRONG),  # a shadow answer
         Label("thumb", False, "user", 1.0, request_id="r3"),  # masked prompt
         Label("thumb", True, "user", 1.0, request_id="r4"),  # no answer reached the user
@@ -215,7 +214,7 @@ def test_two_tenants_with_the_same_request_id_are_two_rows():
     labels = [
         Label("correct", True, "user", request_id="r1", tenant="alpha"),
         Label("correct", False, "user", request_id="r1", tenant="beta"),
-        Label("correct", True, "judge", trace_id=trace_id_for("r1", "beta"), model="weak"),
+        Label("correct", True, "judge", trace_id=request_trace_id("r1", "beta"), model="weak"),
         Label("correct", True, "user", request_id="r1"),  # which tenant's? not guessed
     ]
     rows, stats = build_dataset(answered, labels)

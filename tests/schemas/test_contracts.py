@@ -119,12 +119,21 @@ def _defaults(type_: Any) -> list[bool]:
     return [f.required for f in info.fields]
 
 
+MODULES_AND_IMPORTS = {
+    "annotations",
+    "codec",
+    "errors",
+    "events",
+    "json",
+    "resources",
+    "trace",
+    "Any",
+}
+
+
 def test_public_surface() -> None:
     assert sorted(schemas.__all__) == sorted(
-        n
-        for n in dir(schemas)
-        if not n.startswith("_")
-        and n not in {"annotations", "codec", "errors", "events", "json", "resources", "Any"}
+        n for n in dir(schemas) if not n.startswith("_") and n not in MODULES_AND_IMPORTS
     )
 
 

@@ -12,9 +12,9 @@ import httpx
 import jsonschema
 import pytest
 
+from schemas.trace import trace_id_hex
 from tests.telemetry.conftest import feedback, langfuse_config
 from tests.telemetry.receiver import LangfuseReceiver, validate_score
-from worker.telemetry import derive_trace_id_hex
 from worker.telemetry.scores import (
     LangfuseScores,
     ScoreError,
@@ -84,7 +84,7 @@ def test_bodies_follow_the_server_rules_per_data_type() -> None:
     assert score_body(EVENTS["boolean"])["dataType"] == "BOOLEAN"
     assert score_body(EVENTS["integer"])["dataType"] == "NUMERIC"
     assert score_body(EVENTS["categorical"])["traceId"] == "ab" * 16
-    assert score_body(EVENTS["boolean"])["traceId"] == derive_trace_id_hex("req-1")
+    assert score_body(EVENTS["boolean"])["traceId"] == trace_id_hex("req-1")
     assert "environment" not in score_body(EVENTS["boolean"])
 
 

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from schemas.trace import trace_id_hex
 from tests.telemetry.conftest import (
     ANSWER,
     DECISION,
@@ -25,7 +26,7 @@ from tests.telemetry.conftest import (
 )
 from tests.telemetry.receiver import LangfuseReceiver
 from worker.config.telemetry import TelemetryConfig, TelemetryConfigError
-from worker.telemetry import Tracing, derive_trace_id_hex
+from worker.telemetry import Tracing
 from worker.telemetry.scores import LangfuseScores
 
 OTLP_PATH = "/api/public/otel/v1/traces"
@@ -68,7 +69,7 @@ async def test_generation_and_score_reach_langfuse_on_the_derived_trace(
         await scores.post(feedback(name="label", value="B", request_id=None, trace_id=trace_id))
     assert await tracing.aclose(10) is True
 
-    assert trace_id == derive_trace_id_hex("req-1")
+    assert trace_id == trace_id_hex("req-1")
     spans = {s.name: s for s in receiver.spans}
     assert set(spans) == {"process llm.requests", "route", "chat small"}
     assert {s.path for s in receiver.spans} == {OTLP_PATH}
@@ -220,4 +221,4 @@ def test_one_live_client_per_key_and_a_new_one_after_shutdown(receiver: Langfuse
     second = Tracing(TelemetryConfig(langfuse=lf), environ={})
     one_request(second, request_id="after-restart")
     second.shutdown(10)
-    assert {s.trace_id for s in receiver.spans} == {derive_trace_id_hex("after-restart")}
+    assert {s.trace_id for s in receiver.spans} == {trace_id_hex("after-restart")}

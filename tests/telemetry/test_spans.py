@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from schemas.events import Attempt
+from schemas.trace import trace_id_hex
 from tests.telemetry.conftest import (
     ANSWER,
     DECISION,
@@ -25,13 +26,7 @@ from tests.telemetry.conftest import (
     TRACEPARENT,
 )
 from worker.config.telemetry import LangfuseConfig, TelemetryConfig, TelemetryConfigError
-from worker.telemetry import (
-    MASKED,
-    RequestSpan,
-    Tracing,
-    build_tracer_provider,
-    derive_trace_id_hex,
-)
+from worker.telemetry import MASKED, RequestSpan, Tracing, build_tracer_provider
 
 Memory = tuple[TracerProvider, InMemorySpanExporter]
 
@@ -90,7 +85,7 @@ def test_a_request_makes_process_route_chat_with_a_trace_id_from_request_id(memo
     process, route, chat = spans["process llm.requests"], spans["route"], spans["chat small"]
 
     expected = Langfuse.create_trace_id(seed="req-1")
-    assert request.trace_id == expected == derive_trace_id_hex("req-1")
+    assert request.trace_id == expected == trace_id_hex("req-1")
     assert {f"{s.context.trace_id:032x}" for s in spans.values()} == {expected}
     # Deterministic span ids from the injected generator; the tree is root -> (route, chat).
     assert process.parent is None
@@ -187,8 +182,8 @@ def test_the_same_request_id_always_gives_the_same_trace(memory: Memory):
     tracing = Tracing(TelemetryConfig(), tracer_provider=provider)
     first, again = one_request(tracing), one_request(tracing)
     other = one_request(tracing, request_id="req-2")
-    assert first.trace_id == again.trace_id == derive_trace_id_hex("req-1")
-    assert other.trace_id == derive_trace_id_hex("req-2") != first.trace_id
+    assert first.trace_id == again.trace_id == trace_id_hex("req-1")
+    assert other.trace_id == trace_id_hex("req-2") != first.trace_id
     assert len({s.context.span_id for s in exporter.get_finished_spans()}) == 9
 
 
@@ -295,7 +290,7 @@ def test_sampling_is_decided_by_request_id():
 
     def sampled(rid: str) -> bool:
         with tracing.process_span("t", 0, 0, None, [], "g", rid) as request:
-            assert request.trace_id == derive_trace_id_hex(rid)
+            assert request.trace_id == trace_id_hex(rid)
             return request.span.is_recording()
 
     ids = [f"req-{i}" for i in range(400)]
@@ -308,7 +303,7 @@ def test_with_nothing_configured_nothing_is_recorded_but_trace_ids_are_derived()
     tracing = Tracing(TelemetryConfig())
     assert tracing.provider is None
     request = one_request(tracing)
-    assert request.trace_id == derive_trace_id_hex("req-1")
+    assert request.trace_id == trace_id_hex("req-1")
     assert not request.span.is_recording()
     assert one_request(tracing, request_id=None).trace_id is None
     assert tracing.shutdown(1) is True
@@ -417,6 +412,6 @@ async def test_concurrent_requests_in_tasks_keep_their_own_trees(memory: Memory)
         root = roots[span.parent.span_id]
         assert span.context.trace_id == root.context.trace_id
         offset = root.attributes["messaging.kafka.offset"]
-        assert f"{span.context.trace_id:032x}" == derive_trace_id_hex(f"req-{offset}")
+        assert f"{span.context.trace_id:032x}" == trace_id_hex(f"req-{offset}")
         if span.name == "chat small":
             assert span.attributes["user.id"] == f"tenant-{offset}"

@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 import schemas
-from routers.outcomes import request_key
+from schemas.trace import request_key, trace_id_hex
 from tests.conftest import TopicFactory
 from tests.telemetry.conftest import langfuse_config
 from tests.telemetry.receiver import LangfuseReceiver
@@ -27,7 +27,7 @@ from worker.app import build
 from worker.config.telemetry import TelemetryConfig
 from worker.feedback import FeedbackRetry, FeedbackStats, run_feedback
 from worker.sim import Simulator
-from worker.telemetry import Tracing, derive_trace_id_hex
+from worker.telemetry import Tracing
 from worker.telemetry.scores import LangfuseScores
 from worker.topics import ensure_topics
 
@@ -98,7 +98,7 @@ async def test_each_request_is_one_langfuse_trace_with_a_generation_and_scores(
         await app.close()
 
     for i in range(n):
-        trace_id = derive_trace_id_hex(request_key("acme", f"req-{i:06d}"))
+        trace_id = trace_id_hex(request_key("acme", f"req-{i:06d}"))
         spans = {s.name: s for s in receiver.spans if s.trace_id == trace_id}
         root = spans[f"process {topics['requests']}"]
         assert root.kind == 5  # CONSUMER
@@ -115,7 +115,7 @@ async def test_each_request_is_one_langfuse_trace_with_a_generation_and_scores(
         assert root.attributes["langfuse.trace.metadata.tenant"] == "acme"  # plain
         assert "langfuse.trace.input" in root.attributes  # the routed prompt
     [score] = receiver.scores
-    assert score["traceId"] == derive_trace_id_hex(request_key("acme", "req-000001"))
+    assert score["traceId"] == trace_id_hex(request_key("acme", "req-000001"))
     assert score["name"] == "correct"
 
 
@@ -193,9 +193,7 @@ async def test_retriable_refusals_are_retried_and_the_offset_waits_for_the_score
     receiver.score_answers = [429, 502]
     stats = await _feed(config, receiver, lambda r: len(r.scores) >= 3, FeedbackStats())
     assert stats.accepted == 3 and stats.retries == 2 and stats.rejected == 0
-    assert [s["traceId"] for s in receiver.scores] == [
-        derive_trace_id_hex(f"fb-{i}") for i in range(3)
-    ]
+    assert [s["traceId"] for s in receiver.scores] == [trace_id_hex(f"fb-{i}") for i in range(3)]
     assert await _committed(kafka_bootstrap, group, topics["feedback"]) == 3
 
 
@@ -225,7 +223,7 @@ async def test_a_refused_score_goes_to_the_feedback_dead_letter_topic_with_the_a
     assert letter.source.topic == topics["feedback"] and letter.source.offset == 0
     assert record.key == b"k0"
     headers = dict(record.headers)
-    assert headers["traceparent"].decode().split("-")[1] == derive_trace_id_hex("fb-0")
+    assert headers["traceparent"].decode().split("-")[1] == trace_id_hex("fb-0")
     group = f"{config.kafka.group_id}.feedback"
     assert await _committed(kafka_bootstrap, group, topics["feedback"]) == 2
 
@@ -263,7 +261,7 @@ async def test_responses_and_dead_letters_carry_traceparent_even_with_tracing_of
         assert (
             trace_id
             == response.trace_id
-            == derive_trace_id_hex(request_key(response.tenant, response.request_id))
+            == trace_id_hex(request_key(response.tenant, response.request_id))
         )
         assert len(span_id) == 16 and int(span_id, 16) != 0
     [letter] = await read_all(kafka_bootstrap, topics["dlq"], 1)
@@ -333,9 +331,7 @@ async def test_a_dead_lettered_score_is_replayed_with_llmroute_dlq_replay_once_f
         await producer.stop()
     receiver.score_answers = [401]  # e.g. a wrong key: not retriable, dead-lettered
     stats = await _feed(config, receiver, lambda r: len(r.scores) >= 1, FeedbackStats())
-    assert stats.rejected == 1 and [s["traceId"] for s in receiver.scores] == [
-        derive_trace_id_hex("fb-1")
-    ]
+    assert stats.rejected == 1 and [s["traceId"] for s in receiver.scores] == [trace_id_hex("fb-1")]
     ops = tmp_path / "ops.toml"
     ops.write_text(
         f'[kafka]\nbootstrap_servers = "{kafka_bootstrap}"\ngroup_id = "ops"\n'
@@ -347,5 +343,5 @@ async def test_a_dead_lettered_score_is_replayed_with_llmroute_dlq_replay_once_f
     stats = await _feed(config, receiver, lambda r: len(r.scores) >= 2, FeedbackStats())
     assert stats.accepted == 1
     assert sorted(s["traceId"] for s in receiver.scores) == sorted(
-        derive_trace_id_hex(f"fb-{i}") for i in range(2)
+        trace_id_hex(f"fb-{i}") for i in range(2)
     )

@@ -36,7 +36,7 @@ from typing import TypeVar
 import msgspec
 
 import schemas
-from routers.outcomes import request_key
+from schemas.trace import request_key
 from worker.batch.backends import BatchBackend, Progress
 from worker.batch.crash import crash_point
 from worker.batch.store import JobStore, chunks, read_source, record_key

@@ -5,7 +5,7 @@ Importing this package starts nothing and does not import the Langfuse SDK; `Tra
 builds the export pipelines.
 """
 
-from worker.telemetry.ids import RequestIdGenerator, derive_trace_id, derive_trace_id_hex
+from worker.telemetry.ids import RequestIdGenerator, derive_trace_id
 from worker.telemetry.tracing import (
     MASKED,
     SCOPE_NAME,
@@ -26,5 +26,4 @@ __all__ = [
     "Tracing",
     "build_tracer_provider",
     "derive_trace_id",
-    "derive_trace_id_hex",
 ]

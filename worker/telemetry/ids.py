@@ -1,8 +1,6 @@
-"""Trace ids derived from `request_id`, the way Langfuse derives them.
-
-`Langfuse.create_trace_id(seed=s)` is `sha256(s.encode("utf-8")).digest()[:16].hex()`
-(langfuse 5.x `_client/client.py`); `derive_trace_id` is the same function, so a request's trace is
-found in Langfuse and in any OTLP backend by its request id alone, and feedback scores land on it.
+"""Trace ids derived from the request, the way Langfuse derives them (the rule is
+`schemas.trace`: Langfuse's `create_trace_id(seed=...)` of the request's tenant-scoped key), so a
+request's trace is found in Langfuse and in any OTLP backend, and feedback scores land on it.
 
 `RequestIdGenerator` is the tracer provider's `IdGenerator`: while `seeded(request_id)` is active
 (only around the synchronous `start_span` of a request's root span) it returns the derived trace
@@ -12,26 +10,22 @@ a deterministic one in tests).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 
-__all__ = ["RequestIdGenerator", "derive_trace_id", "derive_trace_id_hex"]
+from schemas.trace import trace_id_hex
+
+__all__ = ["RequestIdGenerator", "derive_trace_id"]
 
 _SEED: ContextVar[int | None] = ContextVar("llmroute_trace_id_seed", default=None)
 
 
-def derive_trace_id_hex(request_id: str) -> str:
-    """32 lowercase hex chars; equal to `Langfuse.create_trace_id(seed=request_id)`."""
-    return hashlib.sha256(request_id.encode("utf-8")).digest()[:16].hex()
-
-
-def derive_trace_id(request_id: str) -> int:
-    """The derived trace id as the integer OpenTelemetry uses."""
-    return int.from_bytes(hashlib.sha256(request_id.encode("utf-8")).digest()[:16], "big")
+def derive_trace_id(seed: str) -> int:
+    """The trace id of `seed` (`schemas.trace.trace_id_hex`) as the integer OpenTelemetry uses."""
+    return int(trace_id_hex(seed), 16)
 
 
 class RequestIdGenerator(IdGenerator):

@@ -31,13 +31,12 @@ from typing import Any, ClassVar, Final
 
 import httpx
 
-from routers.outcomes import request_key
 from schemas.errors import ErrorCode
 from schemas.events import Feedback
+from schemas.trace import request_trace_id, trace_id_hex
 from worker.config.telemetry import LangfuseConfig
 from worker.errors import WorkerError
 from worker.logs import redact
-from worker.telemetry.ids import derive_trace_id_hex
 
 __all__ = [
     "SCORES_PATH",
@@ -93,11 +92,11 @@ class ScoreRejected(ScoreError):
 
 def score_trace_id(feedback: Feedback) -> str:
     """The trace the score lands on: the event's `trace_id`, else derived from its tenant and
-    `request_id` (`routers.outcomes.request_key`, as the worker derives the request's trace)."""
+    `request_id` (`schemas.trace`, as the worker derives the request's trace)."""
     if feedback.trace_id is not None:
         return feedback.trace_id
     assert feedback.request_id is not None  # Feedback.__post_init__ guarantees one
-    return derive_trace_id_hex(request_key(feedback.tenant, feedback.request_id))
+    return request_trace_id(feedback.request_id, feedback.tenant)
 
 
 def score_body(feedback: Feedback, environment: str | None = None) -> dict[str, Any]:
@@ -111,7 +110,7 @@ def score_body(feedback: Feedback, environment: str | None = None) -> dict[str, 
         metadata["model"] = feedback.model
     metadata["created_at"] = feedback.created_at.isoformat()
     value = feedback.value
-    body: dict[str, Any] = {"id": derive_trace_id_hex(seed), "traceId": trace_id}
+    body: dict[str, Any] = {"id": trace_id_hex(seed), "traceId": trace_id}
     body["name"] = feedback.name
     if isinstance(value, bool):  # before int: a bool is an int; the server wants 1 or 0
         body["value"], body["dataType"] = (1 if value else 0), "BOOLEAN"

@@ -58,11 +58,12 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from schemas.events import Attempt, DecisionInfo, Message
+from schemas.trace import trace_id_hex
 from worker.config.telemetry import TelemetryConfig, TelemetryConfigError
 from worker.errors import WorkerError
 from worker.logs import redact
 from worker.telemetry import semconv as sc
-from worker.telemetry.ids import RequestIdGenerator, derive_trace_id_hex
+from worker.telemetry.ids import RequestIdGenerator
 
 if TYPE_CHECKING:
     from langfuse import Langfuse
@@ -557,7 +558,7 @@ class Tracing:
     @staticmethod
     def trace_id_for(request_id: str) -> str:
         """The trace id (hex) of the request, as Langfuse derives it."""
-        return derive_trace_id_hex(request_id)
+        return trace_id_hex(request_id)
 
     def process_span(
         self,
@@ -574,7 +575,7 @@ class Tracing:
         An exception escaping the block is recorded (`error.type`, status ERROR) and re-raised.
         """
         if self.provider is None:  # nothing records: skip the work, keep the derived trace id
-            derived = derive_trace_id_hex(request_id) if request_id else None
+            derived = trace_id_hex(request_id) if request_id else None
             return _Entered(RequestSpan(trace.INVALID_SPAN, derived, _NO_STATE, "", self._masks))
         return self._process_span(topic, partition, offset, key, headers, group, request_id)
 
@@ -594,7 +595,7 @@ class Tracing:
         with the job's item)."""
         seed = trace_seed if trace_seed is not None else request_id
         if self.provider is None:
-            derived = derive_trace_id_hex(seed)
+            derived = trace_id_hex(seed)
             return _Entered(RequestSpan(trace.INVALID_SPAN, derived, _NO_STATE, "", self._masks))
         headers = [("traceparent", submission.encode())] if submission else []
         return self._process_span(
@@ -643,7 +644,7 @@ class Tracing:
         if span_context.is_valid:
             trace_id: str | None = trace.format_trace_id(span_context.trace_id)
         else:
-            trace_id = derive_trace_id_hex(request_id) if request_id else None
+            trace_id = trace_id_hex(request_id) if request_id else None
         state = _RequestState()
         token = _STATE.set(state)
         try:
