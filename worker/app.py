@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 
 import schemas
 from routers.artifact import load_artifact
-from worker import lograte, logs
+from worker import lograte, secrets
 from worker.batch.backends import backend_factory
 from worker.cli import version
 from worker.config import Config
@@ -123,7 +123,7 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
             max_answer_bytes=p.max_answer_bytes,
         ),
     )
-    logs.protect(client.redactor)  # logs and span error texts: the key values themselves
+    secrets.protect(client.redactor)  # logs and span error texts: the key values themselves
     if client.missing_keys:
         log.warning("no API key set in %s; those models will fail", ", ".join(client.missing_keys))
     tracing = tracing or Tracing(config.telemetry)

@@ -4,12 +4,9 @@
      "msg": "routed", "request_id": "r-1", "tenant": "acme", "model": "small"}
 
 Fields passed with `extra=` are written as top-level keys (values that JSON cannot encode are
-written as `str()`); an exception adds `exc_type` and `exc`. `RedactingFilter` scrubs API keys
-(`sk-...`, `sk-ant-...`, Langfuse `sk-lf-...`), `Bearer`/`Basic` credentials,
-`api-key`/`x-api-key`-style header values and SASL/PLAIN auth bytes from the message, the
-extras and the traceback; and, once `protect` has been given them (the app does, at start-up),
-every fragment of the configured key values themselves (`worker.secrets.Redactor`). The
-logging machinery is process-wide, so that set is too.
+written as `str()`); an exception adds `exc_type` and `exc`. `RedactingFilter` applies
+`worker.secrets.redact` (the one rule set: credential patterns, and the key values the app
+`protect`s at start-up) to the message, the extras and the traceback.
 Nothing here runs at import; `setup_logging` installs one handler on the root logger.
 """
 
@@ -17,71 +14,21 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from typing import IO, Any, Final
 
-from worker.secrets import Redactor
+from worker.secrets import redact
 
-__all__ = [
-    "LOG_FORMATS",
-    "JsonFormatter",
-    "RedactingFilter",
-    "TextFormatter",
-    "protect",
-    "redact",
-    "setup_logging",
-]
+__all__ = ["LOG_FORMATS", "JsonFormatter", "RedactingFilter", "TextFormatter", "setup_logging"]
 
 LOG_FORMATS: Final = ("json", "text")
-
-REDACTED: Final = "[REDACTED]"
-
-_SECRET_PATTERNS: Final = (
-    # SASL/PLAIN authentication bytes as aiokafka logs them at DEBUG ("user\x00user\x00password")
-    (re.compile(r"(sasl_auth_bytes=)b?(['\"]).*?(?<!\\)\2"), rf"\1{REDACTED}"),
-    # OpenAI (sk-, sk-proj-), Anthropic (sk-ant-), Langfuse secret keys (sk-lf-) and the like.
-    (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), REDACTED),
-    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=\-]{8,}"), rf"\1 {REDACTED}"),
-    # HTTP basic credentials: base64 with a digit or +/= in it, so prose ("basic question") stays.
-    (
-        re.compile(r"\b(Basic)\s+(?=[A-Za-z0-9+/]*[0-9+/=])[A-Za-z0-9+/]{12,}={0,2}"),
-        rf"\1 {REDACTED}",
-    ),
-    (
-        re.compile(
-            r"(?i)\b((?:x-)?api[-_]?key|authorization|secret[-_]?key)(\"?\s*[:=]\s*\"?)"
-            r"(?!\[REDACTED\])[^\s\"',;}]{6,}"
-        ),
-        rf"\1\2{REDACTED}",
-    ),
-)
 
 # Attributes every LogRecord has; anything else on a record came in through `extra=`.
 _RECORD_ATTRS: Final = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
     | {"message", "asctime", "taskName"}
 )
-
-
-_configured = Redactor()
-
-
-def protect(redactor: Redactor) -> None:
-    """From now on, `redact` (log records, span error messages) also removes these secrets."""
-    global _configured
-    _configured = _configured.merged(redactor)
-
-
-def redact(text: str) -> str:
-    """`text` with anything that looks like an API key or credential replaced."""
-    if not text:
-        return text
-    text = _configured(text)
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
 
 
 def _redact_value(value: Any) -> Any:

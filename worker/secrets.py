@@ -1,4 +1,16 @@
-"""Redaction by the configured secret values themselves.
+"""Secrets never leave the worker: one rule set, `redact`, for every text that goes to logs, spans,
+errors and dead letters, and `Redactor` for the configured secret values themselves.
+
+`redact(text, secrets=())` removes, in this order: every fragment of the secrets given and of
+those `protect`ed process-wide (the app protects the catalogue's key values at start-up); then
+every credential-shaped string: API keys (`sk-...`, `sk-ant-...`, Langfuse `sk-lf-...`), masked
+key echoes (`sk-abc***wxyz`, as providers print them in 401 errors), `Bearer`/`Basic`
+credentials, `api-key`/`authorization`/`secret-key` header or field values, and SASL/PLAIN auth
+bytes. Provider answers are not text of this kind: `worker.providers.redaction` removes the
+configured values from them (`Redactor`) but applies no patterns, which would rewrite answers
+that show code (`api_key=os.environ[...]`).
+
+Redaction by the configured secret values themselves:
 
 A provider can echo its key anywhere: a response header, an error body (JSON or plain text), the
 answer itself; upper-cased, glued to other text, cut at any point. `Redactor` removes every
@@ -15,10 +27,12 @@ short to tell from ordinary text).
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterable
 from typing import Final
 
-__all__ = ["MIN_FRAGMENT", "MIN_SECRET", "REDACTED", "Redactor"]
+__all__ = ["MIN_FRAGMENT", "MIN_SECRET", "REDACTED", "Redactor", "protect", "redact"]
 
 REDACTED: Final = "[REDACTED]"
 MIN_FRAGMENT: Final = 12
@@ -109,3 +123,53 @@ def _extend(low: str, at: int, secret: str, k: int) -> tuple[int, int] | None:
     if length >= MIN_FRAGMENT or length == m:
         return at - i, at + j
     return None
+
+
+_PATTERNS: Final = (
+    # SASL/PLAIN authentication bytes as aiokafka logs them at DEBUG ("user\x00user\x00password")
+    (re.compile(r"(sasl_auth_bytes=)b?(['\"]).*?(?<!\\)\2"), rf"\1{REDACTED}"),
+    # a key masked in the middle, as providers echo it in 401 errors (`sk-abc***wxyz`)
+    (re.compile(r"\b(?:sk|key)[-_][A-Za-z0-9_\-]*\*+[A-Za-z0-9_\-]*"), REDACTED),
+    # OpenAI (sk-, sk-proj-), Anthropic (sk-ant-), Langfuse secret keys (sk-lf-) and the like.
+    (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), REDACTED),
+    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=\-]{8,}"), rf"\1 {REDACTED}"),
+    # HTTP basic credentials: base64 with a digit or +/= in it, so prose ("basic question") stays.
+    (
+        re.compile(r"\b(Basic)\s+(?=[A-Za-z0-9+/]*[0-9+/=])[A-Za-z0-9+/]{12,}={0,2}"),
+        rf"\1 {REDACTED}",
+    ),
+    (
+        re.compile(
+            r"(?i)\b((?:x-)?api[-_]?key|authorization|secret[-_]?key)(\"?\s*[:=]\s*\"?)"
+            r"(?!\[REDACTED\])[^\s\"',;}]{6,}"
+        ),
+        rf"\1\2{REDACTED}",
+    ),
+)
+
+_protected = Redactor()
+
+
+def protect(redactor: Redactor) -> None:
+    """From now on, `redact` also removes these secrets, in this process (logs are
+    process-wide, so the set is too)."""
+    global _protected
+    _protected = _protected.merged(redactor)
+
+
+@functools.lru_cache(maxsize=64)
+def _redactor_of(secrets: tuple[str, ...]) -> Redactor:
+    return Redactor(secrets)
+
+
+def redact(text: str, secrets: Redactor | Iterable[str] = ()) -> str:
+    """`text` without any fragment of the protected or given secrets, nor anything that looks
+    like a credential (the one rule set; see the module docstring)."""
+    if not text:
+        return text
+    text = _protected(text)
+    given = secrets if isinstance(secrets, Redactor) else _redactor_of(tuple(secrets))
+    text = given(text)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text

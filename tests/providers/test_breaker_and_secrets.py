@@ -18,7 +18,7 @@ from worker.providers import (
     CompletionRequest,
     RetryPolicy,
 )
-from worker.providers.errors import redact
+from worker.secrets import redact
 
 REQ = CompletionRequest.from_prompt("hi")
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from worker.logs import REDACTED, JsonFormatter, redact, setup_logging
+from worker.logs import JsonFormatter, setup_logging
+from worker.secrets import REDACTED, redact
 
 OPENAI = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx0123"
 ANTHROPIC = "sk-ant-api03-ZyXwVuTsRqPoNm-9876543210"

@@ -194,14 +194,14 @@ def test_the_redactor_keeps_ordinary_text_and_short_pieces() -> None:
 
 
 def test_logs_redact_the_configured_key_values_once_protected() -> None:
-    from worker import logs
+    from worker import secrets
 
     key = "plainkeynoprefix0123456789"  # matches none of the patterns
     buf = io.StringIO()
     handler = setup_logging(logging.INFO, buf)
     try:
         logging.getLogger("worker.test").warning("echo %s", key.upper()[2:])
-        logs.protect(Redactor([key]))
+        secrets.protect(Redactor([key]))
         logging.getLogger("worker.test").warning("echo %s and %s", key.upper()[2:], "x" + key)
     finally:
         logging.getLogger().removeHandler(handler)

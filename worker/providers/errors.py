@@ -32,39 +32,23 @@ A non-2xx answer's own error code and type, as the provider wrote them, are ``pr
 missing key says nothing about the model's health). A server may override ``retriable`` for one
 answer with ``x-should-retry: true|false``; that is kept in ``should_retry_header``.
 
-Messages never contain an API key: :func:`redact` scrubs every fragment of 12+ characters of a
-configured secret, in any case (`worker.secrets.Redactor`), and every masked key echo
-(``sk-abc***wxyz``) before an error is built, and before anything is cut short.
+Messages never contain an API key: `worker.secrets.redact` (the one rule set) scrubs every
+fragment of 12+ characters of a configured secret, in any case, every masked key echo
+(``sk-abc***wxyz``) and every credential-shaped string before an error is built, and before
+anything is cut short.
 """
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from schemas.errors import ErrorCode
 from worker.errors import WorkerError
-from worker.secrets import Redactor
+from worker.secrets import redact
 
 if TYPE_CHECKING:
     from worker.providers.types import Attempt
-
-_MASKED_KEY = re.compile(r"\b(?:sk|key)[-_][A-Za-z0-9_\-]*\*+[A-Za-z0-9_\-]*")
-_REDACTED = "[REDACTED]"
-
-
-@functools.lru_cache(maxsize=64)
-def _redactor(secrets: tuple[str, ...]) -> Redactor:
-    return Redactor(secrets)
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Remove every fragment of a secret (`worker.secrets.Redactor`) and every masked key echo
-    from ``text``."""
-    text = _redactor(tuple(secrets))(text)
-    return _MASKED_KEY.sub(_REDACTED, text)
 
 
 class ProviderError(WorkerError):

@@ -20,7 +20,6 @@ from worker.providers.errors import (
     ProviderError,
     ProviderStatusError,
     ProviderTimeoutError,
-    redact,
     status_error,
 )
 from worker.providers.fasttransport import (
@@ -31,6 +30,7 @@ from worker.providers.fasttransport import (
 )
 from worker.providers.pool import ShardedTransport
 from worker.providers.types import Secret
+from worker.secrets import redact
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,9 @@
-"""Provider bytes leave the provider layer redacted (`worker.secrets.Redactor`): every string of
-a result (answer, response id, model id, finish reason, log-prob tokens) and of an error
-(message, code, type, request id), whatever path they take next (responses, decisions, spans,
-logs, dead letters, the semantic cache)."""
+"""Provider bytes leave the provider layer redacted, whatever path they take next (responses,
+decisions, spans, logs, dead letters, the semantic cache): every string of an error (message,
+provider code, type, request id) by the one rule set, `worker.secrets.redact`; every string of a
+result (answer, response id, model id, finish reason, log-prob tokens) by the configured secret
+values (`worker.secrets.Redactor`) only: credential patterns would rewrite answers that show
+code, such as `api_key=os.environ[...]`."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from dataclasses import replace
 
 from worker.providers.errors import AllModelsFailedError, ProviderError, ProviderStatusError
 from worker.providers.types import CompletionResult, TokenLogprob
-from worker.secrets import Redactor
+from worker.secrets import Redactor, redact
 
 __all__ = ["scrub_error", "scrub_result"]
 
@@ -38,16 +40,16 @@ def scrub_result(result: CompletionResult, redactor: Redactor) -> CompletionResu
 
 
 def scrub_error(exc: ProviderError, redactor: Redactor) -> ProviderError:
-    """The same exception, its strings redacted in place (the class decides retries: kept)."""
-    if not redactor:
-        return exc
-    exc.message = redactor(exc.message)
+    """The same exception, its strings redacted in place by the one rule set
+    (`worker.secrets.redact`: the configured values and every credential-shaped string; the
+    class decides retries: kept)."""
+    exc.message = redact(exc.message, redactor)
     exc.args = (exc.message, *exc.args[1:])
     if isinstance(exc, ProviderStatusError):
         for name in ("provider_code", "error_type", "request_id"):
             value = getattr(exc, name)
             if value is not None:
-                setattr(exc, name, redactor(value))
+                setattr(exc, name, redact(value, redactor))
     if isinstance(exc, AllModelsFailedError):
         scrub_error(exc.last_error, redactor)
     return exc

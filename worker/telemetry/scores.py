@@ -36,7 +36,7 @@ from schemas.events import Feedback
 from schemas.trace import request_trace_id, trace_id_hex
 from worker.config.telemetry import LangfuseConfig
 from worker.errors import WorkerError
-from worker.logs import redact
+from worker.secrets import redact
 
 __all__ = [
     "SCORES_PATH",

@@ -61,7 +61,7 @@ from schemas.events import Attempt, DecisionInfo, Message
 from schemas.trace import trace_id_hex
 from worker.config.telemetry import TelemetryConfig, TelemetryConfigError
 from worker.errors import WorkerError
-from worker.logs import redact
+from worker.secrets import redact
 from worker.telemetry import semconv as sc
 from worker.telemetry.ids import RequestIdGenerator
 
