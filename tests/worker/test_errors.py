@@ -86,3 +86,9 @@ def test_the_roots() -> None:
     assert provider_errors.RateLimitError.retriable
     assert not provider_errors.InsufficientQuotaError.retriable
     assert errors.RequestRejected("no").code == "RequestRejected"
+
+
+def test_the_docs_list_every_code() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "errors.md").read_text("utf-8")
+    for code in schemas.ERROR_CODES:
+        assert f"| `{code}` |" in text, code
