@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -41,11 +42,36 @@ log = logging.getLogger(__name__)
 # `unfamiliar` is 1.0 at the training prompts' 99th percentile
 UNFAMILIAR_BUCKETS: Final = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)
 ROUTE_BUCKETS_S: Final = (
-    25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25,
-)  # fmt: skip
+    25e-6,
+    50e-6,
+    100e-6,
+    250e-6,
+    500e-6,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    10e-3,
+    25e-3,
+    50e-3,
+    0.1,
+    0.25,
+)
 REQUEST_BUCKETS_S: Final = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-)  # fmt: skip
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+)
 
 
 class WorkerMetrics:
@@ -59,157 +85,134 @@ class WorkerMetrics:
         tenants: Iterable[str] = (),
     ):
         self.registry = registry if registry is not None else CollectorRegistry()
-        ns, reg = namespace, self.registry
+        # every metric in this registry and namespace
+        counter = functools.partial(Counter, namespace=namespace, registry=self.registry)
+        gauge = functools.partial(Gauge, namespace=namespace, registry=self.registry)
+        histogram = functools.partial(Histogram, namespace=namespace, registry=self.registry)
         # tenant labels: the configured names only (a request's name is never a label)
         self._tenants = frozenset(tenants)
-        self.requests = Counter(
-            "requests", "Requests finished, by chosen model and status ('none' before routing).",
-            ["model", "status"], namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.cost_usd = Counter(
-            "cost_usd", "Provider cost of the model calls, USD.", ["model"],
-            namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.always_strong_cost_usd = Counter(
+        self.requests = counter(
+            "requests",
+            "Requests finished, by chosen model and status ('none' before routing).",
+            ["model", "status"],
+        )
+        self.cost_usd = counter("cost_usd", "Provider cost of the model calls, USD.", ["model"])
+        self.always_strong_cost_usd = counter(
             "always_strong_cost_usd",
             "Estimated cost had every request gone to the strong model, USD.",
-            namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.tenant_cost_usd = Counter(
+        )
+        self.tenant_cost_usd = counter(
             "tenant_cost_usd",
             "Provider cost of the model calls per configured tenant, USD "
             '(tenant="other": every name not configured).',
             ["tenant"],
-            namespace=ns,
-            registry=reg,
         )
-        self.tenant_always_strong_cost_usd = Counter(
+        self.tenant_always_strong_cost_usd = counter(
             "tenant_always_strong_cost_usd",
             "Estimated always-strong cost by tenant, USD (the saving is the difference).",
             ["tenant"],
-            namespace=ns,
-            registry=reg,
         )
-        self.cost_saved_usd = Gauge(
+        self.cost_saved_usd = gauge(
             "cost_saved_usd",
             "Net saving versus always-strong since start, USD (may go negative). For rates use "
             "always_strong_cost_usd_total - cost_usd_total.",
-            namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.route_duration = Histogram(
-            "route_duration_seconds", "Time to make a routing decision.",
-            namespace=ns, registry=reg, buckets=ROUTE_BUCKETS_S,
-        )  # fmt: skip
-        self.route_unfamiliar = Histogram(
+        )
+        self.route_duration = histogram(
+            "route_duration_seconds", "Time to make a routing decision.", buckets=ROUTE_BUCKETS_S
+        )
+        self.route_unfamiliar = histogram(
             "route_unfamiliar",
             "Distance of routed prompts from the router's training prompts (above 1.0: "
             "further than 99% of them).",
-            namespace=ns,
-            registry=reg,
             buckets=UNFAMILIAR_BUCKETS,
         )
-        self.request_duration = Histogram(
+        self.request_duration = histogram(
             "request_duration_seconds",
             "End to end: record received to response acknowledged, by chosen model.",
-            ["model"], namespace=ns, registry=reg, buckets=REQUEST_BUCKETS_S,
-        )  # fmt: skip
-        self.in_flight = Gauge(
-            "in_flight_requests", "Requests received and not yet finished.",
-            namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.consumer_lag = Gauge(
-            "consumer_lag_records", "High watermark minus position, per assigned partition.",
-            ["topic", "partition"], namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.dead_letters = Counter(
-            "dead_letters", "Records sent to the dead-letter topic, by reason type.",
-            ["reason"], namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.retries = Counter(
-            "provider_retries", "Model calls retried on the same model.", ["model"],
-            namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.fallbacks = Counter(
-            "fallbacks", "Calls moved to another model after a failure.",
-            ["from_model", "to_model"], namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.escalations = Counter(
-            "escalations", "Cascade escalations from a cheap to a stronger model.",
-            ["from_model", "to_model"], namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.cache_lookups = Counter(
-            "route_cache_lookups", "Semantic cache lookups before routing, by result (hit, miss, "
-            "skipped: not cacheable).",
+            ["model"],
+            buckets=REQUEST_BUCKETS_S,
+        )
+        self.in_flight = gauge("in_flight_requests", "Requests received and not yet finished.")
+        self.consumer_lag = gauge(
+            "consumer_lag_records",
+            "High watermark minus position, per assigned partition.",
+            ["topic", "partition"],
+        )
+        self.dead_letters = counter(
+            "dead_letters", "Records sent to the dead-letter topic, by reason type.", ["reason"]
+        )
+        self.retries = counter(
+            "provider_retries", "Model calls retried on the same model.", ["model"]
+        )
+        self.fallbacks = counter(
+            "fallbacks", "Calls moved to another model after a failure.", ["from_model", "to_model"]
+        )
+        self.escalations = counter(
+            "escalations",
+            "Cascade escalations from a cheap to a stronger model.",
+            ["from_model", "to_model"],
+        )
+        self.cache_lookups = counter(
+            "route_cache_lookups",
+            "Semantic cache lookups before routing, by result (hit, miss, skipped: not cacheable).",
             ["result"],
-            namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.redeliveries_skipped = Counter(
-            "redeliveries_skipped", "Redelivered requests skipped: a response was already sent.",
-            namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.arm_requests = Counter(
-            "ab_requests", "A/B experiments: requests finished per arm, by status.",
-            ["arm", "status"], namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.arm_cost_usd = Counter(
-            "ab_cost_usd", "A/B experiments: provider cost per arm, USD.", ["arm"],
-            namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.arm_duration = Histogram(
-            "ab_request_duration_seconds", "A/B experiments: end-to-end latency per arm.",
-            ["arm"], namespace=ns, registry=reg, buckets=REQUEST_BUCKETS_S,
-        )  # fmt: skip
-        self.shadow_calls = Gauge(
-            "shadow_calls", "Shadow calls made since start (never part of a user's answer).",
-            namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.shadow_cost_usd = Gauge(
-            "shadow_cost_usd", "Cost of shadow calls and their judging since start, USD "
-            "(kept apart from cost_usd).", namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.cache_entries = Gauge(
-            "semantic_cache_entries", "Entries in this member's semantic cache.",
-            namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.cache_saved_usd = Gauge(
-            "semantic_cache_saved_usd", "Recorded cost of the answers served from the semantic "
-            "cache since start, USD.", namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.batch_open_jobs = Gauge(
-            "batch_open_jobs", "Batch jobs this member follows (submitted, not yet published).",
-            namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.batch_waiting = Gauge(
-            "batch_waiting_requests", "Batch-mode requests accumulated, not yet submitted.",
-            namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.router_version = Gauge(
-            "router_info", "The router in use (value 1), by name and version.",
-            ["router", "version"], namespace=ns, registry=reg,
-        )  # fmt: skip
-        self.assigned_partitions = Gauge(
-            "assigned_partitions",
-            "Partitions of the request topic this member holds.",
-            namespace=ns,
-            registry=reg,
         )
-        self.topic_partitions = Gauge(
-            "request_topic_partitions",
-            "Partitions of the request topic.",
-            namespace=ns,
-            registry=reg,
+        self.redeliveries_skipped = counter(
+            "redeliveries_skipped", "Redelivered requests skipped: a response was already sent."
         )
-        self.idle_member = Gauge(
+        self.arm_requests = counter(
+            "ab_requests",
+            "A/B experiments: requests finished per arm, by status.",
+            ["arm", "status"],
+        )
+        self.arm_cost_usd = counter(
+            "ab_cost_usd", "A/B experiments: provider cost per arm, USD.", ["arm"]
+        )
+        self.arm_duration = histogram(
+            "ab_request_duration_seconds",
+            "A/B experiments: end-to-end latency per arm.",
+            ["arm"],
+            buckets=REQUEST_BUCKETS_S,
+        )
+        self.shadow_calls = gauge(
+            "shadow_calls", "Shadow calls made since start (never part of a user's answer)."
+        )
+        self.shadow_cost_usd = gauge(
+            "shadow_cost_usd",
+            "Cost of shadow calls and their judging since start, USD (kept apart from cost_usd).",
+        )
+        self.cache_entries = gauge(
+            "semantic_cache_entries", "Entries in this member's semantic cache."
+        )
+        self.cache_saved_usd = gauge(
+            "semantic_cache_saved_usd",
+            "Recorded cost of the answers served from the semantic cache since start, USD.",
+        )
+        self.batch_open_jobs = gauge(
+            "batch_open_jobs", "Batch jobs this member follows (submitted, not yet published)."
+        )
+        self.batch_waiting = gauge(
+            "batch_waiting_requests", "Batch-mode requests accumulated, not yet submitted."
+        )
+        self.router_version = gauge(
+            "router_info",
+            "The router in use (value 1), by name and version.",
+            ["router", "version"],
+        )
+        self.assigned_partitions = gauge(
+            "assigned_partitions", "Partitions of the request topic this member holds."
+        )
+        self.topic_partitions = gauge(
+            "request_topic_partitions", "Partitions of the request topic."
+        )
+        self.idle_member = gauge(
             "idle_member",
             "1 when this member holds no partition while the request topic has some: the group "
             "has more members than partitions.",
-            namespace=ns,
-            registry=reg,
         )
-        self.event_loop_lag = Gauge(
-            "event_loop_lag_seconds", "How late the last periodic event-loop wake-up fired.",
-            namespace=ns, registry=reg,
-        )  # fmt: skip
+        self.event_loop_lag = gauge(
+            "event_loop_lag_seconds", "How late the last periodic event-loop wake-up fired."
+        )
         # labelled children of the per-request series, looked up once per label set (a
         # `labels()` call takes a lock and validates the values: per request, that shows);
         # label sets are bounded (module docstring), and these series are never cleared
