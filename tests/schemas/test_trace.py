@@ -10,7 +10,7 @@ from routers import outcomes
 from schemas import trace
 from tests.worker.support import ROWS, request_event
 from worker.pipeline import trace_id_for as pipeline_trace_id
-from worker.telemetry import Tracing, derive_trace_id
+from worker.telemetry import derive_trace_id
 from worker.telemetry.scores import score_trace_id
 
 
@@ -31,7 +31,6 @@ def test_every_user_of_the_rule_agrees() -> None:
     request = request_event(ROWS[0], 1, tenant="acme")
     expected = trace.request_trace_id(request.request_id, "acme")
     assert pipeline_trace_id(request) == expected
-    assert Tracing.trace_id_for(trace.request_key("acme", request.request_id)) == expected
     feedback = schemas.Feedback(
         schema_version=1,
         request_id=request.request_id,

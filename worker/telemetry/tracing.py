@@ -555,11 +555,6 @@ class Tracing:
 
     # ------------------------------------------------------------ per request
 
-    @staticmethod
-    def trace_id_for(request_id: str) -> str:
-        """The trace id (hex) of the request, as Langfuse derives it."""
-        return trace_id_hex(request_id)
-
     def process_span(
         self,
         topic: str,
