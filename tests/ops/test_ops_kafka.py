@@ -225,7 +225,7 @@ async def test_tail_filters_pretty_and_json(
 
     assert await _cli(*base, "--status", "error", "--max", "1") == 0
     out, _ = capsys.readouterr()
-    assert "Timeout: late" in out and "r3" in out
+    assert "ProviderTimeoutError: late" in out and "r3" in out
 
 
 async def test_tail_missing_topic_is_a_clear_error(
