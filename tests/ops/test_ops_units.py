@@ -179,7 +179,8 @@ def test_format_lines() -> None:
         message=None,
         error=schemas.ErrorInfo(type="ProviderTimeoutError", message="deadline", retriable=True),
     )
-    assert format_event(error).endswith("model=- cost=$0.000012 512ms ProviderTimeoutError: deadline")
+    expected = "model=- cost=$0.000012 512ms ProviderTimeoutError: deadline"
+    assert format_event(error).endswith(expected)
     assert format_event(_decision()) == (
         "03:04:05 r-2 tenant=beta model=big policy=default score=0.810 threshold=0.500 "
         "score 0.81 >= 0.50: strong"
