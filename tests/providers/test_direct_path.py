@@ -11,7 +11,7 @@ import json
 import httpx
 import pytest
 
-from tests.providers.test_fasttransport import Server, dies_on_second_request, keep_alive, ok, serve
+from tests.providers.test_engine import Server, dies_on_second_request, keep_alive, ok, serve
 from worker.config.models import WEAK_MODEL, simulator_catalogue
 from worker.providers import (
     CompletionRequest,

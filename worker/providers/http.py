@@ -22,7 +22,7 @@ from worker.providers.errors import (
     ProviderTimeoutError,
     status_error,
 )
-from worker.providers.fasttransport import (
+from worker.providers.engine.http11 import (
     FastTransport,
     encode_request_head,
     header_line,
@@ -46,7 +46,7 @@ class HttpSettings:
     max_keepalive_connections: int | None = None
     keepalive_expiry_s: float = 30.0
     connections_per_shard: int = 64  # "httpcore" only; see worker.providers.pool
-    # "fast": worker.providers.fasttransport (lean asyncio HTTP/1.1 pool, ~5x less CPU per call);
+    # "fast": worker.providers.engine.http11 (lean asyncio HTTP/1.1 pool, ~5x less CPU per call);
     # "httpcore": httpx's own transport, sharded (worker.providers.pool)
     transport_impl: Literal["fast", "httpcore"] = "fast"
 

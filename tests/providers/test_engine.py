@@ -28,7 +28,7 @@ from worker.providers import (
     RetryPolicy,
     RouterClient,
 )
-from worker.providers.fasttransport import FastTransport
+from worker.providers.engine.http11 import FastTransport
 from worker.providers.http import default_transport, make_client
 from worker.sim import Fault, SimConfig, Simulator
 
