@@ -41,7 +41,7 @@ from typing import Any
 
 from routers.policy import PolicyOptions, decide
 from worker.config.models import Catalogue
-from worker.providers import ClientSettings, CompletionRequest, HttpSettings, RouterClient
+from worker.providers import ClientSettings, CompletionRequest, HttpSettings, ModelClient
 from worker.providers.errors import ProviderError
 from worker.sim import Latency, RateLimit, SimConfig, Simulator
 
@@ -91,8 +91,8 @@ def catalogue(
     return Catalogue.from_dict({"models": models})
 
 
-def client_for(cat: Catalogue) -> RouterClient:
-    return RouterClient(cat, ClientSettings(http=HttpSettings(total_timeout_s=30.0)), env=KEY)
+def client_for(cat: Catalogue) -> ModelClient:
+    return ModelClient(cat, ClientSettings(http=HttpSettings(total_timeout_s=30.0)), env=KEY)
 
 
 def request(i: int) -> CompletionRequest:
@@ -100,7 +100,7 @@ def request(i: int) -> CompletionRequest:
 
 
 async def run_calls(
-    client: RouterClient, n: int, concurrency: int, models: Sequence[str] = (MODEL,)
+    client: ModelClient, n: int, concurrency: int, models: Sequence[str] = (MODEL,)
 ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     queue = iter(range(n))

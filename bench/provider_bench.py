@@ -1,6 +1,6 @@
 """Provider transport benchmark: prints one JSON object.
 
-1. Overhead: calls through RouterClient -> OpenAITransport -> httpx against the simulator at
+1. Overhead: calls through ModelClient -> OpenAIAdapter -> httpx against the simulator at
    0 ms latency (simulator in a separate process), fixed concurrency; calls/s and p50/p99.
 2. Capacity: the simulator at 1 s latency; waves of N concurrent calls from one process, each
    wave run twice on the same client: a cold pass (the pool opens its connections) and a warm
@@ -32,7 +32,7 @@ from typing import Literal, cast
 import httpx
 
 from worker.config.models import WEAK_MODEL, simulator_catalogue
-from worker.providers import ClientSettings, CompletionRequest, HttpSettings, RouterClient
+from worker.providers import ClientSettings, CompletionRequest, HttpSettings, ModelClient
 
 TransportImpl = Literal["fast", "httpcore"]
 ENV = {"SIM_OPENAI_API_KEY": "sk-bench", "SIM_ANTHROPIC_API_KEY": "sk-ant-bench"}
@@ -79,7 +79,7 @@ async def overhead(
     )
     latencies: list[float] = []
     errors = 0
-    async with RouterClient(simulator_catalogue(base_url), settings, env=ENV) as client:
+    async with ModelClient(simulator_catalogue(base_url), settings, env=ENV) as client:
         queue = list(range(calls))
 
         async def worker() -> None:
@@ -124,7 +124,7 @@ async def capacity(base_url: str, waves: list[int], transport: TransportImpl) ->
     best = 0
     errors_total = 0
     async with (
-        RouterClient(simulator_catalogue(base_url), settings, env=ENV) as client,
+        ModelClient(simulator_catalogue(base_url), settings, env=ENV) as client,
         httpx.AsyncClient() as http,
     ):
         for n, warm in [(n, warm) for n in waves for warm in (False, True)]:

@@ -30,7 +30,7 @@ from worker.loop import Worker, close_quietly
 from worker.metrics import Health, OpsServer, OpsServerConfig, WorkerMetrics
 from worker.observer import MetricsObserver
 from worker.pipeline import Arm, Pipeline, RoutingCore, load_answer_scorers
-from worker.providers.client import ClientSettings, RouterClient
+from worker.providers.client import ClientSettings, ModelClient
 from worker.providers.http import HttpSettings
 from worker.providers.retry import RetryPolicy
 from worker.semcache_sync import SemanticCacheSync
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class App:
     config: Config
-    client: RouterClient
+    client: ModelClient
     pipeline: Pipeline
     worker: Worker
     tracing: Tracing
@@ -107,7 +107,7 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
     artifact = load_artifact(resolve_artifact(config.router.artifact))
     catalogue = config.models
     p = config.providers
-    client = RouterClient(
+    client = ModelClient(
         catalogue,
         ClientSettings(
             http=HttpSettings(

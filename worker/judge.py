@@ -3,7 +3,7 @@ orders (LLM-Blender's PairRanker idea: a judge that prefers the first position c
 across the two orders, and the contradiction becomes a tie). Results are `Feedback` events with
 source "judge", published to `llm.feedback` like any other feedback.
 
-    async with RouterClient(catalogue) as client:
+    async with ModelClient(catalogue) as client:
         judge = Judge(client, JudgeSettings(model="gpt-4o"))
         verdict = await judge.score(question, answer)          # verdict.score in [0, 1] or None
         pair = await judge.compare(question, answer_a, answer_b)  # "a" | "b" | "tie" | None
@@ -45,7 +45,7 @@ from worker.outcome_sources import (
     answered_from_response,
     read_kafka_outcomes,
 )
-from worker.providers.client import ClientSettings, RouterClient
+from worker.providers.client import ClientSettings, ModelClient
 from worker.providers.errors import ProviderError
 from worker.providers.types import CompletionRequest
 
@@ -205,7 +205,7 @@ class PairVerdict:
 
 
 class Judge:
-    def __init__(self, client: RouterClient, settings: JudgeSettings) -> None:
+    def __init__(self, client: ModelClient, settings: JudgeSettings) -> None:
         if settings.model not in client.catalogue:
             raise ValueError(f"judge model {settings.model!r} is not in the catalogue")
         self.client = client
@@ -420,7 +420,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             key = (event.request_id or "").encode()
             await producer.send_and_wait(topics.feedback, schemas.encode(event), key=key)
 
-        async with RouterClient(catalogue, ClientSettings()) as client:
+        async with ModelClient(catalogue, ClientSettings()) as client:
             judge = Judge(client, settings)
             stats = await judge_pending(
                 judge,

@@ -50,7 +50,7 @@ from worker.errors import (
 )
 from worker.judge import Judge, JudgeSettings
 from worker.loop import Deferred, Handled, RecordInfo
-from worker.providers.client import RouterClient
+from worker.providers.client import ModelClient
 from worker.providers.errors import AllModelsFailedError, CircuitOpenError, ProviderError
 from worker.providers.redaction import scrub_error, scrub_result
 from worker.providers.types import (
@@ -485,7 +485,7 @@ class Pipeline:
     def __init__(
         self,
         core: RoutingCore,
-        client: RouterClient,
+        client: ModelClient,
         *,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         perf: Callable[[], float] = time.perf_counter,

@@ -21,7 +21,7 @@ from worker.judge import (
     parse_rating,
     unjudged,
 )
-from worker.providers.client import RouterClient
+from worker.providers.client import ModelClient
 from worker.providers.types import CompletionRequest
 from worker.sim import SimConfig, Simulator, grade
 
@@ -73,7 +73,7 @@ def test_rubrics_need_their_placeholders():
 ITEMS = [r for r in ROWS if "prompt" in r][:40]
 
 
-async def _answers(client: RouterClient, prompt: str) -> dict[str, str]:
+async def _answers(client: ModelClient, prompt: str) -> dict[str, str]:
     out = {}
     for model in (STRONG_MODEL, WEAK_MODEL):
         done = await client.complete(CompletionRequest.from_prompt(prompt), [model])
@@ -97,7 +97,7 @@ async def test_judge_scores_and_pairs_against_the_simulator(
     config = SimConfig(seed=1, judge_accuracy=accuracy, judge_position_bias=position_bias)
     async with (
         Simulator(config, replay_dataset()) as sim,
-        RouterClient(simulator_catalogue(sim.base_url), env=SIM_KEYS) as client,
+        ModelClient(simulator_catalogue(sim.base_url), env=SIM_KEYS) as client,
     ):
         judge = Judge(client, JudgeSettings(model=STRONG_MODEL))
         agree = total = 0
@@ -146,7 +146,7 @@ async def test_judge_pending_publishes_feedback_events(sim: Simulator):
     async def publish(event: schemas.Feedback) -> None:
         published.append(event)
 
-    async with RouterClient(catalogue, env=SIM_KEYS) as client:
+    async with ModelClient(catalogue, env=SIM_KEYS) as client:
         judge = Judge(client, JudgeSettings(model=STRONG_MODEL))
         pending = []
         for i, row in enumerate(rows):

@@ -17,7 +17,7 @@ from tests.routers.synth import records, write_jsonl
 from tests.worker.support import SIM_KEYS, produce, read_all, worker_config_data
 from worker.__main__ import main
 from worker.config.models import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
-from worker.providers.client import RouterClient
+from worker.providers.client import ModelClient
 from worker.providers.types import CompletionRequest
 from worker.sim import Simulator
 
@@ -68,7 +68,7 @@ async def test_judge_then_dataset_then_ab_report(
         json.dumps(worker_config_data(kafka_bootstrap, topics, tmp_path, sim.base_url))
     )
     decisions, responses, feedback = [], [], []
-    async with RouterClient(simulator_catalogue(sim.base_url), env=SIM_KEYS) as client:
+    async with ModelClient(simulator_catalogue(sim.base_url), env=SIM_KEYS) as client:
         for i, row in enumerate(ITEMS[:N]):
             arm = "a" if i % 2 else "b"
             model = STRONG_MODEL if arm == "a" else WEAK_MODEL

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from worker.config.models import Catalogue, simulator_catalogue
-from worker.providers import ClientSettings, RetryPolicy, RouterClient
+from worker.providers import ClientSettings, ModelClient, RetryPolicy
 
 OPENAI_KEY = "sk-proj-SECRETabcdefghijklmnop0123456789"
 ANTHROPIC_KEY = "sk-ant-api03-SECRETzyxwvutsrqponm9876543210"
@@ -40,9 +40,9 @@ def mock_catalogue() -> Catalogue:
 
 def mock_client(
     handler, *, clock: FakeClock | None = None, settings: ClientSettings | None = None, env=None
-) -> RouterClient:
+) -> ModelClient:
     clock = clock or FakeClock()
-    return RouterClient(
+    return ModelClient(
         mock_catalogue(),
         settings or ClientSettings(retry=RetryPolicy(max_retries=2)),
         env=ENV if env is None else env,

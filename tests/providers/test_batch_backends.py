@@ -12,8 +12,8 @@ import pytest
 from tests.providers.conftest import ENV, OPENAI_KEY
 from worker.batch.backends import AnthropicBatchBackend, BatchBackend, OpenAIBatchBackend
 from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, simulator_catalogue
-from worker.providers.anthropic import AnthropicTransport
-from worker.providers.openai import OpenAITransport
+from worker.providers.anthropic import AnthropicAdapter
+from worker.providers.openai import OpenAIAdapter
 from worker.providers.types import CompletionRequest, CompletionResult, Secret
 from worker.sim import BatchTiming, SimConfig, Simulator
 
@@ -26,11 +26,11 @@ def _backend(kind: str, sim: Simulator) -> BatchBackend:
     if kind == "openai":
         spec = catalogue[STRONG_MODEL]
         return OpenAIBatchBackend(
-            OpenAITransport(base_url=spec.base_url, api_key=Secret(OPENAI_KEY)), spec
+            OpenAIAdapter(base_url=spec.base_url, api_key=Secret(OPENAI_KEY)), spec
         )
     spec = catalogue[ANTHROPIC_MODEL]
     key = Secret(ENV["SIM_ANTHROPIC_API_KEY"])
-    return AnthropicBatchBackend(AnthropicTransport(base_url=spec.base_url, api_key=key), spec)
+    return AnthropicBatchBackend(AnthropicAdapter(base_url=spec.base_url, api_key=key), spec)
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])

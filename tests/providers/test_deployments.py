@@ -12,7 +12,7 @@ import pytest
 
 from tests.providers.conftest import FakeClock
 from worker.config.models import Catalogue, CatalogueError, simulator_catalogue
-from worker.providers import BreakerSettings, CompletionRequest, RetryPolicy, RouterClient
+from worker.providers import BreakerSettings, CompletionRequest, ModelClient, RetryPolicy
 from worker.providers.client import ClientSettings
 from worker.providers.deployments import (
     LatencyFit,
@@ -331,7 +331,7 @@ def client_for(
     data = multi(strategy)
     if not limits:
         data[MODEL]["deployments"][1].pop("rpm")
-    return RouterClient(
+    return ModelClient(
         Catalogue.from_dict(data),
         ClientSettings(retry=RetryPolicy(max_retries=retries), **settings),
         env=ENV,
@@ -442,7 +442,7 @@ async def test_own_rate_limit_counts_wait_or_reroute_instead_of_collecting_429s(
 
     data = multi("least-busy")
     data[MODEL]["deployments"] = data[MODEL]["deployments"][1:2]  # only b: 2 requests a minute
-    client = RouterClient(
+    client = ModelClient(
         Catalogue.from_dict(data),
         ClientSettings(max_rate_limit_wait_s=90.0),
         env=ENV,
@@ -473,7 +473,7 @@ async def test_the_group_share_divides_the_limits():
     clock = FakeClock()
     data = multi("least-busy")
     data[MODEL]["deployments"] = data[MODEL]["deployments"][1:2]
-    client = RouterClient(
+    client = ModelClient(
         Catalogue.from_dict(data),
         env=ENV,
         http_transport=httpx.MockTransport(answer),

@@ -13,7 +13,7 @@ import pytest
 from tests.providers.conftest import FakeClock
 from worker import provider_cli
 from worker.config.models import Catalogue
-from worker.providers import ClientSettings, CompletionRequest, HttpSettings, RouterClient
+from worker.providers import ClientSettings, CompletionRequest, HttpSettings, ModelClient
 from worker.sim import Latency, RateLimit, SimConfig, Simulator
 
 KEY = {"SIM_KEY": "sk-sim-0123456789"}
@@ -90,7 +90,7 @@ async def test_failover_across_simulated_deployments_and_no_429s_with_limits():
     for sim in sims.values():
         await sim.start()
     try:
-        client = RouterClient(
+        client = ModelClient(
             catalogue(sims, rpm={"fast": 5, "slow": 5}),
             ClientSettings(http=HttpSettings(total_timeout_s=5.0), max_rate_limit_wait_s=120.0),
             env=KEY,
@@ -170,7 +170,7 @@ async def test_the_providers_headers_alone_keep_the_client_off_a_spent_limit(api
                 }
             }
         )
-        async with RouterClient(cat, env=KEY, clock=clock, sleep=clock.sleep) as client:
+        async with ModelClient(cat, env=KEY, clock=clock, sleep=clock.sleep) as client:
             first = await client.complete(REQ, ["m"])
             second = await client.complete(REQ, ["m"])
     assert (first.deployment, second.deployment) == ("spent", "spare")

@@ -1,4 +1,4 @@
-"""The provider transports' direct path (`RequestTemplate.send` over `FastTransport.round_trip`,
+"""The provider transports' direct path (`RequestTemplate.send` over `HttpEngine.round_trip`,
 without httpx's request/response objects) against real local servers: it must send what httpx
 sends and read answers as httpx reads them, falling back to httpx where httpx does more."""
 
@@ -21,7 +21,7 @@ from worker.providers import (
     ProviderTimeoutError,
 )
 from worker.providers.http import RawResponse, send_request
-from worker.providers.openai import OpenAITransport, chat_body
+from worker.providers.openai import OpenAIAdapter, chat_body
 from worker.providers.types import Secret
 
 CHAT = json.dumps(
@@ -34,8 +34,8 @@ CHAT = json.dumps(
 ).encode()
 
 
-def openai(server: Server, **http: float) -> OpenAITransport:
-    return OpenAITransport(
+def openai(server: Server, **http: float) -> OpenAIAdapter:
+    return OpenAIAdapter(
         base_url=f"{server.url}/v1", api_key=Secret("sk-test"), http=HttpSettings(**http)
     )
 
@@ -55,7 +55,7 @@ async def test_direct_path_sends_what_httpx_sends_and_reads_the_answer():
         lambda ref: keep_alive(ref, ok(CHAT, b"x-request-id: req_7\r\n"))
     ) as server:
         transport = openai(server)
-        assert transport._chat._fast is not None  # FastTransport under the client: direct
+        assert transport._chat._fast is not None  # HttpEngine under the client: direct
         request = CompletionRequest.from_prompt("q", request_id="r-1", max_tokens=5)
         result = await transport.complete(spec(server), request, timeout_s=5.0)
         assert (result.text, result.provider_request_id) == ("hi", "req_7")
@@ -160,7 +160,7 @@ async def test_direct_path_timeouts_map_to_provider_timeout():
 
 
 def test_mock_transports_keep_httpx_path():
-    transport = OpenAITransport(
+    transport = OpenAIAdapter(
         base_url="http://provider.test/v1",
         api_key=None,
         transport=httpx.MockTransport(lambda r: httpx.Response(200)),

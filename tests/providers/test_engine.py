@@ -1,4 +1,4 @@
-"""FastTransport over real sockets: the simulator, and small local servers that misbehave on
+"""HttpEngine over real sockets: the simulator, and small local servers that misbehave on
 purpose (close after the answer, chunked and close-delimited bodies, silence, resets, refusals).
 Servers count the connections they accept, so keep-alive reuse is checked where it happens."""
 
@@ -23,12 +23,12 @@ from worker.providers import (
     ClientSettings,
     CompletionRequest,
     HttpSettings,
+    ModelClient,
     ProviderConnectionError,
     ProviderTimeoutError,
     RetryPolicy,
-    RouterClient,
 )
-from worker.providers.engine.http11 import FastTransport
+from worker.providers.engine.http11 import HttpEngine
 from worker.providers.http import default_transport, make_client
 from worker.sim import Fault, SimConfig, Simulator
 
@@ -143,9 +143,9 @@ async def serve(handler_factory: Callable[[list[Server]], Handler]) -> Server:
     return server
 
 
-def client(base_url: str, **kwargs) -> tuple[httpx.AsyncClient, FastTransport]:
+def client(base_url: str, **kwargs) -> tuple[httpx.AsyncClient, HttpEngine]:
     timeout = kwargs.pop("timeout", httpx.Timeout(5.0))
-    transport = FastTransport(**kwargs)
+    transport = HttpEngine(**kwargs)
     return httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout), transport
 
 
@@ -585,14 +585,14 @@ async def test_https_through_the_shared_ssl_context(tls_files):
 
 
 def test_fast_transport_is_the_default_and_httpcore_stays_selectable():
-    assert isinstance(default_transport(HttpSettings()), FastTransport)
-    assert not isinstance(default_transport(HttpSettings(transport_impl="httpcore")), FastTransport)
+    assert isinstance(default_transport(HttpSettings()), HttpEngine)
+    assert not isinstance(default_transport(HttpSettings(transport_impl="httpcore")), HttpEngine)
 
 
 async def test_router_client_against_the_simulator_reuses_connections():
     async with Simulator(SimConfig()) as sim:
         settings = ClientSettings(http=HttpSettings(total_timeout_s=5.0))
-        async with RouterClient(simulator_catalogue(sim.base_url), settings, env=ENV) as rc:
+        async with ModelClient(simulator_catalogue(sim.base_url), settings, env=ENV) as rc:
             for i in range(10):
                 routed = await rc.complete(CompletionRequest.from_prompt(f"q{i}"), [WEAK_MODEL])
                 assert routed.result.text
@@ -616,7 +616,7 @@ async def test_simulator_faults_map_to_provider_errors():
             http=HttpSettings(total_timeout_s=0.3),
             retry=RetryPolicy(max_retries=0),
         )
-        async with RouterClient(simulator_catalogue(sim.base_url), settings, env=ENV) as rc:
+        async with ModelClient(simulator_catalogue(sim.base_url), settings, env=ENV) as rc:
             with pytest.raises(AllModelsFailedError) as reset_err:
                 await rc.complete(CompletionRequest.from_prompt("a"), [WEAK_MODEL])
             assert isinstance(reset_err.value.last_error, ProviderConnectionError)

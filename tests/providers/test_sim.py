@@ -24,12 +24,12 @@ from worker.providers import (
     ClientSettings,
     CompletionRequest,
     HttpSettings,
-    OpenAITransport,
+    ModelClient,
+    OpenAIAdapter,
     RetryPolicy,
-    RouterClient,
     Secret,
 )
-from worker.providers.anthropic import AnthropicTransport, parse_batch_result_line
+from worker.providers.anthropic import AnthropicAdapter, parse_batch_result_line
 from worker.providers.openai import batch_request_line, parse_batch_output_line
 from worker.sim import BatchTiming, Dataset, Fault, Latency, Row, SimConfig, Simulator, grade
 
@@ -47,8 +47,8 @@ FAST = ClientSettings(
 )
 
 
-def client_for(sim: Simulator, settings: ClientSettings = FAST) -> RouterClient:
-    return RouterClient(simulator_catalogue(sim.base_url), settings, env=ENV)
+def client_for(sim: Simulator, settings: ClientSettings = FAST) -> ModelClient:
+    return ModelClient(simulator_catalogue(sim.base_url), settings, env=ENV)
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ async def test_anthropic_529_falls_back_to_openai_and_bad_key_is_401():
             CompletionRequest.from_prompt("hi"), [ANTHROPIC_MODEL, WEAK_MODEL]
         )
         assert [a.error_type for a in routed.attempts] == ["OverloadedError"] * 3 + [None]
-        bad = RouterClient(
+        bad = ModelClient(
             simulator_catalogue(sim.base_url),
             FAST,
             env={"SIM_OPENAI_API_KEY": "sk-wrong-key-0123456789"},
@@ -194,7 +194,7 @@ async def test_openai_batch_lifecycle_with_item_errors_and_malformed_lines():
     )
     async with Simulator(SimConfig(batch=timing), Dataset(ROWS)) as sim:
         spec = simulator_catalogue(sim.base_url)[STRONG_MODEL]
-        t = OpenAITransport(base_url=spec.base_url, api_key=Secret(OPENAI_KEY))
+        t = OpenAIAdapter(base_url=spec.base_url, api_key=Secret(OPENAI_KEY))
         lines = b"\n".join(
             batch_request_line(row.id, spec, CompletionRequest.from_prompt(row.prompt))
             for row in ROWS
@@ -235,7 +235,7 @@ async def test_openai_batch_expiry_cancel_and_invalid_file():
     )
     async with Simulator(SimConfig(batch=timing)) as sim:
         spec = simulator_catalogue(sim.base_url)[WEAK_MODEL]
-        t = OpenAITransport(base_url=spec.base_url, api_key=Secret(OPENAI_KEY))
+        t = OpenAIAdapter(base_url=spec.base_url, api_key=Secret(OPENAI_KEY))
         good = b"\n".join(
             batch_request_line(f"c{i}", spec, CompletionRequest.from_prompt("x")) for i in range(5)
         )
@@ -261,7 +261,7 @@ async def test_anthropic_message_batch_lifecycle_and_cancel():
     )
     async with Simulator(SimConfig(batch=timing), Dataset(ROWS)) as sim:
         spec = simulator_catalogue(sim.base_url)[ANTHROPIC_MODEL]
-        t = AnthropicTransport(base_url=spec.base_url, api_key=Secret(ENV["SIM_ANTHROPIC_API_KEY"]))
+        t = AnthropicAdapter(base_url=spec.base_url, api_key=Secret(ENV["SIM_ANTHROPIC_API_KEY"]))
         reqs = [(row.id, spec, CompletionRequest.from_prompt(row.prompt)) for row in ROWS]
         batch = await t.create_message_batch(reqs)
         assert batch.processing_status == "in_progress"

@@ -19,7 +19,7 @@ from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL, Cata
 from worker.judge import Judge, JudgeSettings
 from worker.loop import RecordInfo
 from worker.pipeline import Pipeline, RoutingCore, load_answer_scorers
-from worker.providers.client import RouterClient
+from worker.providers.client import ModelClient
 from worker.providers.types import Usage
 from worker.sim import Simulator
 
@@ -45,7 +45,7 @@ async def _answers(artifact: Path, sim: Simulator, policy: dict[str, object], **
     )
     catalogue = config.models
     core = RoutingCore(config, load_artifact(artifact), catalogue)
-    async with RouterClient(catalogue) as client:
+    async with ModelClient(catalogue) as client:
         pipeline = Pipeline(core, client, answer_scorers=load_answer_scorers(config))
         out = []
         for i in range(N):
@@ -198,7 +198,7 @@ async def test_a_shadow_judge_the_tenant_may_not_use_never_sees_its_prompt(
     async def sink(response: object, decision: object, feedback: list[object]) -> None:
         published.append((response, feedback))
 
-    async with RouterClient(catalogue) as client:
+    async with ModelClient(catalogue) as client:
         pipeline = Pipeline(core, client)
         pipeline.shadow_sink = sink
         pipeline.shadow_judge = Judge(client, JudgeSettings(model=judge_model))

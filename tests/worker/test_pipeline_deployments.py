@@ -22,7 +22,7 @@ from worker.config.models import STRONG_MODEL, WEAK_MODEL
 from worker.config.telemetry import TelemetryConfig
 from worker.loop import Handled, RecordInfo
 from worker.pipeline import Pipeline, RoutingCore
-from worker.providers import CompletionRequest, RouterClient
+from worker.providers import CompletionRequest, ModelClient
 from worker.telemetry import Tracing, build_tracer_provider
 
 RECORD = RecordInfo("unit.requests", 0, 0, None, [], None)
@@ -72,7 +72,7 @@ def _pipeline(artifact: Path, provider: Any, down: set[str], **sections: Any) ->
     config = worker_config("127.0.0.1:1", topics, artifact, "http://x", models=models, **sections)
     catalogue = config.models
     clock = FakeClock()
-    client = RouterClient(
+    client = ModelClient(
         catalogue,
         env=SIM_KEYS,
         http_transport=httpx.MockTransport(_handler(clock, down)),

@@ -15,7 +15,7 @@ from tests.conftest import TopicFactory
 from tests.worker.support import ROWS, SIM_KEYS, poll_until, request_event, worker_config
 from worker.loop import Handled, RecordInfo
 from worker.pipeline import Pipeline, RoutingCore
-from worker.providers.client import RouterClient
+from worker.providers.client import ModelClient
 from worker.sim import Simulator
 from worker.spend import SpendLedger, SpendLimit, SpendSync
 
@@ -82,7 +82,7 @@ async def test_one_member_never_overshoots_a_tenants_hourly_limit(
     )
     core = RoutingCore(config, load_artifact(artifact), config.models)
     ledger = SpendLedger("m1", {"acme": SpendLimit(per_hour_usd=limit)})
-    async with RouterClient(core.catalogue, env=SIM_KEYS) as client:
+    async with ModelClient(core.catalogue, env=SIM_KEYS) as client:
         pipeline = Pipeline(core, client, spend=ledger)
         spent, rejected = 0.0, 0
         for i in range(40):

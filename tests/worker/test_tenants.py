@@ -17,7 +17,7 @@ from tests.worker.support import ROWS, SIM_KEYS, request_event, worker_config
 from worker.config.models import STRONG_MODEL, WEAK_MODEL
 from worker.loop import Handled, RecordInfo
 from worker.pipeline import Pipeline, RoutingCore
-from worker.providers.client import RouterClient
+from worker.providers.client import ModelClient
 from worker.sim import Simulator
 
 TOPIC = "unit.requests"
@@ -38,7 +38,7 @@ def make_core(artifact: Path, base_url: str, **sections: Any) -> RoutingCore:
 @pytest.fixture
 async def pipeline(artifact: Path, sim: Simulator) -> AsyncIterator[Pipeline]:
     core = make_core(artifact, sim.base_url, unknown_tenant="reject")
-    async with RouterClient(core.catalogue, env=SIM_KEYS) as client:
+    async with ModelClient(core.catalogue, env=SIM_KEYS) as client:
         yield Pipeline(core, client)
 
 
@@ -234,7 +234,7 @@ async def test_a_cached_answer_is_served_only_from_an_eligible_model(
     params = schemas.GenerationParams(max_tokens=64, temperature=0.0)
     old = make_core(artifact, sim.base_url, tenants={"acme": {"allowed_models": [STRONG_MODEL]}})
     new = make_core(artifact, sim.base_url, tenants={"acme": {"allowed_models": [WEAK_MODEL]}})
-    async with RouterClient(old.catalogue, env=SIM_KEYS) as client:
+    async with ModelClient(old.catalogue, env=SIM_KEYS) as client:
         before, after = Pipeline(old, client), Pipeline(new, client)
         before.cache = after.cache = cache
         first = await answer(before, request_event(ROWS[0], 1, messages=prompt, params=params))

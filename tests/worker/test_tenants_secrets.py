@@ -26,7 +26,7 @@ from worker.config.telemetry import TelemetryConfig
 from worker.logs import setup_logging
 from worker.loop import Handled, RecordInfo
 from worker.pipeline import Pipeline, RoutingCore
-from worker.providers.client import ClientSettings, RouterClient
+from worker.providers.client import ClientSettings, ModelClient
 from worker.providers.errors import ProviderError
 from worker.providers.retry import RetryPolicy
 from worker.providers.types import CompletionRequest
@@ -113,7 +113,7 @@ async def _rig(artifact: Path, config: SimConfig, monkeypatch: Any) -> AsyncIter
             settings = ClientSettings(
                 retry=RetryPolicy(max_retries=1, initial_delay_s=0.0, max_delay_s=0.0)
             )
-            async with RouterClient(core.catalogue, settings, env=KEYS) as client:
+            async with ModelClient(core.catalogue, settings, env=KEYS) as client:
                 tracing = Tracing(TelemetryConfig(), tracer_provider=provider)
                 yield Rig(Pipeline(core, client, tracing=tracing), exporter, logs)
     finally:

@@ -15,13 +15,13 @@ from typing import Literal, Protocol
 
 from worker.config.models import Catalogue, ModelSpec
 from worker.providers.anthropic import (
-    AnthropicTransport,
+    AnthropicAdapter,
     batch_request_item,
     parse_batch_result_line,
 )
-from worker.providers.client import RouterClient
+from worker.providers.client import ModelClient
 from worker.providers.errors import MalformedResponseError, ProviderError
-from worker.providers.openai import OpenAITransport, batch_request_line, parse_batch_output_line
+from worker.providers.openai import OpenAIAdapter, batch_request_line, parse_batch_output_line
 from worker.providers.types import CompletionRequest, CompletionResult
 
 JOB_METADATA_KEY = "llmroute_job_id"
@@ -87,7 +87,7 @@ class OpenAIBatchBackend:
     max_requests = OPENAI_MAX_REQUESTS
     max_bytes = OPENAI_MAX_BYTES
 
-    def __init__(self, transport: OpenAITransport, spec: ModelSpec) -> None:
+    def __init__(self, transport: OpenAIAdapter, spec: ModelSpec) -> None:
         self.transport = transport
         self.spec = spec
 
@@ -153,7 +153,7 @@ class AnthropicBatchBackend:
     max_requests = ANTHROPIC_MAX_REQUESTS
     max_bytes = ANTHROPIC_MAX_BYTES
 
-    def __init__(self, transport: AnthropicTransport, spec: ModelSpec) -> None:
+    def __init__(self, transport: AnthropicAdapter, spec: ModelSpec) -> None:
         self.transport = transport
         self.spec = spec
 
@@ -236,7 +236,7 @@ def _parse_iso(text: str | None) -> float | None:
 
 
 def backend_factory(
-    client: RouterClient, catalogue: Catalogue
+    client: ModelClient, catalogue: Catalogue
 ) -> Callable[[str], BatchBackend | None]:
     """model -> its batch backend (None: the catalogue does not mark it `batch`, or no key)."""
     made: dict[str, BatchBackend | None] = {}
@@ -248,12 +248,12 @@ def backend_factory(
         backend: BatchBackend | None = None
         if spec is not None and spec.supports_batch:
             try:
-                transport = client.transport_for(model)
+                transport = client.adapter_for(model)
             except ProviderError:
                 transport = None
-            if isinstance(transport, OpenAITransport):
+            if isinstance(transport, OpenAIAdapter):
                 backend = OpenAIBatchBackend(transport, spec)
-            elif isinstance(transport, AnthropicTransport):
+            elif isinstance(transport, AnthropicAdapter):
                 backend = AnthropicBatchBackend(transport, spec)
         made[model] = backend
         return backend

@@ -1,13 +1,13 @@
-"""Model providers: OpenAI-compatible and Anthropic transports, the model catalogue, SDK-style
+"""Model providers: OpenAI-compatible and Anthropic adapters, the model catalogue, SDK-style
 retries, circuit breakers, concurrency and rate limits per deployment (a model may have several,
 worker.providers.deployments), and the fallback-chain client.
 
 Nothing here does I/O at import time; clients are built explicitly from a :class:`Catalogue`.
 """
 
-from worker.providers.anthropic import AnthropicTransport, MessageBatch
+from worker.providers.anthropic import AnthropicAdapter, MessageBatch
 from worker.providers.breaker import BreakerSettings, CircuitBreaker
-from worker.providers.client import ClientSettings, RouterClient
+from worker.providers.client import ClientSettings, ModelClient
 from worker.providers.errors import (
     AllModelsFailedError,
     AuthenticationError,
@@ -32,22 +32,22 @@ from worker.providers.errors import (
     UnsupportedRequestError,
 )
 from worker.providers.http import HttpSettings
-from worker.providers.openai import BatchObject, FileObject, OpenAITransport
+from worker.providers.openai import BatchObject, FileObject, OpenAIAdapter
 from worker.providers.retry import Deadline, RetryPolicy
 from worker.providers.types import (
     Attempt,
     CompletionRequest,
     CompletionResult,
+    ProviderAdapter,
     RoutedCompletion,
     Secret,
     TokenLogprob,
-    Transport,
     Usage,
 )
 
 __all__ = [
     "AllModelsFailedError",
-    "AnthropicTransport",
+    "AnthropicAdapter",
     "Attempt",
     "AuthenticationError",
     "BadRequestError",
@@ -68,10 +68,12 @@ __all__ = [
     "MalformedResponseError",
     "MessageBatch",
     "MissingApiKeyError",
+    "ModelClient",
     "NotFoundError",
-    "OpenAITransport",
+    "OpenAIAdapter",
     "OverloadedError",
     "PermissionDeniedError",
+    "ProviderAdapter",
     "ProviderConnectionError",
     "ProviderError",
     "ProviderStatusError",
@@ -81,10 +83,8 @@ __all__ = [
     "RequestTimeoutError",
     "RetryPolicy",
     "RoutedCompletion",
-    "RouterClient",
     "Secret",
     "TokenLogprob",
-    "Transport",
     "UnsupportedRequestError",
     "Usage",
 ]

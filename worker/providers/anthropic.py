@@ -1,4 +1,4 @@
-"""Anthropic transport: Messages (``POST /v1/messages``) and Message Batches.
+"""Anthropic adapter: Messages (``POST /v1/messages``) and Message Batches.
 
 Mapping from the OpenAI chat format: ``system`` messages become the top-level ``system`` field;
 text parts stay text blocks; ``image_url`` parts become image blocks (base64 data URLs or URLs);
@@ -21,8 +21,8 @@ from worker.config.models import ModelSpec
 from worker.providers.deployments import parse_rate_limit_headers
 from worker.providers.errors import ProviderError, UnsupportedRequestError, status_error
 from worker.providers.http import (
+    HttpAdapter,
     HttpSettings,
-    PooledTransport,
     RequestTemplate,
     decode_json,
     endpoint_url,
@@ -189,7 +189,7 @@ def result_from_wire(
     )
 
 
-class AnthropicTransport(PooledTransport):
+class AnthropicAdapter(HttpAdapter):
     """One pooled client for one Anthropic ``base_url`` (host root, as the official SDK)."""
 
     provider = PROVIDER

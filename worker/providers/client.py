@@ -1,6 +1,6 @@
-"""The router client: runs a fallback chain of logical models and records every attempt.
+"""The model client: runs a fallback chain of logical models and records every attempt.
 
-    async with RouterClient(catalogue) as client:
+    async with ModelClient(catalogue) as client:
         routed = await client.complete(request, ["gpt-4o-mini", "claude-3-haiku"], deadline_s=30)
         routed.result.text, routed.result.cost_usd, [a.to_dict() for a in routed.attempts]
 
@@ -10,7 +10,7 @@ for its rate-limit headroom when that fits the deadline (else move on rather tha
 wait for one of its ``max_concurrent_calls`` slots (within the deadline); call. A deployment
 with others after it is tried once (a failure fails over at once, a 429 blocks it for its
 ``retry-after``); the last one gets SDK-style retries. Then the next model. When every model
-fails, :class:`AllModelsFailedError` carries the attempts. Transports are built once per
+fails, :class:`AllModelsFailedError` carries the attempts. Adapters are built once per
 (provider, base_url, key env var) and share one pooled ``httpx.AsyncClient``; keys are read from
 the environment when the client is built.
 """
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from worker.config.models import Catalogue, ModelSpec
-from worker.providers.anthropic import AnthropicTransport
+from worker.providers.anthropic import AnthropicAdapter
 from worker.providers.breaker import BreakerSettings, CircuitBreaker
 from worker.providers.deployments import DeploymentState, order_deployments
 from worker.providers.errors import (
@@ -43,7 +43,7 @@ from worker.providers.errors import (
     RateLimitWaitError,
 )
 from worker.providers.http import HttpSettings
-from worker.providers.openai import OpenAITransport
+from worker.providers.openai import OpenAIAdapter
 from worker.providers.redaction import scrub_error, scrub_result
 from worker.providers.retry import Deadline, RetryPolicy, call_with_retries
 from worker.providers.types import (
@@ -55,7 +55,7 @@ from worker.providers.types import (
 )
 from worker.secrets import Redactor
 
-AnyTransport = OpenAITransport | AnthropicTransport
+AnyAdapter = OpenAIAdapter | AnthropicAdapter
 _NO_RETRY = RetryPolicy(max_retries=0)
 
 
@@ -78,7 +78,7 @@ class ClientSettings:
     max_answer_bytes: int = 4 * 1024 * 1024
 
 
-class RouterClient:
+class ModelClient:
     def __init__(
         self,
         catalogue: Catalogue,
@@ -103,16 +103,16 @@ class RouterClient:
             for deployment in spec.all_deployments
             if (key := environ.get(deployment.spec.api_key_env))
         )
-        self._transports: dict[tuple[str, str, str], AnyTransport] = {}
+        self._adapters: dict[tuple[str, str, str], AnyAdapter] = {}
         self._states: dict[str, tuple[DeploymentState, ...]] = {}
-        self._dep_transport: dict[tuple[str, str], AnyTransport | None] = {}
+        self._dep_adapter: dict[tuple[str, str], AnyAdapter | None] = {}
         for name, spec in catalogue.models.items():
             states = []
             for deployment in spec.all_deployments:
                 dspec = deployment.spec
                 raw_key = environ.get(dspec.api_key_env)
-                self._dep_transport[(name, deployment.name)] = (
-                    None if not raw_key else self._transport(dspec, Secret(raw_key), http_transport)
+                self._dep_adapter[(name, deployment.name)] = (
+                    None if not raw_key else self._adapter(dspec, Secret(raw_key), http_transport)
                 )
                 states.append(
                     DeploymentState(
@@ -121,22 +121,22 @@ class RouterClient:
                 )
             self._states[name] = tuple(states)
 
-    def _transport(
+    def _adapter(
         self, spec: ModelSpec, key: Secret, http_transport: httpx.AsyncBaseTransport | None
-    ) -> AnyTransport:
+    ) -> AnyAdapter:
         ident = (spec.provider, spec.base_url, spec.api_key_env)
-        existing = self._transports.get(ident)
+        existing = self._adapters.get(ident)
         if existing is not None:
             return existing
-        cls = OpenAITransport if spec.provider == "openai" else AnthropicTransport
+        cls = OpenAIAdapter if spec.provider == "openai" else AnthropicAdapter
         made = cls(
             base_url=spec.base_url, api_key=key, http=self.settings.http, transport=http_transport
         )
-        self._transports[ident] = made
+        self._adapters[ident] = made
         return made
 
     def __repr__(self) -> str:
-        return f"RouterClient(models={list(self.catalogue.models)!r})"
+        return f"ModelClient(models={list(self.catalogue.models)!r})"
 
     @property
     def missing_keys(self) -> tuple[str, ...]:
@@ -147,7 +147,7 @@ class RouterClient:
                     s.deployment.spec.api_key_env
                     for name, states in self._states.items()
                     for s in states
-                    if self._dep_transport[(name, s.name)] is None
+                    if self._dep_adapter[(name, s.name)] is None
                 }
             )
         )
@@ -195,17 +195,17 @@ class RouterClient:
                 out[model] = best
         return out
 
-    def transport_for(self, model: str) -> AnyTransport:
-        """The transport serving ``model``'s first deployment (for the Batch API calls)."""
-        transport = self._dep_transport[(model, self._states[model][0].name)]
-        if transport is None:
+    def adapter_for(self, model: str) -> AnyAdapter:
+        """The adapter serving ``model``'s first deployment (for the Batch API calls)."""
+        adapter = self._dep_adapter[(model, self._states[model][0].name)]
+        if adapter is None:
             spec = self.catalogue[model]
             raise MissingApiKeyError(
                 f"environment variable {spec.api_key_env} is not set",
                 provider=spec.provider,
                 model=model,
             )
-        return transport
+        return adapter
 
     async def complete(
         self,
@@ -373,8 +373,8 @@ class RouterClient:
     ) -> CompletionResult:
         spec = state.deployment.spec
         label = state.name if state.deployment.listed else None
-        transport = self._dep_transport[(spec.name, state.name)]
-        if transport is None:
+        adapter = self._dep_adapter[(spec.name, state.name)]
+        if adapter is None:
             err: ProviderError = MissingApiKeyError(
                 f"environment variable {spec.api_key_env} is not set",
                 provider=spec.provider,
@@ -428,9 +428,7 @@ class RouterClient:
                         state.limits.blocked_for(error.retry_after_s or 1.0)
 
                 async def call(timeout_s: float) -> CompletionResult:
-                    result = await transport.complete(
-                        spec, request, timeout_s=min(timeout_s, cap_s)
-                    )
+                    result = await adapter.complete(spec, request, timeout_s=min(timeout_s, cap_s))
                     self._check(spec, result)
                     return result
 
@@ -514,9 +512,9 @@ class RouterClient:
             raise err
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(t.aclose() for t in self._transports.values()))
+        await asyncio.gather(*(t.aclose() for t in self._adapters.values()))
 
-    async def __aenter__(self) -> RouterClient:
+    async def __aenter__(self) -> ModelClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

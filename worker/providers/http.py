@@ -1,4 +1,4 @@
-"""The shared HTTP layer of both transports: one pooled ``httpx.AsyncClient`` per provider,
+"""The shared HTTP layer of both adapters: one pooled ``httpx.AsyncClient`` per provider,
 timeouts, and the boundary where httpx exceptions and non-2xx answers become ProviderErrors."""
 
 from __future__ import annotations
@@ -14,6 +14,12 @@ from typing import Any, Literal, TypeVar
 import httpx
 import msgspec
 
+from worker.providers.engine.http11 import (
+    HttpEngine,
+    encode_request_head,
+    header_line,
+    origin_of,
+)
 from worker.providers.errors import (
     MalformedResponseError,
     ProviderConnectionError,
@@ -21,12 +27,6 @@ from worker.providers.errors import (
     ProviderStatusError,
     ProviderTimeoutError,
     status_error,
-)
-from worker.providers.engine.http11 import (
-    FastTransport,
-    encode_request_head,
-    header_line,
-    origin_of,
 )
 from worker.providers.pool import ShardedTransport
 from worker.providers.types import Secret
@@ -61,7 +61,7 @@ class HttpSettings:
 def default_transport(settings: HttpSettings) -> httpx.AsyncBaseTransport:
     """The transport ``settings.transport_impl`` names, sized by ``settings``."""
     if settings.transport_impl == "fast":
-        return FastTransport(
+        return HttpEngine(
             max_connections=settings.max_connections,
             max_keepalive_connections=settings.keepalive_limit,
             keepalive_expiry_s=settings.keepalive_expiry_s,
@@ -174,9 +174,9 @@ class RequestTemplate:
 
     :meth:`send` goes through ``client.send`` (auth, hooks, redirects, cookie extraction and the
     transport are httpx's), except when the client's transport for the URL is our
-    :class:`FastTransport` (given as ``fast``) and the client has no auth, no event hooks and no
+    :class:`HttpEngine` (given as ``fast``) and the client has no auth, no event hooks and no
     cookies: then the request is encoded once here (the same head httpx would send) and
-    exchanged by ``FastTransport.round_trip``, and a plain 2xx answer comes back as a
+    exchanged by ``HttpEngine.round_trip``, and a plain 2xx answer comes back as a
     :class:`RawResponse`; an encoded or cookie-setting answer, and any non-2xx answer, is still
     made an ``httpx.Response`` (decoded, cookies stored, errors mapped as before). httpx's
     request and response objects and its client layers were about half of the client's CPU per
@@ -193,7 +193,7 @@ class RequestTemplate:
         method: str,
         url: httpx.URL,
         headers: Mapping[str, str],
-        fast: FastTransport | None = None,
+        fast: HttpEngine | None = None,
     ) -> None:
         if not url.is_absolute_url:
             raise ValueError("a request template needs an absolute URL (see endpoint_url)")
@@ -206,7 +206,7 @@ class RequestTemplate:
         self._headers = merged
         self._timeout = client.timeout.as_dict()
         self._fixed_names = frozenset(name.lower() for name in merged)
-        self._fast: FastTransport | None = None
+        self._fast: HttpEngine | None = None
         self._prefix = b""
         self._close = False
         if fast is not None and _direct_ok(client, url, fast):
@@ -290,7 +290,7 @@ class RequestTemplate:
         raise error_from_response(response, provider=provider, model=model, secrets=tuple(secrets))
 
 
-def _direct_ok(client: httpx.AsyncClient, url: httpx.URL, fast: FastTransport) -> bool:
+def _direct_ok(client: httpx.AsyncClient, url: httpx.URL, fast: HttpEngine) -> bool:
     """Whether ``client.send`` would hand a request for ``url`` to ``fast`` with nothing of its
     own on the way (no auth flow, no event hooks, no proxy mounted for the URL)."""
     if client.auth is not None or any(client.event_hooks.values()):
@@ -299,8 +299,8 @@ def _direct_ok(client: httpx.AsyncClient, url: httpx.URL, fast: FastTransport) -
     return transport_for is not None and transport_for(url) is fast
 
 
-class PooledTransport:
-    """What both provider transports share: one pooled client per ``base_url``, the key kept as a
+class HttpAdapter:
+    """What both provider adapters share: one pooled client per ``base_url``, the key kept as a
     `Secret`, its value listed for redaction, and a repr that never shows it."""
 
     def __init__(
@@ -318,7 +318,7 @@ class PooledTransport:
             transport = default_transport(self._http)
         self._client = make_client(self.base_url, self._http, transport)
         # requests templated for this client may skip httpx's layers (see RequestTemplate)
-        self._fast = transport if isinstance(transport, FastTransport) else None
+        self._fast = transport if isinstance(transport, HttpEngine) else None
         self._secret_values: tuple[str, ...] = (api_key.reveal(),) if api_key else ()
 
     def __repr__(self) -> str:

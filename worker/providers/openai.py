@@ -1,4 +1,4 @@
-"""OpenAI-compatible transport: Chat Completions (OpenAI, vLLM, Ollama, OpenRouter, Together...
+"""OpenAI-compatible adapter: Chat Completions (OpenAI, vLLM, Ollama, OpenRouter, Together...
 by ``base_url``) and the OpenAI Files + Batch API calls the batch jobs need."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from worker.config.models import ModelSpec
 from worker.providers.deployments import parse_rate_limit_headers
 from worker.providers.errors import MalformedResponseError, ProviderError, status_error
 from worker.providers.http import (
+    HttpAdapter,
     HttpSettings,
-    PooledTransport,
     RequestTemplate,
     decode_json,
     endpoint_url,
@@ -177,7 +177,7 @@ def result_from_wire(
     )
 
 
-class OpenAITransport(PooledTransport):
+class OpenAIAdapter(HttpAdapter):
     """One pooled client for one OpenAI-compatible ``base_url`` (ending in ``/v1``)."""
 
     provider = PROVIDER

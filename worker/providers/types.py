@@ -161,7 +161,7 @@ class RoutedCompletion:
         return self.result.cost_usd
 
 
-class Transport(Protocol):
+class ProviderAdapter(Protocol):
     """One provider's HTTP interface: send a completion, get a result or a ProviderError."""
 
     provider: ProviderKind

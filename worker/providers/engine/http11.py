@@ -6,7 +6,7 @@ connection on every request event) and in the anyio/h11 layers under it: ~3 ms o
 This transport keeps ``httpx.AsyncClient`` as the API (URL merging, headers, auth, hooks,
 decoding all stay httpx's) and replaces only what sits under ``handle_async_request``.
 
-    client = httpx.AsyncClient(transport=FastTransport(max_connections=512))
+    client = httpx.AsyncClient(transport=HttpEngine(max_connections=512))
 
 Behaviour:
 
@@ -85,7 +85,7 @@ class _Connection(asyncio.Protocol):
         "waiter",
     )
 
-    def __init__(self, origin: Origin, pool: FastTransport, loop: asyncio.AbstractEventLoop):
+    def __init__(self, origin: Origin, pool: HttpEngine, loop: asyncio.AbstractEventLoop):
         self.origin = origin
         self._pool = pool
         self._loop = loop
@@ -202,7 +202,7 @@ async def _wait(
     deadline: float | None = None,
 ) -> None:
     """Wait for bytes: httpx.ReadTimeout after ``timeout_s`` of silence; a bare TimeoutError
-    when the exchange's ``deadline`` (loop time, :meth:`FastTransport.round_trip`) comes first."""
+    when the exchange's ``deadline`` (loop time, :meth:`HttpEngine.round_trip`) comes first."""
     if deadline is not None:
         left = deadline - conn._loop.time()
         if left <= 0:
@@ -315,7 +315,7 @@ class _ResponseStream(httpx.AsyncByteStream):
 
     def __init__(
         self,
-        pool: FastTransport,
+        pool: HttpEngine,
         conn: _Connection,
         head: _Head,
         request: httpx.Request | None,
@@ -449,7 +449,7 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._pool._release(conn, reusable)
 
 
-class FastTransport(httpx.AsyncBaseTransport):
+class HttpEngine(httpx.AsyncBaseTransport):
     """HTTP/1.1 keep-alive transport for ``httpx.AsyncClient`` (see the module docstring)."""
 
     def __init__(
@@ -485,8 +485,7 @@ class FastTransport(httpx.AsyncBaseTransport):
 
     def __repr__(self) -> str:
         return (
-            f"FastTransport(max_connections={self._max}, open={self._total}, "
-            f"idle={self._idle_count})"
+            f"HttpEngine(max_connections={self._max}, open={self._total}, idle={self._idle_count})"
         )
 
     # -- the one method httpx calls ----------------------------------------------------------
@@ -931,7 +930,7 @@ def encode_request_head(
 ) -> tuple[bytes, bool]:
     """The request line, ``Host`` and ``headers`` as ``httpx.Request`` + this transport would
     write them, without the blank line (callers append per-request headers, ``Content-Length``
-    and the body; see :meth:`FastTransport.round_trip`); and whether they ask the server to
+    and the body; see :meth:`HttpEngine.round_trip`); and whether they ask the server to
     close the connection."""
     parts = [method.encode("ascii"), b" ", url.raw_path, b" HTTP/1.1\r\n"]
     close = False
@@ -966,4 +965,4 @@ def _encode_head(request: httpx.Request) -> tuple[bytes, bool, bool]:
     return b"".join(parts), chunked, close
 
 
-__all__ = ["FastTransport", "Origin", "encode_request_head", "header_line", "origin_of"]
+__all__ = ["HttpEngine", "Origin", "encode_request_head", "header_line", "origin_of"]
