@@ -10,7 +10,7 @@
 
 The client process raises its cyclic-GC gen-0 threshold (``--gc-gen0``, 0 keeps CPython's 700):
 with thousands of calls in flight the default collector costs ~30% of the client's CPU. The
-worker process would want the same setting. ``--transport httpcore`` measures httpx's own pool.
+worker process would want the same setting.
 
     .venv/bin/python bench/provider_bench.py [--calls 3000] [--concurrency 16] [--waves 1000,5000]
 """
@@ -27,14 +27,12 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Literal, cast
 
 import httpx
 
 from worker.config.models import WEAK_MODEL, simulator_catalogue
 from worker.providers import ClientSettings, CompletionRequest, HttpSettings, ModelClient
 
-TransportImpl = Literal["fast", "httpcore"]
 ENV = {"SIM_OPENAI_API_KEY": "sk-bench", "SIM_ANTHROPIC_API_KEY": "sk-ant-bench"}
 
 
@@ -71,12 +69,8 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] if s else 0.0
 
 
-async def overhead(
-    base_url: str, calls: int, concurrency: int, transport: TransportImpl
-) -> dict[str, float]:
-    settings = ClientSettings(
-        http=HttpSettings(max_connections=concurrency * 2, transport_impl=transport)
-    )
+async def overhead(base_url: str, calls: int, concurrency: int) -> dict[str, float]:
+    settings = ClientSettings(http=HttpSettings(max_connections=concurrency * 2))
     latencies: list[float] = []
     errors = 0
     async with ModelClient(simulator_catalogue(base_url), settings, env=ENV) as client:
@@ -110,12 +104,11 @@ async def overhead(
     }
 
 
-async def capacity(base_url: str, waves: list[int], transport: TransportImpl) -> dict[str, object]:
+async def capacity(base_url: str, waves: list[int]) -> dict[str, object]:
     settings = ClientSettings(
         http=HttpSettings(
             max_connections=max(waves) + 100,
             max_keepalive_connections=max(waves),
-            transport_impl=transport,
         ),
         default_deadline_s=60.0,
     )
@@ -170,22 +163,20 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--waves", default="1000,2500,5000")
-    parser.add_argument("--transport", choices=("fast", "httpcore"), default="fast")
     parser.add_argument("--gc-gen0", type=int, default=50_000)
     args = parser.parse_args()
     waves = [int(w) for w in args.waves.split(",")]
-    transport = cast(TransportImpl, args.transport)
     fd_limit = raise_fd_limit(max(waves) + 1024)
     if args.gc_gen0 > 0:
         gc.set_threshold(args.gc_gen0, 50, 100)
     proc, base = start_sim("fixed:0")
     try:
-        first = asyncio.run(overhead(base, args.calls, args.concurrency, transport))
+        first = asyncio.run(overhead(base, args.calls, args.concurrency))
     finally:
         stop_sim(proc)
     proc, base = start_sim("fixed:1000")
     try:
-        second = asyncio.run(capacity(base, waves, transport))
+        second = asyncio.run(capacity(base, waves))
     finally:
         stop_sim(proc)
     print(
@@ -201,7 +192,6 @@ def main() -> None:
                 "capacity_waves": second["waves"],
                 "errors": int(first["errors"]) + int(second["errors"]),  # type: ignore[call-overload]
                 "targets": {"calls_per_s": 2000, "max_in_flight": 5000},
-                "transport": args.transport,
                 "gc_threshold": list(gc.get_threshold()),
                 "fd_limit": fd_limit,
                 "machine": {

@@ -167,3 +167,12 @@ def test_mock_transports_keep_httpx_path():
     )
     assert transport._chat._fast is None
     asyncio.run(transport.aclose())
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "https_proxy", "ALL_PROXY"])
+def test_a_proxy_in_the_environment_keeps_httpx_path(monkeypatch, variable):
+    # httpx mounts a proxy transport for it: the engine would bypass the proxy
+    monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    transport = OpenAIAdapter(base_url="http://provider.test/v1", api_key=None)
+    assert transport._chat._fast is None
+    asyncio.run(transport.aclose())

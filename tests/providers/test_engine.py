@@ -584,9 +584,8 @@ async def test_https_through_the_shared_ssl_context(tls_files):
 # -- through the provider layer, against the simulator ---------------------------------------
 
 
-def test_fast_transport_is_the_default_and_httpcore_stays_selectable():
+def test_the_engine_is_the_default_transport():
     assert isinstance(default_transport(HttpSettings()), HttpEngine)
-    assert not isinstance(default_transport(HttpSettings(transport_impl="httpcore")), HttpEngine)
 
 
 async def test_router_client_against_the_simulator_reuses_connections():

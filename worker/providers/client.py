@@ -76,6 +76,14 @@ class ClientSettings:
     # a longer answer is refused (MalformedResponseError, no retry): a hostile or broken provider
     # must not make the worker hold, publish or pay for it again
     max_answer_bytes: int = 4 * 1024 * 1024
+    # the most of an answer's body read off the wire (JSON, log-probs and escapes around the
+    # text); a longer body is refused the same way, read no further. None: 8 x max_answer_bytes
+    max_body_bytes: int | None = None
+
+    @property
+    def body_cap(self) -> int:
+        """The answer body cap in effect."""
+        return 8 * self.max_answer_bytes if self.max_body_bytes is None else self.max_body_bytes
 
 
 class ModelClient:
@@ -130,7 +138,11 @@ class ModelClient:
             return existing
         cls = OpenAIAdapter if spec.provider == "openai" else AnthropicAdapter
         made = cls(
-            base_url=spec.base_url, api_key=key, http=self.settings.http, transport=http_transport
+            base_url=spec.base_url,
+            api_key=key,
+            http=self.settings.http,
+            transport=http_transport,
+            max_body_bytes=self.settings.body_cap,
         )
         self._adapters[ident] = made
         return made

@@ -7,15 +7,17 @@ import asyncio
 import email.utils
 import ssl
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
 
-from worker.providers.engine.http11 import (
+from worker.providers.engine import (
     HttpEngine,
+    ResponseTooLarge,
     encode_request_head,
     header_line,
     origin_of,
@@ -28,7 +30,6 @@ from worker.providers.errors import (
     ProviderTimeoutError,
     status_error,
 )
-from worker.providers.pool import ShardedTransport
 from worker.providers.types import Secret
 from worker.secrets import redact
 
@@ -45,10 +46,6 @@ class HttpSettings:
     # connections (a lower cap closes the surplus after each answer and reconnects next call)
     max_keepalive_connections: int | None = None
     keepalive_expiry_s: float = 30.0
-    connections_per_shard: int = 64  # "httpcore" only; see worker.providers.pool
-    # "fast": worker.providers.engine.http11 (lean asyncio HTTP/1.1 pool, ~5x less CPU per call);
-    # "httpcore": httpx's own transport, sharded (worker.providers.pool)
-    transport_impl: Literal["fast", "httpcore"] = "fast"
 
     @property
     def keepalive_limit(self) -> int:
@@ -58,20 +55,13 @@ class HttpSettings:
         return self.max_keepalive_connections
 
 
-def default_transport(settings: HttpSettings) -> httpx.AsyncBaseTransport:
-    """The transport ``settings.transport_impl`` names, sized by ``settings``."""
-    if settings.transport_impl == "fast":
-        return HttpEngine(
-            max_connections=settings.max_connections,
-            max_keepalive_connections=settings.keepalive_limit,
-            keepalive_expiry_s=settings.keepalive_expiry_s,
-            ssl_context=_shared_ssl_context(),
-        )
-    return ShardedTransport(
+def default_transport(settings: HttpSettings) -> HttpEngine:
+    """The engine every adapter's client runs on, sized by ``settings``."""
+    return HttpEngine(
         max_connections=settings.max_connections,
         max_keepalive_connections=settings.keepalive_limit,
         keepalive_expiry_s=settings.keepalive_expiry_s,
-        connections_per_shard=settings.connections_per_shard,
+        ssl_context=_shared_ssl_context(),
     )
 
 
@@ -92,7 +82,7 @@ def make_client(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
     """One pooled keep-alive client. Carries no credentials: keys go on each request."""
-    client = httpx.AsyncClient(
+    return httpx.AsyncClient(
         base_url=base_url,
         timeout=httpx.Timeout(
             connect=settings.connect_timeout_s,
@@ -108,19 +98,6 @@ def make_client(
         transport=transport or default_transport(settings),
         follow_redirects=False,
     )
-    # httpx has no public way to install a Cookies subclass (the setter copies into a plain one)
-    client._cookies = _SetCookieOnly()
-    return client
-
-
-class _SetCookieOnly(httpx.Cookies):
-    """``httpx.Cookies`` that skips the stdlib cookie-jar round trip (a urllib Request and an
-    email Message built per answer: ~15% of the client's CPU per call) when an answer sets no
-    cookie. Answers with ``Set-Cookie`` are stored exactly as before."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        if "set-cookie" in response.headers:
-            super().extract_cookies(response)
 
 
 def endpoint_url(client: httpx.AsyncClient, path: str) -> httpx.URL:
@@ -173,19 +150,29 @@ class RequestTemplate:
     CPU per call). The client's headers and timeout are read when the template is made.
 
     :meth:`send` goes through ``client.send`` (auth, hooks, redirects, cookie extraction and the
-    transport are httpx's), except when the client's transport for the URL is our
-    :class:`HttpEngine` (given as ``fast``) and the client has no auth, no event hooks and no
-    cookies: then the request is encoded once here (the same head httpx would send) and
-    exchanged by ``HttpEngine.round_trip``, and a plain 2xx answer comes back as a
+    transport are httpx's), except when the client's transport is our :class:`HttpEngine`
+    (given as ``fast``; the client must have no mounts of its own, as :func:`make_client`
+    makes it) and the client has no auth, no event hooks, no proxy and no cookies: then the
+    request is encoded once here (the same head httpx would send) and exchanged by
+    ``HttpEngine.round_trip``, and a plain 2xx answer comes back as a
     :class:`RawResponse`; an encoded or cookie-setting answer, and any non-2xx answer, is still
     made an ``httpx.Response`` (decoded, cookies stored, errors mapped as before). httpx's
     request and response objects and its client layers were about half of the client's CPU per
     call. While the client holds cookies, ``build_request`` does the work."""
 
     __slots__ = (
-        "_client", "_close", "_fast", "_fixed", "_fixed_names", "_headers", "_method",
-        "_origin", "_prefix", "_timeout", "_url",
-    )  # fmt: skip
+        "_client",
+        "_close",
+        "_fast",
+        "_fixed",
+        "_fixed_names",
+        "_headers",
+        "_method",
+        "_origin",
+        "_prefix",
+        "_timeout",
+        "_url",
+    )
 
     def __init__(
         self,
@@ -209,7 +196,7 @@ class RequestTemplate:
         self._fast: HttpEngine | None = None
         self._prefix = b""
         self._close = False
-        if fast is not None and _direct_ok(client, url, fast):
+        if fast is not None and _direct_ok(client):
             self._origin = origin_of(url)
             self._prefix, self._close = encode_request_head(method, url, merged.raw)
             self._fast = fast
@@ -244,9 +231,11 @@ class RequestTemplate:
         model: str | None,
         secrets: Iterable[str],
         timeout_s: float,
+        max_body_bytes: int | None = None,
     ) -> Answer:
         """Send one request; return a 2xx answer or raise the mapped ProviderError (as
-        :func:`send_request`; ``timeout_s`` caps the whole exchange)."""
+        :func:`send_request`; ``timeout_s`` caps the whole exchange, ``max_body_bytes`` the
+        answer's body as received)."""
         fast, client = self._fast, self._client
         if (
             fast is None
@@ -261,6 +250,7 @@ class RequestTemplate:
                 model=model,
                 secrets=secrets,
                 timeout_s=timeout_s,
+                max_body_bytes=max_body_bytes,
             )
         parts = [self._prefix]
         if extra_headers:
@@ -277,6 +267,7 @@ class RequestTemplate:
                 self._timeout,
                 close=self._close,
                 deadline=deadline,
+                max_body_bytes=max_body_bytes,
             )
         except (httpx.TransportError, OSError) as exc:  # TimeoutError is an OSError
             raise _mapped(exc, timeout_s, provider, model, secrets) from None
@@ -290,13 +281,16 @@ class RequestTemplate:
         raise error_from_response(response, provider=provider, model=model, secrets=tuple(secrets))
 
 
-def _direct_ok(client: httpx.AsyncClient, url: httpx.URL, fast: HttpEngine) -> bool:
-    """Whether ``client.send`` would hand a request for ``url`` to ``fast`` with nothing of its
-    own on the way (no auth flow, no event hooks, no proxy mounted for the URL)."""
+def _direct_ok(client: httpx.AsyncClient) -> bool:
+    """Whether ``client.send`` hands a request to the client's own transport with nothing of
+    its own on the way: no auth flow, no event hooks, no proxy. (httpx mounts proxy transports
+    only for the proxies the environment names, and only with ``trust_env``.)"""
     if client.auth is not None or any(client.event_hooks.values()):
         return False
-    transport_for = getattr(client, "_transport_for_url", None)  # httpx's own choice of mount
-    return transport_for is not None and transport_for(url) is fast
+    if not client.trust_env:
+        return True
+    proxies = urllib.request.getproxies()  # what httpx reads the environment's proxies from
+    return not any(proxies.get(scheme) for scheme in ("http", "https", "all"))
 
 
 class HttpAdapter:
@@ -310,8 +304,11 @@ class HttpAdapter:
         api_key: Secret | None,
         http: HttpSettings | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_body_bytes: int | None = None,
     ):
         self.base_url = base_url.rstrip("/")
+        # the most of a completion's answer body read; a longer one is refused, read no further
+        self._max_body_bytes = max_body_bytes
         self._api_key = api_key
         self._http = http or HttpSettings()
         if transport is None:
@@ -399,11 +396,16 @@ async def send_request(
     model: str | None,
     secrets: Iterable[str],
     timeout_s: float,
+    max_body_bytes: int | None = None,
 ) -> httpx.Response:
-    """``send`` for a request already built (e.g. by a :class:`RequestTemplate`)."""
+    """``send`` for a request already built (e.g. by a :class:`RequestTemplate`); with
+    ``max_body_bytes``, a longer answer body is read no further (MalformedResponseError)."""
     try:
         async with asyncio.timeout(timeout_s):
-            response = await client.send(request)
+            if max_body_bytes is None:
+                response = await client.send(request)
+            else:
+                response = await _send_capped(client, request, max_body_bytes)
     except (httpx.TransportError, OSError) as exc:  # TimeoutError is an OSError
         raise _mapped(exc, timeout_s, provider, model, secrets) from None
     if response.status_code < 300:
@@ -411,10 +413,48 @@ async def send_request(
     raise error_from_response(response, provider=provider, model=model, secrets=tuple(secrets))
 
 
+async def _send_capped(
+    client: httpx.AsyncClient, request: httpx.Request, limit: int
+) -> httpx.Response:
+    """``client.send``, the body read as received (content-encoding not undone) up to ``limit``
+    bytes: ResponseTooLarge past it, the connection closed unread."""
+    response = await client.send(request, stream=True)
+    if response.is_stream_consumed:  # the transport answered with the body read already
+        if len(response.content) > limit:
+            raise ResponseTooLarge(limit, request)
+        return response
+    try:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ResponseTooLarge(limit, request)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size > limit:
+                raise ResponseTooLarge(limit, request)
+            chunks.append(chunk)
+    finally:
+        await response.aclose()
+    return httpx.Response(
+        response.status_code,
+        headers=response.headers,
+        content=b"".join(chunks),
+        request=request,
+        extensions=response.extensions,
+    )
+
+
 def _mapped(
     exc: Exception, timeout_s: float, provider: str, model: str | None, secrets: Iterable[str]
 ) -> ProviderError:
-    """The ProviderError for an exchange that timed out or whose connection failed."""
+    """The ProviderError for an exchange that timed out, whose connection failed, or whose
+    answer was longer than the caller reads (that one is the same answer again on a retry,
+    paid again: not retriable)."""
+    if isinstance(exc, ResponseTooLarge):
+        err = MalformedResponseError(str(exc), provider=provider, model=model)
+        err.retriable = False
+        return err
     if isinstance(exc, TimeoutError):
         return ProviderTimeoutError(
             f"no complete answer within {timeout_s:.3f} s", provider=provider, model=model

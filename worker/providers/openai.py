@@ -189,8 +189,15 @@ class OpenAIAdapter(HttpAdapter):
         api_key: Secret | None,
         http: HttpSettings | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_body_bytes: int | None = None,
     ):
-        super().__init__(base_url=base_url, api_key=api_key, http=http, transport=transport)
+        super().__init__(
+            base_url=base_url,
+            api_key=api_key,
+            http=http,
+            transport=transport,
+            max_body_bytes=max_body_bytes,
+        )
         self._chat_url = endpoint_url(self._client, "/chat/completions")
         self._chat = RequestTemplate(
             self._client, "POST", self._chat_url, self._headers(), self._fast
@@ -221,6 +228,7 @@ class OpenAIAdapter(HttpAdapter):
             model=spec.name,
             secrets=self._secret_values,
             timeout_s=min(timeout_s, self._http.total_timeout_s),
+            max_body_bytes=self._max_body_bytes,
         )
         latency_ms = (time.perf_counter() - started) * 1000.0
         wire = decode_json(
