@@ -55,14 +55,14 @@ async def test_direct_path_sends_what_httpx_sends_and_reads_the_answer():
         lambda ref: keep_alive(ref, ok(CHAT, b"x-request-id: req_7\r\n"))
     ) as server:
         transport = openai(server)
-        assert transport._chat._fast is not None  # HttpEngine under the client: direct
+        assert transport._completion._fast is not None  # HttpEngine under the client: direct
         request = CompletionRequest.from_prompt("q", request_id="r-1", max_tokens=5)
         result = await transport.complete(spec(server), request, timeout_s=5.0)
         assert (result.text, result.provider_request_id) == ("hi", "req_7")
         assert result.usage.input_tokens == 3
         # the same request through httpx's own layers, on the same client and connection
         payload = json.dumps(chat_body(spec(server), request)).encode()
-        template = transport._chat
+        template = transport._completion
         built = template.build(payload, {"x-client-request-id": "r-1"})
         via_httpx = await send_request(
             transport._client, built, provider="openai", model=None, secrets=(), timeout_s=5.0
@@ -132,7 +132,7 @@ async def test_chunked_answer_and_error_status_on_the_direct_path():
 async def test_direct_post_on_a_stale_connection_is_never_resent():
     async with await serve(dies_on_second_request) as server:
         transport = openai(server)
-        template = transport._chat
+        template = transport._completion
         first = await template.send(b"1", provider="openai", model=None, secrets=(), timeout_s=5.0)
         assert first.status_code == 200
         with pytest.raises(ProviderConnectionError):
@@ -149,12 +149,12 @@ async def test_direct_path_timeouts_map_to_provider_timeout():
     async with Server(silent) as server:
         transport = openai(server)
         with pytest.raises(ProviderTimeoutError):
-            await transport._chat.send(
+            await transport._completion.send(
                 b"{}", provider="openai", model=None, secrets=(), timeout_s=0.05
             )
         await transport.aclose()
         with pytest.raises(RuntimeError):  # a closed client refuses, as httpx does
-            await transport._chat.send(
+            await transport._completion.send(
                 b"{}", provider="openai", model=None, secrets=(), timeout_s=1.0
             )
 
@@ -165,7 +165,7 @@ def test_mock_transports_keep_httpx_path():
         api_key=None,
         transport=httpx.MockTransport(lambda r: httpx.Response(200)),
     )
-    assert transport._chat._fast is None
+    assert transport._completion._fast is None
     asyncio.run(transport.aclose())
 
 
@@ -174,5 +174,5 @@ def test_a_proxy_in_the_environment_keeps_httpx_path(monkeypatch, variable):
     # httpx mounts a proxy transport for it: the engine would bypass the proxy
     monkeypatch.setenv(variable, "http://127.0.0.1:9")
     transport = OpenAIAdapter(base_url="http://provider.test/v1", api_key=None)
-    assert transport._chat._fast is None
+    assert transport._completion._fast is None
     asyncio.run(transport.aclose())

@@ -9,26 +9,18 @@ log-probs. Usage: ``input_tokens`` here counts uncached + cache-read + cache-wri
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any, Final
 
-import httpx
 import msgspec
 
 from worker.config.models import ModelSpec
-from worker.providers.deployments import parse_rate_limit_headers
-from worker.providers.errors import ProviderError, UnsupportedRequestError, status_error
+from worker.providers.adapter import HttpAdapter, batch_item_error
+from worker.providers.errors import ProviderError, UnsupportedRequestError
 from worker.providers.http import (
-    HttpAdapter,
-    HttpSettings,
-    RequestTemplate,
     decode_json,
-    endpoint_url,
-    send,
 )
-from worker.providers.types import CompletionRequest, CompletionResult, FinishReason, Secret, Usage
+from worker.providers.types import CompletionRequest, CompletionResult, FinishReason, Usage
 
 PROVIDER: Final = "anthropic"
 API_VERSION = "2023-06-01"
@@ -193,29 +185,10 @@ class AnthropicAdapter(HttpAdapter):
     """One pooled client for one Anthropic ``base_url`` (host root, as the official SDK)."""
 
     provider = PROVIDER
+    completion_path = "/v1/messages"
+    request_id_header = "request-id"
 
-    def __init__(
-        self,
-        *,
-        base_url: str,
-        api_key: Secret | None,
-        http: HttpSettings | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        max_body_bytes: int | None = None,
-    ):
-        super().__init__(
-            base_url=base_url,
-            api_key=api_key,
-            http=http,
-            transport=transport,
-            max_body_bytes=max_body_bytes,
-        )
-        self._messages_url = endpoint_url(self._client, "/v1/messages")
-        self._messages = RequestTemplate(
-            self._client, "POST", self._messages_url, self._headers(), self._fast
-        )
-
-    def _headers(self) -> dict[str, str]:
+    def _headers(self, json: bool = True) -> dict[str, str]:
         headers = {
             "accept": "application/json",
             "content-type": "application/json",
@@ -225,53 +198,16 @@ class AnthropicAdapter(HttpAdapter):
             headers["x-api-key"] = self._api_key.reveal()
         return headers
 
-    async def _call(
-        self,
-        method: str,
-        path: str | httpx.URL,
-        *,
-        model: str | None,
-        timeout_s: float,
-        body: Any = None,
-    ) -> httpx.Response:
-        return await send(
-            self._client,
-            method,
-            path,
-            provider=PROVIDER,
-            model=model,
-            headers=self._headers(),
-            secrets=self._secret_values,
-            timeout_s=timeout_s,
-            json_body=msgspec.json.encode(body) if body is not None else None,
-        )
+    def _completion_body(self, spec: ModelSpec, request: CompletionRequest) -> dict[str, Any]:
+        return messages_body(spec, request)
 
-    async def complete(
-        self, spec: ModelSpec, request: CompletionRequest, *, timeout_s: float
+    def _completion_result(
+        self, content: bytes, spec: ModelSpec, *, latency_ms: float, request_id: str | None
     ) -> CompletionResult:
-        payload = msgspec.json.encode(messages_body(spec, request))
-        started = time.perf_counter()
-        response = await self._messages.send(
-            payload,
-            provider=PROVIDER,
-            model=spec.name,
-            secrets=self._secret_values,
-            timeout_s=min(timeout_s, self._http.total_timeout_s),
-            max_body_bytes=self._max_body_bytes,
-        )
-        latency_ms = (time.perf_counter() - started) * 1000.0
         wire = decode_json(
-            response.content,
-            MessageWire,
-            provider=PROVIDER,
-            model=spec.name,
-            secrets=self._secret_values,
+            content, MessageWire, provider=PROVIDER, model=spec.name, secrets=self._secret_values
         )
-        result = result_from_wire(
-            wire, spec, latency_ms=latency_ms, request_id=response.headers.get("request-id")
-        )
-        limits = parse_rate_limit_headers(response.headers)
-        return result if limits is None else replace(result, rate_limit=limits)
+        return result_from_wire(wire, spec, latency_ms=latency_ms, request_id=request_id)
 
     # -- Message Batches ---------------------------------------------------------------------
 
@@ -288,55 +224,46 @@ class AnthropicAdapter(HttpAdapter):
                 for cid, spec, req in requests
             ]
         }
-        response = await self._call(
-            "POST", "/v1/messages/batches", model=None, timeout_s=timeout_s, body=body
+        return await self._call_json(
+            MessageBatch,
+            "POST",
+            "/v1/messages/batches",
+            timeout_s=timeout_s,
+            json_body=msgspec.json.encode(body),
         )
-        return decode_json(response.content, MessageBatch, provider=PROVIDER, model=None)
 
     async def create_message_batch_from_items(
         self, items: Sequence[bytes], *, timeout_s: float = 300.0
     ) -> MessageBatch:
         """``POST /v1/messages/batches`` from items already encoded by `batch_request_item`."""
         payload = b'{"requests":[' + b",".join(items) + b"]}"
-        response = await send(
-            self._client,
-            "POST",
-            "/v1/messages/batches",
-            provider=PROVIDER,
-            model=None,
-            headers=self._headers(),
-            secrets=self._secret_values,
-            timeout_s=timeout_s,
-            json_body=payload,
+        return await self._call_json(
+            MessageBatch, "POST", "/v1/messages/batches", timeout_s=timeout_s, json_body=payload
         )
-        return decode_json(response.content, MessageBatch, provider=PROVIDER, model=None)
 
     async def retrieve_message_batch(
         self, batch_id: str, *, timeout_s: float = 60.0
     ) -> MessageBatch:
-        response = await self._call(
-            "GET", f"/v1/messages/batches/{batch_id}", model=None, timeout_s=timeout_s
+        return await self._call_json(
+            MessageBatch, "GET", f"/v1/messages/batches/{batch_id}", timeout_s=timeout_s
         )
-        return decode_json(response.content, MessageBatch, provider=PROVIDER, model=None)
 
     async def list_message_batches(
         self, *, limit: int = 100, after_id: str | None = None, timeout_s: float = 60.0
     ) -> MessageBatchList:
         """``GET /v1/messages/batches``: newest first; `after_id` pages on."""
         path = f"/v1/messages/batches?limit={limit}" + (f"&after_id={after_id}" if after_id else "")
-        response = await self._call("GET", path, model=None, timeout_s=timeout_s)
-        return decode_json(response.content, MessageBatchList, provider=PROVIDER, model=None)
+        return await self._call_json(MessageBatchList, "GET", path, timeout_s=timeout_s)
 
     async def cancel_message_batch(self, batch_id: str, *, timeout_s: float = 60.0) -> MessageBatch:
-        response = await self._call(
-            "POST", f"/v1/messages/batches/{batch_id}/cancel", model=None, timeout_s=timeout_s
+        return await self._call_json(
+            MessageBatch, "POST", f"/v1/messages/batches/{batch_id}/cancel", timeout_s=timeout_s
         )
-        return decode_json(response.content, MessageBatch, provider=PROVIDER, model=None)
 
     async def message_batch_results(self, batch_id: str, *, timeout_s: float = 600.0) -> bytes:
         """The results JSONL (``GET /v1/messages/batches/{id}/results``), lines in any order."""
         response = await self._call(
-            "GET", f"/v1/messages/batches/{batch_id}/results", model=None, timeout_s=timeout_s
+            "GET", f"/v1/messages/batches/{batch_id}/results", timeout_s=timeout_s
         )
         return response.content
 
@@ -379,22 +306,13 @@ def parse_batch_result_line(
             "overloaded_error": 529,
             "rate_limit_error": 429,
         }.get(str(etype), 500)
-        return wire.custom_id, status_error(
-            status=status,
-            body={"error": inner or {"message": "errored"}},
-            provider=PROVIDER,
-            model=spec.name,
-            request_id=None,
-            retry_after_s=None,
-            should_retry_header=None,
+        return wire.custom_id, batch_item_error(
+            status, {"error": inner or {"message": "errored"}}, PROVIDER, spec.name
         )
     # canceled / expired: the request never ran; a retry through the interactive path is safe.
-    return wire.custom_id, status_error(
-        status=408,
-        body={"error": {"type": res.type, "message": f"batch request {res.type}"}},
-        provider=PROVIDER,
-        model=spec.name,
-        request_id=None,
-        retry_after_s=None,
-        should_retry_header=None,
+    return wire.custom_id, batch_item_error(
+        408,
+        {"error": {"type": res.type, "message": f"batch request {res.type}"}},
+        PROVIDER,
+        spec.name,
     )

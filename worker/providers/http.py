@@ -30,7 +30,6 @@ from worker.providers.errors import (
     ProviderTimeoutError,
     status_error,
 )
-from worker.providers.types import Secret
 from worker.secrets import redact
 
 
@@ -291,38 +290,6 @@ def _direct_ok(client: httpx.AsyncClient) -> bool:
         return True
     proxies = urllib.request.getproxies()  # what httpx reads the environment's proxies from
     return not any(proxies.get(scheme) for scheme in ("http", "https", "all"))
-
-
-class HttpAdapter:
-    """What both provider adapters share: one pooled client per ``base_url``, the key kept as a
-    `Secret`, its value listed for redaction, and a repr that never shows it."""
-
-    def __init__(
-        self,
-        *,
-        base_url: str,
-        api_key: Secret | None,
-        http: HttpSettings | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        max_body_bytes: int | None = None,
-    ):
-        self.base_url = base_url.rstrip("/")
-        # the most of a completion's answer body read; a longer one is refused, read no further
-        self._max_body_bytes = max_body_bytes
-        self._api_key = api_key
-        self._http = http or HttpSettings()
-        if transport is None:
-            transport = default_transport(self._http)
-        self._client = make_client(self.base_url, self._http, transport)
-        # requests templated for this client may skip httpx's layers (see RequestTemplate)
-        self._fast = transport if isinstance(transport, HttpEngine) else None
-        self._secret_values: tuple[str, ...] = (api_key.reveal(),) if api_key else ()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self.base_url!r})"
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
 
 def parse_retry_after_s(

@@ -3,31 +3,22 @@ by ``base_url``) and the OpenAI Files + Batch API calls the batch jobs need."""
 
 from __future__ import annotations
 
-import time
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any, Final
 
-import httpx
 import msgspec
 
 from worker.config.models import ModelSpec
-from worker.providers.deployments import parse_rate_limit_headers
-from worker.providers.errors import MalformedResponseError, ProviderError, status_error
+from worker.providers.adapter import HttpAdapter, batch_item_error
+from worker.providers.errors import MalformedResponseError, ProviderError
 from worker.providers.http import (
-    HttpAdapter,
-    HttpSettings,
-    RequestTemplate,
     decode_json,
-    endpoint_url,
-    send,
 )
 from worker.providers.types import (
     CompletionRequest,
     CompletionResult,
     FinishReason,
-    Secret,
     TokenLogprob,
     Usage,
 )
@@ -181,100 +172,50 @@ class OpenAIAdapter(HttpAdapter):
     """One pooled client for one OpenAI-compatible ``base_url`` (ending in ``/v1``)."""
 
     provider = PROVIDER
+    completion_path = "/chat/completions"
+    request_id_header = "x-request-id"
 
-    def __init__(
-        self,
-        *,
-        base_url: str,
-        api_key: Secret | None,
-        http: HttpSettings | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        max_body_bytes: int | None = None,
-    ):
-        super().__init__(
-            base_url=base_url,
-            api_key=api_key,
-            http=http,
-            transport=transport,
-            max_body_bytes=max_body_bytes,
-        )
-        self._chat_url = endpoint_url(self._client, "/chat/completions")
-        self._chat = RequestTemplate(
-            self._client, "POST", self._chat_url, self._headers(), self._fast
-        )
-
-    def _headers(self, request_id: str | None = None, json: bool = True) -> dict[str, str]:
+    def _headers(self, json: bool = True) -> dict[str, str]:
         headers = {"accept": "application/json"}
         if json:
             headers["content-type"] = "application/json"
         if self._api_key is not None:
             headers["authorization"] = f"Bearer {self._api_key.reveal()}"
-        client_id = client_request_id(request_id)
-        if client_id is not None:
-            headers["x-client-request-id"] = client_id
         return headers
 
-    async def complete(
-        self, spec: ModelSpec, request: CompletionRequest, *, timeout_s: float
-    ) -> CompletionResult:
-        payload = msgspec.json.encode(chat_body(spec, request))
+    def _completion_body(self, spec: ModelSpec, request: CompletionRequest) -> dict[str, Any]:
+        return chat_body(spec, request)
+
+    def _completion_headers(self, request: CompletionRequest) -> Mapping[str, str] | None:
         client_id = client_request_id(request.request_id)
-        extra = {"x-client-request-id": client_id} if client_id is not None else None
-        started = time.perf_counter()
-        response = await self._chat.send(
-            payload,
-            extra,
-            provider=PROVIDER,
-            model=spec.name,
-            secrets=self._secret_values,
-            timeout_s=min(timeout_s, self._http.total_timeout_s),
-            max_body_bytes=self._max_body_bytes,
-        )
-        latency_ms = (time.perf_counter() - started) * 1000.0
+        return {"x-client-request-id": client_id} if client_id is not None else None
+
+    def _completion_result(
+        self, content: bytes, spec: ModelSpec, *, latency_ms: float, request_id: str | None
+    ) -> CompletionResult:
         wire = decode_json(
-            response.content,
+            content,
             ChatCompletionWire,
             provider=PROVIDER,
             model=spec.name,
             secrets=self._secret_values,
         )
-        result = result_from_wire(
-            wire, spec, latency_ms=latency_ms, request_id=response.headers.get("x-request-id")
-        )
-        limits = parse_rate_limit_headers(response.headers)
-        return result if limits is None else replace(result, rate_limit=limits)
+        return result_from_wire(wire, spec, latency_ms=latency_ms, request_id=request_id)
 
     # -- Files and Batches -------------------------------------------------------------------
-
-    async def _call(
-        self, method: str, path: str, *, timeout_s: float, **kwargs: Any
-    ) -> httpx.Response:
-        json_body = kwargs.pop("json_body", None)
-        return await send(
-            self._client,
-            method,
-            path,
-            provider=PROVIDER,
-            model=None,
-            headers=self._headers(json=json_body is not None),
-            secrets=self._secret_values,
-            timeout_s=timeout_s,
-            json_body=json_body,
-            **kwargs,
-        )
 
     async def upload_batch_file(
         self, content: bytes, *, filename: str = "batch.jsonl", timeout_s: float = 300.0
     ) -> FileObject:
         """``POST /files`` (multipart, ``purpose=batch``)."""
-        response = await self._call(
+        return await self._call_json(
+            FileObject,
             "POST",
             "/files",
             timeout_s=timeout_s,
             files={"file": (filename, content, "application/jsonl")},
             data={"purpose": "batch"},
         )
-        return decode_json(response.content, FileObject, provider=PROVIDER, model=None)
 
     async def create_batch(
         self,
@@ -292,26 +233,30 @@ class OpenAIAdapter(HttpAdapter):
         }
         if metadata:
             body["metadata"] = dict(metadata)
-        response = await self._call(
-            "POST", "/batches", timeout_s=timeout_s, json_body=msgspec.json.encode(body)
+        return await self._call_json(
+            BatchObject,
+            "POST",
+            "/batches",
+            timeout_s=timeout_s,
+            json_body=msgspec.json.encode(body),
         )
-        return decode_json(response.content, BatchObject, provider=PROVIDER, model=None)
 
     async def retrieve_batch(self, batch_id: str, *, timeout_s: float = 60.0) -> BatchObject:
-        response = await self._call("GET", f"/batches/{batch_id}", timeout_s=timeout_s)
-        return decode_json(response.content, BatchObject, provider=PROVIDER, model=None)
+        return await self._call_json(
+            BatchObject, "GET", f"/batches/{batch_id}", timeout_s=timeout_s
+        )
 
     async def list_batches(
         self, *, limit: int = 100, after: str | None = None, timeout_s: float = 60.0
     ) -> BatchList:
         """``GET /batches``: newest first; pass the last id as `after` for the next page."""
         query = f"/batches?limit={limit}" + (f"&after={after}" if after else "")
-        response = await self._call("GET", query, timeout_s=timeout_s)
-        return decode_json(response.content, BatchList, provider=PROVIDER, model=None)
+        return await self._call_json(BatchList, "GET", query, timeout_s=timeout_s)
 
     async def cancel_batch(self, batch_id: str, *, timeout_s: float = 60.0) -> BatchObject:
-        response = await self._call("POST", f"/batches/{batch_id}/cancel", timeout_s=timeout_s)
-        return decode_json(response.content, BatchObject, provider=PROVIDER, model=None)
+        return await self._call_json(
+            BatchObject, "POST", f"/batches/{batch_id}/cancel", timeout_s=timeout_s
+        )
 
     async def download_file(self, file_id: str, *, timeout_s: float = 600.0) -> bytes:
         """``GET /files/{id}/content``: the batch output or error JSONL."""
@@ -365,25 +310,16 @@ def parse_batch_output_line(
             err_body: Any = msgspec.json.decode(bytes(resp.body))
         except msgspec.DecodeError:
             err_body = None
-        return wire.custom_id, status_error(
-            status=resp.status_code,
-            body=err_body,
-            provider=PROVIDER,
-            model=spec.name,
-            request_id=resp.request_id,
-            retry_after_s=None,
-            should_retry_header=None,
+        return wire.custom_id, batch_item_error(
+            resp.status_code, err_body, PROVIDER, spec.name, resp.request_id
         )
     code = wire.error.code if wire.error else None
     message = (wire.error.message if wire.error else None) or "batch request failed"
-    return wire.custom_id, status_error(
-        status=500 if code != "batch_expired" else 408,
-        body={"error": {"message": message, "code": code}},
-        provider=PROVIDER,
-        model=spec.name,
-        request_id=None,
-        retry_after_s=None,
-        should_retry_header=None,
+    return wire.custom_id, batch_item_error(
+        500 if code != "batch_expired" else 408,
+        {"error": {"message": message, "code": code}},
+        PROVIDER,
+        spec.name,
     )
 
 
