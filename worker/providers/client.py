@@ -30,7 +30,7 @@ import httpx
 from worker.config.models import Catalogue, ModelSpec
 from worker.providers.anthropic import AnthropicAdapter
 from worker.providers.breaker import BreakerSettings, CircuitBreaker
-from worker.providers.deployments import DeploymentState, order_deployments
+from worker.providers.deployments import Booking, DeploymentState, order_deployments
 from worker.providers.errors import (
     AllModelsFailedError,
     CircuitOpenError,
@@ -253,7 +253,7 @@ class ModelClient:
                 last_error = scrub_error(exc, self.redactor)
                 errors.append(last_error)
                 if not attempts or attempts[-1].error_type != exc.code:
-                    attempts.append(self._attempt(spec, exc, 0.0, 0, "error"))
+                    attempts.append(attempt_of(spec, exc, 0.0, 0, "error"))
                 break
             except ProviderError as exc:
                 last_error = scrub_error(exc, self.redactor)
@@ -275,46 +275,6 @@ class ModelClient:
             errors=errors,
         )
 
-    @staticmethod
-    def _attempt(
-        spec: ModelSpec,
-        error: ProviderError | None,
-        latency_ms: float,
-        retry: int,
-        status: str,
-        deployment: str | None = None,
-    ) -> Attempt:
-        return Attempt(
-            model=spec.name,
-            provider=spec.provider,
-            status="ok" if error is None else ("skipped" if status == "skipped" else "error"),
-            latency_ms=latency_ms,
-            http_status=error.status
-            if isinstance(error, ProviderStatusError)
-            else (200 if error is None else None),
-            error_type=None if error is None else error.code,
-            retry=retry,
-            deployment=deployment,
-        )
-
-    def _tokens(
-        self, request: CompletionRequest, spec: ModelSpec, states: Sequence[DeploymentState]
-    ) -> tuple[int, int]:
-        """(tokens a call books against tpm, output tokens expected): the input estimated from
-        its characters (4 a token) plus max_tokens, as providers count a request for tpm (0 when
-        no deployment counts tokens)."""
-        n_out = request.max_tokens or self.settings.expected_output_tokens
-        if not any(s.limits.track for s in states):
-            return 0, n_out
-        chars = 0
-        for message in request.messages:
-            content = message.get("content")
-            if isinstance(content, str):
-                chars += len(content)
-            elif isinstance(content, list):
-                chars += sum(len(str(p.get("text", ""))) for p in content if isinstance(p, dict))
-        return chars // 4 + 1 + (request.max_tokens or spec.default_max_tokens), n_out
-
     async def _call_model(
         self,
         spec: ModelSpec,
@@ -325,7 +285,7 @@ class ModelClient:
         fastest: bool,
     ) -> tuple[CompletionResult, DeploymentState, str]:
         states = self._states[spec.name]
-        tokens, n_out = self._tokens(request, spec, states)
+        tokens, n_out = tokens_of(request, spec, states, self.settings.expected_output_tokens)
         if len(states) == 1:  # nothing to choose (a breaker is asked when the call is made)
             return (
                 await self._call_deployment(
@@ -351,7 +311,7 @@ class ModelClient:
                 provider=spec.provider,
                 model=spec.name,
             )
-            attempts.append(self._attempt(spec, err, 0.0, 0, "skipped"))
+            attempts.append(attempt_of(spec, err, 0.0, 0, "skipped"))
             raise err
         failed: list[str] = []
         last_error: ProviderError | None = None
@@ -383,6 +343,8 @@ class ModelClient:
         tokens: int,
         n_out: int,
     ) -> CompletionResult:
+        """One deployment: its key, rate-limit headroom and breaker first, then the call in one
+        of its slots (retried only when no other deployment comes after it: ``more``)."""
         spec = state.deployment.spec
         label = state.name if state.deployment.listed else None
         adapter = self._dep_adapter[(spec.name, state.name)]
@@ -392,7 +354,7 @@ class ModelClient:
                 provider=spec.provider,
                 model=spec.name,
             )
-            attempts.append(self._attempt(spec, err, 0.0, 0, "skipped", label))
+            attempts.append(attempt_of(spec, err, 0.0, 0, "skipped", label))
             raise err
         await self._wait_for_headroom(state, spec, deadline, attempts, tokens, n_out, label)
         breaker = state.breaker
@@ -402,66 +364,16 @@ class ModelClient:
                 provider=spec.provider,
                 model=spec.name,
             )
-            attempts.append(self._attempt(spec, err, 0.0, 0, "skipped", label))
+            attempts.append(attempt_of(spec, err, 0.0, 0, "skipped", label))
             raise err
         verdict_given = False
-        slot = state.slots
-        cap_s = math.inf
-        expected = state.expected_ms(n_out) if more else None
-        if expected is not None:
-            cap_s = max(
-                self.settings.failover_timeout_min_s,
-                self.settings.failover_timeout_factor * expected / 1000.0,
-            )
-        answered_ms = 0.0
         try:
-            if slot.locked():  # only a wait needs the deadline (a timeout costs per call)
-                try:
-                    async with asyncio.timeout(max(deadline.remaining_s(), 0.0)):
-                        await slot.acquire()
-                except TimeoutError:
-                    raise DeadlineExceededError(
-                        "deadline passed waiting for a concurrency slot",
-                        provider=spec.provider,
-                        model=spec.name,
-                    ) from None
-            else:
-                await slot.acquire()  # free: returns at once
-            booked = state.limits.take(tokens)
-            state.in_flight += 1
-            try:
-
-                def on_attempt(retry: int, error: ProviderError | None, latency_ms: float) -> None:
-                    nonlocal answered_ms
-                    attempts.append(self._attempt(spec, error, latency_ms, retry, "error", label))
-                    if error is None:
-                        answered_ms = latency_ms
-                    elif isinstance(error, RateLimitError):
-                        state.limits.blocked_for(error.retry_after_s or 1.0)
-
-                async def call(timeout_s: float) -> CompletionResult:
-                    result = await adapter.complete(spec, request, timeout_s=min(timeout_s, cap_s))
-                    self._check(spec, result)
-                    return result
-
-                result = await call_with_retries(
-                    call,
-                    policy=_NO_RETRY if more else self.settings.retry,
-                    deadline=deadline,
-                    on_attempt=on_attempt,
-                    sleep=self._sleep,
-                    rand=self._rand,
-                    clock=self._clock,
-                )
-            finally:
-                state.in_flight -= 1
-                slot.release()
+            result, answered_ms, booked = await self._call_in_slot(
+                state, adapter, request, deadline, attempts, more, tokens, n_out
+            )
             breaker.record_success()
             verdict_given = True
-            state.latency.add(result.usage.output_tokens, answered_ms)
-            state.limits.settle(booked, result.usage.total_tokens)
-            if result.rate_limit is not None:
-                state.limits.observe(result.rate_limit, tokens)
+            state.record_answer(result, answered_ms, booked, tokens)
             return result
         except ProviderError as exc:
             if exc.trips_breaker:
@@ -471,6 +383,83 @@ class ModelClient:
         finally:
             if not verdict_given:
                 breaker.release()
+
+    async def _call_in_slot(
+        self,
+        state: DeploymentState,
+        adapter: AnyAdapter,
+        request: CompletionRequest,
+        deadline: Deadline,
+        attempts: list[Attempt],
+        more: bool,
+        tokens: int,
+        n_out: int,
+    ) -> tuple[CompletionResult, float, Booking]:
+        """The call with its retries, holding one of the deployment's slots: the result, the
+        latency of the answer and the rate-limit booking made for it."""
+        spec = state.deployment.spec
+        label = state.name if state.deployment.listed else None
+        cap_s = self._try_cap_s(state, n_out) if more else math.inf
+        answered_ms = 0.0
+        await self._take_slot(state, deadline)
+        booked = state.limits.take(tokens)
+        state.in_flight += 1
+        try:
+
+            def on_attempt(retry: int, error: ProviderError | None, latency_ms: float) -> None:
+                nonlocal answered_ms
+                attempts.append(attempt_of(spec, error, latency_ms, retry, "error", label))
+                if error is None:
+                    answered_ms = latency_ms
+                elif isinstance(error, RateLimitError):
+                    state.limits.blocked_for(error.retry_after_s or 1.0)
+
+            async def call(timeout_s: float) -> CompletionResult:
+                result = await adapter.complete(spec, request, timeout_s=min(timeout_s, cap_s))
+                refuse_impossible(spec, result, self.settings.max_answer_bytes)
+                return result
+
+            result = await call_with_retries(
+                call,
+                policy=_NO_RETRY if more else self.settings.retry,
+                deadline=deadline,
+                on_attempt=on_attempt,
+                sleep=self._sleep,
+                rand=self._rand,
+                clock=self._clock,
+            )
+        finally:
+            state.in_flight -= 1
+            state.slots.release()
+        return result, answered_ms, booked
+
+    def _try_cap_s(self, state: DeploymentState, n_out: int) -> float:
+        """The cap of a try that has other deployments after it: max(min, factor x its
+        expected latency); none while its latency is unknown."""
+        expected = state.expected_ms(n_out)
+        if expected is None:
+            return math.inf
+        return max(
+            self.settings.failover_timeout_min_s,
+            self.settings.failover_timeout_factor * expected / 1000.0,
+        )
+
+    @staticmethod
+    async def _take_slot(state: DeploymentState, deadline: Deadline) -> None:
+        slot = state.slots
+        if not slot.locked():
+            await slot.acquire()  # free: returns at once
+            return
+        spec = state.deployment.spec
+        try:  # only a wait needs the deadline (a timeout costs per call)
+            async with asyncio.timeout(max(deadline.remaining_s(), 0.0)):
+                await slot.acquire()
+        except TimeoutError:
+            raise DeadlineExceededError(
+                "deadline passed waiting for a concurrency slot",
+                provider=spec.provider,
+                model=spec.name,
+            ) from None
 
     async def _wait_for_headroom(
         self,
@@ -495,33 +484,10 @@ class ModelClient:
                     provider=spec.provider,
                     model=spec.name,
                 )
-                attempts.append(self._attempt(spec, err, 0.0, 0, "skipped", label))
+                attempts.append(attempt_of(spec, err, 0.0, 0, "skipped", label))
                 raise err
             await self._sleep(wait)
             wait = state.limits.wait_s(tokens)
-
-    def _check(self, spec: ModelSpec, result: CompletionResult) -> None:
-        """Refuse an answer no model can give: usage that is negative, not an integer or
-        beyond the model's context window, or text beyond `max_answer_bytes`. Retrying would
-        pay for the same answer again, so the error is not retriable."""
-        u = result.usage
-        counts = (u.input_tokens, u.output_tokens, u.cached_input_tokens)
-        problem = None
-        if any(type(c) is not int or c < 0 for c in counts):
-            problem = f"impossible usage {counts}"
-        elif u.input_tokens + u.output_tokens > spec.context_window_tokens:
-            problem = (
-                f"usage of {u.input_tokens + u.output_tokens} tokens exceeds the "
-                f"{spec.context_window_tokens}-token context window"
-            )
-        elif len(result.text) > self.settings.max_answer_bytes or (
-            len(result.text.encode()) > self.settings.max_answer_bytes
-        ):
-            problem = f"answer longer than max_answer_bytes {self.settings.max_answer_bytes}"
-        if problem is not None:
-            err = MalformedResponseError(problem, provider=spec.provider, model=spec.name)
-            err.retriable = False
-            raise err
 
     async def aclose(self) -> None:
         await asyncio.gather(*(t.aclose() for t in self._adapters.values()))
@@ -531,3 +497,70 @@ class ModelClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def attempt_of(
+    spec: ModelSpec,
+    error: ProviderError | None,
+    latency_ms: float,
+    retry: int,
+    status: str,
+    deployment: str | None = None,
+) -> Attempt:
+    """The record of one try (``status`` "skipped" for a deployment not called)."""
+    return Attempt(
+        model=spec.name,
+        provider=spec.provider,
+        status="ok" if error is None else ("skipped" if status == "skipped" else "error"),
+        latency_ms=latency_ms,
+        http_status=error.status
+        if isinstance(error, ProviderStatusError)
+        else (200 if error is None else None),
+        error_type=None if error is None else error.code,
+        retry=retry,
+        deployment=deployment,
+    )
+
+
+def tokens_of(
+    request: CompletionRequest,
+    spec: ModelSpec,
+    states: Sequence[DeploymentState],
+    expected_output_tokens: int,
+) -> tuple[int, int]:
+    """(tokens a call books against tpm, output tokens expected): the input estimated from its
+    characters (4 a token) plus max_tokens, as providers count a request for tpm (0 when no
+    deployment counts tokens)."""
+    n_out = request.max_tokens or expected_output_tokens
+    if not any(s.limits.track for s in states):
+        return 0, n_out
+    chars = 0
+    for message in request.messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            chars += sum(len(str(p.get("text", ""))) for p in content if isinstance(p, dict))
+    return chars // 4 + 1 + (request.max_tokens or spec.default_max_tokens), n_out
+
+
+def refuse_impossible(spec: ModelSpec, result: CompletionResult, max_answer_bytes: int) -> None:
+    """Refuse an answer no model can give: usage that is negative, not an integer or beyond the
+    model's context window, or text beyond ``max_answer_bytes``. Retrying would pay for the same
+    answer again, so the error is not retriable."""
+    u = result.usage
+    counts = (u.input_tokens, u.output_tokens, u.cached_input_tokens)
+    problem = None
+    if any(type(c) is not int or c < 0 for c in counts):
+        problem = f"impossible usage {counts}"
+    elif u.input_tokens + u.output_tokens > spec.context_window_tokens:
+        problem = (
+            f"usage of {u.input_tokens + u.output_tokens} tokens exceeds the "
+            f"{spec.context_window_tokens}-token context window"
+        )
+    elif len(result.text) > max_answer_bytes or len(result.text.encode()) > max_answer_bytes:
+        problem = f"answer longer than max_answer_bytes {max_answer_bytes}"
+    if problem is not None:
+        err = MalformedResponseError(problem, provider=spec.provider, model=spec.name)
+        err.retriable = False
+        raise err

@@ -43,7 +43,10 @@ from typing import Protocol
 
 from worker.config.models import Deployment, RoutingStrategy
 from worker.providers.breaker import BreakerSettings, CircuitBreaker
-from worker.providers.types import RateLimitInfo
+from worker.providers.types import CompletionResult, RateLimitInfo
+
+# a rate-limit booking: the bucket a call was counted in and the tokens estimated for it
+Booking = tuple[list[float], float]
 
 WINDOW_S = 60.0  # rpm / tpm are per minute
 
@@ -289,7 +292,7 @@ class RateLimits:
                 return bucket[0] + span
         return self._buckets[-1][0] + span if self._buckets else 0.0
 
-    def take(self, tokens: float) -> tuple[list[float], float]:
+    def take(self, tokens: float) -> Booking:
         if not self.track:
             return _NOT_BOOKED
         start = math.floor(self._clock() / self.bucket_s) * self.bucket_s
@@ -305,7 +308,7 @@ class RateLimits:
         self._tokens += tokens
         return bucket, float(tokens)
 
-    def settle(self, booked: tuple[list[float], float], tokens: float) -> None:
+    def settle(self, booked: Booking, tokens: float) -> None:
         """Replace a booking's estimate by the tokens the answer reports."""
         bucket, estimate = booked
         if (
@@ -325,7 +328,7 @@ class RateLimits:
             self.blocked_for(info.reset_tokens_s if info.reset_tokens_s is not None else 1.0)
 
 
-_NOT_BOOKED: tuple[list[float], float] = ([0.0, 0.0, 0.0], 0.0)
+_NOT_BOOKED: Booking = ([0.0, 0.0, 0.0], 0.0)
 
 
 # ---------------------------------------------------------------- one deployment
@@ -359,6 +362,16 @@ class DeploymentState:
     @property
     def name(self) -> str:
         return self.deployment.name
+
+    def record_answer(
+        self, result: CompletionResult, latency_ms: float, booked: Booking, tokens_next: float
+    ) -> None:
+        """An answer came: its latency joins the fit, its usage replaces the booking's
+        estimate, its rate-limit headers (if any) update the limits."""
+        self.latency.add(result.usage.output_tokens, latency_ms)
+        self.limits.settle(booked, result.usage.total_tokens)
+        if result.rate_limit is not None:
+            self.limits.observe(result.rate_limit, tokens_next)
 
     def expected_ms(self, output_tokens: int) -> float | None:
         """Expected time to answer a call with ``output_tokens``: queueing for a slot (calls
