@@ -60,6 +60,17 @@ _NO_RETRY = RetryPolicy(max_retries=0)
 
 
 @dataclass(frozen=True, slots=True)
+class _ModelCall:
+    """One model of a ``complete`` call: what every try of its deployments shares."""
+
+    request: CompletionRequest
+    deadline: Deadline
+    attempts: list[Attempt]  # of the whole chain, appended to
+    tokens: int  # booked against tpm per call
+    n_out: int  # output tokens expected
+
+
+@dataclass(frozen=True, slots=True)
 class ClientSettings:
     http: HttpSettings = field(default_factory=HttpSettings)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -286,11 +297,10 @@ class ModelClient:
     ) -> tuple[CompletionResult, DeploymentState, str]:
         states = self._states[spec.name]
         tokens, n_out = tokens_of(request, spec, states, self.settings.expected_output_tokens)
+        call = _ModelCall(request, deadline, attempts, tokens, n_out)
         if len(states) == 1:  # nothing to choose (a breaker is asked when the call is made)
             return (
-                await self._call_deployment(
-                    states[0], request, deadline, attempts, False, tokens, n_out
-                ),
+                await self._call_deployment(states[0], call, False),
                 states[0],
                 "the only deployment",
             )
@@ -318,9 +328,7 @@ class ModelClient:
         for k, option in enumerate(order):
             state = states[option.index]
             try:
-                result = await self._call_deployment(
-                    state, request, deadline, attempts, k < len(order) - 1, tokens, n_out
-                )
+                result = await self._call_deployment(state, call, k < len(order) - 1)
             except DeadlineExceededError:
                 raise
             except ProviderError as exc:
@@ -334,14 +342,7 @@ class ModelClient:
         raise last_error
 
     async def _call_deployment(
-        self,
-        state: DeploymentState,
-        request: CompletionRequest,
-        deadline: Deadline,
-        attempts: list[Attempt],
-        more: bool,
-        tokens: int,
-        n_out: int,
+        self, state: DeploymentState, call: _ModelCall, more: bool
     ) -> CompletionResult:
         """One deployment: its key, rate-limit headroom and breaker first, then the call in one
         of its slots (retried only when no other deployment comes after it: ``more``)."""
@@ -354,9 +355,9 @@ class ModelClient:
                 provider=spec.provider,
                 model=spec.name,
             )
-            attempts.append(attempt_of(spec, err, 0.0, 0, "skipped", label))
+            call.attempts.append(attempt_of(spec, err, 0.0, 0, "skipped", label))
             raise err
-        await self._wait_for_headroom(state, spec, deadline, attempts, tokens, n_out, label)
+        await self._wait_for_headroom(state, call, label)
         breaker = state.breaker
         if not breaker.allow():
             err = CircuitOpenError(
@@ -364,16 +365,14 @@ class ModelClient:
                 provider=spec.provider,
                 model=spec.name,
             )
-            attempts.append(attempt_of(spec, err, 0.0, 0, "skipped", label))
+            call.attempts.append(attempt_of(spec, err, 0.0, 0, "skipped", label))
             raise err
         verdict_given = False
         try:
-            result, answered_ms, booked = await self._call_in_slot(
-                state, adapter, request, deadline, attempts, more, tokens, n_out
-            )
+            result, answered_ms, booked = await self._call_in_slot(state, adapter, call, more)
             breaker.record_success()
             verdict_given = True
-            state.record_answer(result, answered_ms, booked, tokens)
+            state.record_answer(result, answered_ms, booked, call.tokens)
             return result
         except ProviderError as exc:
             if exc.trips_breaker:
@@ -385,44 +384,37 @@ class ModelClient:
                 breaker.release()
 
     async def _call_in_slot(
-        self,
-        state: DeploymentState,
-        adapter: AnyAdapter,
-        request: CompletionRequest,
-        deadline: Deadline,
-        attempts: list[Attempt],
-        more: bool,
-        tokens: int,
-        n_out: int,
+        self, state: DeploymentState, adapter: AnyAdapter, call: _ModelCall, more: bool
     ) -> tuple[CompletionResult, float, Booking]:
         """The call with its retries, holding one of the deployment's slots: the result, the
         latency of the answer and the rate-limit booking made for it."""
         spec = state.deployment.spec
         label = state.name if state.deployment.listed else None
-        cap_s = self._try_cap_s(state, n_out) if more else math.inf
+        cap_s = self._try_cap_s(state, call.n_out) if more else math.inf
         answered_ms = 0.0
-        await self._take_slot(state, deadline)
-        booked = state.limits.take(tokens)
+        await self._take_slot(state, call.deadline)
+        booked = state.limits.take(call.tokens)
         state.in_flight += 1
         try:
 
             def on_attempt(retry: int, error: ProviderError | None, latency_ms: float) -> None:
                 nonlocal answered_ms
-                attempts.append(attempt_of(spec, error, latency_ms, retry, "error", label))
+                call.attempts.append(attempt_of(spec, error, latency_ms, retry, "error", label))
                 if error is None:
                     answered_ms = latency_ms
                 elif isinstance(error, RateLimitError):
                     state.limits.blocked_for(error.retry_after_s or 1.0)
 
-            async def call(timeout_s: float) -> CompletionResult:
-                result = await adapter.complete(spec, request, timeout_s=min(timeout_s, cap_s))
+            async def once(timeout_s: float) -> CompletionResult:
+                timeout_s = min(timeout_s, cap_s)
+                result = await adapter.complete(spec, call.request, timeout_s=timeout_s)
                 refuse_impossible(spec, result, self.settings.max_answer_bytes)
                 return result
 
             result = await call_with_retries(
-                call,
+                once,
                 policy=_NO_RETRY if more else self.settings.retry,
-                deadline=deadline,
+                deadline=call.deadline,
                 on_attempt=on_attempt,
                 sleep=self._sleep,
                 rand=self._rand,
@@ -462,21 +454,16 @@ class ModelClient:
             ) from None
 
     async def _wait_for_headroom(
-        self,
-        state: DeploymentState,
-        spec: ModelSpec,
-        deadline: Deadline,
-        attempts: list[Attempt],
-        tokens: int,
-        n_out: int,
-        label: str | None,
+        self, state: DeploymentState, call: _ModelCall, label: str | None
     ) -> None:
         """Wait until the deployment has rate-limit headroom, when that wait (plus the expected
         answer time) fits the deadline and ``max_rate_limit_wait_s``; else RateLimitWaitError."""
-        wait = state.limits.wait_s(tokens)
+        spec = state.deployment.spec
+        wait = state.limits.wait_s(call.tokens)
         while wait > 0:
-            answer_s = (state.expected_ms(n_out) or 0.0) / 1000.0
-            budget = min(self.settings.max_rate_limit_wait_s, deadline.remaining_s() - answer_s)
+            answer_s = (state.expected_ms(call.n_out) or 0.0) / 1000.0
+            remaining_s = call.deadline.remaining_s()
+            budget = min(self.settings.max_rate_limit_wait_s, remaining_s - answer_s)
             if wait > budget:
                 err = RateLimitWaitError(
                     f"rate limit: {wait:.1f} s to headroom, more than the {max(budget, 0):.1f} s "
@@ -484,10 +471,10 @@ class ModelClient:
                     provider=spec.provider,
                     model=spec.name,
                 )
-                attempts.append(attempt_of(spec, err, 0.0, 0, "skipped", label))
+                call.attempts.append(attempt_of(spec, err, 0.0, 0, "skipped", label))
                 raise err
             await self._sleep(wait)
-            wait = state.limits.wait_s(tokens)
+            wait = state.limits.wait_s(call.tokens)
 
     async def aclose(self) -> None:
         await asyncio.gather(*(t.aclose() for t in self._adapters.values()))

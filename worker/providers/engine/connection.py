@@ -21,6 +21,11 @@ class StaleConnection(Exception):
     """A reused connection failed before any byte of the answer: safe to retry (idempotent)."""
 
 
+def _resolve(fut: asyncio.Future[None] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)
+
+
 def _expire(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_exception(TimeoutError())
@@ -109,18 +114,12 @@ class Connection(asyncio.Protocol):
         self._wake_writer()
 
     def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        waiter, self.waiter = self.waiter, None
+        _resolve(waiter)
 
     def _wake_writer(self) -> None:
-        writable = self.writable
-        if writable is not None:
-            self.writable = None
-            if not writable.done():
-                writable.set_result(None)
+        writable, self.writable = self.writable, None
+        _resolve(writable)
 
     # -- the receive buffer ------------------------------------------------------------------
 
