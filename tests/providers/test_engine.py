@@ -272,6 +272,37 @@ async def test_large_body_in_many_pieces_and_a_head_split_byte_by_byte():
         assert server.connections == 1
 
 
+async def test_a_body_not_taken_is_not_read_off_the_socket():
+    # read back-pressure: while the caller holds the stream without reading, the server can
+    # only fill the kernel's socket buffers and the engine's bounded one, not the client's memory
+    size = 96 * 1024 * 1024
+    written = 0
+
+    async def handler(reader, writer, _):
+        nonlocal written
+        if await server.read_request(reader) is None:
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
+        piece = b"y" * (256 * 1024)
+        while written < size:
+            writer.write(piece)
+            await writer.drain()
+            written += len(piece)
+
+    async with Server(handler) as server:
+        http, _ = client(server.url, timeout=httpx.Timeout(30.0))
+        async with http, http.stream("GET", "/") as response:
+            seen = -1
+            while seen != written:  # until the server is stalled by flow control
+                seen = written
+                await asyncio.sleep(0.3)
+            assert written < 48 * 1024 * 1024  # far from the whole body
+            total = 0
+            async for chunk in response.aiter_raw():
+                total += len(chunk)
+            assert total == size  # paused and resumed, nothing lost
+
+
 @pytest.mark.parametrize(
     ("method", "status", "extra"),
     [("HEAD", 200, b"content-length: 1234\r\n"), ("GET", 204, b""), ("GET", 304, b"")],
