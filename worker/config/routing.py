@@ -3,11 +3,12 @@ requests are routed."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from worker.config.base import Section
 
 __all__ = [
+    "OVERRIDES",
     "ArmSpec",
     "ExperimentSpec",
     "Override",
@@ -28,6 +29,7 @@ Override = Literal[
     "max_cost_usd",
     "mode",
 ]
+OVERRIDES: tuple[Override, ...] = get_args(Override)
 
 
 class RouterSettings(Section, frozen=True, kw_only=True):
@@ -91,15 +93,7 @@ class TenantSettings(Section, frozen=True, kw_only=True):
     # tenant from another topic, or naming another tenant from one of these, is rejected: the
     # topic's ACLs, not the payload, say who is asking.
     topics: tuple[str, ...] | None = None
-    allow_overrides: tuple[Override, ...] = (
-        "policy",
-        "threshold",
-        "strong_fraction",
-        "allowed_models",
-        "denied_models",
-        "max_cost_usd",
-        "mode",
-    )
+    allow_overrides: tuple[Override, ...] = OVERRIDES  # every one by default
 
 
 class ArmSpec(Section, frozen=True, kw_only=True):
