@@ -47,15 +47,15 @@ from scale_bench import Member, _all_ready, _sim_calls, _start_sim  # noqa: E402
 from worker_bench import KEYS, _localkafka  # noqa: E402
 
 import schemas  # noqa: E402
+from tests.kafka.test_worker_edges import _NotUtf8, _send_raw_batch  # noqa: E402
 from tests.worker.support import (  # noqa: E402
     dataset_rows,
     request_event,
     train_artifact,
     worker_config_data,
 )
-from tests.worker.test_worker_edges import _NotUtf8, _send_raw_batch  # noqa: E402
 from worker.config.kafka import TopicSettings  # noqa: E402
-from worker.topics import ensure_topics  # noqa: E402
+from worker.kafka.topics import ensure_topics  # noqa: E402
 
 PARTITIONS = 12
 CODECS = [None, "gzip", "snappy", "lz4", "zstd"]

@@ -57,7 +57,7 @@ from tests.worker.support import (  # noqa: E402
     worker_config_data,
 )
 from worker.config.kafka import TopicSettings  # noqa: E402
-from worker.topics import ensure_topics  # noqa: E402
+from worker.kafka.topics import ensure_topics  # noqa: E402
 
 PARTITIONS = 12
 LATENCY = "fixed:500"

@@ -57,11 +57,11 @@ from tests.worker.support import (  # noqa: E402
 from worker.app import build  # noqa: E402
 from worker.config.models import STRONG_MODEL, WEAK_MODEL  # noqa: E402
 from worker.config.telemetry import TelemetryConfig  # noqa: E402
+from worker.kafka.topics import ensure_topics  # noqa: E402
 from worker.logs import setup_logging  # noqa: E402
 from worker.secrets import MIN_FRAGMENT  # noqa: E402
 from worker.sim import Fault, SimConfig, Simulator  # noqa: E402
 from worker.telemetry import Tracing, build_tracer_provider  # noqa: E402
-from worker.topics import ensure_topics  # noqa: E402
 
 KEYS = {
     "SIM_OPENAI_API_KEY": "tok_9f8E7d6C5b4A3928170FedcbaQ",  # no sk- prefix

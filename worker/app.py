@@ -19,25 +19,26 @@ from aiokafka.errors import KafkaError
 
 import schemas
 from routers.artifact import load_artifact
-from worker import lograte, secrets
+from worker import secrets
 from worker.batch.backends import backend_factory
 from worker.cli import version
 from worker.config import Config
 from worker.config.models import Catalogue
 from worker.feedback import FeedbackStats, run_feedback
 from worker.judge import Judge, JudgeSettings
-from worker.loop import Worker, close_quietly
+from worker.kafka import lograte
+from worker.kafka.member import Worker, close_quietly
+from worker.kafka.observer import MetricsObserver
+from worker.kafka.semcache_sync import SemanticCacheSync
+from worker.kafka.topics import ensure_topics
 from worker.metrics import Health, OpsServer, OpsServerConfig, WorkerMetrics
-from worker.observer import MetricsObserver
 from worker.pipeline import Arm, Pipeline, RoutingCore, load_answer_scorers
 from worker.providers.client import ClientSettings, ModelClient
 from worker.providers.http import HttpSettings
 from worker.providers.retry import RetryPolicy
-from worker.semcache_sync import SemanticCacheSync
 from worker.spend import SpendLedger, SpendLimit, SpendSync
 from worker.telemetry import Tracing
 from worker.telemetry.scores import LangfuseScores
-from worker.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ import schemas
 from worker import config as config_mod
 from worker.cli import next_hint
 from worker.config.models import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
+from worker.kafka.topics import ensure_topics
 from worker.sim import Dataset, Latency, SimConfig, Simulator, grade
-from worker.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "routing" / "mmlu_dev.jsonl"

@@ -29,9 +29,9 @@ from aiokafka.structs import OffsetAndMetadata
 
 import schemas
 from worker.config.kafka import KafkaSettings, TopicSettings
-from worker.deadletter import dead_letter
 from worker.errors import InvalidRecord
-from worker.loop import close_quietly
+from worker.kafka.deadletter import dead_letter
+from worker.kafka.member import close_quietly
 from worker.telemetry.propagation import context_headers
 from worker.telemetry.scores import LangfuseScores, ScoreRejected, ScoreUnavailable, score_trace_id
 

@@ -1,6 +1,6 @@
 """Structured logs: one JSON object per line, secrets scrubbed as defence in depth.
 
-    {"ts": "2026-01-02T03:04:05.678Z", "level": "info", "logger": "worker.loop",
+    {"ts": "2026-01-02T03:04:05.678Z", "level": "info", "logger": "worker.kafka.member",
      "msg": "routed", "request_id": "r-1", "tenant": "acme", "model": "small"}
 
 Fields passed with `extra=` are written as top-level keys (values that JSON cannot encode are

@@ -38,8 +38,8 @@ import schemas
 from routers.features import prompt_text
 from routers.outcomes import Answered, Label
 from worker.config.kafka import KafkaSettings
+from worker.kafka.topics import partition_counts
 from worker.providers.types import Secret
-from worker.topics import partition_counts
 
 log = logging.getLogger(__name__)
 

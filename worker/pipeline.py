@@ -1,5 +1,5 @@
 """One request, end to end: deadline -> tenant policy -> route -> call (cascade, fallbacks) ->
-response and decision events. The Kafka loop (`worker.loop`) calls `Pipeline.handle`.
+response and decision events. The Kafka loop (`worker.kafka.member`) calls `Pipeline.handle`.
 
 Policy resolution: a request may only *narrow* what its tenant allows (fewer models, more denied,
 a lower budget); `policy`, `threshold`, `strong_fraction` and `mode` overrides apply when the
@@ -49,7 +49,7 @@ from worker.errors import (
     WorkerError,
 )
 from worker.judge import Judge, JudgeSettings
-from worker.loop import Deferred, Handled, RecordInfo
+from worker.kafka.member import Deferred, Handled, RecordInfo
 from worker.providers.client import ModelClient
 from worker.providers.errors import AllModelsFailedError, CircuitOpenError, ProviderError
 from worker.providers.redaction import scrub_error, scrub_result
@@ -65,7 +65,7 @@ from worker.telemetry import Tracing
 
 if TYPE_CHECKING:
     from routers.semcache import CacheHit
-    from worker.semcache_sync import CachedAnswer, SemanticCacheSync
+    from worker.kafka.semcache_sync import CachedAnswer, SemanticCacheSync
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ ShadowSink = Callable[
     [schemas.RouteResponse, schemas.RoutingDecision, list[schemas.Feedback]], Awaitable[None]
 ]
 
-PREPARE_CHUNK = 64  # requests scored per batched `predict` (worker.loop fetches up to thousands)
+PREPARE_CHUNK = 64  # requests scored per batched `predict` (the member fetches up to thousands)
 
 
 @dataclass(frozen=True)

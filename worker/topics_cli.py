@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from worker.cli import UserError, next_hint
+from worker.kafka.topics import ensure_topics
 from worker.ops.common import (
     Connection,
     add_connection_args,
@@ -23,7 +24,6 @@ from worker.ops.common import (
     partition_counts,
     reach,
 )
-from worker.topics import ensure_topics
 
 
 def register(sub: Any) -> None:

@@ -43,9 +43,9 @@ from tests.worker.support import (
 )
 from worker.app import build
 from worker.config.kafka import KafkaSettings
+from worker.kafka.topics import ensure_topics
 from worker.logs import setup_logging
 from worker.sim import SimConfig, Simulator
-from worker.topics import ensure_topics
 
 pytestmark = pytest.mark.kafka
 

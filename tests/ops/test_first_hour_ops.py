@@ -18,7 +18,7 @@ from tests.conftest import TopicFactory
 from tests.kafka_support import unique_topic
 from worker.__main__ import main
 from worker.config.kafka import TOPIC_ROLES
-from worker.deadletter import dead_letter
+from worker.kafka.deadletter import dead_letter
 
 
 async def _cli(*argv: str) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import schemas
-from worker.deadletter import dead_letter
+from worker.kafka.deadletter import dead_letter
 from worker.ops.common import Pacer, Progress, load_connection, parse_range
 from worker.ops.dlq import REPLAY_HEADER, Selection, plan
 from worker.ops.produce import InvalidLine, RequestDefaults, request_from_line

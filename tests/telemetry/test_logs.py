@@ -33,12 +33,12 @@ def parsed(stream: io.StringIO) -> list[dict[str, Any]]:
 
 
 def test_one_json_object_per_line_with_extras(lines: io.StringIO):
-    log = logging.getLogger("worker.loop")
+    log = logging.getLogger("worker.kafka.member")
     log.info("routed %s", "req-1", extra={"request_id": "req-1", "tenant": "acme", "model": "s"})
     log.warning("slow", extra={"latency_ms": 812.5, "when": object})
     (first, second) = parsed(lines)
     assert first["msg"] == "routed req-1" and first["level"] == "info"
-    assert first["logger"] == "worker.loop"
+    assert first["logger"] == "worker.kafka.member"
     assert (first["request_id"], first["tenant"], first["model"]) == ("req-1", "acme", "s")
     assert first["ts"].endswith("Z") and len(first["ts"]) == len("2026-01-02T03:04:05.678Z")
     assert second["latency_ms"] == 812.5 and second["when"] == str(object)

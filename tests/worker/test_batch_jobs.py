@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 import schemas
 from tests.conftest import TopicFactory
+from tests.kafka.test_worker_kafka import _topics
 from tests.worker.support import (
     ROOT,
     ROWS,
@@ -32,15 +33,14 @@ from tests.worker.support import (
     worker_config,
     worker_config_data,
 )
-from tests.worker.test_worker_kafka import _topics
 from worker.app import build
 from worker.batch.crash import ENV as CRASH_ENV
 from worker.batch.crash import STEPS
 from worker.config.models import simulator_catalogue
+from worker.kafka.topics import ensure_topics
 from worker.providers.types import Usage
 from worker.sim import SimConfig, Simulator
 from worker.sim.config import BatchTiming
-from worker.topics import ensure_topics
 
 pytestmark = [pytest.mark.kafka]
 

@@ -12,8 +12,8 @@ from tests.conftest import TopicFactory
 from tests.worker.support import poll_until, worker_config, worker_config_data
 from worker.app import build
 from worker.config.models import STRONG_MODEL
+from worker.kafka.topics import ensure_topics
 from worker.sim import Simulator
-from worker.topics import ensure_topics
 
 pytestmark = pytest.mark.kafka
 

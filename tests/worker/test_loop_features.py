@@ -18,6 +18,7 @@ import schemas
 from routers.artifact import load_artifact
 from routers.split import choose
 from tests.conftest import TopicFactory
+from tests.kafka.test_worker_kafka import _topics
 from tests.worker.support import (
     ROWS,
     Collector,
@@ -27,11 +28,10 @@ from tests.worker.support import (
     train_artifact,
     worker_config,
 )
-from tests.worker.test_worker_kafka import _topics
 from worker.app import build
 from worker.config.models import STRONG_MODEL, WEAK_MODEL
+from worker.kafka.topics import ensure_topics
 from worker.sim import Simulator
-from worker.topics import ensure_topics
 
 pytestmark = [pytest.mark.kafka]
 

@@ -15,7 +15,7 @@ from routers.artifact import load_artifact
 from schemas import RoutingOptions
 from tests.worker.support import ROWS, SIM_KEYS, request_event, worker_config
 from worker.config.models import STRONG_MODEL, WEAK_MODEL
-from worker.loop import Handled, RecordInfo
+from worker.kafka.member import Handled, RecordInfo
 from worker.pipeline import Pipeline, RoutingCore
 from worker.providers.client import ModelClient
 from worker.sim import Simulator
@@ -227,7 +227,7 @@ async def test_a_cached_answer_is_served_only_from_an_eligible_model(
     import asyncio
 
     from worker.config.cache import CacheSettings
-    from worker.semcache_sync import SemanticCacheSync
+    from worker.kafka.semcache_sync import SemanticCacheSync
 
     cache = SemanticCacheSync(CacheSettings(enabled=True))
     prompt = [schemas.Message(role="user", content="What is the boiling point of water?")]

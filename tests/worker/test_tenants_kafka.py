@@ -12,11 +12,11 @@ import pytest
 
 import schemas
 from tests.conftest import TopicFactory
+from tests.kafka.test_worker_kafka import _run_until, _topics
 from tests.worker.support import ROWS, poll_until, produce, read_all, request_event, worker_config
-from tests.worker.test_worker_kafka import _run_until, _topics
 from worker.app import build
+from worker.kafka.topics import ensure_topics
 from worker.sim import Simulator
-from worker.topics import ensure_topics
 
 pytestmark = pytest.mark.kafka
 

@@ -15,6 +15,7 @@ import pytest
 
 import schemas
 from tests.conftest import TopicFactory
+from tests.kafka.test_worker_kafka import _run_until, _topics
 from tests.kafka_support import create_topics, localkafka, unique_topic
 from tests.worker.support import (
     ROWS,
@@ -26,12 +27,11 @@ from tests.worker.support import (
     worker_config,
     worker_config_data,
 )
-from tests.worker.test_worker_kafka import _run_until, _topics
 from tests.worker.test_worker_processes import _spawn
 from worker.app import build
 from worker.config.models import WEAK_MODEL
+from worker.kafka.topics import ensure_topics
 from worker.sim import Fault, Latency, SimConfig, Simulator
-from worker.topics import ensure_topics
 
 
 @pytest.fixture

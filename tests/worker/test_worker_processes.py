@@ -17,6 +17,7 @@ import pytest
 
 import schemas
 from tests.conftest import TopicFactory
+from tests.kafka.test_worker_kafka import _run_until, _topics
 from tests.worker.support import (
     ROOT,
     ROWS,
@@ -29,10 +30,9 @@ from tests.worker.support import (
     worker_config,
     worker_config_data,
 )
-from tests.worker.test_worker_kafka import _run_until, _topics
 from worker.app import build
+from worker.kafka.topics import ensure_topics
 from worker.sim import Latency, SimConfig, Simulator
-from worker.topics import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

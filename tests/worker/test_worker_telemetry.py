@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 import schemas
 from schemas.trace import request_key, trace_id_hex
 from tests.conftest import TopicFactory
+from tests.kafka.test_worker_kafka import _run_until, _topics
 from tests.telemetry.conftest import langfuse_config
 from tests.telemetry.receiver import LangfuseReceiver
 from tests.worker.support import (
@@ -22,14 +23,13 @@ from tests.worker.support import (
     request_event,
     worker_config,
 )
-from tests.worker.test_worker_kafka import _run_until, _topics
 from worker.app import build
 from worker.config.telemetry import TelemetryConfig
 from worker.feedback import FeedbackRetry, FeedbackStats, run_feedback
+from worker.kafka.topics import ensure_topics
 from worker.sim import Simulator
 from worker.telemetry import Tracing
 from worker.telemetry.scores import LangfuseScores
-from worker.topics import ensure_topics
 
 pytestmark = pytest.mark.kafka
 

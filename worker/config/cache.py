@@ -1,4 +1,4 @@
-"""`[cache]`: the semantic cache (worker.semcache_sync uses it; routers.semcache holds the core)."""
+"""`[cache]`: the semantic cache (worker.kafka.semcache_sync; its core: routers.semcache)."""
 
 from __future__ import annotations
 

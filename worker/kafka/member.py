@@ -2,9 +2,9 @@
 
 At least once, nothing lost:
 - an offset is finished only when its response (or dead-letter record) is acknowledged by the
-  broker; each partition commits its longest finished prefix (`worker.offsets`);
+  broker; each partition commits its longest finished prefix (`worker.kafka.offsets`);
 - an invalid or oversized record goes to the dead-letter topic with its original bytes;
-- a request id that already has a published response is skipped (`worker.dedupe`);
+- a request id that already has a published response is skipped (`worker.kafka.dedupe`);
 - above `max_in_flight` unfinished records the loop pauses fetching and keeps polling;
 - a revoked partition is drained (bounded) and committed before it moves;
 - `stop()` (SIGTERM) stops fetching, drains within `drain_timeout_s`, commits and returns.
@@ -47,15 +47,15 @@ from worker.batch.store import JobStore
 from worker.config import BatchSettings
 from worker.config.kafka import KafkaSettings, LoopSettings, TopicSettings
 from worker.config.telemetry import TelemetryConfig
-from worker.deadletter import dead_letter
-from worker.dedupe import AnsweredIds, load_answered, marker, marker_partition
 from worker.errors import InvalidRecord, OversizedRecord, UnpublishableRecord, UnreadableRecord
-from worker.offsets import OffsetTracker
+from worker.kafka.deadletter import dead_letter
+from worker.kafka.dedupe import AnsweredIds, load_answered, marker, marker_partition
+from worker.kafka.offsets import OffsetTracker
+from worker.kafka.raw import RawFetcher, read_batches
+from worker.kafka.topics import max_message_bytes, partition_counts
 from worker.providers.types import CompletionRequest, CompletionResult
-from worker.records import RawFetcher, read_batches
 from worker.telemetry import RequestSpan, Tracing
 from worker.telemetry.propagation import context_headers, record_context_headers
-from worker.topics import max_message_bytes, partition_counts
 
 log = logging.getLogger(__name__)
 
@@ -637,7 +637,7 @@ class Worker:
 
     def _decode(self, record: Any) -> Decoded:
         """The request, or the dead-letter reason (error type, message)."""
-        problem = getattr(record, "problem", None)  # set on records read raw (worker.records)
+        problem = getattr(record, "problem", None)  # set on records read raw (worker.kafka.raw)
         if problem is not None:
             return (UnreadableRecord.code, problem)
         value: bytes = record.value if record.value is not None else b""

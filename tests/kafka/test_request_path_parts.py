@@ -16,8 +16,8 @@ from prometheus_client import generate_latest
 from routers.artifact import load_artifact
 from schemas import RoutingOptions
 from tests.worker.support import ROWS, request_event, worker_config
-from worker.dedupe import marker
-from worker.loop import KeyHashPartitioner, _all_acked
+from worker.kafka.dedupe import marker
+from worker.kafka.member import KeyHashPartitioner, _all_acked
 from worker.metrics import WorkerMetrics
 from worker.pipeline import RoutingCore
 

@@ -1,10 +1,10 @@
-"""The raw record reader (worker.records) on batches built by aiokafka's own builder."""
+"""The raw record reader (worker.kafka.raw) on batches built by aiokafka's own builder."""
 
 from __future__ import annotations
 
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 
-from worker.records import read_batches
+from worker.kafka.raw import read_batches
 
 
 class _NotUtf8(str):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import TopicFactory
-from tests.worker.test_worker_edges import _fill_done_topic
-from worker.dedupe import StateLoadTimeout, load_answered
+from tests.kafka.test_worker_edges import _fill_done_topic
+from worker.kafka.dedupe import StateLoadTimeout, load_answered
 
 pytestmark = pytest.mark.kafka
 

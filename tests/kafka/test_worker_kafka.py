@@ -23,8 +23,8 @@ from tests.worker.support import (
     worker_config,
 )
 from worker.app import build
+from worker.kafka.topics import ensure_topics
 from worker.sim import Simulator
-from worker.topics import ensure_topics
 
 pytestmark = pytest.mark.kafka
 

@@ -45,7 +45,7 @@ from routers.semcache import (
     VectorizerParams,
 )
 from worker.config.cache import CacheSettings
-from worker.topics import partition_counts
+from worker.kafka.topics import partition_counts
 
 __all__ = [
     "CacheStats",

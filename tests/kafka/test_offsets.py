@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.offsets import OffsetTracker, PartitionOffsets
+from worker.kafka.offsets import OffsetTracker, PartitionOffsets
 
 
 def test_commits_only_the_finished_prefix() -> None:

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 import schemas
 from tests.conftest import TopicFactory
+from tests.kafka.test_worker_kafka import _run_until, _topics
 from tests.kafka_support import create_topics, java_produce
 from tests.worker.support import (
     ROWS,
@@ -23,12 +24,11 @@ from tests.worker.support import (
     request_event,
     worker_config,
 )
-from tests.worker.test_worker_kafka import _run_until, _topics
 from worker.app import build
-from worker.dedupe import marker
-from worker.loop import Worker, _NullObserver
+from worker.kafka.dedupe import marker
+from worker.kafka.member import Worker, _NullObserver
+from worker.kafka.topics import ensure_topics
 from worker.sim import Simulator
-from worker.topics import ensure_topics
 
 pytestmark = pytest.mark.kafka
 

@@ -16,8 +16,8 @@ import pytest
 from tests.kafka_support import create_topics, localkafka, unique_topic
 from tests.worker.support import poll_until, worker_config, worker_config_data
 from tests.worker.test_worker_processes import _free_port, _ready, _spawn
+from worker.kafka.topics import ensure_topics
 from worker.sim import Simulator
-from worker.topics import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 import schemas
 from tests.conftest import TopicFactory
 from worker.config.cache import CacheSettings
-from worker.semcache_sync import SemanticCacheSync, cache_key, entry_key
+from worker.kafka.semcache_sync import SemanticCacheSync, cache_key, entry_key
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 QUESTION = "What is the boiling point of water at sea level, in degrees Celsius?"
