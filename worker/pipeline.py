@@ -49,7 +49,7 @@ from worker.errors import (
     WorkerError,
 )
 from worker.judge import Judge, JudgeSettings
-from worker.kafka.member import Deferred, Handled, RecordInfo
+from worker.kafka.records import Deferred, Handled, RecordInfo
 from worker.providers.client import ModelClient
 from worker.providers.errors import AllModelsFailedError, CircuitOpenError, ProviderError
 from worker.providers.redaction import scrub_error, scrub_result

@@ -17,7 +17,7 @@ from tests.worker.support import ROWS, request_event, worker_config
 from worker.config import ConfigError
 from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL, Catalogue
 from worker.judge import Judge, JudgeSettings
-from worker.kafka.member import RecordInfo
+from worker.kafka.records import RecordInfo
 from worker.pipeline import Pipeline, RoutingCore, load_answer_scorers
 from worker.providers.client import ModelClient
 from worker.providers.types import Usage

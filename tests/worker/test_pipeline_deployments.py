@@ -20,7 +20,7 @@ from tests.providers.conftest import FakeClock
 from tests.worker.support import ROWS, SIM_KEYS, request_event, worker_config, worker_config_data
 from worker.config.models import STRONG_MODEL, WEAK_MODEL
 from worker.config.telemetry import TelemetryConfig
-from worker.kafka.member import Handled, RecordInfo
+from worker.kafka.records import Handled, RecordInfo
 from worker.pipeline import Pipeline, RoutingCore
 from worker.providers import CompletionRequest, ModelClient
 from worker.telemetry import Tracing, build_tracer_provider

@@ -34,8 +34,8 @@ from worker.__main__ import main
 from worker.app import start_ops_server
 from worker.cli import Stages, UserError, next_hint
 from worker.config.kafka import TOPIC_ROLES
-from worker.kafka.member import Handled
 from worker.kafka.observer import MetricsObserver
+from worker.kafka.records import Handled
 from worker.logs import TextFormatter, setup_logging
 from worker.metrics import Health, WorkerMetrics
 from worker.ops.status import Member, PartitionLag, Status

@@ -13,7 +13,7 @@ import pytest
 from routers.artifact import load_artifact
 from tests.conftest import TopicFactory
 from tests.worker.support import ROWS, SIM_KEYS, poll_until, request_event, worker_config
-from worker.kafka.member import Handled, RecordInfo
+from worker.kafka.records import Handled, RecordInfo
 from worker.pipeline import Pipeline, RoutingCore
 from worker.providers.client import ModelClient
 from worker.sim import Simulator

@@ -15,7 +15,7 @@ from routers.artifact import load_artifact
 from schemas import RoutingOptions
 from tests.worker.support import ROWS, SIM_KEYS, request_event, worker_config
 from worker.config.models import STRONG_MODEL, WEAK_MODEL
-from worker.kafka.member import Handled, RecordInfo
+from worker.kafka.records import Handled, RecordInfo
 from worker.pipeline import Pipeline, RoutingCore
 from worker.providers.client import ModelClient
 from worker.sim import Simulator

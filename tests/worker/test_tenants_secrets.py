@@ -23,7 +23,7 @@ from schemas import RoutingOptions
 from tests.worker.support import ROWS, replay_dataset, request_event, worker_config
 from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL
 from worker.config.telemetry import TelemetryConfig
-from worker.kafka.member import Handled, RecordInfo
+from worker.kafka.records import Handled, RecordInfo
 from worker.logs import setup_logging
 from worker.pipeline import Pipeline, RoutingCore
 from worker.providers.client import ClientSettings, ModelClient

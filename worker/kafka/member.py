@@ -18,8 +18,8 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
@@ -52,14 +52,14 @@ from worker.kafka.deadletter import dead_letter
 from worker.kafka.dedupe import AnsweredIds, load_answered, marker, marker_partition
 from worker.kafka.offsets import OffsetTracker
 from worker.kafka.raw import RawFetcher, read_batches
+from worker.kafka.records import Deferred, Handled, Pipeline, RecordInfo
 from worker.kafka.topics import max_message_bytes, partition_counts
-from worker.providers.types import CompletionRequest, CompletionResult
+from worker.providers.types import CompletionResult
 from worker.telemetry import RequestSpan, Tracing
 from worker.telemetry.propagation import context_headers, record_context_headers
 
 log = logging.getLogger(__name__)
 
-Headers = list[tuple[str, bytes]]
 # what `getmany` raises on a record it cannot read (besides non-Kafka errors of its reader)
 _UNREADABLE = (CorruptRecordException, UnsupportedCodecError)
 # publish failures that are the record's own fault (retrying cannot help it for long); any other
@@ -159,65 +159,6 @@ def _cut_letter(
 
 
 Decoded = schemas.RouteRequest | tuple[schemas.ErrorCode, str]  # the request, or (code, reason)
-
-
-@dataclass(frozen=True)
-class RecordInfo:
-    """Where a request came from; what tracing and the dead-letter record need."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    headers: Headers
-    timestamp_ms: int | None
-
-
-@dataclass(frozen=True)
-class Handled:
-    """What the pipeline made of one request: the response, and the decision to publish."""
-
-    response: schemas.RouteResponse
-    decision: schemas.RoutingDecision | None = None
-    reply_topic: str | None = None
-    headers: Headers = field(default_factory=list)
-    routing_ms: float | None = None  # time the routing decision took
-    strong_cost_usd: float | None = None  # the same usage priced at the strong model
-
-
-@dataclass(frozen=True)
-class Deferred:
-    """A batch-mode request, routed: the loop hands it to the batch jobs (`worker.batch`)."""
-
-    model: str
-    call: CompletionRequest
-    decision: schemas.RoutingDecision | None = None
-
-
-class Pipeline(Protocol):
-    def prepare(self, requests: Sequence[schemas.RouteRequest]) -> Sequence[object]:
-        """Work done once for the valid requests of a fetched batch (e.g. one batched routing
-        `predict`); item i is handed to `handle` of requests[i]. Must not raise."""
-        ...
-
-    async def handle(
-        self,
-        request: schemas.RouteRequest,
-        record: RecordInfo,
-        prepared: object = None,
-        *,
-        interactive: bool = False,
-    ) -> Handled | Deferred: ...
-
-    def batch_response(self, finished: Finished) -> Handled: ...
-
-    def redacted(self, finished: Finished) -> Finished:
-        """The ended batch item with its provider strings redacted (before any use)."""
-        ...
-
-    def internal_error(
-        self, request: schemas.RouteRequest, record: RecordInfo, exc: BaseException
-    ) -> Handled: ...
 
 
 class LoopObserver(Protocol):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from worker.kafka.member import Handled
+from worker.kafka.records import Handled
 from worker.metrics import Health, WorkerMetrics
 
 log = logging.getLogger(__name__)
