@@ -37,7 +37,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
     InMemorySpanExporter,
@@ -57,6 +56,7 @@ from tests.worker.support import (  # noqa: E402
 from worker.app import build  # noqa: E402
 from worker.config.models import STRONG_MODEL, WEAK_MODEL  # noqa: E402
 from worker.config.telemetry import TelemetryConfig  # noqa: E402
+from worker.kafka.table import read_to_end  # noqa: E402
 from worker.kafka.topics import ensure_topics  # noqa: E402
 from worker.logs import setup_logging  # noqa: E402
 from worker.secrets import MIN_FRAGMENT  # noqa: E402
@@ -140,30 +140,7 @@ def _localkafka() -> Any:
 
 async def _drain(bootstrap: str, topic: str) -> list[Any]:
     """Every record of `topic`, from its start to its end offsets."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    out: list[Any] = []
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        if not tps:
-            return out
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            positions = [await consumer.position(tp) for tp in tps]
-            if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
-                break
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                out.extend(records)
-        return out
-    finally:
-        await consumer.stop()
+    return await read_to_end({"bootstrap_servers": bootstrap}, topic)
 
 
 def _fragments(text: str) -> int:

@@ -32,13 +32,12 @@ from typing import Any, TypeVar
 
 import httpx
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 import schemas
 from routers.features import prompt_text
 from routers.outcomes import Answered, Label
 from worker.config.kafka import KafkaSettings
-from worker.kafka.topics import partition_counts
+from worker.kafka.table import read_to_end
 from worker.providers.types import Secret
 
 log = logging.getLogger(__name__)
@@ -63,38 +62,9 @@ async def read_topic_records(
     kafka: KafkaSettings, topic: str, *, idle_timeout_s: float = 30.0
 ) -> list[Any]:
     """Every record of `topic` from its beginning to its end offsets at the start of the read.
-    A missing topic has no records. Raises TimeoutError when no progress is made for
-    `idle_timeout_s` while records are still expected."""
-    kwargs = kafka.common_kwargs()
-    counts = await partition_counts(kwargs, [topic])
-    if topic not in counts:
-        return []
-    tps = [TopicPartition(topic, p) for p in range(counts[topic])]
-    consumer = AIOKafkaConsumer(
-        group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", **kwargs
-    )
-    await consumer.start()
-    out: list[Any] = []
-    try:
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        pending = {tp for tp in tps if end[tp] > 0}
-        loop = asyncio.get_running_loop()
-        last_progress = loop.time()
-        while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=500)
-            for records in batch.values():
-                out.extend(records)
-            done = {tp for tp in pending if await consumer.position(tp) >= end[tp]}
-            if batch or done:
-                last_progress = loop.time()
-            pending -= done
-            if pending and loop.time() - last_progress > idle_timeout_s:
-                raise TimeoutError(f"reading {topic}: no progress for {idle_timeout_s:.0f} s")
-    finally:
-        await consumer.stop()
-    return out
+    A missing topic has no records. Raises TimeoutError (`TopicNotReady`) when no progress is
+    made for `idle_timeout_s` while records are still expected."""
+    return await read_to_end(kafka.common_kwargs(), topic, timeout_s=idle_timeout_s)
 
 
 async def read_events(

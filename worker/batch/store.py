@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 import schemas
+from worker.kafka.table import latest, read_to_end, scan
 
 log = logging.getLogger(__name__)
 
@@ -71,43 +71,16 @@ class JobStore:
         prefixes = tuple(f"{source_topic}:{p}:".encode() for p in wanted)
         if not wanted:
             return {}
-        latest: dict[bytes, bytes | None] = {}
-        consumer = AIOKafkaConsumer(
-            enable_auto_commit=False, group_id=None, max_partition_fetch_bytes=8 * 1024 * 1024,
-            **self.client_kwargs,
-        )  # fmt: skip
-        await consumer.start()
-        try:
-            tps = sorted(
-                {TopicPartition(self.topic, self._partition(p)) for p in wanted},
-                key=lambda tp: tp.partition,
-            )
-            consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
-            begins = await consumer.beginning_offsets(tps)
-            remaining = set()
-            for tp in tps:
-                if begins[tp] < ends[tp]:
-                    consumer.seek(tp, begins[tp])
-                    remaining.add(tp)
-            deadline = time.monotonic() + timeout_s
-            while remaining:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"reading {self.topic} took longer than {timeout_s}s")
-                batch = await consumer.getmany(*remaining, timeout_ms=500)
-                for records in batch.values():
-                    for record in records:
-                        if record.key is not None and record.key.startswith(prefixes):
-                            latest[record.key] = record.value
-                for tp in list(remaining):
-                    if await consumer.position(tp) >= ends[tp]:
-                        remaining.discard(tp)
-        finally:
-            await consumer.stop()
+        records = await read_to_end(
+            self.client_kwargs,
+            self.topic,
+            partitions={self._partition(p) for p in wanted},
+            timeout_s=timeout_s,
+            consumer_options={"max_partition_fetch_bytes": 8 * 1024 * 1024},
+        )
+        live = latest(records, keep=lambda key: key.startswith(prefixes))
         out: dict[bytes, schemas.BatchJob] = {}
-        for key, value in latest.items():
-            if value is None:
-                continue
+        for key, value in live.items():
             try:
                 out[key] = schemas.decode(value, schemas.BatchJob)
             except schemas.InvalidEvent as exc:
@@ -127,27 +100,14 @@ async def read_source(
     found: dict[int, bytes | None] = {}
     if not wanted:
         return found
-    tp = TopicPartition(topic, partition)
-    consumer = AIOKafkaConsumer(
-        enable_auto_commit=False, group_id=None, max_poll_records=5000, **client_kwargs
+    reads = scan(  # the range between the offsets can be long: keep only what is wanted
+        client_kwargs,
+        topic,
+        partitions=[partition],
+        window=lambda b: (min(wanted), max(wanted) + 1),
+        timeout_s=timeout_s,
+        consumer_options={"max_poll_records": 5000},
     )
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        begin = (await consumer.beginning_offsets([tp]))[tp]
-        end = min((await consumer.end_offsets([tp]))[tp], max(wanted) + 1)
-        start = max(begin, min(wanted))
-        if start >= end:
-            return found
-        consumer.seek(tp, start)
-        deadline = time.monotonic() + timeout_s
-        while await consumer.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic}[{partition}] took longer than {timeout_s}s")
-            batch = await consumer.getmany(tp, timeout_ms=500)
-            for record in batch.get(tp, []):
-                if record.offset in wanted:
-                    found[record.offset] = record.value
-        return found
-    finally:
-        await consumer.stop()
+    async for records in reads:
+        found.update((r.offset, r.value) for r in records if r.offset in wanted)
+    return found

@@ -13,13 +13,10 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
-
-class StateLoadTimeout(Exception):
-    """A state load did not reach the end of its topic in time; nothing of it is used."""
+from worker.kafka.table import read_to_end
 
 
 class AnsweredIds:
@@ -59,44 +56,26 @@ async def load_answered(
     source_count: int,
     window: int,
     timeout_s: float = 30.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[int, AnsweredIds]:
     """Read back the last `window` markers written for each of `source_partitions`, from the
-    `done_count` partitions of `done_topic`."""
+    `done_count` partitions of `done_topic`. All of them or `TopicNotReady` (a partial set
+    would let a request be answered twice: the load fails closed)."""
     answered = {p: AnsweredIds(window) for p in source_partitions}
     if not source_partitions or done_count < 1:
         return answered  # nothing was ever answered
-    count = done_count
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, group_id=None, **client_kwargs)
-    await consumer.start()
-    try:
-        share = -(-source_count // count)  # source partitions writing to one marker partition
-        tps = {TopicPartition(done_topic, marker_partition(p, count)) for p in source_partitions}
-        consumer.assign(list(tps))
-        ends = await consumer.end_offsets(list(tps))
-        begins = await consumer.beginning_offsets(list(tps))
-        remaining = set()
-        for tp in tps:
-            start = max(begins[tp], ends[tp] - window * share)
-            if start < ends[tp]:
-                consumer.seek(tp, start)
-                remaining.add(tp)
-        deadline = time.monotonic() + timeout_s
-        while remaining and time.monotonic() < deadline:
-            batch = await consumer.getmany(*remaining, timeout_ms=500)
-            for records in batch.values():
-                for record in records:
-                    _remember(answered, record.key, record.value)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-        if remaining:  # a partial set would let a request be answered twice: fail closed
-            raise StateLoadTimeout(
-                f"dedupe markers of {sorted(tp.partition for tp in remaining)} not read to "
-                f"their end within {timeout_s}s"
-            )
-        return answered
-    finally:
-        await consumer.stop()
+    share = -(-source_count // done_count)  # source partitions writing to one marker partition
+    records = await read_to_end(
+        client_kwargs,
+        done_topic,
+        partitions={marker_partition(p, done_count) for p in source_partitions},
+        window=lambda b: (b.end - window * share, b.end),
+        timeout_s=timeout_s,
+        clock=clock,
+    )
+    for record in records:
+        _remember(answered, record.key, record.value)
+    return answered
 
 
 def _remember(answered: dict[int, AnsweredIds], key: bytes | None, value: bytes | None) -> None:

@@ -48,6 +48,7 @@ from worker.config import BatchSettings
 from worker.config.kafka import KafkaSettings, LoopSettings, TopicSettings
 from worker.config.telemetry import TelemetryConfig
 from worker.errors import InvalidRecord, OversizedRecord, UnpublishableRecord, UnreadableRecord
+from worker.kafka.control import ControlFollower
 from worker.kafka.deadletter import dead_letter
 from worker.kafka.dedupe import AnsweredIds, load_answered, marker, marker_partition
 from worker.kafka.offsets import OffsetTracker
@@ -239,7 +240,7 @@ class Worker:
         self._control_partitions = 0
         # operator commands from the control topic (`schemas.Control`), by action
         self.control_handlers: dict[str, Callable[[schemas.Control], Awaitable[None]]] = {}
-        self.control_ready = asyncio.Event()
+        self.control = ControlFollower(kafka.common_kwargs(), topics.control, self.control_handlers)
         # awaited once the clients have started, and after the drain and the last commit
         self.on_start: list[Callable[[], Awaitable[None]]] = []
         self.before_stop: list[Callable[[], Awaitable[None]]] = []
@@ -422,58 +423,14 @@ class Worker:
         self.control_handlers["cancel_batch"] = cancel
 
     async def _follow_control(self) -> None:
-        """Apply operator commands published after start-up (every member reads them all).
-        The start position is taken once; after a failure (a topic without a leader yet, a
-        broker restart) the follower resumes where it was, so no command is skipped."""
-        if not self._control_partitions:
-            return
-        tps = [TopicPartition(self.topics.control, p) for p in range(self._control_partitions)]
-        positions: dict[TopicPartition, int] | None = None
-        seen: set[str] = set()
-        delay = 0.5
-        while True:
-            consumer = AIOKafkaConsumer(
-                group_id=None, enable_auto_commit=False, **self.kafka.common_kwargs()
-            )
-            try:
-                await consumer.start()
-                consumer.assign(tps)
-                if positions is None:
-                    positions = dict(await consumer.end_offsets(tps))
-                    self.control_ready.set()  # commands from here on are applied
-                for tp, position in positions.items():
-                    consumer.seek(tp, position)
-                while True:
-                    batch = await consumer.getmany(timeout_ms=1000)
-                    delay = 0.5
-                    for tp, records in batch.items():
-                        for record in records:
-                            await self._apply_control(record.value, seen)
-                            positions[tp] = record.offset + 1
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("reading %s failed (%s: %s); retrying in %.1fs",
-                            self.topics.control, type(exc).__name__, exc, delay)  # fmt: skip
-            finally:
-                await consumer.stop()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+        """Apply operator commands published after start-up (`worker.kafka.control`)."""
+        if self._control_partitions:
+            await self.control.run()
 
-    async def _apply_control(self, value: bytes | None, seen: set[str]) -> None:
-        try:
-            command = schemas.decode(value or b"", schemas.Control)
-        except schemas.InvalidEvent as exc:
-            log.warning("ignoring an invalid control event: %s", exc)
-            return
-        handler = self.control_handlers.get(command.action)
-        if command.command_id in seen or handler is None:
-            return
-        seen.add(command.command_id)
-        try:
-            await handler(command)
-        except Exception:
-            log.exception("control command %s (%s) failed", command.command_id, command.action)
+    @property
+    def control_ready(self) -> asyncio.Event:
+        """Set once commands published from now on are applied."""
+        return self.control.ready
 
     # ------------------------------------------------------------ the loop
 

@@ -12,12 +12,12 @@ compared for similarity. Requests with image parts, an explicit temperature abov
 `max_temperature` (unless the tenant is in `tenants_any_temperature`), a mode or tenant not
 listed, or metadata `cache = "off"` neither read nor write the cache.
 
-The follower uses no consumer group: it assigns every partition of the topic, reads from the
-beginning (a compacted topic keeps the latest entry per key), skips expired entries and null
-values (tombstones remove the key), then keeps following. Vectors are computed in a worker
-thread with the same `PromptVectorizer` parameters on every member, so an entry published by
-one member is found by the others. `wait_loaded()` returns once the backlog present at start
-is read.
+The follower (`worker.kafka.table.TopicFollower`) reads the topic from the beginning (a compacted
+topic keeps the latest entry per key), skips expired entries and null values (tombstones remove
+the key), then keeps following; after a failure it resumes where it was. Vectors are computed in
+a worker thread with the same `PromptVectorizer` parameters on every member, so an entry
+published by one member is found by the others. `wait_loaded()` returns once the backlog
+present at start is read.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 import schemas
 from routers.semcache import (
@@ -45,7 +45,7 @@ from routers.semcache import (
     VectorizerParams,
 )
 from worker.config.cache import CacheSettings
-from worker.kafka.topics import partition_counts
+from worker.kafka.table import TopicFollower
 
 __all__ = [
     "CacheStats",
@@ -183,9 +183,8 @@ class SemanticCacheSync:
         self._clock = clock
         self._worker_id = worker_id
         self._follower: asyncio.Task[None] | None = None
-        self._loaded = asyncio.Event()
-        if not (settings.enabled and settings.share_topic):
-            self._loaded.set()
+        # from the beginning: a compacted topic keeps the latest entry per key
+        self._reader = TopicFollower(self._client_kwargs, topic, self._apply, max_records=2_000)
 
     @property
     def sharing(self) -> bool:
@@ -203,7 +202,7 @@ class SemanticCacheSync:
             )
             await self._producer.start()
             self._own_producer = True
-        self._follower = asyncio.create_task(self._follow(), name="semcache-follower")
+        self._follower = asyncio.create_task(self._reader.run(), name="semcache-follower")
 
     async def stop(self) -> None:
         if self._follower is not None:
@@ -218,12 +217,10 @@ class SemanticCacheSync:
 
     async def wait_loaded(self, timeout_s: float | None = None) -> bool:
         """True once the entries present on the topic at start are loaded (False on timeout)."""
+        if not self.sharing:
+            return True
         timeout = self.settings.load_timeout_s if timeout_s is None else timeout_s
-        try:
-            await asyncio.wait_for(self._loaded.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await self._reader.wait_loaded(timeout)
 
     # ------------------------------------------------------------------ the pipeline's calls
 
@@ -325,54 +322,6 @@ class SemanticCacheSync:
             expires_at=_epoch(entry.expires_at),
             created_at=_epoch(entry.created_at),
         )
-
-    async def _follow(self) -> None:
-        """Follow the topic for good: after a failure (broker away, topic missing) start over
-        from the beginning after `retry_s`; re-reading entries only replaces them."""
-        retry_s = 1.0
-        while True:
-            try:
-                await self._follow_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("the semantic-cache follower failed; retrying in %.0f s", retry_s)
-            await asyncio.sleep(retry_s)
-            retry_s = min(30.0, 2 * retry_s)
-
-    async def _follow_once(self) -> None:
-        counts = await partition_counts(self._client_kwargs, [self.topic])
-        if not counts.get(self.topic):
-            raise RuntimeError(f"cache topic {self.topic!r} does not exist")
-        tps = [TopicPartition(self.topic, p) for p in range(counts[self.topic])]
-        consumer = AIOKafkaConsumer(
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **self._client_kwargs,
-        )
-        await consumer.start()
-        try:
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            backlog = {tp for tp in tps if ends[tp] > 0}
-            if not backlog:
-                self._loaded.set()
-            while True:
-                batch = await consumer.getmany(timeout_ms=500, max_records=2_000)
-                records = [r for rs in batch.values() for r in rs]
-                if records:
-                    await self._apply(records)
-                if backlog:
-                    for tp in list(backlog):
-                        if await consumer.position(tp) >= ends[tp]:
-                            backlog.discard(tp)
-                    if not backlog:
-                        log.info("semantic cache loaded: %d entries", len(self.cache))
-                        self._loaded.set()
-        finally:
-            await consumer.stop()
 
     async def _apply(self, records: list[Any]) -> None:
         now = self._clock()

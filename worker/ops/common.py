@@ -23,6 +23,7 @@ from aiokafka.errors import KafkaError
 
 from worker.cli import UserError
 from worker.config.kafka import KafkaSettings, TopicSettings
+from worker.kafka.table import TopicNotReady, scan
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 BROKER_HINT = (
@@ -191,42 +192,20 @@ async def read_to_end(
     timeout_s: float = 120.0,
 ) -> AsyncGenerator[Any, None]:
     """Every record of `topic` (or of the given partitions) from its first retained offset up to
-    the end offsets taken when reading starts: records added meanwhile are not read, so a replay
-    into the topic being read cannot loop. Offsets may have gaps (compaction, transactions):
-    a partition is done when the consumer's position reaches the end offset."""
+    the end offsets taken when reading starts (`worker.kafka.table.scan`): records added
+    meanwhile are not read, so a replay into the topic being read cannot loop. OpsError when
+    the topic does not exist, or when the read makes no progress for `timeout_s`."""
     count = await topic_partitions(client_kwargs, topic)
-    wanted = sorted(set(range(count) if partitions is None else partitions) & set(range(count)))
-    # "earliest": assign() starts an offset reset of its own, which must not land at the end
-    consumer = AIOKafkaConsumer(
-        enable_auto_commit=False, auto_offset_reset="earliest", **client_kwargs
-    )
-    await consumer.start()
+    wanted = set(range(count) if partitions is None else partitions) & set(range(count))
+    reads = scan(client_kwargs, topic, partitions=wanted, timeout_s=timeout_s)
     try:
-        tps = [TopicPartition(topic, p) for p in wanted]
-        if not tps:
-            return
-        consumer.assign(tps)
-        end = await consumer.end_offsets(tps)
-        for tp, first in (await consumer.beginning_offsets(tps)).items():
-            consumer.seek(tp, first)
-        remaining = set()
-        for tp in tps:
-            if await consumer.position(tp) < end[tp]:
-                remaining.add(tp)
-        deadline = time.monotonic() + timeout_s
-        while remaining:
-            if time.monotonic() > deadline:
-                raise OpsError(f"timed out reading {topic} to its end offsets")
-            batch = await consumer.getmany(*remaining, timeout_ms=500)
-            for tp, records in batch.items():
-                for record in records:
-                    if record.offset < end[tp]:
-                        yield record
-            for tp in list(remaining):
-                if await consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
+        async for batch in reads:
+            for record in batch:
+                yield record
+    except TopicNotReady:
+        raise OpsError(f"timed out reading {topic} to its end offsets") from None
     finally:
-        await consumer.stop()
+        await reads.aclose()
 
 
 class Pacer:
