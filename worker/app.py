@@ -156,7 +156,7 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
         batch=config.batch, batch_backend=backends, on_share=client.set_share,
     )  # fmt: skip
     pipeline.set_experiments(_arms(config, catalogue))
-    pipeline.shadow_sink = worker.publish_shadow
+    pipeline.shadow_sink = worker.publisher.shadow
     if config.shadow.judge_model is not None:
         pipeline.shadow_judge = Judge(client, JudgeSettings(model=config.shadow.judge_model))
     worker.before_stop.append(lambda: pipeline.close_shadow(5.0))

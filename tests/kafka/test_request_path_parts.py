@@ -17,7 +17,7 @@ from routers.artifact import load_artifact
 from schemas import RoutingOptions
 from tests.worker.support import ROWS, request_event, worker_config
 from worker.kafka.dedupe import marker
-from worker.kafka.member import KeyHashPartitioner, _all_acked
+from worker.kafka.publisher import KeyHashPartitioner, all_acked
 from worker.metrics import WorkerMetrics
 from worker.pipeline import RoutingCore
 
@@ -81,10 +81,10 @@ async def test_all_acked_raises_the_first_failure_and_leaves_none_unretrieved() 
     loop = asyncio.get_running_loop()
     ok, bad, late = loop.create_future(), loop.create_future(), loop.create_future()
     ok.set_result(1)
-    await _all_acked([ok])
+    await all_acked([ok])
     bad.set_exception(RuntimeError("broker said no"))
     with pytest.raises(RuntimeError, match="broker said no"):
-        await _all_acked([ok, bad, late])
+        await all_acked([ok, bad, late])
     late.set_exception(ValueError("later"))  # retrieved by the callback: no warning at exit
     await asyncio.sleep(0)
     assert late.done()

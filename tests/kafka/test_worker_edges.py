@@ -26,7 +26,8 @@ from tests.worker.support import (
 )
 from worker.app import build
 from worker.kafka.dedupe import marker
-from worker.kafka.member import Worker, _NullObserver
+from worker.kafka.member import Worker
+from worker.kafka.observer import NullObserver
 from worker.kafka.topics import ensure_topics
 from worker.sim import Simulator
 
@@ -306,7 +307,7 @@ async def test_results_that_cannot_be_published_as_asked_still_end(
     assert await _committed_to_end(kafka_bootstrap, config.kafka.group_id, topics["requests"], 1)
 
 
-class _FailingMetrics(_NullObserver):
+class _FailingMetrics(NullObserver):
     """A loop observer whose `published` raises, as a metric did on a negative count."""
 
     def __init__(self) -> None:

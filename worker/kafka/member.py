@@ -13,16 +13,13 @@ At least once, nothing lost:
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import (
     CommitFailedError,
@@ -37,7 +34,6 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
     UnsupportedCodecError,
 )
-from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 import schemas
 from schemas.trace import request_key
@@ -49,15 +45,15 @@ from worker.config.kafka import KafkaSettings, LoopSettings, TopicSettings
 from worker.config.telemetry import TelemetryConfig
 from worker.errors import InvalidRecord, OversizedRecord, UnpublishableRecord, UnreadableRecord
 from worker.kafka.control import ControlFollower
-from worker.kafka.deadletter import dead_letter
-from worker.kafka.dedupe import AnsweredIds, load_answered, marker, marker_partition
+from worker.kafka.dedupe import AnsweredIds, load_answered
+from worker.kafka.observer import LoopObserver, NullObserver, quietly
 from worker.kafka.offsets import OffsetTracker
+from worker.kafka.publisher import Publisher, Publishing
 from worker.kafka.raw import RawFetcher, read_batches
 from worker.kafka.records import Deferred, Handled, Pipeline, RecordInfo
-from worker.kafka.topics import max_message_bytes, partition_counts
+from worker.kafka.topics import partition_counts
 from worker.providers.types import CompletionResult
 from worker.telemetry import RequestSpan, Tracing
-from worker.telemetry.propagation import context_headers, record_context_headers
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +70,6 @@ _RECORD_FAULTS = (
     UnknownTopicOrPartitionError,
     TimeoutError,  # a reply topic that never gets metadata (absent, auto-create off)
 )
-_RECORD_OVERHEAD = 512  # batch and record framing, key and headers, below a topic's limit
 # Kafka's topic-name grammar (`Topic.validate`): 1-249 of [a-zA-Z0-9._-], not "." or ".."
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
@@ -83,122 +78,12 @@ def _record_fault(exc: BaseException) -> bool:
     return isinstance(exc, _RECORD_FAULTS) or not isinstance(exc, KafkaError)
 
 
-def _quietly(call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """Metrics and telemetry never raise into the request path (a negative count from a
-    hostile provider once made a metric raise after the response was acknowledged)."""
-    try:
-        call(*args, **kwargs)
-    except Exception as exc:
-        log.warning(
-            "%s failed: %s: %s", getattr(call, "__qualname__", call), type(exc).__name__, exc
-        )
-
-
-@dataclass
-class _Publishing:
-    """What one record's attempts have done so far."""
-
-    handled_once: bool = False
-    handled: Handled | None = None
-    decision_sent: bool = False
-    cut_to: int | None = None  # the target topic's limit, once a send was too large
-
-
 class _NoSpan:
     def __getattr__(self, name: str) -> Callable[..., None]:
         return lambda *args, **kwargs: None
 
 
-def _cut_response(
-    response: schemas.RouteResponse, info: RecordInfo, limit: int
-) -> schemas.RouteResponse:
-    """The response cut to fit `limit` bytes: the answer's text first, then the parts the
-    decision event also carries; `truncated` says the original size and the source record."""
-    budget = limit - _RECORD_OVERHEAD
-    original = len(schemas.encode(response))
-    source = schemas.SourceRecord(topic=info.topic, partition=info.partition, offset=info.offset)
-    r = msgspec.structs.replace(
-        response, truncated=schemas.Truncated(original_bytes=original, source=source)
-    )
-    for _ in range(6):
-        excess = len(schemas.encode(r)) - budget
-        if excess <= 0:
-            return r
-        if r.message is not None and r.message.content:
-            text = r.message.content.encode()
-            keep = max(0, len(text) - excess - 64)
-            content = text[:keep].decode(errors="ignore")
-            r = msgspec.structs.replace(
-                r, message=msgspec.structs.replace(r.message, content=content)
-            )
-        elif r.error is not None and len(r.error.message) > 200:
-            r = msgspec.structs.replace(
-                r, error=msgspec.structs.replace(r.error, message=r.error.message[:200])
-            )
-        else:
-            r = msgspec.structs.replace(r, decision=None, attempts=[])
-    return r
-
-
-def _cut_letter(
-    letter: schemas.DeadLetter, value: bytes, info: RecordInfo, original: int, limit: int
-) -> schemas.DeadLetter:
-    """The dead letter cut to fit `limit` bytes: a prefix of the original value (headers
-    dropped when they alone are too large), the original size and the source record."""
-    budget = limit - _RECORD_OVERHEAD
-    source = schemas.SourceRecord(topic=info.topic, partition=info.partition, offset=info.offset)
-    cut = msgspec.structs.replace(
-        letter,
-        original_value_b64="",
-        truncated=schemas.Truncated(original_bytes=original, source=source),
-    )
-    if len(schemas.encode(cut)) > budget // 2:
-        cut = msgspec.structs.replace(cut, original_headers=None)
-    room = max(0, budget - len(schemas.encode(cut)))
-    keep = room * 3 // 4
-    return msgspec.structs.replace(cut, original_value_b64=base64.b64encode(value[:keep]).decode())
-
-
 Decoded = schemas.RouteRequest | tuple[schemas.ErrorCode, str]  # the request, or (code, reason)
-
-
-class LoopObserver(Protocol):
-    """Metrics and health hooks; every method must be cheap and must not raise."""
-
-    def heartbeat(self) -> None: ...
-    def ready(self, ready: bool, reason: str) -> None: ...
-    def assignment(self, assigned: int, partitions: int) -> None: ...
-    def dead_letter(self, error_type: str) -> None: ...
-    def duplicate(self) -> None: ...
-    def in_flight(self, count: int) -> None: ...
-    def lag(self, partition: int, lag: int) -> None: ...
-    def published(self, handled: Handled) -> None: ...
-
-
-class _NullObserver:
-    def heartbeat(self) -> None:
-        pass
-
-    def ready(self, ready: bool, reason: str) -> None:
-        pass
-
-    def assignment(self, assigned: int, partitions: int) -> None:
-        pass
-
-    def dead_letter(self, error_type: str) -> None:
-        pass
-
-    def duplicate(self) -> None:
-        pass
-
-    def in_flight(self, count: int) -> None:
-        pass
-
-    def lag(self, partition: int, lag: int) -> None:
-        pass
-
-    def published(self, handled: Handled) -> None:
-        pass
 
 
 class Worker:
@@ -225,7 +110,7 @@ class Worker:
         self.topics = topics
         self.settings = settings
         self.pipeline = pipeline
-        self.observer: LoopObserver = observer or _NullObserver()
+        self.observer: LoopObserver = observer or NullObserver()
         self.tracing = tracing or Tracing(TelemetryConfig())
         self.clock = clock
         self.tracker = OffsetTracker()
@@ -248,13 +133,13 @@ class Worker:
         self.ready = asyncio.Event()
         self._readiness: asyncio.Task[None] | None = None
         self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
         self._raw = RawFetcher(kafka.common_kwargs)
         self.stats = {
             "records": 0, "dead_letters": 0, "duplicates": 0, "published": 0, "batched": 0,
             "abandoned": 0,
         }  # fmt: skip
-        self._limits: dict[str, int] = {}  # topic -> max.message.bytes
+        # the response, decision, dedupe marker, dead letter and shadow records
+        self.publisher = Publisher(kafka, topics, settings, self.observer, self.stats)
         self._in_flight_ids: dict[tuple[str, str], asyncio.Future[None]] = {}
         self.broker_reachable = True
         self.in_flight_bytes = 0  # record bytes (value + key) of the records in flight
@@ -269,23 +154,6 @@ class Worker:
 
     async def run(self) -> None:
         common = self.kafka.common_kwargs()
-        # a batch larger than its topic's max.message.bytes fails whole (aiokafka does not split
-        # it): batches stay within the smallest limit of the topics written most
-        t = self.topics
-        self._limits.update(await max_message_bytes(common, [t.responses, t.decisions, t.dlq]))
-        batch_bytes = min(
-            self.kafka.producer_batch_bytes, *(v - _RECORD_OVERHEAD for v in self._limits.values())
-        )
-        self.producer = AIOKafkaProducer(
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=self.kafka.producer_linger_ms,
-            max_batch_size=max(1024, batch_bytes),
-            max_request_size=self.kafka.producer_max_request_bytes,
-            compression_type=self.kafka.producer_compression,
-            partitioner=KeyHashPartitioner(),
-            **common,
-        )
         self.consumer = AIOKafkaConsumer(
             group_id=self.kafka.group_id,
             group_instance_id=self.kafka.instance_id(),
@@ -299,7 +167,7 @@ class Worker:
             fetch_max_bytes=min(self.kafka.fetch_max_bytes, self.settings.max_in_flight_bytes),
             **common,
         )
-        await self.producer.start()
+        await self.publisher.start()
         try:
             await self.consumer.start()
             try:
@@ -332,7 +200,7 @@ class Worker:
                 await close_quietly("the raw fetch client", self._raw.close)
                 await close_quietly("the consumer", self.consumer.stop)
         finally:
-            await close_quietly("the producer", self.producer.stop)
+            await close_quietly("the producer", self.publisher.stop)
 
     async def _watch_broker(self, every_s: float = 2.0) -> None:
         """Readiness follows the broker: unreachable (no metadata answer within 5 s) makes the
@@ -353,7 +221,7 @@ class Worker:
                 if down_since is None:
                     down_since = now
                     self.broker_reachable = False
-                    _quietly(self.observer.ready, False, "broker unreachable")
+                    quietly(self.observer.ready, False, "broker unreachable")
                 if now - logged >= 60.0:
                     log.warning(
                         "the Kafka cluster does not answer (%s: %s); %d failed probes over %.0fs",
@@ -369,7 +237,7 @@ class Worker:
                 down_since, failures, logged = None, 0, float("-inf")
                 self.broker_reachable = True
                 if self.ready.is_set():
-                    _quietly(self.observer.ready, True, "broker reachable again")
+                    quietly(self.observer.ready, True, "broker reachable again")
 
     async def _cancel_leftovers(self) -> None:
         """Requests still in flight after the drain, and partition-state loads: cancelled (their
@@ -395,6 +263,7 @@ class Worker:
         self._control_partitions = counts.get(self.topics.control, 0)
         self._source_partitions = counts.get(self.topics.requests, 0)
         self._done_partitions = counts.get(self.topics.done, 0)
+        self.publisher.done_partitions = self._done_partitions
         self._jobs_partitions = counts.get(self.topics.batch_jobs, 0)
 
     def _start_batches(self) -> None:
@@ -421,6 +290,10 @@ class Worker:
                 log.info("batch job %s cancelled (command %s)", command.job_id, command.command_id)
 
         self.control_handlers["cancel_batch"] = cancel
+
+    @property
+    def producer(self) -> AIOKafkaProducer | None:
+        return self.publisher.producer
 
     async def _follow_control(self) -> None:
         """Apply operator commands published after start-up (`worker.kafka.control`)."""
@@ -604,7 +477,7 @@ class Worker:
     def _backpressure(self) -> None:
         assert self.consumer is not None
         in_flight = self.tracker.in_flight()
-        _quietly(self.observer.in_flight, in_flight)
+        quietly(self.observer.in_flight, in_flight)
         assignment = self.consumer.assignment()
         full = (
             in_flight >= self.settings.max_in_flight
@@ -644,7 +517,7 @@ class Worker:
         )
         value: bytes = record.value if record.value is not None else b""
         request = item if isinstance(item, schemas.RouteRequest) else None
-        state = _Publishing()
+        state = Publishing()
         owned: tuple[str, str] | None = None
         if request is not None:
             # one model call per request id in flight in this member: a second record of it
@@ -673,7 +546,7 @@ class Worker:
         value: bytes,
         item: Decoded,
         request: schemas.RouteRequest | None,
-        state: _Publishing,
+        state: Publishing,
         prepared: object,
     ) -> bool:
         """True once the record has ended; False when the member stops first (its offset
@@ -685,11 +558,11 @@ class Worker:
                 try:
                     if request is None:
                         assert not isinstance(item, schemas.RouteRequest)
-                        await self._dead_letter(info, value, *item)
-                        _quietly(span.set_response, status="error", error_type=item[0])
+                        await self.publisher.dead_letter(info, value, *item)
+                        quietly(span.set_response, status="error", error_type=item[0])
                     else:
                         if not state.handled_once:
-                            _quietly(
+                            quietly(
                                 span.set_request,
                                 tenant=request.tenant,
                                 request_id=request.request_id,
@@ -700,7 +573,7 @@ class Worker:
                             state.handled = await self._handle(tp, request, info, span, prepared)
                             state.handled_once = True  # not before: a failure here is retried
                         if state.handled is not None:
-                            await self._publish(state.handled, request, info, state)
+                            await self.publisher.publish(state.handled, request, info, state)
                             (await self.answered(tp.partition)).add(
                                 request_key(request.tenant, request.request_id)
                             )
@@ -803,7 +676,7 @@ class Worker:
             and batches.is_batched(tp.partition, request.request_id, request.tenant)
         ):
             self.stats["duplicates"] += 1
-            _quietly(self.observer.duplicate)
+            quietly(self.observer.duplicate)
             return None
         try:
             result = await self.pipeline.handle(request, info, prepared)
@@ -819,9 +692,9 @@ class Worker:
                     traceparent=span.traceparent(),
                     tenant=request.tenant,
                 ):
-                    _quietly(span.set_response, status="batched", model=result.model)
+                    quietly(span.set_response, status="batched", model=result.model)
                     try:
-                        await self._publish_decision(result.decision, request)
+                        await self.publisher.decision(result.decision, request)
                     except KafkaError as exc:
                         log.warning(
                             "the decision event of batched %s was not published: %s",
@@ -839,7 +712,7 @@ class Worker:
             log.exception("pipeline failed on request %s", request.request_id)
             handled = self.pipeline.internal_error(request, info, exc)
         r = handled.response
-        _quietly(
+        quietly(
             span.set_response,
             status=r.status,
             model=r.model,
@@ -849,50 +722,6 @@ class Worker:
             error_message=r.error.message if r.error is not None else "",
         )
         return handled
-
-    async def publish_shadow(
-        self,
-        response: schemas.RouteResponse,
-        decision: schemas.RoutingDecision,
-        feedback: list[schemas.Feedback],
-    ) -> None:
-        """A shadow call's answer (shadow topic), decision (`shadow: true`) and verdicts."""
-        producer = self.producer
-        if producer is None:
-            return
-        key = response.request_id.encode()
-        headers = context_headers(response.trace_id)
-        acks = [
-            await producer.send(
-                self.topics.shadow, schemas.encode(response), key=key, headers=headers
-            )
-        ]
-        if self.settings.publish_decisions:
-            acks.append(
-                await producer.send(
-                    self.topics.decisions, schemas.encode(decision), key=key, headers=headers
-                )
-            )
-        for event in feedback:
-            acks.append(
-                await producer.send(
-                    self.topics.feedback, schemas.encode(event), key=key, headers=headers
-                )
-            )
-        await asyncio.gather(*acks)
-
-    async def _publish_decision(
-        self, decision: schemas.RoutingDecision | None, request: schemas.RouteRequest
-    ) -> None:
-        if decision is None or not self.settings.publish_decisions:
-            return
-        assert self.producer is not None
-        await self.producer.send_and_wait(
-            self.topics.decisions,
-            schemas.encode(decision),
-            key=request.request_id.encode(),
-            headers=context_headers(decision.trace_id),
-        )
 
     async def _batch_finished(self, finished: Finished) -> None:
         """Answer one item of an ended batch job (called by the batch jobs, at least once)."""
@@ -920,10 +749,10 @@ class Worker:
             trace_seed=key,  # the request's trace: seeded by (tenant, request_id)
         ) as span:
             handled = await self._batch_answer(finished, info, span)
-            state = _Publishing(handled_once=True, handled=handled)
+            state = Publishing(handled_once=True, handled=handled)
             while True:
                 try:
-                    await self._publish(handled, request, info, state)
+                    await self.publisher.publish(handled, request, info, state)
                     break
                 except KafkaError as exc:
                     log.warning("publishing batch answer %s failed, retrying: %s",
@@ -992,110 +821,6 @@ class Worker:
             error_message=r.error.message if r.error is not None else "",
         )
         return handled
-
-    async def _publish(
-        self,
-        handled: Handled,
-        request: schemas.RouteRequest | None,
-        info: RecordInfo,
-        state: _Publishing | None = None,
-    ) -> None:
-        """The response (cut to fit its topic when too large), and the decision event once
-        (`state` remembers it across attempts), then the dedupe marker."""
-        assert self.producer is not None
-        state = state if state is not None else _Publishing()
-        key = handled.response.request_id.encode()
-        reply = request.reply_topic if request is not None else None
-        target = handled.reply_topic or reply or self.topics.responses
-        response = handled.response
-        if state.cut_to is not None:
-            response = _cut_response(response, info, state.cut_to)
-        value = schemas.encode(response)
-        if len(value) > self.kafka.producer_max_request_bytes - _RECORD_OVERHEAD:
-            response = _cut_response(response, info, self.kafka.producer_max_request_bytes)
-            value = schemas.encode(response)
-        # traceparent (+ tracestate) of the request's span: consumers continue the trace
-        headers = record_context_headers(handled.headers, handled.response.trace_id)
-        send = self.producer.send(target, value, key=key, headers=headers)
-        if target != self.topics.responses:  # a reply topic may not exist: bound the wait
-            ack = await asyncio.wait_for(send, timeout=self.settings.reply_publish_timeout_s)
-        else:
-            ack = await send
-        acks: list[Awaitable[Any]] = [ack]
-        decision = handled.decision is not None and self.settings.publish_decisions
-        decision_ack: Awaitable[Any] | None = None
-        if decision and not state.decision_sent:
-            assert handled.decision is not None
-            decision_ack = await self.producer.send(
-                self.topics.decisions, schemas.encode(handled.decision), key=key, headers=headers
-            )
-        try:
-            await _all_acked(acks)
-        except MessageSizeTooLargeError:
-            if state.cut_to is None:  # once more, cut to the topic's own limit
-                state.cut_to = await self._topic_limit(target)
-            raise
-        finally:
-            if decision_ack is not None:
-                try:
-                    await decision_ack
-                    state.decision_sent = True
-                except Exception as exc:
-                    log.warning("decision event of %s not published: %s", key.decode(), exc)
-        self.stats["published"] += 1
-        _quietly(self.observer.published, handled)
-        if self._done_partitions:
-            # the dedupe marker goes out once the response is acknowledged (never before: a
-            # marker without its response would lose the request), and the offset finishes
-            # once the marker is acknowledged too: a member killed before its next commit
-            # leaves markers for every response it published, so the next owner skips them. A
-            # marker that fails is logged, not retried (the response is out).
-            try:
-                await self.producer.send_and_wait(
-                    self.topics.done,
-                    marker(info.partition, info.offset),
-                    key=request_key(handled.response.tenant, handled.response.request_id).encode(),
-                    partition=marker_partition(info.partition, self._done_partitions),
-                )
-            except KafkaError as exc:
-                log.warning("dedupe marker of %s not written: %s", key.decode(), exc)
-
-    async def _dead_letter(
-        self, info: RecordInfo, value: bytes, error_type: schemas.ErrorCode, reason: str
-    ) -> None:
-        """The dead-letter record, cut to fit the dead-letter topic when it is too large."""
-        assert self.producer is not None
-        letter = dead_letter(
-            topic=info.topic,
-            partition=info.partition,
-            offset=info.offset,
-            key=info.key,
-            value=value,
-            headers=info.headers,
-            timestamp_ms=info.timestamp_ms,
-            error_type=error_type,
-            reason=reason,
-            worker_id=self.settings.worker_id,
-        )
-        encoded = schemas.encode(letter)
-        limit = min(self.kafka.producer_max_request_bytes, await self._topic_limit(self.topics.dlq))
-        if len(encoded) > limit - _RECORD_OVERHEAD:
-            encoded = schemas.encode(_cut_letter(letter, value, info, len(value), limit))
-        await self.producer.send_and_wait(
-            self.topics.dlq, encoded, key=info.key, headers=context_headers()
-        )
-        self.stats["dead_letters"] += 1
-        _quietly(self.observer.dead_letter, error_type)
-
-    async def _topic_limit(self, topic: str) -> int:
-        """The topic's `max.message.bytes` (read once per topic; the broker default when it
-        cannot be read)."""
-        known = self._limits.get(topic)
-        if known is not None:
-            return known
-        limits = await max_message_bytes(self.kafka.common_kwargs(), [topic])
-        self._limits[topic] = limits[topic]
-        return limits[topic]
 
     # ------------------------------------------------------------ commits and rebalances
 
@@ -1238,48 +963,6 @@ async def close_quietly(
     elif task.exception() is not None:
         exc = task.exception()
         log.warning("stopping %s failed: %s: %s", what, type(exc).__name__, exc)
-
-
-async def _all_acked(acks: list[Awaitable[Any]]) -> None:
-    """Wait for every acknowledgement; raise the first failure met (as `asyncio.gather`, without
-    its per-call future and callbacks), leaving no other failure unretrieved."""
-    try:
-        for ack in acks:
-            await ack
-    except BaseException:
-        for ack in acks:
-            if isinstance(ack, asyncio.Future):
-                if ack.done():
-                    if not ack.cancelled():
-                        ack.exception()
-                else:
-                    ack.add_done_callback(_retrieve)
-        raise
-
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
-
-
-class KeyHashPartitioner:
-    """aiokafka's `DefaultPartitioner` (murmur2 of the key, as the Java client; random without a
-    key), remembering the last key's hash: a response and its decision share the key, and
-    murmur2 is pure Python in aiokafka."""
-
-    __slots__ = ("_hash", "_key")
-
-    def __init__(self) -> None:
-        self._key: bytes | None = None
-        self._hash = 0
-
-    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
-        if key is None:
-            return int(DefaultPartitioner()(key, all_partitions, available))
-        if key != self._key:
-            self._hash = murmur2(key) & 0x7FFFFFFF
-            self._key = key
-        return all_partitions[self._hash % len(all_partitions)]
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

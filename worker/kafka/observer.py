@@ -1,13 +1,66 @@
-"""The loop's hooks, fed into the Prometheus metrics and the health endpoints."""
+"""The member's hooks (`LoopObserver`): none (`NullObserver`), or fed into the Prometheus metrics
+and the health endpoints (`MetricsObserver`)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from worker.kafka.records import Handled
 from worker.metrics import Health, WorkerMetrics
 
 log = logging.getLogger(__name__)
+
+
+def quietly(call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Metrics and telemetry never raise into the request path (a negative count from a
+    hostile provider once made a metric raise after the response was acknowledged)."""
+    try:
+        call(*args, **kwargs)
+    except Exception as exc:
+        log.warning(
+            "%s failed: %s: %s", getattr(call, "__qualname__", call), type(exc).__name__, exc
+        )
+
+
+class LoopObserver(Protocol):
+    """Metrics and health hooks; every method must be cheap and must not raise."""
+
+    def heartbeat(self) -> None: ...
+    def ready(self, ready: bool, reason: str) -> None: ...
+    def assignment(self, assigned: int, partitions: int) -> None: ...
+    def dead_letter(self, error_type: str) -> None: ...
+    def duplicate(self) -> None: ...
+    def in_flight(self, count: int) -> None: ...
+    def lag(self, partition: int, lag: int) -> None: ...
+    def published(self, handled: Handled) -> None: ...
+
+
+class NullObserver:
+    def heartbeat(self) -> None:
+        pass
+
+    def ready(self, ready: bool, reason: str) -> None:
+        pass
+
+    def assignment(self, assigned: int, partitions: int) -> None:
+        pass
+
+    def dead_letter(self, error_type: str) -> None:
+        pass
+
+    def duplicate(self) -> None:
+        pass
+
+    def in_flight(self, count: int) -> None:
+        pass
+
+    def lag(self, partition: int, lag: int) -> None:
+        pass
+
+    def published(self, handled: Handled) -> None:
+        pass
 
 
 class MetricsObserver:

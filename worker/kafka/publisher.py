@@ -1,0 +1,336 @@
+"""What the member writes, each send acknowledged by the broker before it counts.
+
+    Publisher.publish      a response (cut to fit its topic when too large), its decision event
+                           (once across attempts) and then its dedupe marker
+    Publisher.dead_letter  the dead-letter record (the original bytes, cut to fit)
+    Publisher.decision     the decision event of a request handed to a batch job
+    Publisher.shadow       a shadow call's answer, decision and verdicts
+
+The producer is idempotent (`acks=all`), keys records by request id with a key-hash
+partitioner that remembers the last key's hash (a response and its decision share it), and
+keeps its batches within the smallest `max.message.bytes` of the topics written most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.partitioner import DefaultPartitioner, murmur2
+
+import schemas
+from schemas.trace import request_key
+from worker.config.kafka import KafkaSettings, LoopSettings, TopicSettings
+from worker.kafka.deadletter import dead_letter
+from worker.kafka.dedupe import marker, marker_partition
+from worker.kafka.observer import LoopObserver, quietly
+from worker.kafka.records import Handled, RecordInfo
+from worker.kafka.topics import max_message_bytes
+from worker.telemetry.propagation import context_headers, record_context_headers
+
+log = logging.getLogger(__name__)
+
+RECORD_OVERHEAD = 512  # batch and record framing, key and headers, below a topic's limit
+
+
+@dataclass
+class Publishing:
+    """What one record's attempts have done so far."""
+
+    handled_once: bool = False
+    handled: Handled | None = None
+    decision_sent: bool = False
+    cut_to: int | None = None  # the target topic's limit, once a send was too large
+
+
+def _cut_response(
+    response: schemas.RouteResponse, info: RecordInfo, limit: int
+) -> schemas.RouteResponse:
+    """The response cut to fit `limit` bytes: the answer's text first, then the parts the
+    decision event also carries; `truncated` says the original size and the source record."""
+    budget = limit - RECORD_OVERHEAD
+    original = len(schemas.encode(response))
+    source = schemas.SourceRecord(topic=info.topic, partition=info.partition, offset=info.offset)
+    r = msgspec.structs.replace(
+        response, truncated=schemas.Truncated(original_bytes=original, source=source)
+    )
+    for _ in range(6):
+        excess = len(schemas.encode(r)) - budget
+        if excess <= 0:
+            return r
+        if r.message is not None and r.message.content:
+            text = r.message.content.encode()
+            keep = max(0, len(text) - excess - 64)
+            content = text[:keep].decode(errors="ignore")
+            r = msgspec.structs.replace(
+                r, message=msgspec.structs.replace(r.message, content=content)
+            )
+        elif r.error is not None and len(r.error.message) > 200:
+            r = msgspec.structs.replace(
+                r, error=msgspec.structs.replace(r.error, message=r.error.message[:200])
+            )
+        else:
+            r = msgspec.structs.replace(r, decision=None, attempts=[])
+    return r
+
+
+def _cut_letter(
+    letter: schemas.DeadLetter, value: bytes, info: RecordInfo, original: int, limit: int
+) -> schemas.DeadLetter:
+    """The dead letter cut to fit `limit` bytes: a prefix of the original value (headers
+    dropped when they alone are too large), the original size and the source record."""
+    budget = limit - RECORD_OVERHEAD
+    source = schemas.SourceRecord(topic=info.topic, partition=info.partition, offset=info.offset)
+    cut = msgspec.structs.replace(
+        letter,
+        original_value_b64="",
+        truncated=schemas.Truncated(original_bytes=original, source=source),
+    )
+    if len(schemas.encode(cut)) > budget // 2:
+        cut = msgspec.structs.replace(cut, original_headers=None)
+    room = max(0, budget - len(schemas.encode(cut)))
+    keep = room * 3 // 4
+    return msgspec.structs.replace(cut, original_value_b64=base64.b64encode(value[:keep]).decode())
+
+
+class Publisher:
+    """The member's producer and every record it writes (`start` before the first send)."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topics: TopicSettings,
+        settings: LoopSettings,
+        observer: LoopObserver,
+        stats: dict[str, int],
+    ) -> None:
+        self.kafka = kafka
+        self.topics = topics
+        self.settings = settings
+        self.observer = observer
+        self.stats = stats  # the member's counters: "published", "dead_letters"
+        self.producer: AIOKafkaProducer | None = None
+        self.done_partitions = 0  # the dedupe topic's partition count (0: no markers)
+        self._limits: dict[str, int] = {}  # topic -> max.message.bytes
+
+    async def start(self) -> None:
+        common = self.kafka.common_kwargs()
+        # a batch larger than its topic's max.message.bytes fails whole (aiokafka does not split
+        # it): batches stay within the smallest limit of the topics written most
+        t = self.topics
+        self._limits.update(await max_message_bytes(common, [t.responses, t.decisions, t.dlq]))
+        batch_bytes = min(
+            self.kafka.producer_batch_bytes, *(v - RECORD_OVERHEAD for v in self._limits.values())
+        )
+        self.producer = AIOKafkaProducer(
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=self.kafka.producer_linger_ms,
+            max_batch_size=max(1024, batch_bytes),
+            max_request_size=self.kafka.producer_max_request_bytes,
+            compression_type=self.kafka.producer_compression,
+            partitioner=KeyHashPartitioner(),
+            **common,
+        )
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+
+    async def shadow(
+        self,
+        response: schemas.RouteResponse,
+        decision: schemas.RoutingDecision,
+        feedback: list[schemas.Feedback],
+    ) -> None:
+        """A shadow call's answer (shadow topic), decision (`shadow: true`) and verdicts."""
+        producer = self.producer
+        if producer is None:
+            return
+        key = response.request_id.encode()
+        headers = context_headers(response.trace_id)
+        acks = [
+            await producer.send(
+                self.topics.shadow, schemas.encode(response), key=key, headers=headers
+            )
+        ]
+        if self.settings.publish_decisions:
+            acks.append(
+                await producer.send(
+                    self.topics.decisions, schemas.encode(decision), key=key, headers=headers
+                )
+            )
+        for event in feedback:
+            acks.append(
+                await producer.send(
+                    self.topics.feedback, schemas.encode(event), key=key, headers=headers
+                )
+            )
+        await asyncio.gather(*acks)
+
+    async def decision(
+        self, decision: schemas.RoutingDecision | None, request: schemas.RouteRequest
+    ) -> None:
+        if decision is None or not self.settings.publish_decisions:
+            return
+        assert self.producer is not None
+        await self.producer.send_and_wait(
+            self.topics.decisions,
+            schemas.encode(decision),
+            key=request.request_id.encode(),
+            headers=context_headers(decision.trace_id),
+        )
+
+    async def publish(
+        self,
+        handled: Handled,
+        request: schemas.RouteRequest | None,
+        info: RecordInfo,
+        state: Publishing | None = None,
+    ) -> None:
+        """The response (cut to fit its topic when too large), and the decision event once
+        (`state` remembers it across attempts), then the dedupe marker."""
+        assert self.producer is not None
+        state = state if state is not None else Publishing()
+        key = handled.response.request_id.encode()
+        reply = request.reply_topic if request is not None else None
+        target = handled.reply_topic or reply or self.topics.responses
+        response = handled.response
+        if state.cut_to is not None:
+            response = _cut_response(response, info, state.cut_to)
+        value = schemas.encode(response)
+        if len(value) > self.kafka.producer_max_request_bytes - RECORD_OVERHEAD:
+            response = _cut_response(response, info, self.kafka.producer_max_request_bytes)
+            value = schemas.encode(response)
+        # traceparent (+ tracestate) of the request's span: consumers continue the trace
+        headers = record_context_headers(handled.headers, handled.response.trace_id)
+        send = self.producer.send(target, value, key=key, headers=headers)
+        if target != self.topics.responses:  # a reply topic may not exist: bound the wait
+            ack = await asyncio.wait_for(send, timeout=self.settings.reply_publish_timeout_s)
+        else:
+            ack = await send
+        acks: list[Awaitable[Any]] = [ack]
+        decision = handled.decision is not None and self.settings.publish_decisions
+        decision_ack: Awaitable[Any] | None = None
+        if decision and not state.decision_sent:
+            assert handled.decision is not None
+            decision_ack = await self.producer.send(
+                self.topics.decisions, schemas.encode(handled.decision), key=key, headers=headers
+            )
+        try:
+            await all_acked(acks)
+        except MessageSizeTooLargeError:
+            if state.cut_to is None:  # once more, cut to the topic's own limit
+                state.cut_to = await self.topic_limit(target)
+            raise
+        finally:
+            if decision_ack is not None:
+                try:
+                    await decision_ack
+                    state.decision_sent = True
+                except Exception as exc:
+                    log.warning("decision event of %s not published: %s", key.decode(), exc)
+        self.stats["published"] += 1
+        quietly(self.observer.published, handled)
+        if self.done_partitions:
+            # the dedupe marker goes out once the response is acknowledged (never before: a
+            # marker without its response would lose the request), and the offset finishes
+            # once the marker is acknowledged too: a member killed before its next commit
+            # leaves markers for every response it published, so the next owner skips them. A
+            # marker that fails is logged, not retried (the response is out).
+            try:
+                await self.producer.send_and_wait(
+                    self.topics.done,
+                    marker(info.partition, info.offset),
+                    key=request_key(handled.response.tenant, handled.response.request_id).encode(),
+                    partition=marker_partition(info.partition, self.done_partitions),
+                )
+            except KafkaError as exc:
+                log.warning("dedupe marker of %s not written: %s", key.decode(), exc)
+
+    async def dead_letter(
+        self, info: RecordInfo, value: bytes, error_type: schemas.ErrorCode, reason: str
+    ) -> None:
+        """The dead-letter record, cut to fit the dead-letter topic when it is too large."""
+        assert self.producer is not None
+        letter = dead_letter(
+            topic=info.topic,
+            partition=info.partition,
+            offset=info.offset,
+            key=info.key,
+            value=value,
+            headers=info.headers,
+            timestamp_ms=info.timestamp_ms,
+            error_type=error_type,
+            reason=reason,
+            worker_id=self.settings.worker_id,
+        )
+        encoded = schemas.encode(letter)
+        limit = min(self.kafka.producer_max_request_bytes, await self.topic_limit(self.topics.dlq))
+        if len(encoded) > limit - RECORD_OVERHEAD:
+            encoded = schemas.encode(_cut_letter(letter, value, info, len(value), limit))
+        await self.producer.send_and_wait(
+            self.topics.dlq, encoded, key=info.key, headers=context_headers()
+        )
+        self.stats["dead_letters"] += 1
+        quietly(self.observer.dead_letter, error_type)
+
+    async def topic_limit(self, topic: str) -> int:
+        """The topic's `max.message.bytes` (read once per topic; the broker default when it
+        cannot be read)."""
+        known = self._limits.get(topic)
+        if known is not None:
+            return known
+        limits = await max_message_bytes(self.kafka.common_kwargs(), [topic])
+        self._limits[topic] = limits[topic]
+        return limits[topic]
+
+
+async def all_acked(acks: list[Awaitable[Any]]) -> None:
+    """Wait for every acknowledgement; raise the first failure met (as `asyncio.gather`, without
+    its per-call future and callbacks), leaving no other failure unretrieved."""
+    try:
+        for ack in acks:
+            await ack
+    except BaseException:
+        for ack in acks:
+            if isinstance(ack, asyncio.Future):
+                if ack.done():
+                    if not ack.cancelled():
+                        ack.exception()
+                else:
+                    ack.add_done_callback(_retrieve)
+        raise
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+class KeyHashPartitioner:
+    """aiokafka's `DefaultPartitioner` (murmur2 of the key, as the Java client; random without a
+    key), remembering the last key's hash: a response and its decision share the key, and
+    murmur2 is pure Python in aiokafka."""
+
+    __slots__ = ("_hash", "_key")
+
+    def __init__(self) -> None:
+        self._key: bytes | None = None
+        self._hash = 0
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return int(DefaultPartitioner()(key, all_partitions, available))
+        if key != self._key:
+            self._hash = murmur2(key) & 0x7FFFFFFF
+            self._key = key
+        return all_partitions[self._hash % len(all_partitions)]
