@@ -29,7 +29,9 @@ from worker.judge import Judge, JudgeSettings
 from worker.kafka import lograte
 from worker.kafka.member import Worker, close_quietly
 from worker.kafka.observer import MetricsObserver
+from worker.kafka.publisher import Publisher
 from worker.kafka.semcache_sync import SemanticCacheSync
+from worker.kafka.service import Service
 from worker.kafka.topics import ensure_topics
 from worker.metrics import Health, OpsServer, OpsServerConfig, WorkerMetrics
 from worker.pipeline import Arm, Pipeline, RoutingCore, load_answer_scorers
@@ -66,27 +68,20 @@ class App:
         self.metrics.cache_saved_usd.set(cache.stats.saved_usd)
 
     async def background(self, stop: asyncio.Event) -> None:
-        """Router-version watch (when configured) and the gauges the loop does not set."""
-        tasks = []
-        if self.reloader is not None and self.config.router.watch_s > 0:
-            tasks.append(asyncio.create_task(self.reloader.watch(stop)))
-        try:
-            while not stop.is_set():
-                batches = self.worker.batches
-                if batches is not None:
-                    self.metrics.batch_open_jobs.set(batches.open_jobs)
-                    self.metrics.batch_waiting.set(batches.waiting())
-                cache = self.pipeline.cache
-                if cache is not None:
-                    self._cache_metrics(cache)
-                shadow = self.pipeline.shadow_stats
-                self.metrics.shadow_calls.set(shadow["calls"])
-                self.metrics.shadow_cost_usd.set(shadow["cost_usd"] + shadow["judge_cost_usd"])
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
-        finally:
-            for task in tasks:
-                task.cancel()
+        """The gauges the member does not set."""
+        while not stop.is_set():
+            batches = self.worker.batches
+            if batches is not None:
+                self.metrics.batch_open_jobs.set(batches.open_jobs)
+                self.metrics.batch_waiting.set(batches.waiting())
+            cache = self.pipeline.cache
+            if cache is not None:
+                self._cache_metrics(cache)
+            shadow = self.pipeline.shadow_stats
+            self.metrics.shadow_calls.set(shadow["calls"])
+            self.metrics.shadow_cost_usd.set(shadow["cost_usd"] + shadow["judge_cost_usd"])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -138,6 +133,25 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
     ledger = (
         SpendLedger(f"{socket.gethostname()}-{uuid.uuid4().hex[:12]}", limits) if limits else None
     )
+    metrics, health = WorkerMetrics(tenants=config.tenants), Health()
+    observer = MetricsObserver(metrics, health, config.topics.requests)
+    publisher = Publisher(config.kafka, config.topics, config.loop, observer)
+    backends = backend_factory(client, catalogue)
+    cache = (
+        SemanticCacheSync(
+            config.cache,
+            topic=config.topics.cache,
+            client_kwargs=config.kafka.common_kwargs(),
+            worker_id=config.loop.worker_id,
+        )
+        if config.cache.enabled
+        else None
+    )
+    judge = (
+        Judge(client, JudgeSettings(model=config.shadow.judge_model))
+        if config.shadow.judge_model is not None
+        else None
+    )
     pipeline = Pipeline(
         core,
         client,
@@ -146,36 +160,35 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
         answer_scorers=load_answer_scorers(config),
         spend=ledger,
     )
-    metrics, health = WorkerMetrics(tenants=config.tenants), Health()
-    observer = MetricsObserver(metrics, health, config.topics.requests)
-    backends = backend_factory(client, catalogue)
+    # the pipeline's parts, built above (its constructor takes them with worker/pipeline/)
     if config.batch.enabled:
         pipeline.can_batch = lambda model: backends(model) is not None
-    worker = Worker(
-        config.kafka, config.topics, config.loop, pipeline, observer, tracing,
-        batch=config.batch, batch_backend=backends, on_share=client.set_share,
-    )  # fmt: skip
     pipeline.set_experiments(_arms(config, catalogue))
-    pipeline.shadow_sink = worker.publisher.shadow
-    if config.shadow.judge_model is not None:
-        pipeline.shadow_judge = Judge(client, JudgeSettings(model=config.shadow.judge_model))
-    worker.before_stop.append(lambda: pipeline.close_shadow(5.0))
-    if ledger is not None:
-        spend = SpendSync(
-            ledger, topic=config.topics.spend, client_kwargs=config.kafka.common_kwargs()
-        )
-        worker.on_start.append(spend.start)
-        worker.before_stop.append(spend.stop)
-    if config.cache.enabled:
-        cache = SemanticCacheSync(
-            config.cache, topic=config.topics.cache, client_kwargs=config.kafka.common_kwargs(),
-            worker_id=config.loop.worker_id,
-        )  # fmt: skip
-        pipeline.cache = cache
-        worker.on_start.append(cache.start)
-        worker.before_stop.append(cache.stop)
+    pipeline.shadow_sink = publisher.shadow
+    pipeline.shadow_judge = judge
+    pipeline.cache = cache
     reloader = Reloader(config, pipeline, metrics)
-    worker.control_handlers["reload_router"] = reloader.on_control
+    services: list[Service] = [ShadowCalls(pipeline)]
+    if ledger is not None:
+        services.append(
+            SpendSync(ledger, topic=config.topics.spend, client_kwargs=config.kafka.common_kwargs())
+        )
+    if cache is not None:
+        services.append(cache)
+    services.append(reloader)
+    worker = Worker(
+        config.kafka,
+        config.topics,
+        config.loop,
+        pipeline,
+        observer,
+        tracing,
+        batch=config.batch,
+        batch_backend=backends,
+        on_share=client.set_share,
+        services=services,
+        publisher=publisher,
+    )
     metrics.set_router(artifact.router.name, artifact.router.version)
     return App(config, client, pipeline, worker, tracing, metrics, health, reloader)
 
@@ -196,16 +209,44 @@ def _arms(config: Config, catalogue: Catalogue) -> dict[str, list[Arm]]:
     return out
 
 
+class ShadowCalls:
+    """The pipeline's shadow calls as a member's service: at stop, those still in flight get
+    5 s to end (their records go out through the member's producer, still open then)."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        await self.pipeline.close_shadow(5.0)
+
+
 class Reloader:
     """Loads a promoted router without a restart: on a `reload_router` control event, and (with
     `router.watch_s`) when the artifact folder or its registry's CURRENT names a new version.
     Loading runs in a thread; the pipeline swaps cores between requests, so none is lost or
-    stalled (requests already routed finish with the router that routed them)."""
+    stalled (requests already routed finish with the router that routed them). A member's
+    service: `start` begins the watch, `stop` ends it."""
 
     def __init__(self, config: Config, pipeline: Pipeline, metrics: WorkerMetrics) -> None:
         self.config = config
         self.pipeline = pipeline
         self.metrics = metrics
+        self._stop = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.config.router.watch_s > 0 and self._watch is None:
+            self._stop.clear()
+            self._watch = asyncio.create_task(self.watch(self._stop))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            await self._watch
+            self._watch = None
 
     @property
     def version(self) -> str:
@@ -225,6 +266,8 @@ class Reloader:
         return True
 
     async def on_control(self, command: schemas.Control) -> None:
+        if command.action != "reload_router":
+            return
         path = command.artifact_path or self.config.router.artifact
         try:
             await self.load(path, command.router_version)

@@ -219,8 +219,8 @@ async def test_registry_watch_picks_up_a_promoted_version(
     v1 = load_artifact(first).router.version
     v2 = load_artifact(second).router.version
     assert app.pipeline.core.router.version == v1
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.background(stop))
+    assert app.reloader is not None
+    await app.reloader.start()  # the member starts its services (the reloader among them)
     try:
         tmp = registry / ".CURRENT.tmp"
         tmp.write_text(second.name + "\n")
@@ -228,8 +228,7 @@ async def test_registry_watch_picks_up_a_promoted_version(
         assert await poll_until(lambda: app.pipeline.core.router.version == v2, 10)
         assert app.metrics.router_version.labels(app.pipeline.core.router.name, v2)._value.get()
     finally:
-        stop.set()
-        await task
+        await app.reloader.stop()
         await app.close()
 
 

@@ -389,6 +389,13 @@ class BatchManager:
                     job.task.cancel()
                 del self._jobs[job_id]
 
+    async def on_control(self, command: schemas.Control) -> None:
+        """`cancel_batch`: cancel the named job when this member holds it."""
+        if command.action != "cancel_batch" or not command.job_id:
+            return
+        if await self.cancel(command.job_id):
+            log.info("batch job %s cancelled (command %s)", command.job_id, command.command_id)
+
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job this member owns (by our job id or the provider's batch id)."""
         job = self._jobs.get(job_id) or next(

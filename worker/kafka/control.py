@@ -1,32 +1,32 @@
 """Operator commands on the control topic (`schemas.Control`): every member applies them all.
 
 The follower starts at the topic's end offsets when the member starts (a command published
-before is not replayed), applies each command once (by `command_id`) with the handler of its
-action, and after a failure resumes where it was, so no command is skipped. A handler's failure
-is logged; it never stops the follower.
+before is not replayed), hands each command once (by `command_id`) to every service that takes
+commands (`worker.kafka.service.Controlled`: each acts on its own actions), and after a failure
+resumes where it was, so no command is skipped. A service's failure is logged; it never stops
+the follower or the other services.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import schemas
+from worker.kafka.service import Controlled
 from worker.kafka.table import TopicFollower
 
 log = logging.getLogger(__name__)
 
-ControlHandler = Callable[[schemas.Control], Awaitable[None]]
-
 
 class ControlFollower:
     def __init__(
-        self, client_kwargs: Mapping[str, Any], topic: str, handlers: Mapping[str, ControlHandler]
+        self, client_kwargs: Mapping[str, Any], topic: str, services: Sequence[Controlled]
     ) -> None:
         self.topic = topic
-        self.handlers = handlers
+        self.services = services  # each sees every command (the member may add to it)
         self._seen: set[str] = set()
         self._follower = TopicFollower(client_kwargs, topic, self._apply, start="end")
 
@@ -50,11 +50,16 @@ class ControlFollower:
         except schemas.InvalidEvent as exc:
             log.warning("ignoring an invalid control event: %s", exc)
             return
-        handler = self.handlers.get(command.action)
-        if command.command_id in self._seen or handler is None:
+        if command.command_id in self._seen:
             return
         self._seen.add(command.command_id)
-        try:
-            await handler(command)
-        except Exception:
-            log.exception("control command %s (%s) failed", command.command_id, command.action)
+        for service in list(self.services):
+            try:
+                await service.on_control(command)
+            except Exception:
+                log.exception(
+                    "control command %s (%s) failed in %s",
+                    command.command_id,
+                    command.action,
+                    type(service).__name__,
+                )

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -51,6 +51,7 @@ from worker.kafka.offsets import OffsetTracker
 from worker.kafka.publisher import Publisher, Publishing
 from worker.kafka.raw import RawFetcher, read_batches
 from worker.kafka.records import Deferred, Handled, Pipeline, RecordInfo
+from worker.kafka.service import Controlled, Service
 from worker.kafka.topics import partition_counts
 from worker.providers.types import CompletionResult
 from worker.telemetry import RequestSpan, Tracing
@@ -99,6 +100,8 @@ class Worker:
         batch: BatchSettings | None = None,
         batch_backend: Callable[[str], BatchBackend | None] | None = None,
         on_share: Callable[[float], None] | None = None,
+        services: Sequence[Service] = (),
+        publisher: Publisher | None = None,
     ) -> None:
         self.kafka = kafka
         # told this member's share of the request partitions (owned / total) on every assignment
@@ -123,23 +126,20 @@ class Worker:
         self._done_partitions = 0
         self._jobs_partitions = 0
         self._control_partitions = 0
-        # operator commands from the control topic (`schemas.Control`), by action
-        self.control_handlers: dict[str, Callable[[schemas.Control], Awaitable[None]]] = {}
-        self.control = ControlFollower(kafka.common_kwargs(), topics.control, self.control_handlers)
-        # awaited once the clients have started, and after the drain and the last commit
-        self.on_start: list[Callable[[], Awaitable[None]]] = []
-        self.before_stop: list[Callable[[], Awaitable[None]]] = []
+        # started once the clients have started, stopped after the drain and the last commit
+        self.services = tuple(services)
+        # operator commands from the control topic (`schemas.Control`) go to these
+        self._controlled: list[Controlled] = [s for s in self.services if isinstance(s, Controlled)]
+        self.control = ControlFollower(kafka.common_kwargs(), topics.control, self._controlled)
         self._source_partitions = 0
         self.ready = asyncio.Event()
         self._readiness: asyncio.Task[None] | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self._raw = RawFetcher(kafka.common_kwargs)
-        self.stats = {
-            "records": 0, "dead_letters": 0, "duplicates": 0, "published": 0, "batched": 0,
-            "abandoned": 0,
-        }  # fmt: skip
         # the response, decision, dedupe marker, dead letter and shadow records
-        self.publisher = Publisher(kafka, topics, settings, self.observer, self.stats)
+        self.publisher = publisher or Publisher(kafka, topics, settings, self.observer)
+        self.stats = self.publisher.stats  # "published", "dead_letters", and the member's own:
+        self.stats.update(records=0, duplicates=0, batched=0, abandoned=0)
         self._in_flight_ids: dict[tuple[str, str], asyncio.Future[None]] = {}
         self.broker_reachable = True
         self.in_flight_bytes = 0  # record bytes (value + key) of the records in flight
@@ -172,8 +172,8 @@ class Worker:
             await self.consumer.start()
             try:
                 await self._partition_counts()
-                for hook in self.on_start:
-                    await hook()
+                for service in self.services:
+                    await service.start()
                 self._start_batches()
                 control = asyncio.create_task(self._follow_control())
                 watch = asyncio.create_task(self._watch_broker())
@@ -188,11 +188,11 @@ class Worker:
                     self.batches.flush_all()  # what waits for a batch is submitted, not dropped
                 await self._drain(self.settings.drain_timeout_s)
                 await self._commit()
-                for hook in self.before_stop:
+                for service in reversed(self.services):
                     try:
-                        await hook()
+                        await service.stop()
                     except Exception:
-                        log.exception("a shutdown hook failed")
+                        log.exception("stopping %s failed", type(service).__name__)
             finally:
                 if self.batches is not None:
                     await self.batches.close(self.settings.drain_timeout_s)
@@ -284,12 +284,7 @@ class Worker:
             self.kafka.common_kwargs(), clock=self.clock,
         )  # fmt: skip
         batches.start()
-
-        async def cancel(command: schemas.Control) -> None:
-            if command.job_id and await batches.cancel(command.job_id):
-                log.info("batch job %s cancelled (command %s)", command.job_id, command.command_id)
-
-        self.control_handlers["cancel_batch"] = cancel
+        self._controlled.append(batches)  # cancel_batch
 
     @property
     def producer(self) -> AIOKafkaProducer | None:

@@ -109,13 +109,12 @@ class Publisher:
         topics: TopicSettings,
         settings: LoopSettings,
         observer: LoopObserver,
-        stats: dict[str, int],
     ) -> None:
         self.kafka = kafka
         self.topics = topics
         self.settings = settings
         self.observer = observer
-        self.stats = stats  # the member's counters: "published", "dead_letters"
+        self.stats = {"published": 0, "dead_letters": 0}
         self.producer: AIOKafkaProducer | None = None
         self.done_partitions = 0  # the dedupe topic's partition count (0: no markers)
         self._limits: dict[str, int] = {}  # topic -> max.message.bytes
