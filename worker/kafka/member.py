@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -43,9 +42,10 @@ from worker.batch.store import JobStore
 from worker.config import BatchSettings
 from worker.config.kafka import KafkaSettings, LoopSettings, TopicSettings
 from worker.config.telemetry import TelemetryConfig
-from worker.errors import InvalidRecord, OversizedRecord, UnpublishableRecord, UnreadableRecord
+from worker.errors import UnpublishableRecord
 from worker.kafka.control import ControlFollower
 from worker.kafka.dedupe import AnsweredIds, load_answered
+from worker.kafka.intake import Decoded, decode, record_info
 from worker.kafka.observer import LoopObserver, NullObserver, quietly
 from worker.kafka.offsets import OffsetTracker
 from worker.kafka.publisher import Publisher, Publishing
@@ -71,8 +71,6 @@ _RECORD_FAULTS = (
     UnknownTopicOrPartitionError,
     TimeoutError,  # a reply topic that never gets metadata (absent, auto-create off)
 )
-# Kafka's topic-name grammar (`Topic.validate`): 1-249 of [a-zA-Z0-9._-], not "." or ".."
-_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
 def _record_fault(exc: BaseException) -> bool:
@@ -82,9 +80,6 @@ def _record_fault(exc: BaseException) -> bool:
 class _NoSpan:
     def __getattr__(self, name: str) -> Callable[..., None]:
         return lambda *args, **kwargs: None
-
-
-Decoded = schemas.RouteRequest | tuple[schemas.ErrorCode, str]  # the request, or (code, reason)
 
 
 class Worker:
@@ -339,7 +334,7 @@ class Worker:
         requests: list[schemas.RouteRequest] = []
         for tp, records in batch.items():
             for record in records:
-                item = self._decode(record)
+                item = decode(record, self.settings, self.topics)
                 decoded.append((tp, record, item))
                 if isinstance(item, schemas.RouteRequest):
                     requests.append(item)
@@ -401,57 +396,6 @@ class Worker:
             )
             await asyncio.sleep(1.0)
 
-    def _decode(self, record: Any) -> Decoded:
-        """The request, or the dead-letter reason (error type, message)."""
-        problem = getattr(record, "problem", None)  # set on records read raw (worker.kafka.raw)
-        if problem is not None:
-            return (UnreadableRecord.code, problem)
-        value: bytes = record.value if record.value is not None else b""
-        if len(value) > self.settings.max_request_bytes:
-            return (
-                OversizedRecord.code,
-                f"record of {len(value)} bytes exceeds max_request_bytes "
-                f"{self.settings.max_request_bytes}",
-            )
-        try:
-            request = schemas.decode(value, schemas.RouteRequest)
-        except schemas.InvalidEvent as exc:
-            return (InvalidRecord.code, str(exc))
-        except Exception as exc:  # never let one record stop the poll loop
-            return (InvalidRecord.code, f"{type(exc).__name__} while decoding: {exc}")
-        if request.reply_topic is not None:
-            refused = self._refused_reply_topic(request.reply_topic)
-            if refused is not None:
-                return (InvalidRecord.code, f"$.reply_topic: {refused}")
-        return request
-
-    def _refused_reply_topic(self, topic: str) -> str | None:
-        """Why responses cannot go to `topic` (None: they can): Kafka's topic-name grammar,
-        no internal (`__`) topics, none of the worker's own topics but the responses topic, and
-        the configured pattern."""
-        if topic in (".", "..") or not _TOPIC_NAME.fullmatch(topic):
-            return f"{topic!r} is not a valid Kafka topic name"
-        if topic.startswith("__"):
-            return f"{topic!r} is an internal topic"
-        t = self.topics
-        own = {
-            t.requests,
-            t.decisions,
-            t.feedback,
-            t.dlq,
-            t.batch_jobs,
-            t.control,
-            t.shadow,
-            t.cache,
-            t.done,
-        }
-        if topic in own:
-            return f"{topic!r} is one of the worker's own topics"
-        pattern = self.settings.reply_topic_pattern
-        if pattern is not None and not re.fullmatch(pattern, topic):
-            return f"{topic!r} does not match the allowed reply topics {pattern!r}"
-        return None
-
     def _start(self, tp: TopicPartition, record: Any, item: Decoded, prepared: object) -> None:
         self.stats["records"] += 1
         self.tracker.received(tp, record.offset)
@@ -500,16 +444,7 @@ class Worker:
         number of attempts for faults of the record itself (a reply topic that refuses it, a
         record too large); the model is called at most once whatever is retried. Broker outages
         are retried until the member stops (the offset stays unfinished: nothing is lost)."""
-        info = RecordInfo(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-            headers=[(k, b"" if v is None else bytes(v)) for k, v in record.headers]
-            if record.headers
-            else [],
-            timestamp_ms=record.timestamp,
-        )
+        info = record_info(record)
         value: bytes = record.value if record.value is not None else b""
         request = item if isinstance(item, schemas.RouteRequest) else None
         state = Publishing()
