@@ -38,7 +38,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
+
+from worker.kafka.table import TopicFollower
 
 log = logging.getLogger(__name__)
 
@@ -179,25 +181,18 @@ class SpendSync:
         self.client_kwargs = client_kwargs
         self.publish_interval_s = publish_interval_s
         self._producer: AIOKafkaProducer | None = None
-        self._consumer: AIOKafkaConsumer | None = None
+        # the others' totals: from the beginning of the compacted topic, then following it
+        self._follower = TopicFollower(client_kwargs, topic, self._observe)
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(acks="all", **self.client_kwargs)
         await self._producer.start()
-        self._consumer = AIOKafkaConsumer(
-            self.topic,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **self.client_kwargs,
-        )
-        await self._consumer.start()
         self._stop.clear()
         self._tasks = [
             asyncio.create_task(self._publish_loop()),
-            asyncio.create_task(self._follow()),
+            asyncio.create_task(self._follower.run()),
         ]
 
     async def stop(self) -> None:
@@ -209,8 +204,6 @@ class SpendSync:
                 await task
         with contextlib.suppress(Exception):
             await self.publish()  # what was spent since the last publication
-        if self._consumer is not None:
-            await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
 
@@ -236,15 +229,6 @@ class SpendSync:
             except Exception:  # Kafka trouble: the totals stay dirty only if not sent; retry
                 log.exception("publishing spend to %s failed", self.topic)
 
-    async def _follow(self) -> None:
-        assert self._consumer is not None
-        while not self._stop.is_set():
-            try:
-                batch = await self._consumer.getmany(timeout_ms=200)
-            except Exception:
-                log.exception("reading spend from %s failed", self.topic)
-                await asyncio.sleep(1.0)
-                continue
-            for records in batch.values():
-                for record in records:
-                    self.ledger.observe(record.key, record.value)
+    async def _observe(self, records: list[Any]) -> None:
+        for record in records:
+            self.ledger.observe(record.key, record.value)
