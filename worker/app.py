@@ -29,12 +29,12 @@ from worker.judge import Judge, JudgeSettings
 from worker.loop import Worker, close_quietly
 from worker.metrics import Health, OpsServer, OpsServerConfig, WorkerMetrics
 from worker.observer import MetricsObserver
-from worker.pipeline import Arm, Pipeline, RoutingCore, load_answer_scorers
+from worker.pipeline.core import Arm, Pipeline, RoutingCore, load_answer_scorers
+from worker.pipeline.spend import SpendLedger, SpendLimit, SpendSync
 from worker.providers.client import ClientSettings, ModelClient
 from worker.providers.http import HttpSettings
 from worker.providers.retry import RetryPolicy
 from worker.semcache_sync import SemanticCacheSync
-from worker.spend import SpendLedger, SpendLimit, SpendSync
 from worker.telemetry import Tracing
 from worker.telemetry.scores import LangfuseScores
 from worker.topics import ensure_topics

@@ -18,7 +18,7 @@ from worker.config import ConfigError
 from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL, Catalogue
 from worker.judge import Judge, JudgeSettings
 from worker.loop import RecordInfo
-from worker.pipeline import Pipeline, RoutingCore, load_answer_scorers
+from worker.pipeline.core import Pipeline, RoutingCore, load_answer_scorers
 from worker.providers.client import ModelClient
 from worker.providers.types import Usage
 from worker.sim import Simulator

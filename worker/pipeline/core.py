@@ -50,6 +50,7 @@ from worker.errors import (
 )
 from worker.judge import Judge, JudgeSettings
 from worker.loop import Deferred, Handled, RecordInfo
+from worker.pipeline.spend import SpendLedger
 from worker.providers.client import ModelClient
 from worker.providers.errors import AllModelsFailedError, CircuitOpenError, ProviderError
 from worker.providers.redaction import scrub_error, scrub_result
@@ -60,7 +61,6 @@ from worker.providers.types import (
     RoutedCompletion,
     Usage,
 )
-from worker.spend import SpendLedger
 from worker.telemetry import Tracing
 
 if TYPE_CHECKING:
@@ -495,7 +495,7 @@ class Pipeline:
         spend: SpendLedger | None = None,
     ) -> None:
         self.core = core
-        self.spend = spend  # per-tenant spend limits (worker.spend), when any tenant has one
+        self.spend = spend  # per-tenant spend limits (pipeline.spend), when any tenant has one
         self.client = client
         self.answer_scorers = answer_scorers or {}
         for name, spec in core.config.policies.items():

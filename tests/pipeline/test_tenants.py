@@ -16,7 +16,7 @@ from schemas import RoutingOptions
 from tests.worker.support import ROWS, SIM_KEYS, request_event, worker_config
 from worker.config.models import STRONG_MODEL, WEAK_MODEL
 from worker.loop import Handled, RecordInfo
-from worker.pipeline import Pipeline, RoutingCore
+from worker.pipeline.core import Pipeline, RoutingCore
 from worker.providers.client import ModelClient
 from worker.sim import Simulator
 
