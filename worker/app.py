@@ -29,7 +29,10 @@ from worker.judge import Judge, JudgeSettings
 from worker.loop import Worker, close_quietly
 from worker.metrics import Health, OpsServer, OpsServerConfig, WorkerMetrics
 from worker.observer import MetricsObserver
-from worker.pipeline.core import Arm, Pipeline, RoutingCore, load_answer_scorers
+from worker.pipeline.cascade import load_answer_scorers
+from worker.pipeline.core import Pipeline
+from worker.pipeline.experiments import Arm
+from worker.pipeline.routing import RoutingCore
 from worker.pipeline.spend import SpendLedger, SpendLimit, SpendSync
 from worker.providers.client import ClientSettings, ModelClient
 from worker.providers.http import HttpSettings
@@ -137,6 +140,24 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
     ledger = (
         SpendLedger(f"{socket.gethostname()}-{uuid.uuid4().hex[:12]}", limits) if limits else None
     )
+    backends = backend_factory(client, catalogue)
+    cache = None
+    if config.cache.enabled:
+        cache = SemanticCacheSync(
+            config.cache, topic=config.topics.cache, client_kwargs=config.kafka.common_kwargs(),
+            worker_id=config.loop.worker_id,
+        )  # fmt: skip
+    shadow_judge = None
+    if config.shadow.judge_model is not None:
+        shadow_judge = Judge(client, JudgeSettings(model=config.shadow.judge_model))
+
+    async def publish_shadow(
+        response: schemas.RouteResponse,
+        decision: schemas.RoutingDecision,
+        feedback: list[schemas.Feedback],
+    ) -> None:
+        await worker.publish_shadow(response, decision, feedback)  # the worker is built below
+
     pipeline = Pipeline(
         core,
         client,
@@ -144,20 +165,18 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
         mask_prompts=tracing_masks(config),
         answer_scorers=load_answer_scorers(config),
         spend=ledger,
+        cache=cache,
+        can_batch=(lambda model: backends(model) is not None) if config.batch.enabled else None,
+        arms=_arms(config, catalogue),
+        shadow_sink=publish_shadow,
+        shadow_judge=shadow_judge,
     )
     metrics, health = WorkerMetrics(tenants=config.tenants), Health()
     observer = MetricsObserver(metrics, health, config.topics.requests)
-    backends = backend_factory(client, catalogue)
-    if config.batch.enabled:
-        pipeline.can_batch = lambda model: backends(model) is not None
     worker = Worker(
         config.kafka, config.topics, config.loop, pipeline, observer, tracing,
         batch=config.batch, batch_backend=backends, on_share=client.set_share,
     )  # fmt: skip
-    pipeline.set_experiments(_arms(config, catalogue))
-    pipeline.shadow_sink = worker.publish_shadow
-    if config.shadow.judge_model is not None:
-        pipeline.shadow_judge = Judge(client, JudgeSettings(model=config.shadow.judge_model))
     worker.before_stop.append(lambda: pipeline.close_shadow(5.0))
     if ledger is not None:
         spend = SpendSync(
@@ -165,12 +184,7 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
         )
         worker.on_start.append(spend.start)
         worker.before_stop.append(spend.stop)
-    if config.cache.enabled:
-        cache = SemanticCacheSync(
-            config.cache, topic=config.topics.cache, client_kwargs=config.kafka.common_kwargs(),
-            worker_id=config.loop.worker_id,
-        )  # fmt: skip
-        pipeline.cache = cache
+    if cache is not None:
         worker.on_start.append(cache.start)
         worker.before_stop.append(cache.stop)
     reloader = Reloader(config, pipeline, metrics)

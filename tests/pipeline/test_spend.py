@@ -14,7 +14,8 @@ from routers.artifact import load_artifact
 from tests.conftest import TopicFactory
 from tests.worker.support import ROWS, SIM_KEYS, poll_until, request_event, worker_config
 from worker.loop import Handled, RecordInfo
-from worker.pipeline.core import Pipeline, RoutingCore
+from worker.pipeline.core import Pipeline
+from worker.pipeline.routing import RoutingCore
 from worker.pipeline.spend import SpendLedger, SpendLimit, SpendSync
 from worker.providers.client import ModelClient
 from worker.sim import Simulator
