@@ -23,7 +23,7 @@ from routers import policy as rpolicy
 from routers.artifact import Artifact
 from routers.calibration import threshold_from_quantiles
 from routers.decision import Candidate, Decision
-from routers.eligibility import Eligible, Limits, eligible
+from routers.eligibility import Eligible, Limits, eligible, narrow
 from routers.errors import NoEligibleModelError
 from routers.features import prompt_text
 from routers.learned import assess
@@ -158,42 +158,31 @@ class RoutingCore:
         if policy is not None:
             tenant = msgspec.structs.replace(tenant, policy=policy)
         ask = request.routing
-        notes: list[str] = []
-
-        def allowed(name: str, value: object) -> bool:
-            if value is None:
-                return False
-            if name in tenant.allow_overrides:
-                return True
-            notes.append(f"override {name!r} not allowed for tenant; ignored")
-            return False
-
-        name = ask.policy if allowed("policy", ask.policy) else tenant.policy
+        # the mode override matters only when it asks for batch of an interactive tenant
+        asks_batch = tenant.mode != "batch" and ask.mode == "batch"
+        narrowed = narrow(
+            Limits.of("tenant", tenant.allowed_models, tenant.denied_models, tenant.max_cost_usd),
+            Limits.of("request", ask.allowed_models, ask.denied_models, ask.max_cost_usd),
+            asked=(
+                ("policy", ask.policy),
+                ("threshold", ask.threshold),
+                ("strong_fraction", ask.strong_fraction),
+                ("mode", ask.mode if asks_batch else None),
+            ),
+            allow_overrides=tenant.allow_overrides,
+            max_latency_ms=(tenant.max_latency_ms, ask.max_latency_ms),
+        )
+        overrides = narrowed.overrides
+        name = ask.policy if "policy" in overrides else tenant.policy
         assert name is not None
         spec = self.config.policies.get(name)
         if spec is None:
             raise RequestRejected(f"unknown routing policy {name!r}")
-
-        limits = (
-            Limits(
-                "tenant",
-                None if tenant.allowed_models is None else frozenset(tenant.allowed_models),
-                frozenset(tenant.denied_models),
-                tenant.max_cost_usd,
-            ),
-            Limits(  # a request may always narrow, never widen
-                "request",
-                None if ask.allowed_models is None else frozenset(ask.allowed_models),
-                frozenset(ask.denied_models or ()),
-                ask.max_cost_usd,
-            ),
-        )
-        latency_budgets = [b for b in (tenant.max_latency_ms, ask.max_latency_ms) if b is not None]
         threshold = spec.threshold
         fraction = spec.strong_fraction
-        if allowed("threshold", ask.threshold):
+        if "threshold" in overrides:
             threshold, fraction = ask.threshold, None
-        if allowed("strong_fraction", ask.strong_fraction):
+        if "strong_fraction" in overrides:
             threshold, fraction = None, ask.strong_fraction
         if fraction is not None:
             threshold = self.threshold_for_fraction(fraction)
@@ -206,14 +195,14 @@ class RoutingCore:
             quality_target=spec.quality_target if spec.kind == "quality_target" else None,
             cost_weight_per_usd=spec.cost_weight_per_usd,
             default_output_tokens=spec.default_output_tokens,
-            max_latency_ms=min(latency_budgets) if latency_budgets else None,
+            max_latency_ms=narrowed.max_latency_ms,
             latency_weight_per_s=spec.latency_weight_per_s,
             tight_latency_factor=spec.tight_latency_factor,
             on_unfamiliar=spec.on_unfamiliar,
         )
-        batch = tenant.mode == "batch" or (ask.mode == "batch" and allowed("mode", ask.mode))
+        batch = tenant.mode == "batch" or "mode" in overrides
         mode: Literal["interactive", "batch"] = "batch" if batch else "interactive"
-        return Resolved(name, spec, options, tuple(notes), mode, limits)
+        return Resolved(name, spec, options, narrowed.notes, mode, narrowed.limits)
 
     def threshold_for_fraction(self, fraction: float) -> float:
         """The threshold sending about `fraction` of calibration prompts to the strong model."""
