@@ -4,12 +4,12 @@ fallbacks, spend limits) -> response and decision events. The Kafka loop (`worke
 
 The parts: `routing` (the routing core and policy resolution), `responses` (the one builder of
 each published event), `calls` (model calls, traced), `cascade`, `shadow`, `experiments` (A/B
-arms) and `spend` (per-tenant spend limits).
+arms), `cached` (the semantic cache step), `batch` (the answers of batch jobs) and `spend`
+(per-tenant spend limits).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -26,20 +26,17 @@ from routers.cascade import checks_answer
 from routers.decision import Decision
 from routers.eligibility import Eligible
 from routers.learned import assess
-from schemas.trace import request_trace_id
 from worker.batch.jobs import Finished
 from worker.config.telemetry import TelemetryConfig
 from worker.errors import (
-    BatchCancelled,
-    MissingBatchResult,
     RequestDeadlineExceeded,
     RequestRejected,
-    SourceRecordLost,
     WorkerError,
 )
 from worker.judge import Judge
 from worker.loop import Deferred, Handled, RecordInfo
-from worker.pipeline import responses
+from worker.pipeline import batch, responses
+from worker.pipeline.cached import CachedAnswers
 from worker.pipeline.calls import ModelCalls, Outcome
 from worker.pipeline.cascade import Cascade, CascadeCall, LoadedAnswerScorer
 from worker.pipeline.experiments import Arm, Experiments
@@ -54,13 +51,11 @@ from worker.pipeline.shadow import Answered, ShadowCalls, ShadowSink
 from worker.pipeline.spend import SpendLedger
 from worker.providers.client import ModelClient
 from worker.providers.errors import AllModelsFailedError, ProviderError
-from worker.providers.redaction import scrub_error, scrub_result
-from worker.providers.types import CompletionRequest, CompletionResult, RoutedCompletion, Usage
+from worker.providers.types import CompletionRequest, RoutedCompletion
 from worker.telemetry import Tracing
 
 if TYPE_CHECKING:
-    from routers.semcache import CacheHit
-    from worker.semcache_sync import CachedAnswer, SemanticCacheSync
+    from worker.semcache_sync import SemanticCacheSync
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +135,12 @@ class Pipeline:
         self.core = core
         self.client = client
         self.spend = spend
-        self.cache = cache
+        self.cache = cache  # the semantic cache (its stats are the app's metrics)
+        self.cached = None
+        if cache is not None:
+            self.cached = CachedAnswers(
+                cache, wall_clock=wall_clock, perf=perf, mask_prompts=mask_prompts
+            )
         self.can_batch: Callable[[str], bool] = can_batch or (lambda model: False)
         self.tracing = tracing or Tracing(TelemetryConfig())
         self.wall_clock = wall_clock
@@ -157,7 +157,6 @@ class Pipeline:
             perf=perf,
             mask_prompts=mask_prompts,
         )
-        self._background: set[asyncio.Task[bool]] = set()
 
     @property
     def shadow_stats(self) -> dict[str, float]:
@@ -223,7 +222,9 @@ class Pipeline:
         job = _Job(request, self.perf(), self.wall_clock(), ready)
         try:
             self._admit(request, record.topic, job.now)
-            cached = None if interactive else self._from_cache(job)
+            cached = None
+            if self.cached is not None and not interactive:
+                cached = self.cached.answer(request, self.core, job.started)
             if cached is not None:
                 return cached
             routed = self._route(job)
@@ -235,7 +236,8 @@ class Pipeline:
             return self._error(job, failed.error, failed.routed)
         info = self._with_cascade_reason(routed.info, job.outcome)
         self.shadow.maybe_start(self._answered(request, routed, call, info, completion))
-        self._store_in_cache(request, completion.result)
+        if self.cached is not None:
+            self.cached.store(request, completion.result)
         return self._response(job, routed, info, completion)
 
     def _admit(self, request: schemas.RouteRequest, topic: str | None, now: datetime) -> None:
@@ -329,26 +331,12 @@ class Pipeline:
         allowed = None
         if cascade or routed.limited:
             allowed = core.eligible(request, resolved, routed.messages)
-        reserved = self._reserve(job.request.tenant, routed, chain, cascade, allowed)
+        reserved = self._reserve(request.tenant, routed, chain, cascade, allowed)
         try:
             if cascade:
                 assert allowed is not None
-                question = routed.ready.text if routed.ready is not None else None
-                completion = await self.cascade.answer(
-                    CascadeCall(
-                        request,
-                        call,
-                        chain,
-                        spec,
-                        spec.strong or core.router.strong,
-                        question if question is not None else core.prompt(routed.messages),
-                        allowed,
-                        core.permits(resolved, spec.cascade_grader),
-                        plan,
-                    ),
-                    routed.deadline_s,
-                    outcome,
-                )
+                checked = self._cascade_call(request, routed, call, chain, allowed, plan)
+                completion = await self.cascade.answer(checked, routed.deadline_s, outcome)
             else:
                 completion = await self.calls.call(
                     request, call, chain, routed.deadline_s, outcome, plan
@@ -365,6 +353,29 @@ class Pipeline:
             if reserved is not None:
                 self._settle(request.tenant, reserved, outcome)
         return completion
+
+    @staticmethod
+    def _cascade_call(
+        request: schemas.RouteRequest,
+        routed: _Routed,
+        call: CompletionRequest,
+        chain: Sequence[str],
+        allowed: Eligible,
+        plan: Route,
+    ) -> CascadeCall:
+        core, resolved, ready = routed.core, routed.resolved, routed.ready
+        spec = resolved.spec
+        return CascadeCall(
+            request,
+            call,
+            chain,
+            spec,
+            spec.strong or core.router.strong,
+            ready.text if ready is not None else core.prompt(routed.messages),
+            allowed,
+            core.permits(resolved, spec.cascade_grader),
+            plan,
+        )
 
     def _reserve(
         self,
@@ -422,25 +433,6 @@ class Pipeline:
             result.text,
             routed.messages,
         )
-
-    def _store_in_cache(self, request: schemas.RouteRequest, result: CompletionResult) -> None:
-        """Offer the answer to the semantic cache, in the background."""
-        cache = self.cache
-        if cache is None:
-            return
-        stored = responses.route_response(
-            request.request_id,
-            request.tenant,
-            trace_id=None,
-            created_at=datetime.now(UTC),
-            mode=request.routing.mode,
-            answer=responses.Answer.of(result),
-            cost_usd=result.cost_usd,
-            attempts=[],
-        )
-        store = asyncio.create_task(cache.publish(request, stored))
-        self._background.add(store)
-        store.add_done_callback(self._background.discard)
 
     def _response(
         self,
@@ -531,132 +523,17 @@ class Pipeline:
             text=text,
         )
 
-    # ------------------------------------------------------------ the semantic cache
-
-    def _from_cache(self, job: _Job) -> Handled | None:
-        """The cached answer to this request, when the cache has one its tenant may use now."""
-        cache, request = self.cache, job.request
-        if cache is None:
-            return None
-        hit = cache.lookup(request)
-        if hit is None or not self._may_serve(request, hit.value.model):
-            return None
-        return self._cached(request, hit, job.started)
-
-    def _may_serve(self, request: schemas.RouteRequest, model: str) -> bool:
-        """Whether a cached answer of `model` may answer this request: the model must be in its
-        eligible set now (entries are shared between members, whose configs can differ)."""
-        try:
-            resolved = self.core.resolve(request)
-        except RequestRejected:
-            return False
-        return model in self.core.eligible(request, resolved)
-
-    def _cached(
-        self, request: schemas.RouteRequest, hit: CacheHit[CachedAnswer], started: float
-    ) -> Handled:
-        """Answer from the semantic cache: no routing and no model call."""
-        answer = hit.value
-        core = self.core
-        tenant = core.config.tenant(request.tenant)
-        info = schemas.DecisionInfo(
-            router="semantic-cache",
-            router_version=core.router.version,
-            policy=tenant.policy if tenant is not None else "unknown",
-            model=answer.model,
-            score=hit.similarity,
-            threshold=core.config.cache.similarity_threshold,
-            candidates=[],
-            reason=f"semantic cache hit: similarity {hit.similarity:.3f} to the prompt of "
-            f"{answer.request_id or 'an earlier request'}",
-            cache_hit=True,
-        )
-        trace_id = trace_id_for(request)
-        usage = schemas.Usage(
-            input_tokens=answer.usage.input_tokens, output_tokens=answer.usage.output_tokens
-        )
-        finish = answer.finish_reason if answer.finish_reason in ("stop", "length") else "stop"
-        response = responses.route_response(
-            request.request_id,
-            request.tenant,
-            answer=responses.Answer(
-                answer.model,
-                answer.provider,
-                answer.content,
-                finish,  # type: ignore[arg-type]
-                usage,
-            ),
-            cost_usd=0.0,
-            latency_ms=(self.perf() - started) * 1000,
-            decision=info,
-            attempts=[],
-            trace_id=trace_id,
-            created_at=self.wall_clock(),
-            mode=request.routing.mode,
-            cache_hit=True,
-        )
-        event = msgspec.structs.replace(self._event(request, info, trace_id), cache_hit=True)
-        strong = core.catalogue.models.get(core.router.strong)
-        strong_cost = None
-        if strong is not None:
-            priced = Usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
-            strong_cost = strong.cost_usd(priced)
-        return Handled(
-            response=response, decision=event, routing_ms=0.0, strong_cost_usd=strong_cost
-        )
-
     # ------------------------------------------------------------ batch jobs
 
     def redacted(self, finished: Finished) -> Finished:
-        """The ended batch item with its provider strings redacted by the configured keys
-        (batch results are parsed outside the client's call path)."""
-        outcome = finished.outcome
-        if isinstance(outcome, CompletionResult):
-            return replace(finished, outcome=scrub_result(outcome, self.client.redactor))
-        if isinstance(outcome, ProviderError):
-            scrub_error(outcome, self.client.redactor)
-        return finished
+        """The ended batch item with its provider strings redacted by the configured keys."""
+        return batch.redacted(finished, self.client.redactor)
 
     def batch_response(self, finished: Finished) -> Handled:
         """The response for one item of an ended batch job: its answer (priced with the batch
         discount), or an error response (cancelled job, failed or missing item)."""
-        item, request, outcome = finished.item, finished.request, self.redacted(finished).outcome
-        tenant = item.tenant if item.tenant is not None else (request and request.tenant)
-        spec = self.core.catalogue.models.get(finished.model)
-        ok = isinstance(outcome, CompletionResult)
-        attempt = schemas.Attempt(
-            model=finished.model,
-            provider=spec.provider if spec is not None else "unknown",
-            status="ok" if ok else "error",
-            latency_ms=0.0,
-            error_type=None if ok else _batch_error_name(outcome),
-        )
-        answer, error, cost_usd = None, None, 0.0
-        if isinstance(outcome, CompletionResult):
-            answer, cost_usd = responses.Answer.of(outcome), outcome.cost_usd
-        else:
-            error = _batch_error(finished, outcome)
-        latency_ms = _since_ms(request.created_at if request else None, self.wall_clock())
-        response = responses.route_response(
-            item.request_id,
-            tenant or "unknown",
-            answer=answer,
-            error=error,
-            cost_usd=cost_usd,
-            latency_ms=latency_ms,
-            decision=item.decision,
-            attempts=[attempt],
-            trace_id=request_trace_id(item.request_id, tenant or None),
-            created_at=self.wall_clock(),
-            mode="batch",
-        )
-        if not isinstance(outcome, CompletionResult):
-            return Handled(response=response)
-        strong = self.core.catalogue.models.get(self.core.router.strong)
-        return Handled(
-            response=response,
-            strong_cost_usd=strong.cost_usd(outcome.usage, batch=True) if strong else None,
-        )
+        done = self.redacted(finished)
+        return batch.batch_response(done, self.core, self.wall_clock(), self.wall_clock())
 
 
 def _latency_budget(
@@ -669,33 +546,3 @@ def _latency_budget(
         left_ms = (request.deadline - now).total_seconds() * 1000.0
         budget = left_ms if budget is None else min(budget, left_ms)
     return budget
-
-
-def _batch_error(finished: Finished, outcome: object) -> schemas.ErrorInfo:
-    """Why an ended batch item has no answer: its request is gone, its job was cancelled, or
-    the provider failed it (or left it out of the results)."""
-    item = finished.item
-    if finished.request is None:
-        return responses.error_info(
-            SourceRecordLost,
-            f"the request at {item.topic}[{item.partition}]@{item.offset} is no "
-            "longer retained; it cannot be answered",
-            True,
-        )
-    if finished.cancelled:
-        return responses.error_info(
-            BatchCancelled,
-            f"batch job {finished.job_id} was cancelled before this request ran",
-            True,
-        )
-    message = str(outcome) if outcome is not None else "missing from the batch results"
-    failed = type(outcome) if isinstance(outcome, ProviderError) else MissingBatchResult
-    return responses.error_info(failed, message, True)
-
-
-def _batch_error_name(outcome: object) -> schemas.ErrorCode:
-    return outcome.code if isinstance(outcome, ProviderError) else MissingBatchResult.code
-
-
-def _since_ms(start: datetime | None, now: datetime) -> float:
-    return max(0.0, (now - start).total_seconds() * 1000) if start is not None else 0.0
