@@ -47,7 +47,7 @@ from tests.worker.support import (  # noqa: E402
     worker_config_data,
 )
 from worker import config as config_mod  # noqa: E402
-from worker.pipeline import RoutingCore  # noqa: E402
+from worker.pipeline.routing import RoutingCore  # noqa: E402
 
 KEYS = {"SIM_OPENAI_API_KEY": "sk-bench", "SIM_ANTHROPIC_API_KEY": "sk-ant-bench"}
 PARTITIONS = 6

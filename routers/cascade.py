@@ -14,11 +14,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from routers.decision import Decision
+from routers.eligibility import Eligible
+
 __all__ = [
     "AnswerScorer",
     "CascadeParams",
     "CascadeResult",
     "calibrate_cascade_threshold",
+    "checks_answer",
+    "escalates",
 ]
 
 REFUSALS: tuple[str, ...] = (
@@ -131,3 +136,22 @@ def calibrate_cascade_threshold(
         if c[accepted].mean() >= target_precision - 1e-12:
             best = float(t)
     return best
+
+
+def checks_answer(decision: Decision, cascade_policy: bool, on_unfamiliar: str, weak: str) -> bool:
+    """Whether the shell checks the answer of the decided model and may escalate: the weak model
+    was chosen by a cascade policy, or for an unfamiliar prompt with `on_unfamiliar="cascade"`."""
+    by_policy = cascade_policy or (decision.policy == "unfamiliar" and on_unfamiliar == "cascade")
+    return by_policy and decision.model == weak
+
+
+def escalates(
+    verdict: CascadeResult, cheap: str, strong: str, allowed: Eligible, spent_usd: float
+) -> bool:
+    """Whether a rejected cheap answer goes to `strong`: it must be another model, eligible, and
+    its cost bound must still fit the budget after `spent_usd` (escalating could overspend)."""
+    if verdict.accept or strong == cheap or strong not in allowed:
+        return False
+    budget = allowed.budget_usd
+    bound = allowed.cost_bound_usd.get(strong, math.inf)
+    return budget is None or spent_usd + bound <= budget

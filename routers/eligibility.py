@@ -6,6 +6,10 @@ party, it is in the party's `allowed` set (when the party gives one), not in its
 and its cost bound is within the party's `max_cost_usd` (when given). `allowed=None` means the
 party does not restrict; an empty `allowed` set allows nothing.
 
+A request may only narrow what its tenant allows (`narrow`): both parties' limits apply, the
+lower latency budget holds, and of the settings it asks to override only those its tenant lists
+in `allow_overrides` take effect; the others are ignored, and the reason says so.
+
 Everything the shell calls for a request (the chosen model, fallbacks, cascade escalation,
 shadow calls, batch submission) is drawn from the one `Eligible` set computed here; an empty set
 is an error whose message (`Eligible.why_none`) names why each model was excluded.
@@ -14,10 +18,10 @@ is an error whose message (`Eligible.why_none`) names why each model was exclude
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Eligible", "Limits", "eligible"]
+__all__ = ["Eligible", "Limits", "Narrowed", "eligible", "narrow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +32,55 @@ class Limits:
     allowed: frozenset[str] | None = None  # None: no restriction; empty: nothing allowed
     denied: frozenset[str] = frozenset()
     max_cost_usd: float | None = None
+
+    @classmethod
+    def of(
+        cls,
+        source: str,
+        allowed: Iterable[str] | None,
+        denied: Iterable[str] | None,
+        max_cost_usd: float | None,
+    ) -> Limits:
+        return cls(
+            source,
+            None if allowed is None else frozenset(allowed),
+            frozenset(denied or ()),
+            max_cost_usd,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Narrowed:
+    """What applies to one request of a tenant."""
+
+    limits: tuple[Limits, ...]  # the tenant's, then the request's: every one applies
+    overrides: Mapping[str, object]  # the settings the request overrides, as it asked
+    notes: tuple[str, ...]  # the overrides it asked for and may not make (ignored)
+    max_latency_ms: float | None  # the lower of the two latency budgets
+
+
+def narrow(
+    tenant: Limits,
+    request: Limits,
+    *,
+    asked: Sequence[tuple[str, object]],
+    allow_overrides: Collection[str],
+    max_latency_ms: tuple[float | None, float | None] = (None, None),
+) -> Narrowed:
+    """The request's limits on top of its tenant's (a request may always narrow, never widen),
+    and of the settings it asks to override (`asked`: name and value in order; None: not
+    asked), those the tenant allows; a note for each other one."""
+    overrides: dict[str, object] = {}
+    notes: list[str] = []
+    for name, value in asked:
+        if value is None:
+            continue
+        if name in allow_overrides:
+            overrides[name] = value
+        else:
+            notes.append(f"override {name!r} not allowed for tenant; ignored")
+    budgets = [b for b in max_latency_ms if b is not None]
+    return Narrowed((tenant, request), overrides, tuple(notes), min(budgets) if budgets else None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,14 @@ weak model when eligible (policy "unfamiliar"); "cascade" sends it to the weak m
 "unfamiliar", for the shell to check the answer and escalate as a cascade does.
 
 No eligible model raises `NoEligibleModelError`: the shell decides what to do then.
+
+Each rule is a small policy class; they compose by wrapping, in the shape of OpenTelemetry's
+`ParentBased(root=...)` sampler: a wrapper decides, or hands the situation (narrowed, or with a
+note for the reason) to the policy it wraps. `decide` applies `STANDARD`:
+
+    Eligibility(LatencyBudget(Unfamiliar(Threshold(QualityTarget(CostTradeoff())))))
+
+and takes another composition through `policy=`.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Final, Literal, NamedTuple, Protocol
 
 from routers.base import Router
 from routers.decision import Candidate, Decision
@@ -52,9 +60,18 @@ from routers.features import prompt_text
 from routers.learned import assess
 
 __all__ = [
+    "STANDARD",
+    "CostTradeoff",
+    "Eligibility",
+    "LatencyBudget",
     "ModelPrice",
     "OnUnfamiliar",
+    "Policy",
     "PolicyOptions",
+    "QualityTarget",
+    "Situation",
+    "Threshold",
+    "Unfamiliar",
     "decide",
     "estimate_cost_usd",
     "estimate_input_tokens",
@@ -155,6 +172,265 @@ def _latency_key(c: Candidate) -> tuple[float, float, str]:
     return (est, c.est_cost_usd, c.model)
 
 
+def _cheaper_key(c: Candidate) -> tuple[float, str]:
+    return (c.est_cost_usd, c.model)
+
+
+# ---------------------------------------------------------------- policies
+
+
+class Situation(NamedTuple):
+    """What a policy sees of one request: every scored candidate, those it may still choose
+    (`choosable`), the eligible set the decision carries, and the notes for its reason."""
+
+    predicted: Mapping[str, float]
+    est_cost: Mapping[str, float]
+    candidates: tuple[Candidate, ...]  # every scored model
+    choosable: tuple[Candidate, ...]  # eligible and, with a latency budget, expected to meet it
+    eligible: frozenset[str]  # the models the request may reach (the decision carries them)
+    options: PolicyOptions
+    latency: Mapping[str, float]
+    unfamiliar: float | None
+    router: str = ""
+    router_version: str = ""
+    notes: tuple[str, ...] = ()  # appended to the reason, in order
+
+    def by_name(self) -> dict[str, Candidate]:
+        return {c.model: c for c in self.choosable}
+
+    def gap(self) -> float:
+        """quality(strong) - quality(weak) (NaN when either is not predicted)."""
+        s, w = self.options.strong, self.options.weak
+        return float(self.predicted.get(s or "", math.nan)) - float(
+            self.predicted.get(w or "", math.nan)
+        )
+
+    def noted(self, note: str) -> Situation:
+        return self._replace(notes=(*self.notes, note))
+
+    def decided(self, chosen: Candidate, score: float, policy: str, reason: str) -> Decision:
+        threshold = self.options.threshold if policy == "threshold" else None
+        return Decision(
+            chosen.model,
+            score,
+            threshold,
+            self.candidates,
+            reason + "".join("; " + n for n in self.notes),
+            self.router,
+            self.router_version,
+            policy,
+            eligible=self.eligible,
+        )
+
+
+class Policy(Protocol):
+    """Chooses a model for one request. A wrapper policy narrows or decides, and otherwise
+    hands the situation to the policy it wraps (as OpenTelemetry's `ParentBased` sampler hands
+    a root span to its `root` sampler)."""
+
+    def decide(self, situation: Situation) -> Decision: ...
+
+
+class Eligibility:
+    """Only models within the options' allow / deny lists and `max_cost_usd`
+    (`routers.eligibility`); none raises `NoEligibleModelError`."""
+
+    def __init__(self, delegate: Policy) -> None:
+        self.delegate = delegate
+
+    def decide(self, situation: Situation) -> Decision:
+        o = situation.options
+        limits = Limits("policy", o.allow, o.deny, o.max_cost_usd)
+        allowed = eligible_set(situation.predicted, (limits,), situation.est_cost)
+        if not allowed:
+            raise NoEligibleModelError(allowed.why_none())
+        choosable = tuple(c for c in situation.candidates if c.model in allowed)
+        narrowed = situation._replace(choosable=choosable, eligible=allowed.models)
+        return self.delegate.decide(narrowed)
+
+
+class LatencyBudget:
+    """With `max_latency_ms`: a tight deadline (every eligible model measured, the fastest
+    leaving little slack) goes to the fastest ("latency_tight"); otherwise models expected to
+    miss the budget are no longer choosable, and the reason says so."""
+
+    def __init__(self, delegate: Policy) -> None:
+        self.delegate = delegate
+
+    def decide(self, situation: Situation) -> Decision:
+        budget = situation.options.max_latency_ms
+        if budget is None or not situation.latency:
+            return self.delegate.decide(situation)
+        eligible = situation.choosable
+        timed = [c for c in eligible if c.est_latency_ms is not None]
+        fastest = min(timed, key=_latency_key) if timed else None
+        if fastest is None or fastest.est_latency_ms is None:
+            return self.delegate.decide(situation)
+        need = fastest.est_latency_ms
+        factor = situation.options.tight_latency_factor
+        if len(timed) == len(eligible) and budget < factor * need:
+            return situation.decided(
+                fastest,
+                -need,
+                "latency_tight",
+                f"{fastest.model}: tight deadline, fastest eligible (~{need:.0f} ms; "
+                f"max_latency_ms {budget:.0f} < {factor:g} x that)",
+            )
+        missing = [c for c in timed if c.est_latency_ms is not None and c.est_latency_ms > budget]
+        if not missing:
+            return self.delegate.decide(situation)
+        choosable = tuple(c for c in eligible if c not in missing)
+        note = "latency excluded " + ", ".join(
+            f"{c.model} (~{c.est_latency_ms:.0f} ms > {budget:.0f} ms)" for c in missing
+        )
+        return self.delegate.decide(situation.noted(note)._replace(choosable=choosable))
+
+
+class Unfamiliar:
+    """A prompt further from the router's training prompts than `unfamiliar_threshold` is
+    handled by `on_unfamiliar`: "strong" / "weak" / "cascade" send it to that model when
+    choosable (policy "unfamiliar"); "route", or that model not choosable, routes it as usual
+    and says so in the reason."""
+
+    def __init__(self, delegate: Policy) -> None:
+        self.delegate = delegate
+
+    def decide(self, situation: Situation) -> Decision:
+        o, unfamiliar = situation.options, situation.unfamiliar
+        if unfamiliar is None or not unfamiliar > o.unfamiliar_threshold:
+            return self.delegate.decide(situation)
+        act = o.on_unfamiliar
+        what = f"unfamiliar prompt ({unfamiliar:.2f} > {o.unfamiliar_threshold:.2f})"
+        send_to = o.strong if act == "strong" else o.weak if act in ("weak", "cascade") else None
+        by_name = situation.by_name()
+        if send_to is not None and send_to in by_name:
+            role = "strong" if act == "strong" else "weak"
+            then = ", answer checked by the cascade" if act == "cascade" else ""
+            chosen = by_name[send_to]
+            gap = chosen.predicted_quality
+            if o.strong is not None and o.weak is not None:
+                gap = situation.gap()
+            return situation.decided(
+                chosen, gap, "unfamiliar", f"{role}: {what}, on_unfamiliar={act!r}{then}"
+            )
+        note = (
+            f"{what}, routed as usual"
+            if act == "route"
+            else f"{what}, on_unfamiliar={act!r} but that model is not eligible"
+        )
+        return self.delegate.decide(situation.noted(note))
+
+
+class Threshold:
+    """Two models (`threshold`, `strong` and `weak` set): strong iff score = quality(strong) -
+    quality(weak) >= threshold; when only one of the two is choosable, that one."""
+
+    def __init__(self, delegate: Policy) -> None:
+        self.delegate = delegate
+
+    def decide(self, situation: Situation) -> Decision:
+        o = situation.options
+        s, w, threshold = o.strong, o.weak, o.threshold
+        if threshold is None or s is None or w is None:
+            return self.delegate.decide(situation)
+        score = situation.gap()
+        by_name = situation.by_name()
+        if s in by_name and w in by_name:
+            strong = score >= threshold
+            op = ">=" if strong else "<"
+            chosen = by_name[s] if strong else by_name[w]
+            role = "strong" if strong else "weak"
+            return situation.decided(
+                chosen,
+                score,
+                "threshold",
+                f"{role}: need score {score:.4f} {op} threshold {threshold:.4f}",
+            )
+        if s in by_name or w in by_name:
+            only = by_name[s] if s in by_name else by_name[w]
+            return situation.decided(
+                only, score, "only_candidate", f"{only.model}: the only eligible one of strong/weak"
+            )
+        return self.delegate.decide(situation)
+
+
+class QualityTarget:
+    """N models (`quality_target` set): the cheapest whose predicted quality reaches the
+    target; if none does, the best predicted quality (ties: cheaper)."""
+
+    def __init__(self, delegate: Policy) -> None:
+        self.delegate = delegate
+
+    def decide(self, situation: Situation) -> Decision:
+        target = situation.options.quality_target
+        if target is None:
+            return self.delegate.decide(situation)
+        eligible = situation.choosable
+        reaching = [c for c in eligible if c.predicted_quality >= target]
+        if reaching:
+            chosen = min(reaching, key=_cheaper_key)
+            return situation.decided(
+                chosen,
+                chosen.predicted_quality,
+                "quality_target",
+                f"{chosen.model}: cheapest ({_fmt_cost(chosen.est_cost_usd)}) with "
+                f"predicted quality {chosen.predicted_quality:.3f} >= {target:.3f}",
+            )
+        chosen = min(eligible, key=lambda c: (-c.predicted_quality, *_cheaper_key(c)))
+        return situation.decided(
+            chosen,
+            chosen.predicted_quality,
+            "quality_target",
+            f"{chosen.model}: none reaches {target:.3f}; best predicted quality "
+            f"{chosen.predicted_quality:.3f}",
+        )
+
+
+class CostTradeoff:
+    """The best `quality - cost_weight_per_usd * cost - latency_weight_per_s * latency_s`
+    (ties: cheaper, then name). Decides always: the innermost policy."""
+
+    def decide(self, situation: Situation) -> Decision:
+        lam = situation.options.cost_weight_per_usd
+        lat_w = situation.options.latency_weight_per_s if situation.latency else 0.0
+
+        def objective(c: Candidate) -> float:
+            value = c.predicted_quality
+            if lam != 0.0:
+                value -= lam * c.est_cost_usd
+            if lat_w != 0.0 and c.est_latency_ms is not None:
+                value -= lat_w * c.est_latency_ms / 1000.0
+            return value
+
+        chosen = min(situation.choosable, key=lambda c: (-objective(c), *_cheaper_key(c)))
+        value = objective(chosen)
+        quality, cost = chosen.predicted_quality, _fmt_cost(chosen.est_cost_usd)
+        if lat_w == 0.0:
+            return situation.decided(
+                chosen,
+                value,
+                "cost_tradeoff",
+                f"{chosen.model}: best quality - {lam:g} x cost = {value:.4f} "
+                f"(quality {quality:.3f}, {cost})",
+            )
+        est = chosen.est_latency_ms
+        shown = f"~{est:.0f} ms" if est is not None else "untimed"
+        return situation.decided(
+            chosen,
+            value,
+            "cost_tradeoff",
+            f"{chosen.model}: best quality - {lam:g} x cost - {lat_w:g} x latency_s = "
+            f"{value:.4f} (quality {quality:.3f}, {cost}, {shown})",
+        )
+
+
+# The policy `decide` applies: eligibility, then the latency budget, unfamiliar prompts, the
+# two-model threshold, the quality target, and the cost trade-off that always decides.
+STANDARD: Final[Policy] = Eligibility(
+    LatencyBudget(Unfamiliar(Threshold(QualityTarget(CostTradeoff()))))
+)
+
+
 def decide(
     predicted: Mapping[str, float],
     est_cost: Mapping[str, float],
@@ -164,179 +440,33 @@ def decide(
     router_version: str = "",
     est_latency_ms: Mapping[str, float] | None = None,
     unfamiliar: float | None = None,
+    policy: Policy = STANDARD,
 ) -> Decision:
     """Choose a model. `est_cost` lacks a model -> its cost is unknown (inf for budgets and
     ordering, so it is never chosen under `max_cost_usd`). `est_latency_ms` lacks a model -> its
     latency is unknown (it meets any budget). `unfamiliar`: the prompt's distance from the
     router's training prompts (None: unknown, never acted on)."""
-    decision = _decide(
-        predicted, est_cost, options, router, router_version, est_latency_ms or {}, unfamiliar
-    )
-    if unfamiliar is None:
-        return decision
-    return replace(decision, unfamiliar=unfamiliar)
-
-
-def _decide(
-    predicted: Mapping[str, float],
-    est_cost: Mapping[str, float],
-    options: PolicyOptions,
-    router: str,
-    router_version: str,
-    latency: Mapping[str, float],
-    unfamiliar: float | None,
-) -> Decision:
+    latency = est_latency_ms or {}
     candidates = tuple(
         Candidate(m, float(q), float(est_cost.get(m, math.inf)), latency.get(m))
         for m, q in predicted.items()
     )
-    limits = Limits("policy", options.allow, options.deny, options.max_cost_usd)
-    allowed = eligible_set(predicted, (limits,), est_cost)
-    if not allowed:
-        raise NoEligibleModelError(allowed.why_none())
-    eligible = [c for c in candidates if c.model in allowed]
-    note = ""
-    budget = options.max_latency_ms
-    if budget is not None and latency:
-        timed = [c for c in eligible if c.est_latency_ms is not None]
-        fastest = min(timed, key=_latency_key) if timed else None
-        if fastest is not None and fastest.est_latency_ms is not None:
-            need = fastest.est_latency_ms
-            # tight: every eligible model measured, and the fastest leaves little slack
-            if len(timed) == len(eligible) and budget < options.tight_latency_factor * need:
-                return Decision(
-                    fastest.model,
-                    -need,
-                    None,
-                    candidates,
-                    f"{fastest.model}: tight deadline, fastest eligible (~{need:.0f} ms; "
-                    f"max_latency_ms {budget:.0f} < {options.tight_latency_factor:g} x that)",
-                    router,
-                    router_version,
-                    "latency_tight",
-                    eligible=allowed.models,
-                )
-            missing = [
-                c for c in timed if c.est_latency_ms is not None and c.est_latency_ms > budget
-            ]
-            if missing:
-                eligible = [c for c in eligible if c not in missing]
-                note = "; latency excluded " + ", ".join(
-                    f"{c.model} (~{c.est_latency_ms:.0f} ms > {budget:.0f} ms)" for c in missing
-                )
-    by_name = {c.model: c for c in eligible}
-
-    notes: list[str] = []
-
-    def done(chosen: Candidate, score: float, policy: str, reason: str) -> Decision:
-        threshold = options.threshold if policy == "threshold" else None
-        return Decision(
-            chosen.model,
-            score,
-            threshold,
-            candidates,
-            reason + note + "".join("; " + n for n in notes),
-            router,
-            router_version,
-            policy,
-            eligible=allowed.models,
-        )
-
-    s, w = options.strong, options.weak
-    if unfamiliar is not None and unfamiliar > options.unfamiliar_threshold:
-        act = options.on_unfamiliar
-        what = f"unfamiliar prompt ({unfamiliar:.2f} > {options.unfamiliar_threshold:.2f})"
-        send_to = s if act == "strong" else w if act in ("weak", "cascade") else None
-        if send_to is not None and send_to in by_name:
-            role = "strong" if act == "strong" else "weak"
-            then = ", answer checked by the cascade" if act == "cascade" else ""
-            chosen = by_name[send_to]
-            gap = chosen.predicted_quality
-            if s is not None and w is not None:
-                gap = float(predicted.get(s, math.nan)) - float(predicted.get(w, math.nan))
-            return done(
-                chosen,
-                gap,
-                "unfamiliar",
-                f"{role}: {what}, on_unfamiliar={act!r}{then}",
-            )
-        notes.append(
-            f"{what}, routed as usual"
-            if act == "route"
-            else f"{what}, on_unfamiliar={act!r} but that model is not eligible"
-        )
-    if options.threshold is not None and s is not None and w is not None:
-        score = float(predicted.get(s, math.nan)) - float(predicted.get(w, math.nan))
-        if s in by_name and w in by_name:
-            strong = score >= options.threshold
-            op = ">=" if strong else "<"
-            chosen = by_name[s] if strong else by_name[w]
-            role = "strong" if strong else "weak"
-            return done(
-                chosen,
-                score,
-                "threshold",
-                f"{role}: need score {score:.4f} {op} threshold {options.threshold:.4f}",
-            )
-        if s in by_name or w in by_name:
-            only = by_name[s] if s in by_name else by_name[w]
-            return done(
-                only, score, "only_candidate", f"{only.model}: the only eligible one of strong/weak"
-            )
-
-    def cheaper_key(c: Candidate) -> tuple[float, str]:
-        return (c.est_cost_usd, c.model)
-
-    if options.quality_target is not None:
-        target = options.quality_target
-        reaching = [c for c in eligible if c.predicted_quality >= target]
-        if reaching:
-            chosen = min(reaching, key=cheaper_key)
-            return done(
-                chosen,
-                chosen.predicted_quality,
-                "quality_target",
-                f"{chosen.model}: cheapest ({_fmt_cost(chosen.est_cost_usd)}) with "
-                f"predicted quality {chosen.predicted_quality:.3f} >= {target:.3f}",
-            )
-        chosen = min(eligible, key=lambda c: (-c.predicted_quality, *cheaper_key(c)))
-        return done(
-            chosen,
-            chosen.predicted_quality,
-            "quality_target",
-            f"{chosen.model}: none reaches {target:.3f}; best predicted quality "
-            f"{chosen.predicted_quality:.3f}",
-        )
-    lam = options.cost_weight_per_usd
-    lat_w = options.latency_weight_per_s if latency else 0.0
-
-    def objective(c: Candidate) -> float:
-        value = c.predicted_quality
-        if lam != 0.0:
-            value -= lam * c.est_cost_usd
-        if lat_w != 0.0 and c.est_latency_ms is not None:
-            value -= lat_w * c.est_latency_ms / 1000.0
-        return value
-
-    chosen = min(eligible, key=lambda c: (-objective(c), *cheaper_key(c)))
-    if lat_w == 0.0:
-        return done(
-            chosen,
-            objective(chosen),
-            "cost_tradeoff",
-            f"{chosen.model}: best quality - {lam:g} x cost = {objective(chosen):.4f} "
-            f"(quality {chosen.predicted_quality:.3f}, {_fmt_cost(chosen.est_cost_usd)})",
-        )
-    est = chosen.est_latency_ms
-    shown = f"~{est:.0f} ms" if est is not None else "untimed"
-    return done(
-        chosen,
-        objective(chosen),
-        "cost_tradeoff",
-        f"{chosen.model}: best quality - {lam:g} x cost - {lat_w:g} x latency_s = "
-        f"{objective(chosen):.4f} (quality {chosen.predicted_quality:.3f}, "
-        f"{_fmt_cost(chosen.est_cost_usd)}, {shown})",
+    situation = Situation(
+        predicted,
+        est_cost,
+        candidates,
+        candidates,
+        frozenset(predicted),
+        options,
+        latency,
+        unfamiliar,
+        router,
+        router_version,
     )
+    decision = policy.decide(situation)
+    if unfamiliar is None:
+        return decision
+    return replace(decision, unfamiliar=unfamiliar)
 
 
 def _with_roles(router: Router, options: PolicyOptions) -> PolicyOptions:

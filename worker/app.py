@@ -34,11 +34,14 @@ from worker.kafka.semcache_sync import SemanticCacheSync
 from worker.kafka.service import Service
 from worker.kafka.topics import ensure_topics
 from worker.metrics import Health, OpsServer, OpsServerConfig, WorkerMetrics
-from worker.pipeline import Arm, Pipeline, RoutingCore, load_answer_scorers
+from worker.pipeline.cascade import load_answer_scorers
+from worker.pipeline.core import Pipeline
+from worker.pipeline.experiments import Arm
+from worker.pipeline.routing import RoutingCore
+from worker.pipeline.spend import SpendLedger, SpendLimit, SpendSync
 from worker.providers.client import ClientSettings, ModelClient
 from worker.providers.http import HttpSettings
 from worker.providers.retry import RetryPolicy
-from worker.spend import SpendLedger, SpendLimit, SpendSync
 from worker.telemetry import Tracing
 from worker.telemetry.scores import LangfuseScores
 
@@ -159,14 +162,12 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
         mask_prompts=tracing_masks(config),
         answer_scorers=load_answer_scorers(config),
         spend=ledger,
+        cache=cache,
+        can_batch=(lambda model: backends(model) is not None) if config.batch.enabled else None,
+        arms=_arms(config, catalogue),
+        shadow_sink=publisher.shadow,
+        shadow_judge=judge,
     )
-    # the pipeline's parts, built above (its constructor takes them with worker/pipeline/)
-    if config.batch.enabled:
-        pipeline.can_batch = lambda model: backends(model) is not None
-    pipeline.set_experiments(_arms(config, catalogue))
-    pipeline.shadow_sink = publisher.shadow
-    pipeline.shadow_judge = judge
-    pipeline.cache = cache
     reloader = Reloader(config, pipeline, metrics)
     services: list[Service] = [ShadowCalls(pipeline)]
     if ledger is not None:

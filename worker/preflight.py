@@ -101,7 +101,7 @@ def with_env(config: Config, env: Mapping[str, str]) -> Config:
 
 def check_router(config: Config) -> tuple[Check, Artifact | None]:
     from worker.app import resolve_artifact
-    from worker.pipeline import RoutingCore
+    from worker.pipeline.routing import RoutingCore
 
     where = config.router.artifact
     folder = resolve_artifact(where)

@@ -19,7 +19,7 @@ from tests.worker.support import ROWS, request_event, worker_config
 from worker.kafka.dedupe import marker
 from worker.kafka.publisher import KeyHashPartitioner, all_acked
 from worker.metrics import WorkerMetrics
-from worker.pipeline import RoutingCore
+from worker.pipeline.routing import RoutingCore
 
 
 def test_key_hash_partitioner_places_keys_as_aiokafka_does() -> None:

@@ -8,7 +8,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from routers.eligibility import Limits, eligible
+from routers.eligibility import Limits, eligible, narrow
 from routers.errors import NoEligibleModelError
 from routers.policy import PolicyOptions, decide
 
@@ -97,3 +97,51 @@ def test_empty_allow_list_allows_nothing_and_says_who():
     assert got.why_none() == (
         "no eligible model: a not allowed by the request; b not allowed by the tenant"
     )
+
+
+# ---------------------------------------------------------------- a request narrows its tenant
+
+
+def test_a_request_narrows_its_tenant_and_overrides_only_what_the_tenant_allows() -> None:
+    tenant = Limits.of("tenant", ["a", "b"], [], 0.01)
+    request = Limits.of("request", ["b", "c"], ["x"], 0.02)
+    narrowed = narrow(
+        tenant,
+        request,
+        asked=(("policy", "p"), ("threshold", 0.3), ("strong_fraction", None), ("mode", "batch")),
+        allow_overrides={"threshold"},
+        max_latency_ms=(2000.0, 500.0),
+    )
+    assert narrowed.limits == (tenant, request)
+    assert narrowed.overrides == {"threshold": 0.3}
+    assert narrowed.notes == (
+        "override 'policy' not allowed for tenant; ignored",
+        "override 'mode' not allowed for tenant; ignored",
+    )
+    assert narrowed.max_latency_ms == 500.0
+    # both parties apply: c is the tenant's to refuse, a the request's, the budget the lower
+    allowed = eligible(["a", "b", "c"], narrowed.limits, {"a": 0.0, "b": 0.015, "c": 0.0})
+    assert allowed.models == frozenset()
+    assert dict(allowed.excluded) == {
+        "a": "not allowed by the request",
+        "b": "may cost up to $0.015000 > the tenant's budget $0.010000",
+        "c": "not allowed by the tenant",
+    }
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(st.none(), st.sets(st.sampled_from("abcd"))),
+    st.one_of(st.none(), st.sets(st.sampled_from("abcd"))),
+    st.sets(st.sampled_from("abcd")),
+)
+def test_a_request_never_widens_its_tenant(tenant_allows, request_allows, request_denies) -> None:
+    narrowed = narrow(
+        Limits.of("tenant", tenant_allows, (), None),
+        Limits.of("request", request_allows, request_denies, None),
+        asked=(),
+        allow_overrides=(),
+    )
+    allowed = eligible("abcd", narrowed.limits, dict.fromkeys("abcd", 0.0))
+    assert tenant_allows is None or allowed.models <= tenant_allows
+    assert not allowed.models & request_denies

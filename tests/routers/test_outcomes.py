@@ -53,7 +53,7 @@ def test_trace_id_matches_the_workers_rule():
     from langfuse import Langfuse
 
     from tests.worker.support import ROWS, request_event
-    from worker.pipeline import trace_id_for as worker_rule
+    from worker.pipeline.routing import trace_id_for as worker_rule
 
     request = request_event(ROWS[0], 1, tenant="acme")
     assert request_trace_id("req-000001", "acme") == worker_rule(request)

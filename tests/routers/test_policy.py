@@ -7,9 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from routers import errors
+from routers.decision import Decision
 from routers.policy import (
+    STANDARD,
+    CostTradeoff,
+    Eligibility,
     ModelPrice,
+    Policy,
     PolicyOptions,
+    Situation,
     decide,
     estimate_cost_usd,
     estimate_input_tokens,
@@ -191,3 +197,54 @@ def test_cost_estimate():
     price = ModelPrice(input_per_mtok=10.0, output_per_mtok=30.0)
     assert estimate_cost_usd(price, 1000, 100) == pytest.approx(0.013)
     assert math.isclose(estimate_cost_usd(price, 0, 0), 0.0)
+
+
+# ---------------------------------------------------------------- composing policies
+
+
+def test_a_composition_without_the_threshold_rule_ignores_the_threshold() -> None:
+    predicted, costs = {"s": 0.9, "w": 0.5}, {"s": 0.01, "w": 0.001}
+    opts = PolicyOptions(strong="s", weak="w", threshold=0.1, cost_weight_per_usd=100.0)
+    assert decide(predicted, costs, opts).policy == "threshold"
+    d = decide(predicted, costs, opts, policy=Eligibility(CostTradeoff()))
+    # 0.9 - 100 x 0.01 = -0.1 < 0.5 - 100 x 0.001 = 0.4
+    assert (d.model, d.policy, d.threshold) == ("w", "cost_tradeoff", None)
+
+
+class _Pinned:
+    """A wrapper of the kind a deployment might add: one model when it may be chosen, else
+    whatever the wrapped policy decides, with a note."""
+
+    def __init__(self, model: str, delegate: Policy) -> None:
+        self.model, self.delegate = model, delegate
+
+    def decide(self, situation: Situation) -> Decision:
+        chosen = situation.by_name().get(self.model)
+        if chosen is not None:
+            return situation.decided(chosen, chosen.predicted_quality, "pinned", "pinned")
+        return self.delegate.decide(situation.noted(f"{self.model} not eligible"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(tables(), st.sets(st.sampled_from(MODELS)), st.sampled_from(MODELS))
+def test_a_wrapper_inside_eligibility_never_escapes_the_allow_list(table, deny, pinned) -> None:
+    predicted, costs = table
+    opts = PolicyOptions(deny=frozenset(deny))
+    policy = Eligibility(_Pinned(pinned, CostTradeoff()))
+    if set(predicted) <= deny:
+        with pytest.raises(errors.NoEligibleModelError):
+            decide(predicted, costs, opts, policy=policy)
+        return
+    d = decide(predicted, costs, opts, policy=policy)
+    assert d.model not in deny and d.eligible == set(predicted) - deny
+    if pinned in predicted and pinned not in deny:
+        assert (d.model, d.policy, d.reason) == (pinned, "pinned", "pinned")
+    else:
+        assert d.policy == "cost_tradeoff" and d.reason.endswith(f"; {pinned} not eligible")
+
+
+def test_the_standard_composition_is_what_decide_applies() -> None:
+    assert isinstance(STANDARD, Eligibility)
+    predicted, costs = {"s": 0.9, "w": 0.5}, {"s": 0.01, "w": 0.001}
+    opts = PolicyOptions(strong="s", weak="w", threshold=0.3)
+    assert decide(predicted, costs, opts) == decide(predicted, costs, opts, policy=STANDARD)

@@ -9,7 +9,7 @@ import schemas
 from routers import outcomes
 from schemas import trace
 from tests.worker.support import ROWS, request_event
-from worker.pipeline import trace_id_for as pipeline_trace_id
+from worker.pipeline.routing import trace_id_for as pipeline_trace_id
 from worker.telemetry import derive_trace_id
 from worker.telemetry.scores import score_trace_id
 

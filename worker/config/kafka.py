@@ -134,7 +134,7 @@ class TopicSettings(Section, frozen=True, kw_only=True):
     cache: str = schemas.TOPICS["cache"]  # compacted: semantic cache entries (routers.semcache)
     done: str = "llm.requests.done"  # compacted dedupe log: request ids already answered
     feedback_dlq: str = "llm.feedback.dlq"  # feedback Langfuse refused, with its answer
-    spend: str = "llm.spend"  # compacted: per-tenant spend per member and window (worker.spend)
+    spend: str = "llm.spend"  # compacted: spend per tenant, member, window (worker.pipeline.spend)
     # topics the worker (or `llmroute topics create`) creates: partitions bound how many members
     # of the group do work (a member beyond the request topic's partition count idles)
     partitions: int = 6

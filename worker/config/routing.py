@@ -85,7 +85,7 @@ class TenantSettings(Section, frozen=True, kw_only=True):
     max_cost_usd: float | None = None  # per request
     max_latency_ms: float | None = None  # default latency budget (a request may narrow it)
     # spend of all members together per UTC hour / day, shared on the `spend` topic
-    # (worker.spend: the bound on overshoot is in its docstring)
+    # (worker.pipeline.spend: the bound on overshoot is in its docstring)
     spend_limit_usd_per_hour: float | None = None
     spend_limit_usd_per_day: float | None = None
     mode: Literal["interactive", "batch"] = "interactive"  # "batch": every request can wait

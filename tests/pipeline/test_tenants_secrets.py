@@ -25,7 +25,8 @@ from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL
 from worker.config.telemetry import TelemetryConfig
 from worker.kafka.records import Handled, RecordInfo
 from worker.logs import setup_logging
-from worker.pipeline import Pipeline, RoutingCore
+from worker.pipeline.core import Pipeline
+from worker.pipeline.routing import RoutingCore
 from worker.providers.client import ClientSettings, ModelClient
 from worker.providers.errors import ProviderError
 from worker.providers.retry import RetryPolicy

@@ -21,7 +21,8 @@ from tests.worker.support import ROWS, SIM_KEYS, request_event, worker_config, w
 from worker.config.models import STRONG_MODEL, WEAK_MODEL
 from worker.config.telemetry import TelemetryConfig
 from worker.kafka.records import Handled, RecordInfo
-from worker.pipeline import Pipeline, RoutingCore
+from worker.pipeline.core import Pipeline
+from worker.pipeline.routing import RoutingCore
 from worker.providers import CompletionRequest, ModelClient
 from worker.telemetry import Tracing, build_tracer_provider
 

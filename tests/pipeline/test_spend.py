@@ -1,4 +1,4 @@
-"""Per-tenant spend limits per hour and day (worker.spend): the ledger's arithmetic with an
+"""Per-tenant spend limits per hour and day (worker.pipeline.spend): the ledger's arithmetic with an
 injected clock, the pipeline holding one member to its limit, and two members sharing spend on a
 real compacted topic."""
 
@@ -14,10 +14,11 @@ from routers.artifact import load_artifact
 from tests.conftest import TopicFactory
 from tests.worker.support import ROWS, SIM_KEYS, poll_until, request_event, worker_config
 from worker.kafka.records import Handled, RecordInfo
-from worker.pipeline import Pipeline, RoutingCore
+from worker.pipeline.core import Pipeline
+from worker.pipeline.routing import RoutingCore
+from worker.pipeline.spend import SpendLedger, SpendLimit, SpendSync
 from worker.providers.client import ModelClient
 from worker.sim import Simulator
-from worker.spend import SpendLedger, SpendLimit, SpendSync
 
 
 class Clock:

@@ -18,7 +18,9 @@ from worker.config import ConfigError
 from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL, Catalogue
 from worker.judge import Judge, JudgeSettings
 from worker.kafka.records import RecordInfo
-from worker.pipeline import Pipeline, RoutingCore, load_answer_scorers
+from worker.pipeline.cascade import load_answer_scorers
+from worker.pipeline.core import Pipeline
+from worker.pipeline.routing import RoutingCore
 from worker.providers.client import ModelClient
 from worker.providers.types import Usage
 from worker.sim import Simulator
@@ -199,9 +201,8 @@ async def test_a_shadow_judge_the_tenant_may_not_use_never_sees_its_prompt(
         published.append((response, feedback))
 
     async with ModelClient(catalogue) as client:
-        pipeline = Pipeline(core, client)
-        pipeline.shadow_sink = sink
-        pipeline.shadow_judge = Judge(client, JudgeSettings(model=judge_model))
+        judge = Judge(client, JudgeSettings(model=judge_model))
+        pipeline = Pipeline(core, client, shadow_sink=sink, shadow_judge=judge)
         for i in range(N):
             await pipeline.handle(request_event(ROWS[i], i), _record(i))
         await pipeline.close_shadow(30.0)

@@ -16,7 +16,8 @@ from schemas import RoutingOptions
 from tests.worker.support import ROWS, SIM_KEYS, request_event, worker_config
 from worker.config.models import STRONG_MODEL, WEAK_MODEL
 from worker.kafka.records import Handled, RecordInfo
-from worker.pipeline import Pipeline, RoutingCore
+from worker.pipeline.core import Pipeline
+from worker.pipeline.routing import RoutingCore
 from worker.providers.client import ModelClient
 from worker.sim import Simulator
 
@@ -235,8 +236,7 @@ async def test_a_cached_answer_is_served_only_from_an_eligible_model(
     old = make_core(artifact, sim.base_url, tenants={"acme": {"allowed_models": [STRONG_MODEL]}})
     new = make_core(artifact, sim.base_url, tenants={"acme": {"allowed_models": [WEAK_MODEL]}})
     async with ModelClient(old.catalogue, env=SIM_KEYS) as client:
-        before, after = Pipeline(old, client), Pipeline(new, client)
-        before.cache = after.cache = cache
+        before, after = Pipeline(old, client, cache=cache), Pipeline(new, client, cache=cache)
         first = await answer(before, request_event(ROWS[0], 1, messages=prompt, params=params))
         assert first.status == "ok" and first.model == STRONG_MODEL
         for _ in range(100):  # the answer is stored in the background

@@ -18,7 +18,7 @@ from tests.worker.support import (
 )
 from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL
 from worker.errors import RequestRejected
-from worker.pipeline import RoutingCore
+from worker.pipeline.routing import RoutingCore
 
 TOPICS = {"requests": "unit.requests"}
 
