@@ -97,14 +97,14 @@ from routers.training import TrainOptions, label_matrix, train  # noqa: E402
 from tests.worker.support import worker_config_data  # noqa: E402
 from worker.config.models import STRONG_MODEL, WEAK_MODEL, simulator_catalogue  # noqa: E402
 from worker.providers.types import Usage  # noqa: E402
-from worker.retrain_cli import (  # noqa: E402
+from worker.sim import grade  # noqa: E402
+from worker.training.retrain import (  # noqa: E402
     RetrainOptions,
     current_artifact,
     retrain,
     save_version,
     set_current,
 )
-from worker.sim import grade  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "routing" / "mmlu_dev.jsonl"
 # simulator catalogue list prices (worker.config.models.simulator_catalogue)

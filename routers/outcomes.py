@@ -1,6 +1,6 @@
 """Routing datasets from outcomes: routed requests + feedback -> dataset rows. Pure, no I/O.
 
-The shell (`worker/dataset_cli.py`) reads `llm.decisions`, `llm.responses` and `llm.feedback`
+The shell (`worker/cli/dataset.py`) reads `llm.decisions`, `llm.responses` and `llm.feedback`
 (or Langfuse observations and scores) and hands this module plain values:
 
 - `Answered` parts, one per decision or response event; `merge_answered` joins the parts of one

@@ -14,16 +14,16 @@ from worker.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, Parser, UserError, ver
 
 # Modules that contribute subcommands, in the order `llmroute --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
-    "worker.routing_cli",
-    "worker.provider_cli",
-    "worker.run_cli",
-    "worker.topics_cli",
-    "worker.ops_cli",
-    "worker.demo",
-    "worker.dataset_cli",
-    "worker.judge",
-    "worker.retrain_cli",
-    "worker.ab_cli",
+    "worker.cli.routing",
+    "worker.cli.sim",
+    "worker.cli.run",
+    "worker.cli.topics",
+    "worker.cli.ops.commands",
+    "worker.cli.demo",
+    "worker.cli.dataset",
+    "worker.training.judge",
+    "worker.training.retrain",
+    "worker.cli.ab",
 )
 
 SHELLS = ("bash", "zsh", "tcsh")
@@ -60,7 +60,7 @@ def _completion(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from aiokafka.errors import KafkaConnectionError
 
-    from worker.ops.common import BROKER_HINT
+    from worker.cli.ops.common import BROKER_HINT
 
     args = build_parser().parse_args(argv)
     prog = f"llmroute {args.command}"

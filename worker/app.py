@@ -25,7 +25,6 @@ from worker.cli import version
 from worker.config import Config
 from worker.config.models import Catalogue
 from worker.feedback import FeedbackStats, run_feedback
-from worker.judge import Judge, JudgeSettings
 from worker.loop import Worker, close_quietly
 from worker.metrics import Health, OpsServer, OpsServerConfig, WorkerMetrics
 from worker.observer import MetricsObserver
@@ -38,6 +37,7 @@ from worker.spend import SpendLedger, SpendLimit, SpendSync
 from worker.telemetry import Tracing
 from worker.telemetry.scores import LangfuseScores
 from worker.topics import ensure_topics
+from worker.training.judge import Judge, JudgeSettings
 
 log = logging.getLogger(__name__)
 

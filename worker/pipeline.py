@@ -48,7 +48,6 @@ from worker.errors import (
     SourceRecordLost,
     WorkerError,
 )
-from worker.judge import Judge, JudgeSettings
 from worker.loop import Deferred, Handled, RecordInfo
 from worker.providers.client import ModelClient
 from worker.providers.errors import AllModelsFailedError, CircuitOpenError, ProviderError
@@ -62,6 +61,7 @@ from worker.providers.types import (
 )
 from worker.spend import SpendLedger
 from worker.telemetry import Tracing
+from worker.training.judge import Judge, JudgeSettings
 
 if TYPE_CHECKING:
     from routers.semcache import CacheHit

@@ -25,9 +25,9 @@ from routers.artifact import Artifact, load_artifact
 from routers.errors import RoutingError
 from worker import config as config_mod
 from worker.cli import UserError
+from worker.cli.ops.common import reach
 from worker.config import Config
 from worker.config.telemetry import TelemetryConfigError
-from worker.ops.common import reach
 
 # environment overrides of `llmroute run` (flags win over them, they win over the file)
 ENV_BOOTSTRAP = "LLMROUTE_BOOTSTRAP_SERVERS"

@@ -16,12 +16,12 @@ from tests.routers import synth
 from tests.worker.support import ROWS, request_event, worker_config
 from worker.config import ConfigError
 from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL, Catalogue
-from worker.judge import Judge, JudgeSettings
 from worker.loop import RecordInfo
 from worker.pipeline import Pipeline, RoutingCore, load_answer_scorers
 from worker.providers.client import ModelClient
 from worker.providers.types import Usage
 from worker.sim import Simulator
+from worker.training.judge import Judge, JudgeSettings
 
 TOPICS = {"requests": "unit.requests"}
 N = 12

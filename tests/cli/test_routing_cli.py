@@ -7,9 +7,8 @@ import pytest
 
 from routers.artifact import load_artifact
 from routers.learned import assess
+from tests.routers import synth
 from worker.__main__ import main
-
-from . import synth
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,9 @@ from tests.conftest import TopicFactory
 from tests.kafka_support import unique_topic
 from tests.worker.support import read_all
 from worker.__main__ import main
+from worker.cli.ops.dlq import REPLAY_HEADER
 from worker.deadletter import dead_letter
 from worker.metrics import Health, OpsServer, OpsServerConfig, WorkerMetrics
-from worker.ops.dlq import REPLAY_HEADER
 
 pytestmark = pytest.mark.kafka
 

@@ -8,10 +8,10 @@ import pytest
 
 from routers.outcomes import ScoreRules, build_dataset, merge_answered
 from schemas.trace import request_key, request_trace_id
-from tests.loop.langfuse_api import LangfuseApi, generation, score
+from tests.training.langfuse_api import LangfuseApi, generation, score
 from worker.__main__ import main
-from worker.outcome_sources import LangfuseApiError, LangfuseQuery, LangfuseSource
 from worker.providers.types import Secret
+from worker.training.outcome_sources import LangfuseApiError, LangfuseQuery, LangfuseSource
 
 PK, SK = "pk-lf-test-1234", "sk-lf-very-secret-5678"
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -131,7 +131,7 @@ def test_dataset_build_command_needs_the_keys(tmp_path, monkeypatch, capsys):
 
 
 def test_metadata_reads_plain_values_and_the_older_json_quoted_ones() -> None:
-    from worker.outcome_sources import answered_from_observations
+    from worker.training.outcome_sources import answered_from_observations
 
     plain = generation(
         T1,

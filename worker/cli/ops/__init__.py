@@ -1,4 +1,5 @@
-"""The operator's tools behind `llmroute produce | tail | status | dlq replay` (worker/ops_cli.py).
+"""The operator's tools behind `llmroute produce | tail | status | dlq replay`
+(commands.py registers them).
 
     common.py   connection settings (the worker's own [kafka] / [topics] structs), reading a
                 topic up to a snapshot of its end offsets, pacing, the stderr progress bar

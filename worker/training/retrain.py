@@ -66,9 +66,9 @@ from routers.promotion import (
 )
 from routers.training import DEFAULT_ROUTER, ROUTER_NAMES, TrainOptions, label_matrix, train
 from worker.cli import Stages, next_hint
+from worker.cli.dataset import CommandError, add_kafka_args, kafka_from_args
+from worker.cli.routing import CliError, read_records
 from worker.config.kafka import KafkaSettings
-from worker.dataset_cli import CommandError, add_kafka_args, kafka_from_args
-from worker.routing_cli import CliError, read_records
 
 __all__ = [
     "CURRENT",

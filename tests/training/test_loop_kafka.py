@@ -12,8 +12,8 @@ import pytest
 import schemas
 from schemas.trace import request_trace_id
 from tests.conftest import TopicFactory
-from tests.loop.test_judge import ITEMS
 from tests.routers.synth import records, write_jsonl
+from tests.training.test_judge import ITEMS
 from tests.worker.support import SIM_KEYS, produce, read_all, worker_config_data
 from worker.__main__ import main
 from worker.config.models import STRONG_MODEL, WEAK_MODEL, simulator_catalogue

@@ -32,13 +32,13 @@ from routers.outcomes import Answered, BuildStats, Label, ScoreRules, build_data
 from worker import config as config_mod
 from worker.cli import Stages, next_hint
 from worker.config.kafka import KafkaSettings, TopicSettings
-from worker.outcome_sources import (
+from worker.providers.types import Secret
+from worker.training.outcome_sources import (
     LangfuseApiError,
     LangfuseQuery,
     LangfuseSource,
     read_kafka_outcomes,
 )
-from worker.providers.types import Secret
 
 __all__ = [
     "CommandError",

@@ -28,7 +28,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from prometheus_client.parser import text_string_to_metric_families
 
 import schemas
-from worker.ops.common import Connection, OpsError, partition_counts, read_to_end, snapshot
+from worker.cli.ops.common import Connection, OpsError, partition_counts, read_to_end, snapshot
 
 IN_FLIGHT_METRIC = "llmroute_in_flight_requests"
 

@@ -1,6 +1,6 @@
 """A local stand-in for the Langfuse public read API, on a real socket.
 
-It speaks what `worker.outcome_sources.LangfuseSource` reads, as Langfuse documents it (the
+It speaks what `worker.training.outcome_sources.LangfuseSource` reads, as Langfuse documents it (the
 generated client in the langfuse 5.x SDK, `langfuse/api/observations` and `langfuse/api/scores`):
 
     GET /api/public/v2/observations   cursor pages; `limit` 0..1000 (else 400); field groups

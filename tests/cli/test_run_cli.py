@@ -33,12 +33,12 @@ from worker import preflight
 from worker.__main__ import main
 from worker.app import start_ops_server
 from worker.cli import Stages, UserError, next_hint
+from worker.cli.ops.status import Member, PartitionLag, Status
 from worker.config.kafka import TOPIC_ROLES
 from worker.logs import TextFormatter, setup_logging
 from worker.loop import Handled
 from worker.metrics import Health, WorkerMetrics
 from worker.observer import MetricsObserver
-from worker.ops.status import Member, PartitionLag, Status
 from worker.sim import Simulator
 
 
@@ -480,6 +480,6 @@ def test_no_hints_for_commands_run_by_another(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_tail_decodes_every_topic_role() -> None:
-    from worker.ops.tail import KINDS
+    from worker.cli.ops.tail import KINDS
 
     assert set(KINDS) == set(TOPIC_ROLES)

@@ -22,7 +22,7 @@ from typing import IO, Any
 from aiokafka import AIOKafkaConsumer
 
 import schemas
-from worker.ops.common import Connection, topic_partitions
+from worker.cli.ops.common import Connection, topic_partitions
 
 Event = schemas.RouteResponse | schemas.RoutingDecision
 # a role of `TopicSettings` -> the event type on that topic (None: printed as it is)

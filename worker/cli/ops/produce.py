@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaProducer
 
 import schemas
 from schemas.events import Mode
-from worker.ops.common import Connection, OpsError, Pacer, Progress, partition_counts
+from worker.cli.ops.common import Connection, OpsError, Pacer, Progress, partition_counts
 
 
 @dataclass(frozen=True, kw_only=True)

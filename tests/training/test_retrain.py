@@ -11,7 +11,7 @@ from routers.dataset import record_from_obj, split_by_id
 from routers.promotion import CostTarget
 from tests.routers.synth import STRONG, WEAK, records, write_jsonl
 from worker.__main__ import main
-from worker.retrain_cli import CURRENT, RetrainOptions, current_artifact, retrain
+from worker.training.retrain import CURRENT, RetrainOptions, current_artifact, retrain
 
 OPTIONS = RetrainOptions(target=CostTarget("strong_fraction", 0.4), min_eval=30)
 

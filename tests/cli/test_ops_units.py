@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 import schemas
+from worker.cli.ops.common import Pacer, Progress, load_connection, parse_range
+from worker.cli.ops.dlq import REPLAY_HEADER, Selection, plan
+from worker.cli.ops.produce import InvalidLine, RequestDefaults, request_from_line
+from worker.cli.ops.status import batch_job_counts, in_flight_from_text, lag_of
+from worker.cli.ops.tail import Filters, format_event
 from worker.deadletter import dead_letter
-from worker.ops.common import Pacer, Progress, load_connection, parse_range
-from worker.ops.dlq import REPLAY_HEADER, Selection, plan
-from worker.ops.produce import InvalidLine, RequestDefaults, request_from_line
-from worker.ops.status import batch_job_counts, in_flight_from_text, lag_of
-from worker.ops.tail import Filters, format_event
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -322,7 +322,7 @@ def test_connection_reads_the_worker_config_kafka_and_topics(tmp_path: Path) -> 
     )
     bad = tmp_path / "bad.toml"
     bad.write_text("[kafka]\nbootstrap = 'x'\n")
-    from worker.ops.common import OpsError
+    from worker.cli.ops.common import OpsError
 
     with pytest.raises(OpsError, match="bootstrap"):
         load_connection(str(bad), None, {})

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from worker.cli import UserError, next_hint
-from worker.ops.common import (
+from worker.cli.ops.common import (
     Connection,
     add_connection_args,
     connection_from_args,

@@ -41,7 +41,7 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 import schemas
 from worker.cli import next_hint
-from worker.ops.common import (
+from worker.cli.ops.common import (
     Connection,
     OpsError,
     parse_range,

@@ -39,15 +39,15 @@ from aiokafka import AIOKafkaProducer
 import schemas
 from routers.outcomes import Label, LabelIndex, merge_answered
 from schemas.trace import request_key, request_trace_id
-from worker.dataset_cli import CommandError, add_kafka_args, kafka_from_args
-from worker.outcome_sources import (
+from worker.cli.dataset import CommandError, add_kafka_args, kafka_from_args
+from worker.providers.client import ClientSettings, ModelClient
+from worker.providers.errors import ProviderError
+from worker.providers.types import CompletionRequest
+from worker.training.outcome_sources import (
     answered_from_decision,
     answered_from_response,
     read_kafka_outcomes,
 )
-from worker.providers.client import ClientSettings, ModelClient
-from worker.providers.errors import ProviderError
-from worker.providers.types import CompletionRequest
 
 __all__ = [
     "PAIR_RUBRIC",

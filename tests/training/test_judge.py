@@ -11,7 +11,10 @@ from routers.outcomes import Label
 from schemas.trace import request_trace_id
 from tests.worker.support import ROWS, SIM_KEYS, replay_dataset
 from worker.config.models import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
-from worker.judge import (
+from worker.providers.client import ModelClient
+from worker.providers.types import CompletionRequest
+from worker.sim import SimConfig, Simulator, grade
+from worker.training.judge import (
     PAIR_RUBRIC,
     Judge,
     JudgeSettings,
@@ -21,9 +24,6 @@ from worker.judge import (
     parse_rating,
     unjudged,
 )
-from worker.providers.client import ModelClient
-from worker.providers.types import CompletionRequest
-from worker.sim import SimConfig, Simulator, grade
 
 
 @pytest.mark.parametrize(

@@ -20,14 +20,14 @@ from typing import Any
 
 from routers.ab import arm_samples, compare_arms
 from routers.outcomes import label_scores, merge_answered
-from worker.dataset_cli import (
+from worker.cli.dataset import (
     CommandError,
     add_kafka_args,
     add_score_args,
     kafka_from_args,
     score_rules_from_args,
 )
-from worker.outcome_sources import read_kafka_outcomes
+from worker.training.outcome_sources import read_kafka_outcomes
 
 __all__ = ["register", "report"]
 

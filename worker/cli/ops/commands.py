@@ -1,4 +1,4 @@
-"""The operator's commands (implementations in `worker/ops/`):
+"""The operator's commands (implementations in `worker/cli/ops/`):
 
     llmroute produce [FILE|-] [--rate N] [--limit N] [--tenant T]      feed the request topic
     llmroute tail [responses|decisions|...] [--topic T] [--tenant T --model M --status S] [--json]
@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from worker.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
-from worker.ops import dlq, produce, status, tail
-from worker.ops.common import (
+from worker.cli.ops import dlq, produce, status, tail
+from worker.cli.ops.common import (
     Connection,
     add_connection_args,
     connection_from_args,
