@@ -98,13 +98,8 @@ from tests.worker.support import worker_config_data  # noqa: E402
 from worker.config.models import STRONG_MODEL, WEAK_MODEL, simulator_catalogue  # noqa: E402
 from worker.providers.types import Usage  # noqa: E402
 from worker.sim import grade  # noqa: E402
-from worker.training.retrain import (  # noqa: E402
-    RetrainOptions,
-    current_artifact,
-    retrain,
-    save_version,
-    set_current,
-)
+from worker.training.registry import Registry  # noqa: E402
+from worker.training.retrain import RetrainOptions, retrain  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "routing" / "mmlu_dev.jsonl"
 # simulator catalogue list prices (worker.config.models.simulator_catalogue)
@@ -164,15 +159,14 @@ def _first_router(source: list[Record], registry: Path, fraction: float) -> str:
         f"strong_fraction_{fraction:.2f}": threshold_for_strong_fraction(need, fraction),
         "quality_95pct": threshold_for_quality(need, y[:, 0], y[:, 1], 0.95),
     }
-    version, _ = save_version(
+    version, _ = Registry(registry).add(
         router,
-        registry,
         data_hash=data_sha256(fit),
         metrics={"n_train": len(fit)},
         calibration=calibration,
         quantiles=score_quantiles(need),
     )
-    set_current(registry, version)
+    Registry(registry).promote(version)
     return version
 
 
@@ -326,7 +320,7 @@ def _fresh_metrics(
         for _, resp in ok
     )
     versions = Counter(resp.decision.router_version for _, resp in ok if resp.decision)
-    current = current_artifact(registry)
+    current = Registry(registry).current()
     assert current is not None
     art = load_artifact(current)
     in_process = evaluate(art.router, records)["two_model"]["apgr"]
@@ -618,7 +612,7 @@ def _in_process(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="loop-bench-") as tmp:
         registry = Path(tmp) / "registry"
         _first_router(source, registry, args.strong_fraction)
-        first = current_artifact(registry)
+        first = Registry(registry).current()
         assert first is not None
         out_rounds.append(
             {"round": 0, **_measure(first, fresh, args.strong_fraction), "promoted": None}
@@ -627,7 +621,7 @@ def _in_process(args: argparse.Namespace) -> dict[str, Any]:
         labels: list[Label] = []
         for k in range(args.rounds):
             batch = stream[k * per_round : (k + 1) * per_round]
-            current = current_artifact(registry)
+            current = Registry(registry).current()
             assert current is not None
             strong, art = _route(current, batch, args.strong_fraction)
             for r, s in zip(batch, strong, strict=True):
@@ -658,7 +652,7 @@ def _in_process(args: argparse.Namespace) -> dict[str, Any]:
                 options,
                 base_records=source if args.with_base else (),
             )
-            now = current_artifact(registry)
+            now = Registry(registry).current()
             assert now is not None
             out_rounds.append(
                 {

@@ -38,6 +38,7 @@ from worker.telemetry import Tracing
 from worker.telemetry.scores import LangfuseScores
 from worker.topics import ensure_topics
 from worker.training.judge import Judge, JudgeSettings
+from worker.training.registry import resolve_artifact
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +91,6 @@ class App:
     async def close(self) -> None:
         await self.client.aclose()
         await self.tracing.aclose(5.0)
-
-
-def resolve_artifact(path: str | Path) -> Path:
-    """An artifact folder, or the promoted version of a registry (its CURRENT file names it)."""
-    folder = Path(path)
-    pointer = folder / "CURRENT"
-    if pointer.is_file():
-        name = pointer.read_text("utf-8").strip()
-        if name:
-            return folder / name
-    return folder
 
 
 def build(config: Config, tracing: Tracing | None = None) -> App:

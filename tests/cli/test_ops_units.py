@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 import schemas
-from worker.cli.ops.common import Pacer, Progress, load_connection, parse_range
+from worker.cli import UserError
+from worker.cli.kafka_args import load_connection
+from worker.cli.ops.common import Pacer, Progress, parse_range
 from worker.cli.ops.dlq import REPLAY_HEADER, Selection, plan
 from worker.cli.ops.produce import InvalidLine, RequestDefaults, request_from_line
 from worker.cli.ops.status import batch_job_counts, in_flight_from_text, lag_of
@@ -322,9 +324,7 @@ def test_connection_reads_the_worker_config_kafka_and_topics(tmp_path: Path) -> 
     )
     bad = tmp_path / "bad.toml"
     bad.write_text("[kafka]\nbootstrap = 'x'\n")
-    from worker.cli.ops.common import OpsError
-
-    with pytest.raises(OpsError, match="bootstrap"):
+    with pytest.raises(UserError, match="bootstrap"):
         load_connection(str(bad), None, {})
 
 

@@ -11,7 +11,8 @@ from routers.dataset import record_from_obj, split_by_id
 from routers.promotion import CostTarget
 from tests.routers.synth import STRONG, WEAK, records, write_jsonl
 from worker.__main__ import main
-from worker.training.retrain import CURRENT, RetrainOptions, current_artifact, retrain
+from worker.training.registry import CURRENT, Registry
+from worker.training.retrain import RetrainOptions, retrain
 
 OPTIONS = RetrainOptions(target=CostTarget("strong_fraction", 0.4), min_eval=30)
 
@@ -34,7 +35,7 @@ def test_first_version_then_as_good_then_worse(tmp_path):
     assert first["promoted"], first["verdict"]
     assert first["version"].startswith("v0001-classifier-")
     assert (registry / CURRENT).read_text().strip() == first["version"]
-    art = load_artifact(current_artifact(registry))
+    art = load_artifact(Registry(registry).current())
     assert art.router.version == first["version"]  # the artifact carries its version
     assert (art.router.strong, art.router.weak) == (STRONG, WEAK)
     assert "strong_fraction_0.30" in art.calibration and art.meta["score_quantiles"]
@@ -67,7 +68,7 @@ def test_too_little_evidence_is_not_promoted(tmp_path):
     report = retrain(only_strong, tmp_path / "reg", OPTIONS)
     assert not report["promoted"]
     assert "need 30" in report["verdict"]["reason"]
-    assert current_artifact(tmp_path / "reg") is None
+    assert Registry(tmp_path / "reg").current() is None
 
 
 def test_retrain_command(tmp_path, capsys):

@@ -1,11 +1,23 @@
-"""What every `llmroute` command shares: the parser type, user errors, progress and hints.
+"""`llmroute`'s commands, and what every one of them shares: the parser type, the one user-error
+type, progress and hints.
+
+    __init__.py    Parser, UserError, Stages, next_hint, version, the exit codes
+    kafka_args.py  --config / --bootstrap / --NAME-topic: where a command finds Kafka
+    routing.py     train, score, calibrate, eval          run.py       run (one member)
+    sim.py         sim-provider                           topics.py    topics create
+    ops/           produce, tail, status, dlq             demo.py      demo
+    dataset.py     dataset build                          judge.py     judge
+    retrain.py     retrain                                ab.py        ab report
+
+Each command module adds its subcommands with `register(subparsers)` (`worker.__main__` lists the
+modules) and sets `handler`, a function of the parsed arguments returning the exit status.
 
 A user error (a missing file, a bad value, a broker that does not answer) ends a command with
 one line on stderr and exit status 2:
 
     llmroute run: cannot reach Kafka at 127.0.0.1:19092 (hint: start one with `make kafka-up`)
 
-Commands raise `UserError` (or a command group's own error type, mapped in `worker.__main__`);
+Commands raise `UserError`, the only error type of the CLI, and `worker.__main__` prints it;
 nothing else is printed, no traceback. `EXIT_USER_ERROR` is documented in the README.
 
 `Stages` prints what a long command is doing on stderr (stdout stays for the command's result):
@@ -18,11 +30,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 import time
 from collections.abc import Callable
-from typing import IO, NoReturn
+from typing import IO, Any, NoReturn, TypeAlias
 
 __all__ = [
     "EXIT_CHECK_FAILED",
@@ -30,7 +43,9 @@ __all__ = [
     "EXIT_USER_ERROR",
     "Parser",
     "Stages",
+    "Subparsers",
     "UserError",
+    "finite",
     "next_hint",
     "version",
 ]
@@ -38,6 +53,9 @@ __all__ = [
 EXIT_CHECK_FAILED = 1  # `run --check` found a problem; a command's own failure
 EXIT_USER_ERROR = 2  # bad usage, configuration, input file, unreachable broker
 EXIT_INTERRUPTED = 130
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+"""What `register(subparsers)` of every command module takes."""
 
 
 class UserError(Exception):
@@ -139,3 +157,14 @@ def next_hint(command: str, stream: IO[str] | None = None) -> None:
     `LLMROUTE_NO_HINTS` is set, e.g. for a command run by another)."""
     if not os.environ.get("LLMROUTE_NO_HINTS"):
         (sys.stderr if stream is None else stream).write(f"next: {command}\n")
+
+
+def finite(data: Any) -> Any:
+    """`data` with every NaN or infinity replaced by None (JSON has neither)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite(v) for v in data]
+    return data

@@ -20,35 +20,23 @@ from typing import Any
 
 from routers.ab import arm_samples, compare_arms
 from routers.outcomes import label_scores, merge_answered
-from worker.cli.dataset import (
-    CommandError,
-    add_kafka_args,
-    add_score_args,
-    kafka_from_args,
-    score_rules_from_args,
-)
-from worker.training.outcome_sources import read_kafka_outcomes
+from worker.cli import Subparsers, UserError
+from worker.cli.dataset import add_score_args, read_outcomes, score_rules_from_args
+from worker.cli.kafka_args import add_kafka_args
 
 __all__ = ["register", "report"]
 
 
 async def report(args: argparse.Namespace) -> dict[str, Any]:
     rules = score_rules_from_args(args)
-    kafka, topics = kafka_from_args(args)
-    got = await read_kafka_outcomes(
-        kafka,
-        decisions=topics.decisions,
-        responses=topics.responses,
-        feedback=topics.feedback,
-        idle_timeout_s=args.read_timeout_s,
-    )
+    got = await read_outcomes(args)
     answered = merge_answered(got.parts())
     scores, stats = label_scores(answered, got.labels(), rules)
     samples, unassigned = arm_samples(answered, scores, by=args.by)
     try:
         result = compare_arms(samples, args.baseline, args.confidence, seed=args.seed)
     except ValueError as exc:
-        raise CommandError(str(exc)) from None
+        raise UserError(str(exc)) from None
     result["by"] = args.by
     result["requests_without_arm"] = unassigned
     result["feedback"] = {k: v for k, v in stats.to_dict().items() if k.startswith("labels")}
@@ -83,13 +71,8 @@ def _text(result: dict[str, Any]) -> str:
 
 def cmd_report(args: argparse.Namespace) -> int:
     if not 0.5 <= args.confidence < 1.0 or math.isnan(args.confidence):
-        sys.stderr.write("llmroute ab: error: --confidence must be in [0.5, 1)\n")
-        return 2
-    try:
-        result = asyncio.run(report(args))
-    except CommandError as exc:
-        sys.stderr.write(f"llmroute ab: error: {exc}\n")
-        return 2
+        raise UserError("--confidence must be in [0.5, 1)")
+    result = asyncio.run(report(args))
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2, allow_nan=False) + "\n")
     else:
@@ -97,11 +80,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("ab", help="A/B experiments: compare arms with confidence intervals")
+def register(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser("ab", help="A/B experiments: compare arms with confidence intervals")
     inner = p.add_subparsers(dest="ab_command", required=True, metavar="ACTION")
     r = inner.add_parser("report", help="per-arm cost, quality and latency, with intervals")
-    add_kafka_args(r, ("decisions", "responses", "feedback"))
+    add_kafka_args(r, ("decisions", "responses", "feedback"), read_timeout=True)
     add_score_args(r)
     r.add_argument("--by", choices=("arm", "router_version", "policy"), default="arm")
     r.add_argument("--baseline", help="the arm others are compared with (default: the largest)")

@@ -20,75 +20,24 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-import schemas
-from routers.outcomes import Answered, BuildStats, Label, ScoreRules, build_dataset, merge_answered
-from worker import config as config_mod
-from worker.cli import Stages, next_hint
-from worker.config.kafka import KafkaSettings, TopicSettings
+from routers.outcomes import Answered, Label, ScoreRules
+from worker.cli import Stages, Subparsers, UserError, next_hint
+from worker.cli.kafka_args import add_kafka_args, connection_from_args
 from worker.providers.types import Secret
+from worker.training.dataset import build_rows, write_jsonl
 from worker.training.outcome_sources import (
+    KafkaOutcomes,
     LangfuseApiError,
     LangfuseQuery,
     LangfuseSource,
     read_kafka_outcomes,
 )
 
-__all__ = [
-    "CommandError",
-    "add_kafka_args",
-    "build_rows",
-    "kafka_from_args",
-    "register",
-    "score_rules_from_args",
-    "write_jsonl",
-]
-
-
-class CommandError(Exception):
-    """A user-facing problem with a command's input; printed without a traceback."""
-
-
-# ---------------------------------------------------------------- shared flags
-
-
-def add_kafka_args(p: argparse.ArgumentParser, topics: Sequence[str]) -> None:
-    """--config or --bootstrap, and one --NAME-topic flag per topic the command reads."""
-    p.add_argument("--config", type=Path, help="worker TOML config ([kafka] and [topics])")
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers (without --config)")
-    for name in topics:
-        flag = name.replace("_", "-")
-        p.add_argument(f"--{flag}-topic", dest=f"{name}_topic", help=f"the {name} topic")
-    p.add_argument(
-        "--read-timeout-s", type=float, default=30.0, help="give up when a read stalls this long"
-    )
-
-
-def kafka_from_args(args: argparse.Namespace) -> tuple[KafkaSettings, TopicSettings]:
-    if args.config is not None:
-        try:
-            cfg = config_mod.load(args.config)
-        except config_mod.ConfigError as exc:
-            raise CommandError(str(exc)) from None
-        kafka, topics = cfg.kafka, cfg.topics
-    else:
-        kafka, topics = KafkaSettings(), TopicSettings()
-    if args.bootstrap:
-        kafka = msgspec.structs.replace(kafka, bootstrap_servers=args.bootstrap)
-    overrides = {
-        name[: -len("_topic")]: value
-        for name, value in vars(args).items()
-        if name.endswith("_topic") and value
-    }
-    if overrides:
-        topics = msgspec.structs.replace(topics, **overrides)
-    return kafka, topics
+__all__ = ["add_score_args", "read_outcomes", "register", "score_rules_from_args"]
 
 
 def add_score_args(p: argparse.ArgumentParser) -> None:
@@ -130,7 +79,7 @@ def score_rules_from_args(args: argparse.Namespace) -> ScoreRules:
                 raise ValueError
             scales[name] = (float(worst), float(best))
         except ValueError:
-            raise CommandError(f"bad --scale {spec!r}: use NAME=WORST:BEST") from None
+            raise UserError(f"bad --scale {spec!r}: use NAME=WORST:BEST") from None
     try:
         return ScoreRules(
             aggregate=args.aggregate,
@@ -140,43 +89,25 @@ def score_rules_from_args(args: argparse.Namespace) -> ScoreRules:
             source_priority=tuple(s for s in args.prefer.split(",") if s),
         )
     except ValueError as exc:
-        raise CommandError(str(exc)) from None
+        raise UserError(str(exc)) from None
 
 
-# ---------------------------------------------------------------- the command
-
-
-def build_rows(
-    parts: Sequence[Answered], labels: Sequence[Label], rules: ScoreRules, min_models: int = 1
-) -> tuple[list[dict[str, Any]], BuildStats, int]:
-    """Join and score; returns (rows, stats, rows dropped for having < `min_models` scores)."""
-    rows, stats = build_dataset(merge_answered(parts), labels, rules)
-    kept = [r for r in rows if len(r["scores"]) >= min_models]
-    return kept, stats, len(rows) - len(kept)
-
-
-def write_jsonl(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Write atomically (a temporary file renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            schemas.decode(json.dumps(row), schemas.DatasetRecord)  # the contract holds
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+async def read_outcomes(args: argparse.Namespace) -> KafkaOutcomes:
+    """Decisions, responses and feedback from the topics `add_kafka_args`'s flags name."""
+    conn = connection_from_args(args)
+    return await read_kafka_outcomes(
+        conn.kafka,
+        decisions=conn.topics.decisions,
+        responses=conn.topics.responses,
+        feedback=conn.topics.feedback,
+        idle_timeout_s=args.read_timeout_s,
+    )
 
 
 async def _from_kafka(
     args: argparse.Namespace,
 ) -> tuple[list[Answered], list[Label], dict[str, Any]]:
-    kafka, topics = kafka_from_args(args)
-    got = await read_kafka_outcomes(
-        kafka,
-        decisions=topics.decisions,
-        responses=topics.responses,
-        feedback=topics.feedback,
-        idle_timeout_s=args.read_timeout_s,
-    )
+    got = await read_outcomes(args)
     info = {
         "source": "kafka",
         "decisions": len(got.decisions),
@@ -194,25 +125,25 @@ async def _from_langfuse(
         args.langfuse_host or os.environ.get("LANGFUSE_HOST") or os.environ.get("LANGFUSE_BASE_URL")
     )
     if not host:
-        raise CommandError("give --langfuse-host (or set LANGFUSE_HOST)")
+        raise UserError("give --langfuse-host (or set LANGFUSE_HOST)")
     keys = []
     for env in (args.langfuse_public_key_env, args.langfuse_secret_key_env):
         value = os.environ.get(env)
         if not value:
-            raise CommandError(f"environment variable {env} (a Langfuse key) is not set")
+            raise UserError(f"environment variable {env} (a Langfuse key) is not set")
         keys.append(Secret(value))
     since = None
     if args.since:
         try:
             since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
         except ValueError:
-            raise CommandError(f"bad --since {args.since!r}: use ISO 8601") from None
+            raise UserError(f"bad --since {args.since!r}: use ISO 8601") from None
     query = LangfuseQuery(from_time=since, environment=args.langfuse_environment)
     try:
         async with LangfuseSource(host, keys[0], keys[1]) as source:
             parts, labels = await source.outcomes(query)
     except LangfuseApiError as exc:
-        raise CommandError(str(exc)) from None
+        raise UserError(str(exc)) from None
     return parts, labels, {"source": "langfuse", "generations": len(parts), "scores": len(labels)}
 
 
@@ -241,23 +172,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guard(fn: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            rc: int = fn(args)
-        except CommandError as exc:
-            sys.stderr.write(f"llmroute {args.command}: error: {exc}\n")
-            return 2
-        return rc
-
-    return run
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("dataset", help="build routing datasets from outcomes (Kafka or Langfuse)")
+def register(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser(
+        "dataset", help="build routing datasets from outcomes (Kafka or Langfuse)"
+    )
     inner = p.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
     b = inner.add_parser("build", help="join decisions, responses and feedback into JSONL")
-    add_kafka_args(b, ("decisions", "responses", "feedback"))
+    add_kafka_args(b, ("decisions", "responses", "feedback"), read_timeout=True)
     add_score_args(b)
     b.add_argument("--out", type=Path, required=True, help="dataset JSONL to write")
     b.add_argument(
@@ -273,4 +194,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.add_argument("--langfuse-secret-key-env", default="LANGFUSE_SECRET_KEY")
     b.add_argument("--langfuse-environment", help="only this Langfuse environment")
     b.add_argument("--since", help="only outcomes from this time on (ISO 8601)")
-    b.set_defaults(handler=_guard(cmd_build))
+    b.set_defaults(handler=cmd_build)

@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import schemas
 from worker import config as config_mod
-from worker.cli import next_hint
+from worker.cli import Subparsers, next_hint
 from worker.config.models import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
 from worker.sim import Dataset, Latency, SimConfig, Simulator, grade
 from worker.topics import ensure_topics
@@ -45,8 +45,8 @@ STABLE_ROUTER_NAME = ".demo/router"  # always the latest demo router (deploy/con
 SIM_KEYS = {"SIM_OPENAI_API_KEY": "sk-demo-openai", "SIM_ANTHROPIC_API_KEY": "sk-ant-demo"}
 
 
-def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
+def register(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser(
         "demo", help="run the whole pipeline locally on simulated providers and summarise it"
     )
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="labelled routing JSONL")

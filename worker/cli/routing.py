@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -54,13 +53,9 @@ from routers.policy import ModelPrice
 from routers.semantic import semantic_config_from_obj
 from routers.training import ROUTER_NAMES, TrainOptions, default_router, label_matrix, train
 from routers.transfer import fit_with, group_by_domain, leave_one_domain_out
-from worker.cli import Stages, next_hint
+from worker.cli import Stages, Subparsers, UserError, finite, next_hint
 
 __all__ = ["read_prices", "read_records", "register"]
-
-
-class CliError(Exception):
-    """A user-facing problem with the command's input; printed without a traceback."""
 
 
 def read_records(
@@ -71,7 +66,7 @@ def read_records(
         try:
             fh = path.open(encoding="utf-8")
         except OSError as exc:
-            raise CliError(f"cannot read {path}: {exc.strerror}") from exc
+            raise UserError(f"cannot read {path}: {exc.strerror}") from exc
         with fh:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
@@ -79,9 +74,9 @@ def read_records(
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise CliError(f"{path}:{lineno}: not JSON ({exc.msg})") from exc
+                    raise UserError(f"{path}:{lineno}: not JSON ({exc.msg})") from exc
                 if not isinstance(obj, dict):
-                    raise CliError(f"{path}:{lineno}: a record must be a JSON object")
+                    raise UserError(f"{path}:{lineno}: a record must be a JSON object")
                 try:
                     records.append(
                         record_from_obj(
@@ -89,9 +84,9 @@ def read_records(
                         )
                     )
                 except RoutingError as exc:
-                    raise CliError(f"{path}:{lineno}: {exc}") from exc
+                    raise UserError(f"{path}:{lineno}: {exc}") from exc
     if not records:
-        raise CliError("no records in " + ", ".join(str(p) for p in paths))
+        raise UserError("no records in " + ", ".join(str(p) for p in paths))
     return records
 
 
@@ -106,7 +101,7 @@ def read_prices(path: Path | None) -> dict[str, ModelPrice]:
             for m, p in obj.items()
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CliError(f"bad price table {path}: {exc!r}") from exc
+        raise UserError(f"bad price table {path}: {exc!r}") from exc
 
 
 def _write_json(data: Any) -> None:
@@ -115,16 +110,6 @@ def _write_json(data: Any) -> None:
 
 def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
-
-
-def _finite(data: Any) -> Any:
-    if isinstance(data, float) and not math.isfinite(data):
-        return None
-    if isinstance(data, dict):
-        return {k: _finite(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [_finite(v) for v in data]
-    return data
 
 
 # --- train ----------------------------------------------------------------------------------
@@ -203,7 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         **metrics,
         "calibration": calibration,
     }
-    _write_json(_finite(summary))
+    _write_json(finite(summary))
     next_hint(f"set [router].artifact = {str(args.out)!r} and `llmroute run --config FILE`")
     return 0
 
@@ -259,7 +244,7 @@ def _train_cascade(args: argparse.Namespace, records: list[Record]) -> int:
         **metrics,
         "calibration": calibration,
     }
-    _write_json(_finite(summary))
+    _write_json(finite(summary))
     return 0
 
 
@@ -271,7 +256,7 @@ def _score_cascade(args: argparse.Namespace) -> int:
     records = read_records(args.data)
     missing = [r.id for r in records if scorer.weak not in r.answers]
     if missing:
-        raise CliError(
+        raise UserError(
             f"{len(missing)} record(s) carry no answer of the cheap model {scorer.weak!r} "
             f"(`answers`), e.g. {missing[:3]}: a cascade scorer scores the cheap answer"
         )
@@ -326,7 +311,7 @@ def _budget_lambdas(
         return {}, []
     cost = cost_matrix(records, router.models, read_prices(args.prices))
     if np.isnan(cost).any(axis=1).all():
-        raise CliError("budgets need every model's cost: `costs` in the rows or --prices")
+        raise UserError("budgets need every model's cost: `costs` in the rows or --prices")
     curve = lambda_curve(predicted, cost)
     out: dict[str, float] = {}
     for usd in args.budget_usd or []:
@@ -359,7 +344,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     labelled = ~(np.isnan(y[:, s]) | np.isnan(y[:, w]))
     for ratio in args.quality_ratio or []:
         if not labelled.any():
-            raise CliError(
+            raise UserError(
                 "--quality-ratio needs records with scores for the strong and weak model"
             )
         thresholds[f"quality_{round(ratio * 100)}pct"] = threshold_for_quality(
@@ -368,7 +353,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     lambdas, curve = _budget_lambdas(args, router, records, predicted)
     thresholds.update(lambdas)
     if not thresholds:
-        raise CliError(
+        raise UserError(
             "give at least one --strong-fraction, --quality-ratio, --budget-usd, "
             "--budget-fraction or --quality-target"
         )
@@ -381,7 +366,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if curve:
             fields["lambda_curve"] = curve
         update_meta(args.router, fields)
-    _write_json(_finite({"router": str(args.router), "n": len(records), "thresholds": thresholds}))
+    _write_json(finite({"router": str(args.router), "n": len(records), "thresholds": thresholds}))
     return 0
 
 
@@ -470,7 +455,7 @@ def _unseen(artifact: Artifact, records: list[Record], use_all: bool) -> list[Re
         return records
     unseen = [r for r, s in zip(records, seen, strict=True) if not s]
     if not unseen:
-        raise CliError(
+        raise UserError(
             "every record was trained on (the artifact has no held-out items of this data); "
             "pass --all to score them anyway (in-sample), or give unseen data"
         )
@@ -516,7 +501,7 @@ def _transfer(args: argparse.Namespace) -> int:
         artifact = load_artifact(args.router)
         router = artifact.router
         if router.name not in ROUTER_NAMES:
-            raise CliError(f"cannot retrain a {router.name!r} router for transfer validation")
+            raise UserError(f"cannot retrain a {router.name!r} router for transfer validation")
         options = TrainOptions(
             router=router.name, strong=args.strong or router.strong, weak=args.weak or router.weak
         )
@@ -531,10 +516,10 @@ def _transfer(args: argparse.Namespace) -> int:
     try:
         report = leave_one_domain_out(domains, fit_with(options), strong, weak)
     except ValueError as exc:
-        raise CliError(str(exc)) from exc
+        raise UserError(str(exc)) from exc
     result = {"router": options.router, "strong": strong, "weak": weak, **report.summary()}
     if args.json:
-        _write_json(_finite(result))
+        _write_json(finite(result))
         return 0
     for d in report.domains:
         sys.stdout.write(
@@ -554,7 +539,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.transfer:
         return _transfer(args)
     if args.router is None:
-        raise CliError("--router is required (except with --transfer)")
+        raise UserError("--router is required (except with --transfer)")
     progress = Stages("eval")
     artifact = load_artifact(args.router)
     records = _unseen(artifact, read_records(args.data), args.all)
@@ -566,7 +551,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         EvalOptions(strong=args.strong, weak=args.weak),
     )
     progress.end()
-    result = _finite(result)
+    result = finite(result)
     deployed = artifact.calibration.get("default", artifact.calibration.get("quality_95pct"))
     if deployed is not None:
         result["deployed"] = _operating_point(artifact, records, deployed)
@@ -592,20 +577,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A routing error (bad data, an unreadable artifact) is the user's to fix."""
+
     def run(args: argparse.Namespace) -> int:
         try:
-            rc: int = fn(args)
-        except (CliError, RoutingError) as exc:
-            sys.stderr.write(f"llmroute {args.command}: error: {exc}\n")
-            return 2
-        return rc
+            return fn(args)
+        except RoutingError as exc:
+            raise UserError(str(exc)) from None
 
     return run
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add the routing commands to the `llmroute` parser."""
-    p = sub.add_parser("train", help="train a router from dataset JSONL files")
+    p = subparsers.add_parser("train", help="train a router from dataset JSONL files")
     p.add_argument("--data", type=Path, action="append", required=True, help="dataset JSONL")
     p.add_argument(
         "--router", default="default", choices=("default", *ROUTER_NAMES, cascade.CASCADE_KIND)
@@ -627,7 +612,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--include-history", action="store_true", help="score earlier turns too")
     p.set_defaults(handler=_guard(cmd_train))
 
-    p = sub.add_parser(
+    p = subparsers.add_parser(
         "score", help="write each prompt's strong-need (or escalation) score and predictions"
     )
     p.add_argument("--router", type=Path, required=True, help="artifact folder")
@@ -635,7 +620,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", type=Path, required=True, help="output JSONL")
     p.set_defaults(handler=_guard(cmd_score))
 
-    p = sub.add_parser("calibrate", help="store thresholds for target strong fractions/quality")
+    p = subparsers.add_parser(
+        "calibrate", help="store thresholds for target strong fractions/quality"
+    )
     p.add_argument("--router", type=Path, required=True, help="artifact folder (updated)")
     p.add_argument("--data", type=Path, action="append", required=True)
     p.add_argument(
@@ -672,7 +659,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--dry-run", action="store_true", help="print, do not write the artifact")
     p.set_defaults(handler=_guard(cmd_calibrate))
 
-    p = sub.add_parser("eval", help="evaluate a router on labelled data")
+    p = subparsers.add_parser("eval", help="evaluate a router on labelled data")
     p.add_argument("--router", type=Path, help="artifact folder (optional with --transfer)")
     p.add_argument("--data", type=Path, action="append", required=True)
     p.add_argument("--strong", help="strong model (default: the router's)")

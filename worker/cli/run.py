@@ -16,18 +16,17 @@ import asyncio
 import gc
 import logging
 import os
-from typing import Any
 
 from worker import preflight
-from worker.cli import EXIT_CHECK_FAILED, UserError
+from worker.cli import EXIT_CHECK_FAILED, Subparsers, UserError
 from worker.logs import LOG_FORMATS, setup_logging
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 log = logging.getLogger(__name__)
 
 
-def register(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
+def register(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser(
         "run",
         help="run one worker (a consumer-group member) until SIGTERM",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,

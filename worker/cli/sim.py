@@ -1,19 +1,18 @@
-"""``llmroute sim-provider``: run the local provider simulator until interrupted."""
+"""``llmroute sim-provider``: run the local provider simulator until interrupted
+(`worker.sim.serve`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
-import signal
-import sys
 
-from worker.sim import Dataset, Fault, Latency, RateLimit, SimConfig, Simulator
+from worker.cli import Subparsers, UserError
+from worker.sim import Dataset, Fault, Latency, RateLimit, SimConfig
+from worker.sim.serve import serve_until_stopped
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
+def register(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser(
         "sim-provider",
         help="run the local OpenAI/Anthropic provider simulator",
         description=(
@@ -58,30 +57,14 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     )
 
 
-async def serve(args: argparse.Namespace) -> None:
-    dataset = Dataset.from_jsonl(args.data) if args.data else None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    async with Simulator(config_from_args(args), dataset, host=args.host, port=args.port) as sim:
-        ready = {
-            "event": "sim_provider_ready",
-            "base_url": sim.base_url,
-            "openai_base_url": sim.openai_base_url,
-            "port": sim.port,
-            "dataset_rows": len(dataset) if dataset else 0,
-        }
-        print(json.dumps(ready), flush=True)
-        await stop.wait()
-
-
 def run(args: argparse.Namespace) -> int:
     try:
-        config_from_args(args)
+        config = config_from_args(args)
     except ValueError as exc:
-        print(f"sim-provider: {exc}", file=sys.stderr)
-        return 2
-    asyncio.run(serve(args))
+        raise UserError(str(exc), "llmroute sim-provider --help") from None
+    try:
+        dataset = Dataset.from_jsonl(args.data) if args.data else None
+    except OSError as exc:
+        raise UserError(f"cannot read {args.data}: {exc.strerror}") from None
+    asyncio.run(serve_until_stopped(config, dataset, host=args.host, port=args.port))
     return 0

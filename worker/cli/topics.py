@@ -11,30 +11,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
 
 import msgspec
 
-from worker.cli import UserError, next_hint
-from worker.cli.ops.common import (
-    Connection,
-    add_connection_args,
-    connection_from_args,
-    partition_counts,
-    reach,
-)
+from worker.cli import Subparsers, UserError, next_hint
+from worker.cli.kafka_args import Connection, add_kafka_args, connection_from_args, reach
+from worker.cli.ops.common import partition_counts
 from worker.topics import ensure_topics
 
 
-def register(sub: Any) -> None:
-    topics = sub.add_parser("topics", help="create the worker's topics (partitions, replication)")
+def register(subparsers: Subparsers) -> None:
+    topics = subparsers.add_parser(
+        "topics", help="create the worker's topics (partitions, replication)"
+    )
     tsub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
     p: argparse.ArgumentParser = tsub.add_parser(
         "create",
         help="create every missing topic of the config's [topics]",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )
-    add_connection_args(p)
+    add_kafka_args(p)
     p.add_argument("--partitions", type=int, help="default: [topics].partitions (6)")
     p.add_argument("--replication-factor", type=int, help="default: [topics].replication_factor")
     p.set_defaults(handler=run)

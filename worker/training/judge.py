@@ -14,39 +14,31 @@ are text files with the placeholders `{question}` and `{answer}` (single) or `{q
 `{answer_a}`, `{answer_b}` (pairwise); nothing else in them is interpreted, so braces are safe.
 An answer the parser cannot read gives no verdict (None), never a guessed score.
 
-`llmroute judge` reads decisions, responses and feedback from the topics, judges every answered
-request whose answer has no feedback yet (so a rerun does not judge twice), and publishes one
-feedback event per verdict. `--pairwise-model M` also asks M for its own answer to each prompt and
-publishes the pairwise result for both models (1 win, 0.5 tie, 0 loss; `model` set on each).
+`unjudged` finds the answered requests whose answer has no feedback yet (so a rerun does not judge
+twice) and `judge_pending` judges them, handing one feedback event per verdict to a publisher;
+with a pairwise model M it also asks M for its own answer to each prompt and gives the pairwise
+result for both models (1 win, 0.5 tie, 0 loss; `model` set on each). `llmroute judge`
+(`worker.cli.judge`) runs them over the topics.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import re
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
-
-from aiokafka import AIOKafkaProducer
 
 import schemas
 from routers.outcomes import Label, LabelIndex, merge_answered
 from schemas.trace import request_key, request_trace_id
-from worker.cli.dataset import CommandError, add_kafka_args, kafka_from_args
-from worker.providers.client import ClientSettings, ModelClient
+from worker.providers.client import ModelClient
 from worker.providers.errors import ProviderError
 from worker.providers.types import CompletionRequest
 from worker.training.outcome_sources import (
     answered_from_decision,
     answered_from_response,
-    read_kafka_outcomes,
 )
 
 __all__ = [
@@ -55,10 +47,12 @@ __all__ = [
     "Judge",
     "JudgeSettings",
     "PairVerdict",
+    "Pending",
     "Verdict",
+    "judge_pending",
     "parse_preference",
     "parse_rating",
-    "register",
+    "unjudged",
 ]
 
 SINGLE_RUBRIC = """[Instruction]
@@ -267,7 +261,7 @@ class Judge:
         )
 
 
-# ---------------------------------------------------------------- the command
+# ---------------------------------------------------------------- answers without feedback
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,90 +369,3 @@ async def judge_pending(
 
     await asyncio.gather(*(one(p) for p in pending))
     return stats
-
-
-async def _run(args: argparse.Namespace) -> dict[str, Any]:
-    if args.config is None:
-        raise CommandError("llmroute judge needs --config (the model catalogue and Kafka)")
-    from worker import config as config_mod
-
-    try:
-        cfg = config_mod.load(args.config)
-    except config_mod.ConfigError as exc:
-        raise CommandError(str(exc)) from None
-    kafka, topics = kafka_from_args(args)
-    rubric = args.rubric.read_text("utf-8") if args.rubric else SINGLE_RUBRIC
-    pair_rubric = args.pair_rubric.read_text("utf-8") if args.pair_rubric else PAIR_RUBRIC
-    try:
-        settings = JudgeSettings(
-            model=args.judge_model, rubric=rubric, pair_rubric=pair_rubric, name=args.name
-        )
-    except ValueError as exc:
-        raise CommandError(str(exc)) from None
-    catalogue = cfg.models
-    for m in (args.judge_model, args.pairwise_model):
-        if m is not None and m not in catalogue:
-            raise CommandError(f"model {m!r} is not in the catalogue")
-    got = await read_kafka_outcomes(
-        kafka,
-        decisions=topics.decisions,
-        responses=topics.responses,
-        feedback=topics.feedback,
-        idle_timeout_s=args.read_timeout_s,
-    )
-    pending = unjudged(got.decisions, got.responses, got.labels())
-    if args.limit is not None:
-        pending = pending[: args.limit]
-    started = time.perf_counter()
-    producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **kafka.common_kwargs())
-    await producer.start()
-    try:
-
-        async def publish(event: schemas.Feedback) -> None:
-            if args.dry_run:
-                return
-            key = (event.request_id or "").encode()
-            await producer.send_and_wait(topics.feedback, schemas.encode(event), key=key)
-
-        async with ModelClient(catalogue, ClientSettings()) as client:
-            judge = Judge(client, settings)
-            stats = await judge_pending(
-                judge,
-                pending,
-                publish,
-                pairwise_model=args.pairwise_model,
-                concurrency=args.concurrency,
-            )
-    finally:
-        await producer.stop()
-    if args.dry_run:
-        stats["published"] = 0
-    return {
-        "pending": len(pending),
-        **stats,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-
-
-def cmd_judge(args: argparse.Namespace) -> int:
-    try:
-        summary = asyncio.run(_run(args))
-    except CommandError as exc:
-        sys.stderr.write(f"llmroute judge: error: {exc}\n")
-        return 2
-    sys.stdout.write(json.dumps(summary, indent=2) + "\n")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("judge", help="LLM-as-judge feedback for answers that have none")
-    add_kafka_args(p, ("decisions", "responses", "feedback"))
-    p.add_argument("--judge-model", required=True, help="catalogue model that judges")
-    p.add_argument("--rubric", type=Path, help="single-answer rubric template file")
-    p.add_argument("--pair-rubric", type=Path, help="pairwise rubric template file")
-    p.add_argument("--pairwise-model", help="also answer with this model and compare the two")
-    p.add_argument("--name", default="judge", help="feedback name of the scores")
-    p.add_argument("--limit", type=int, help="judge at most this many answers")
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--dry-run", action="store_true", help="judge but publish nothing")
-    p.set_defaults(handler=cmd_judge)

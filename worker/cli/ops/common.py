@@ -1,126 +1,40 @@
-"""What every operator command shares: where Kafka is, reading a topic to a snapshot of its end,
-pacing, and a progress bar on stderr."""
+"""What every operator command shares: running it once a broker answers, reading a topic to a
+snapshot of its end, pacing, and a progress bar on stderr (where Kafka is: `kafka_args`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import logging
-import os
 import time
-import tomllib
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any
 
-import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaError
 
-from worker.cli import UserError
-from worker.config.kafka import KafkaSettings, TopicSettings
+from worker.cli import Subparsers, UserError
+from worker.cli.kafka_args import Connection, add_kafka_args, connection_from_args, reach
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
-BROKER_HINT = (
-    "start a local broker with `make kafka-up`, or point --bootstrap / $KAFKA_BOOTSTRAP / "
-    "[kafka].bootstrap_servers at yours"
-)
+Runner = Callable[[argparse.Namespace, Connection], int]
 
 
-class OpsError(UserError):
-    """A user-facing problem (bad input, missing topic); printed without a traceback."""
+def add_broker_command(
+    subparsers: Subparsers, name: str, runner: Runner, prog: str | None = None, **kwargs: Any
+) -> argparse.ArgumentParser:
+    """A subcommand that runs `runner(args, connection)` once a broker answers (an unreachable
+    one is a `UserError`, before anything else happens); it takes `add_kafka_args`'s flags."""
+    p: argparse.ArgumentParser = subparsers.add_parser(name, **kwargs)
+    add_kafka_args(p)
 
+    def handle(args: argparse.Namespace) -> int:
+        conn = connection_from_args(args)
+        asyncio.run(reach(conn.kafka))
+        return runner(args, conn)
 
-@contextlib.contextmanager
-def _quiet_kafka_client() -> Iterator[None]:
-    """aiokafka logs each failed connection attempt at ERROR; the caller reports one line."""
-    logger = logging.getLogger("aiokafka")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-async def reach(kafka: KafkaSettings, timeout_s: float = 10.0, hint: str = BROKER_HINT) -> None:
-    """Return once a broker answers a Metadata request; `UserError` (one line, with a hint)
-    when none does within `timeout_s`. Nothing is created or changed on the broker."""
-    try:
-        kw = kafka.common_kwargs()
-    except (ValueError, OSError) as exc:  # a SASL variable unset, an unreadable TLS file
-        raise UserError(f"Kafka client settings: {exc}") from None
-    where = kafka.bootstrap_servers
-    with _quiet_kafka_client():
-        client = AIOKafkaClient(**kw)
-        try:
-            await asyncio.wait_for(client.bootstrap(), timeout_s)
-        except (KafkaError, OSError, TimeoutError):
-            raise UserError(f"cannot reach Kafka at {where}: no broker answered", hint) from None
-        finally:
-            await client.close()
-
-
-@dataclass(frozen=True)
-class Connection:
-    """The worker's own `[kafka]` and `[topics]` settings, so the tools see what members see."""
-
-    kafka: KafkaSettings
-    topics: TopicSettings
-
-    def client_kwargs(self) -> dict[str, Any]:
-        return self.kafka.common_kwargs()
-
-
-def add_connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config",
-        help="the worker's TOML config: its [kafka] (TLS/SASL too) and [topics] are used",
-    )
-    p.add_argument(
-        "--bootstrap",
-        help=f"bootstrap servers (default: $KAFKA_BOOTSTRAP, the config's, or {DEFAULT_BOOTSTRAP})",
-    )
-
-
-def connection_from_args(args: argparse.Namespace, env: dict[str, str] | None = None) -> Connection:
-    return load_connection(args.config, args.bootstrap, dict(os.environ) if env is None else env)
-
-
-def load_connection(
-    config_path: str | None, bootstrap: str | None, env: dict[str, str]
-) -> Connection:
-    """`[kafka]` and `[topics]` of a worker config (other sections are not read here), then the
-    overrides `llmroute run` takes too: bootstrap from --bootstrap, else
-    $LLMROUTE_BOOTSTRAP_SERVERS, else $KAFKA_BOOTSTRAP when no config names one; the group from
-    $LLMROUTE_GROUP_ID."""
-    kafka, topics = KafkaSettings(bootstrap_servers=DEFAULT_BOOTSTRAP), TopicSettings()
-    configured = False
-    if config_path:
-        try:
-            data = tomllib.loads(Path(config_path).read_text("utf-8"))
-        except (OSError, ValueError) as exc:
-            raise OpsError(f"cannot read {config_path}: {exc}", "pass the worker's TOML") from None
-        try:
-            kafka = msgspec.convert(data.get("kafka", {}), KafkaSettings)
-            topics = msgspec.convert(data.get("topics", {}), TopicSettings)
-        except msgspec.ValidationError as exc:
-            raise OpsError(f"invalid configuration {config_path}: {exc}") from None
-        configured = "bootstrap_servers" in data.get("kafka", {})
-    chosen = (
-        bootstrap
-        or env.get("LLMROUTE_BOOTSTRAP_SERVERS")
-        or (None if configured else env.get("KAFKA_BOOTSTRAP"))
-    )
-    if chosen:
-        kafka = msgspec.structs.replace(kafka, bootstrap_servers=chosen)
-    if env.get("LLMROUTE_GROUP_ID"):
-        kafka = msgspec.structs.replace(kafka, group_id=env["LLMROUTE_GROUP_ID"])
-    return Connection(kafka, topics)
+    p.set_defaults(handler=handle, command_prog=f"llmroute {prog or name}")
+    return p
 
 
 def parse_range(text: str) -> tuple[int, int | None]:
@@ -176,10 +90,10 @@ async def partition_counts(client_kwargs: dict[str, Any], names: list[str]) -> d
 
 
 async def topic_partitions(client_kwargs: dict[str, Any], topic: str) -> int:
-    """Partition count of `topic`; OpsError when it does not exist."""
+    """Partition count of `topic`; UserError when it does not exist."""
     counts = await partition_counts(client_kwargs, [topic])
     if topic not in counts:
-        raise OpsError(f"topic {topic!r} does not exist")
+        raise UserError(f"topic {topic!r} does not exist")
     return counts[topic]
 
 
@@ -216,7 +130,7 @@ async def read_to_end(
         deadline = time.monotonic() + timeout_s
         while remaining:
             if time.monotonic() > deadline:
-                raise OpsError(f"timed out reading {topic} to its end offsets")
+                raise UserError(f"timed out reading {topic} to its end offsets")
             batch = await consumer.getmany(*remaining, timeout_ms=500)
             for tp, records in batch.items():
                 for record in records:

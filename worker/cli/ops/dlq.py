@@ -32,7 +32,7 @@ import contextlib
 import json
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
@@ -40,10 +40,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 import schemas
-from worker.cli import next_hint
+from worker.cli import Subparsers, UserError, next_hint
+from worker.cli.kafka_args import Connection
 from worker.cli.ops.common import (
-    Connection,
-    OpsError,
+    add_broker_command,
     parse_range,
     read_to_end,
     snapshot,
@@ -393,7 +393,7 @@ def run_show(args: argparse.Namespace, conn: Connection) -> int:
     found = asyncio.run(letters(conn, args.from_topic))
     match = [i for i in found if (i.partition, i.offset) == (partition, offset)]
     if not match:
-        raise OpsError(
+        raise UserError(
             f"no dead letter at {partition}@{offset} ({len(found)} retained)",
             "`llmroute dlq list` prints where each one is",
         )
@@ -415,42 +415,43 @@ def run_purge(args: argparse.Namespace, conn: Connection) -> int:
 # ---------------------------------------------------------------- CLI
 
 
-def register_all(
-    sub: Any, add_connection: Any
-) -> list[tuple[str, argparse.ArgumentParser, Callable[[argparse.Namespace, Connection], int]]]:
-    """Add `dlq list | show | purge | replay`; returns (name, leaf parser, runner) of each."""
-    dlq = sub.add_parser("dlq", help="dead letters: list, show, purge, replay")
+def register(subparsers: Subparsers) -> None:
+    """Add `dlq list | show | purge | replay`."""
+    dlq = subparsers.add_parser("dlq", help="dead letters: list, show, purge, replay")
     dsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
-    lst = dsub.add_parser("list", help="one line per dead letter, then a count by error type")
-    add_connection(lst)
+    lst = add_broker_command(
+        dsub,
+        "list",
+        run_list,
+        "dlq list",
+        help="one line per dead letter, then a count by error type",
+    )
     lst.add_argument("--from-topic", help="dead-letter topic (default: [topics].dlq)")
     lst.add_argument("--limit", type=int, help="print at most this many")
     lst.add_argument("--json", action="store_true", help="one JSON object per letter")
-    show = dsub.add_parser("show", help="one dead letter in full, its original bytes as text")
-    add_connection(show)
+    show = add_broker_command(
+        dsub,
+        "show",
+        run_show,
+        "dlq show",
+        help="one dead letter in full, its original bytes as text",
+    )
     show.add_argument("letter", type=_where, help="PARTITION@OFFSET, as `dlq list` prints it")
     show.add_argument("--from-topic", help="dead-letter topic (default: [topics].dlq)")
     show.add_argument("--json", action="store_true")
-    prg = dsub.add_parser("purge", help="delete every dead letter (asks for --yes)")
-    add_connection(prg)
+    prg = add_broker_command(
+        dsub, "purge", run_purge, "dlq purge", help="delete every dead letter (asks for --yes)"
+    )
     prg.add_argument("--from-topic", help="dead-letter topic (default: [topics].dlq)")
     prg.add_argument("--yes", action="store_true", help="really delete (without: say how many)")
-    return [
-        ("list", lst, run_list),
-        ("show", show, run_show),
-        ("purge", prg, run_purge),
-        ("replay", register(dsub, add_connection), run),
-    ]
-
-
-def register(dsub: Any, add_connection: Any) -> argparse.ArgumentParser:
-    """Add `replay` to the `dlq` subcommands; returns its (leaf) parser."""
-    p: argparse.ArgumentParser = dsub.add_parser(
+    p = add_broker_command(
+        dsub,
         "replay",
+        run,
+        "dlq replay",
         help="re-drive dead letters' original bytes to their source topic (--dry-run first)",
         description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
     )
-    add_connection(p)
     p.add_argument("--dry-run", action="store_true", help="send nothing; say what would happen")
     p.add_argument("--from-topic", help="dead-letter topic (default: [topics].dlq)")
     p.add_argument("--to-topic", help="send here instead of each letter's source topic")
@@ -473,8 +474,6 @@ def register(dsub: Any, add_connection: Any) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="replay at most this many")
     p.add_argument("--json", action="store_true", help="one JSON object per letter")
     p.add_argument("--quiet", action="store_true", help="only the summary")
-
-    return p
 
 
 def run(args: argparse.Namespace, conn: Connection) -> int:

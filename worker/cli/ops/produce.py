@@ -31,7 +31,9 @@ from aiokafka import AIOKafkaProducer
 
 import schemas
 from schemas.events import Mode
-from worker.cli.ops.common import Connection, OpsError, Pacer, Progress, partition_counts
+from worker.cli import Subparsers, UserError
+from worker.cli.kafka_args import Connection
+from worker.cli.ops.common import Pacer, Progress, add_broker_command, partition_counts
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,15 +186,15 @@ async def _settle(pending: list[Awaitable[Any]], *, block: bool) -> int:
     return len(done)
 
 
-def register(sub: Any, add_connection: Any) -> argparse.ArgumentParser:
-    """Add the subcommand; returns its (leaf) parser."""
-    p: argparse.ArgumentParser = sub.add_parser(
+def register(subparsers: Subparsers) -> None:
+    p = add_broker_command(
+        subparsers,
         "produce",
+        run,
         help="send RouteRequest records from a JSONL file or stdin (rate control, progress)",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_connection(p)
     p.add_argument("input", nargs="?", default="-", help="JSONL or text file; '-' is stdin")
     p.add_argument("--topic", help="target topic (default: [topics].requests)")
     p.add_argument("--rate", type=float, help="at most this many requests per second")
@@ -213,8 +215,6 @@ def register(sub: Any, add_connection: Any) -> argparse.ArgumentParser:
     )
     bar.add_argument("--no-progress", dest="progress", action="store_false")
 
-    return p
-
 
 def run(args: argparse.Namespace, conn: Connection) -> int:
     defaults = RequestDefaults(
@@ -229,7 +229,7 @@ def run(args: argparse.Namespace, conn: Connection) -> int:
     target = args.topic or conn.topics.requests
     if target not in asyncio.run(partition_counts(conn.client_kwargs(), [target])):
         # a send would make the broker auto-create it with its default (1) partition
-        raise OpsError(
+        raise UserError(
             f"topic {target!r} does not exist",
             "`llmroute topics create --config FILE` creates the worker's topics; or start a member",
         )
@@ -241,7 +241,7 @@ def run(args: argparse.Namespace, conn: Connection) -> int:
         try:
             fh = path.open(encoding="utf-8")
         except OSError as exc:
-            raise OpsError(f"cannot read {path}: {exc.strerror}") from None
+            raise UserError(f"cannot read {path}: {exc.strerror}") from None
         total = _count_lines(path) if progress else None
     try:
         result = asyncio.run(

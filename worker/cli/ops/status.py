@@ -28,7 +28,9 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from prometheus_client.parser import text_string_to_metric_families
 
 import schemas
-from worker.cli.ops.common import Connection, OpsError, partition_counts, read_to_end, snapshot
+from worker.cli import Subparsers, UserError
+from worker.cli.kafka_args import Connection
+from worker.cli.ops.common import add_broker_command, partition_counts, read_to_end, snapshot
 
 IN_FLIGHT_METRIC = "llmroute_in_flight_requests"
 
@@ -138,7 +140,7 @@ async def collect(
     status = Status(group=group_id, topic=topics.requests)
     counts = await partition_counts(kw, [topics.requests, topics.dlq, topics.batch_jobs])
     if topics.requests not in counts:
-        raise OpsError(f"topic {topics.requests!r} does not exist")
+        raise UserError(f"topic {topics.requests!r} does not exist")
     admin = AIOKafkaAdminClient(**kw)
     await admin.start()
     consumer = AIOKafkaConsumer(enable_auto_commit=False, **kw)
@@ -245,15 +247,15 @@ def render(status: Status) -> str:
     return "\n".join(lines)
 
 
-def register(sub: Any, add_connection: Any) -> argparse.ArgumentParser:
-    """Add the subcommand; returns its (leaf) parser."""
-    p: argparse.ArgumentParser = sub.add_parser(
+def register(subparsers: Subparsers) -> None:
+    p = add_broker_command(
+        subparsers,
         "status",
+        run,
         help="group lag per partition, members, in-flight, open batch jobs, dead letters",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_connection(p)
     p.add_argument("--group", help="consumer group (default: [kafka].group_id)")
     p.add_argument(
         "--metrics-url",
@@ -262,8 +264,6 @@ def register(sub: Any, add_connection: Any) -> argparse.ArgumentParser:
         help="a worker's metrics endpoint, e.g. http://pod:9464 (repeatable)",
     )
     p.add_argument("--json", action="store_true")
-
-    return p
 
 
 def run(args: argparse.Namespace, conn: Connection) -> int:

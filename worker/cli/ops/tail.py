@@ -22,7 +22,9 @@ from typing import IO, Any
 from aiokafka import AIOKafkaConsumer
 
 import schemas
-from worker.cli.ops.common import Connection, topic_partitions
+from worker.cli import Subparsers
+from worker.cli.kafka_args import Connection
+from worker.cli.ops.common import add_broker_command, topic_partitions
 
 Event = schemas.RouteResponse | schemas.RoutingDecision
 # a role of `TopicSettings` -> the event type on that topic (None: printed as it is)
@@ -179,15 +181,15 @@ async def tail(
     return shown
 
 
-def register(sub: Any, add_connection: Any) -> argparse.ArgumentParser:
-    """Add the subcommand; returns its (leaf) parser."""
-    p: argparse.ArgumentParser = sub.add_parser(
+def register(subparsers: Subparsers) -> None:
+    p = add_broker_command(
+        subparsers,
         "tail",
+        run,
         help="follow responses, decisions or any of the worker's topics, pretty or JSON",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_connection(p)
     p.add_argument(
         "what",
         nargs="?",
@@ -203,8 +205,6 @@ def register(sub: Any, add_connection: Any) -> argparse.ArgumentParser:
     p.add_argument("--max", type=int, dest="max_records", help="stop after N matching records")
     p.add_argument("--idle-timeout-s", type=float, help="stop after this long without records")
     p.add_argument("--json", action="store_true", help="the records' JSON, one per line")
-
-    return p
 
 
 def run(args: argparse.Namespace, conn: Connection) -> int:
