@@ -1,5 +1,5 @@
 """Retrain and promote into a versioned registry (files only; the Kafka control event is in
-test_loop_kafka.py)."""
+test_retraining_kafka.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The offline loop on a real broker: outcomes on the topics -> judge -> dataset -> A/B report,
+"""Retraining on a real broker: outcomes on the topics -> judge -> dataset -> A/B report,
 and a promotion announced on the control topic."""
 
 from __future__ import annotations
@@ -27,19 +27,19 @@ N = 24
 
 
 async def _topics(new_topic: TopicFactory) -> dict[str, str]:
-    base = await new_topic("loop", partitions=1)
+    base = await new_topic("retrain", partitions=1)
     names = {
         "requests": base,
-        "decisions": await new_topic("loop-dec", partitions=3),
-        "responses": await new_topic("loop-resp", partitions=3),
-        "feedback": await new_topic("loop-fb", partitions=2),
-        "control": await new_topic("loop-ctl", partitions=1),
+        "decisions": await new_topic("retrain-dec", partitions=3),
+        "responses": await new_topic("retrain-resp", partitions=3),
+        "feedback": await new_topic("retrain-fb", partitions=2),
+        "control": await new_topic("retrain-ctl", partitions=1),
     }
     return {**names, "dlq": f"{base}.dlq", "done": f"{base}.done", "batch_jobs": f"{base}.bj"}
 
 
 def _events(i: int, prompt: str, model: str, answer: str, arm: str):
-    rid = f"loop-{i:03d}"
+    rid = f"retrain-{i:03d}"
     now = datetime.now(UTC)
     info = schemas.DecisionInfo(
         router="classifier", router_version=f"v-{arm}", policy="default", model=model,
@@ -128,7 +128,7 @@ async def test_judge_then_dataset_then_ab_report(
 async def test_promotion_publishes_reload_router(
     kafka_bootstrap: str, new_topic: TopicFactory, tmp_path, capsys
 ):
-    control = await new_topic("loop-ctl", partitions=1)
+    control = await new_topic("retrain-ctl", partitions=1)
     data = write_jsonl(tmp_path / "d.jsonl", records(400, seed=8))
     registry = tmp_path / "reg"
     argv = [

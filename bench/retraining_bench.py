@@ -1,9 +1,9 @@
-"""Closing the loop through the whole pipeline: does retraining from outcomes raise APGR on a new
+"""Retraining through the whole pipeline: does retraining from outcomes raise APGR on a new
 domain, with a real broker, a real worker process and the real commands?
 
-    .venv/bin/python bench/loop_bench.py [--rounds 3] [--stream 0] [--fresh-limit 0]
+    .venv/bin/python bench/retraining_bench.py [--rounds 3] [--stream 0] [--fresh-limit 0]
         [--feedback-rate 0.5] [--shadow-rate 1.0] [--reload control|watch] [--no-cache]
-    .venv/bin/python bench/loop_bench.py --in-process      # the pure-core variant (below)
+    .venv/bin/python bench/retraining_bench.py --in-process      # the pure-core variant (below)
 
 Uses KAFKA_BOOTSTRAP when set, else starts the project's local broker (and stops it). The provider
 simulator runs in its own process (`llmroute sim-provider --data mmlu_dev.jsonl`: every answer
@@ -124,7 +124,7 @@ def _unit(*parts: object) -> float:
 
 
 def _log(msg: str) -> None:
-    sys.stderr.write(f"[loop_bench {time.strftime('%H:%M:%S')}] {msg}\n")
+    sys.stderr.write(f"[retraining_bench {time.strftime('%H:%M:%S')}] {msg}\n")
     sys.stderr.flush()
 
 
@@ -385,7 +385,7 @@ async def _pipeline(
     per_round = -(-len(stream) // args.rounds)
     registry = workdir / "registry"
 
-    base = f"loopbench-{os.getpid()}-{int(time.time())}"
+    base = f"retrainbench-{os.getpid()}-{int(time.time())}"
     topics = {"requests": base, "responses": f"{base}.responses",
               "decisions": f"{base}.decisions", "feedback": f"{base}.feedback",
               "shadow": f"{base}.shadow", "control": f"{base}.control", "dlq": f"{base}.dlq",
@@ -540,7 +540,7 @@ async def _pipeline(
         sim.terminate()
         sim.wait(timeout=30)
     return {
-        "bench": "loop",
+        "bench": "retraining",
         "mode": "pipeline",
         "note": "broker + simulator process + `llmroute run` worker process; dataset build and "
         "retrain --publish as subprocesses each round; fresh traffic routed through the worker",
@@ -609,7 +609,7 @@ def _in_process(args: argparse.Namespace) -> dict[str, Any]:
         weak=WEAK_MODEL,
     )
     out_rounds: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="loop-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="retraining-bench-") as tmp:
         registry = Path(tmp) / "registry"
         _first_router(source, registry, args.strong_fraction)
         first = Registry(registry).current()
@@ -667,7 +667,7 @@ def _in_process(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
     return {
-        "bench": "loop",
+        "bench": "retraining",
         "mode": "in_process",
         "skips_worker": True,
         "note": "in process: pure core + retrain/promotion functions, feedback simulated from "
@@ -702,10 +702,10 @@ def _limit(
 async def _run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     os.environ.update(KEYS)
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
-    lk, name = None, f"loopbench-{os.getpid()}"
+    lk, name = None, f"retrainbench-{os.getpid()}"
     domains = _limit(args, _domains(args.data, args.fresh))
     try:
-        with tempfile.TemporaryDirectory(prefix="loop-bench-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="retraining-bench-") as tmp:
             workdir = Path(args.workdir) if args.workdir else Path(tmp)
             workdir.mkdir(parents=True, exist_ok=True)
             # the first router trains while the broker starts
