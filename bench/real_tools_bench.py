@@ -40,10 +40,10 @@ from aiokafka import AIOKafkaProducer  # noqa: E402
 from worker_bench import _create, _localkafka  # noqa: E402
 
 import schemas  # noqa: E402
-from tests.telemetry.receiver import LangfuseReceiver  # noqa: E402
 from worker.config.kafka import KafkaSettings, TopicSettings  # noqa: E402
 from worker.config.telemetry import LangfuseConfig  # noqa: E402
 from worker.feedback import FeedbackRetry, FeedbackStats, run_feedback  # noqa: E402
+from worker.sim.langfuse import LangfuseReceiver  # noqa: E402
 from worker.telemetry.scores import LangfuseScores, score_body  # noqa: E402
 
 

@@ -15,7 +15,6 @@ import schemas
 from schemas.trace import request_key, trace_id_hex
 from tests.conftest import TopicFactory
 from tests.telemetry.conftest import langfuse_config
-from tests.telemetry.receiver import LangfuseReceiver
 from tests.worker.support import (
     ROWS,
     read_all,
@@ -27,6 +26,7 @@ from worker.app import build
 from worker.config.telemetry import TelemetryConfig
 from worker.feedback import FeedbackRetry, FeedbackStats, run_feedback
 from worker.sim import Simulator
+from worker.sim.langfuse import LangfuseReceiver
 from worker.telemetry import Tracing
 from worker.telemetry.scores import LangfuseScores
 from worker.topics import ensure_topics
