@@ -70,36 +70,38 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from aiokafka import AIOKafkaConsumer
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from aiokafka import AIOKafkaConsumer  # noqa: E402
-from worker_bench import KEYS, _create, _localkafka, _produce  # noqa: E402
-
-import schemas  # noqa: E402
-from routers import split  # noqa: E402
-from routers.artifact import load_artifact  # noqa: E402
-from routers.base import strong_need  # noqa: E402
-from routers.calibration import (  # noqa: E402
+import schemas
+from routers import split
+from routers.artifact import load_artifact
+from routers.base import strong_need
+from routers.calibration import (
     score_quantiles,
     threshold_for_quality,
     threshold_for_strong_fraction,
 )
-from routers.dataset import Record, data_sha256, record_from_obj, split_by_id  # noqa: E402
-from routers.evaluation import evaluate  # noqa: E402
-from routers.metrics import two_model_report  # noqa: E402
-from routers.outcomes import Answered, Label, ScoreRules, build_dataset  # noqa: E402
-from routers.policy import ModelPrice, estimate_cost_usd, estimate_input_tokens  # noqa: E402
-from routers.promotion import CostTarget  # noqa: E402
-from routers.training import TrainOptions, label_matrix, train  # noqa: E402
-from tests.worker.support import worker_config_data  # noqa: E402
-from worker.config.models import STRONG_MODEL, WEAK_MODEL, simulator_catalogue  # noqa: E402
-from worker.providers.types import Usage  # noqa: E402
-from worker.sim import grade  # noqa: E402
-from worker.training.registry import Registry  # noqa: E402
-from worker.training.retrain import RetrainOptions, retrain  # noqa: E402
+from routers.dataset import Record, data_sha256, record_from_obj, split_by_id
+from routers.evaluation import evaluate
+from routers.metrics import two_model_report
+from routers.outcomes import Answered, Label, ScoreRules, build_dataset
+from routers.policy import ModelPrice, estimate_cost_usd, estimate_input_tokens
+from routers.promotion import CostTarget
+from routers.training import TrainOptions, label_matrix, train
+from worker.config.models import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
+from worker.providers.types import Usage
+from worker.sim import grade
+from worker.sim.harness import (
+    ROOT,
+    SIM_KEYS,
+    create_topics,
+    localkafka,
+    produce,
+    spawn_member,
+    worker_config_data,
+)
+from worker.training.registry import Registry
+from worker.training.retrain import RetrainOptions, retrain
 
 DATA = ROOT.parent / "shared" / "data" / "routing" / "mmlu_dev.jsonl"
 # simulator catalogue list prices (worker.config.models.simulator_catalogue)
@@ -278,15 +280,6 @@ def _start_sim(latency: str, data: Path) -> tuple[subprocess.Popen[str], str, in
     return proc, str(ready["base_url"]), int(ready["dataset_rows"])
 
 
-def _spawn_worker(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "worker", "run", "--config", str(config),
-             "--log-level", "INFO"],
-            cwd=ROOT, env={**os.environ, **KEYS}, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-
 def _command(argv: list[str]) -> dict[str, Any]:
     """Run `llmroute ARGV...` in its own process, as a scheduler would; its JSON output."""
     done = subprocess.run(
@@ -354,7 +347,9 @@ async def _wait_version(
     while loop.time() - start < timeout_s:
         rid = f"probe-{tag}-{n}"
         n += 1
-        await _produce(bootstrap, topics["requests"], [_request(rid, "probe", f"probe {rid}")])
+        await produce(
+            bootstrap, topics["requests"], [_request(rid, "probe", f"probe {rid}")], linger_ms=20
+        )
         deadline = loop.time() + 5.0
         while rid not in seen.responses and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
@@ -391,8 +386,8 @@ async def _pipeline(
               "shadow": f"{base}.shadow", "control": f"{base}.control", "dlq": f"{base}.dlq",
               "done": f"{base}.done", "batch_jobs": f"{base}.batch-jobs",
               "cache": f"{base}.cache"}  # fmt: skip
-    await _create(bootstrap, [topics[k] for k in ("requests", "responses", "decisions",
-                                                  "feedback", "shadow")])  # fmt: skip
+    names = ("requests", "responses", "decisions", "feedback", "shadow")
+    await create_topics(bootstrap, [topics[k] for k in names], PARTITIONS)
     sim, base_url, sim_rows = _start_sim(args.latency, args.data)
     watch = args.reload == "watch"
     data = worker_config_data(
@@ -405,7 +400,7 @@ async def _pipeline(
     )  # fmt: skip
     config = workdir / "worker.json"
     config.write_text(json.dumps(data))
-    worker = _spawn_worker(config, workdir / "worker.log")
+    worker = spawn_member(config, workdir / "worker.log", "INFO")
     rules = ["--prefer", args.prefer] if args.prefer else []
     out_rounds: list[dict[str, Any]] = []
     try:
@@ -413,7 +408,7 @@ async def _pipeline(
 
             async def route(rids: list[str], recs: list[Record], tenant: str, what: str) -> None:
                 values = [_request(rid, tenant, r.text) for rid, r in zip(rids, recs, strict=True)]
-                await _produce(bootstrap, topics["requests"], values)
+                await produce(bootstrap, topics["requests"], values, linger_ms=20)
                 ok = await seen.wait(
                     lambda: (all(r in seen.responses for r in rids),
                              sum(r in seen.responses for r in rids)),
@@ -464,7 +459,7 @@ async def _pipeline(
                         created_at=datetime.now(UTC), request_id=rid,
                     )  # fmt: skip
                     feedback.append((rid.encode(), schemas.encode(event)))
-                await _produce(bootstrap, topics["feedback"], feedback)
+                await produce(bootstrap, topics["feedback"], feedback, linger_ms=20)
                 fb_ids = {key.decode() for key, _ in feedback}
                 await seen.wait(lambda fb_ids=fb_ids: (fb_ids <= seen.task, len(seen.task)),
                                 "task feedback", timeout_s=60.0)  # fmt: skip
@@ -700,7 +695,7 @@ def _limit(
 
 
 async def _run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
-    os.environ.update(KEYS)
+    os.environ.update(SIM_KEYS)
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
     lk, name = None, f"retrainbench-{os.getpid()}"
     domains = _limit(args, _domains(args.data, args.fresh))
@@ -715,7 +710,7 @@ async def _run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
             if bootstrap:
                 first_train_s = await training
             else:
-                lk = _localkafka()
+                lk = localkafka()
                 instance, first_train_s = await asyncio.gather(
                     asyncio.to_thread(lk.start, name, 1, 0, heap_mb=1024), training
                 )
