@@ -18,7 +18,8 @@ one line on stderr and exit status 2:
     llmroute run: cannot reach Kafka at 127.0.0.1:19092 (hint: start one with `make kafka-up`)
 
 Commands raise `UserError`, the only error type of the CLI, and `worker.__main__` prints it;
-nothing else is printed, no traceback. `EXIT_USER_ERROR` is documented in the README.
+nothing else is printed, no traceback. `EXIT_USER_ERROR` is documented in the README. Like
+`worker.config.ConfigError`, it is not a `worker.errors.WorkerError`: it never reaches the wire.
 
 `Stages` prints what a long command is doing on stderr (stdout stays for the command's result):
 a line when a stage starts and one with its duration when it ends
