@@ -83,3 +83,10 @@ def test_user_errors_are_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert "Traceback" not in "\n".join(err)
     assert err[-1].startswith(line), err  # after the stage lines of a long command
+
+
+def test_the_demo_works_in_the_checkout() -> None:
+    # the demo's router and data paths are relative to the checkout (.demo/router in local.toml)
+    from worker.cli.demo import ROOT, WORK
+
+    assert (ROOT / "pyproject.toml").is_file() and WORK == ROOT / ".demo"

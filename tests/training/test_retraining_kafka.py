@@ -104,7 +104,7 @@ async def test_judge_then_dataset_then_ab_report(
     assert summary["invalid_records"] == {"decisions": 0, "responses": 0, "feedback": 1}
     assert summary["written"] == N and summary["labels_used"] == N
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert {r["id"] for r in rows} == {f"loop-{i:03d}" for i in range(N)}
+    assert {r["id"] for r in rows} == {f"retrain-{i:03d}" for i in range(N)}
     for r in rows:
         (model,) = r["scores"]  # one model scored: the one that answered
         assert model == r["tags"]["routed_model"]

@@ -38,7 +38,7 @@ from worker.config.models import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
 from worker.sim import Dataset, Latency, SimConfig, Simulator, grade
 from worker.topics import ensure_topics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (worker/cli/demo.py)
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "routing" / "mmlu_dev.jsonl"
 WORK = ROOT / ".demo"
 STABLE_ROUTER_NAME = ".demo/router"  # always the latest demo router (deploy/config/local.toml)
