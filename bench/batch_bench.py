@@ -30,32 +30,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+import httpx
+from aiokafka import AIOKafkaConsumer
 
-import httpx  # noqa: E402
-from aiokafka import AIOKafkaConsumer  # noqa: E402
-from worker_bench import (  # noqa: E402
-    KEYS,
-    _cpu_s,
-    _create,
-    _localkafka,
-    _peak_rss_mb,
-    _produce,
-    _spawn_worker,
-    _start_sim,
-)
-
-import schemas  # noqa: E402
-from tests.worker.support import (  # noqa: E402
+import schemas
+from worker.config.models import simulator_catalogue
+from worker.providers.types import Usage
+from worker.sim.harness import (
+    SIM_KEYS,
+    cpu_s,
+    create_topics,
     dataset_rows,
+    local_broker,
+    peak_rss_mb,
+    produce,
     request_event,
+    spawn_member,
+    start_sim,
+    topic_names,
     train_artifact,
     worker_config_data,
 )
-from worker.config.models import simulator_catalogue  # noqa: E402
-from worker.providers.types import Usage  # noqa: E402
+
+PARTITIONS = 6
 
 
 async def _follow(
@@ -95,19 +92,17 @@ async def _follow(
 
 async def run(bootstrap: str, n: int, workdir: Path) -> dict[str, Any]:
     artifact = train_artifact(workdir / "router", dataset_rows(2000))
-    sim, base_url = _start_sim("fixed:0")
+    sim, base_url = start_sim("fixed:0")
     req = f"batchbench-{int(time.time())}"
-    topics = {"requests": req, "responses": f"{req}.responses", "decisions": f"{req}.decisions",
-              "dlq": f"{req}.dlq", "done": f"{req}.done", "feedback": f"{req}.feedback",
-              "batch_jobs": f"{req}.batch-jobs", "control": f"{req}.control"}  # fmt: skip
-    await _create(bootstrap, [req])
+    topics = topic_names(req)
+    await create_topics(bootstrap, [req], PARTITIONS)
     rows = dataset_rows(5000)
     batch = schemas.RoutingOptions(mode="batch")
-    values = [
+    values: list[tuple[bytes | None, bytes]] = [
         (f"r-{i}".encode(), schemas.encode(request_event(rows[i % len(rows)], i, routing=batch)))
         for i in range(n)
     ]
-    await _produce(bootstrap, req, values)
+    await produce(bootstrap, req, values, linger_ms=20)
     del values
     data = worker_config_data(
         bootstrap, topics, artifact, base_url,
@@ -118,11 +113,11 @@ async def run(bootstrap: str, n: int, workdir: Path) -> dict[str, Any]:
     path = workdir / "worker.json"
     path.write_text(json.dumps(data))
     t0 = time.perf_counter()
-    proc = _spawn_worker(path, workdir / "worker.log")
+    proc = spawn_member(path, workdir / "worker.log")
     try:
         seen = await _follow(bootstrap, topics, n, t0, timeout_s=900)
-        rss = _peak_rss_mb(proc.pid)
-        worker_cpu_s, sim_cpu_s = _cpu_s(proc.pid), _cpu_s(sim.pid)
+        rss = peak_rss_mb(proc.pid)
+        worker_cpu_s, sim_cpu_s = cpu_s(proc.pid), cpu_s(sim.pid)
         async with httpx.AsyncClient() as client:
             stats = (await client.get(f"{base_url}/sim/stats")).json()
     finally:
@@ -163,18 +158,10 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=100_000)
     args = parser.parse_args()
-    os.environ.update(KEYS)
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
-    lk, name = None, f"batchbench-{os.getpid()}"
-    if not bootstrap:
-        lk = _localkafka()
-        bootstrap = lk.start(name, 1, 0, heap_mb=1024).bootstrap
-    try:
+    os.environ.update(SIM_KEYS)
+    async with local_broker("batchbench") as bootstrap:
         with tempfile.TemporaryDirectory() as tmp:
             out = await run(bootstrap, args.requests, Path(tmp))
-    finally:
-        if lk is not None:
-            lk.stop(name)
     print(json.dumps(out))
 
 

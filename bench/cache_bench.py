@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/cache_bench.py [--data F.jsonl] [--entries 100000] [--no-quality]
 
-Speed (`measure_lookup`, importable: bench/loop_bench.py reports `cache_lookup_p99_ms_100k`
+Speed (`measure_lookup`, importable: bench/retraining_bench.py reports `cache_lookup_p99_ms_100k`
 from it). Entries are the vectors of real mmlu_dev prompts plus, to reach the count, mixtures
 of two real prompt vectors (a + 0.6 b, renormalised): realistic statistics, and each mixture
 sits near the threshold of its first prompt, which makes the pre-filter work harder than
@@ -240,7 +240,7 @@ def measure_lookup(
 
 
 def cache_lookup_p99_ms_100k(data: Path = DEFAULT_DATA) -> float:
-    """The figure bench/loop_bench.py reports: p99 of one lookup among 100,000 entries of one
+    """The figure bench/retraining_bench.py reports: p99 of one lookup among 100,000 entries of one
     tenant and parameter set (the worst case: the whole index is one partition)."""
     p99: float = measure_lookup(100_000, data=data)["one_partition"]["p99_ms"]
     return p99

@@ -11,16 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from routers.answer_scorer import fit_answer_scorer
 
-from routers.answer_scorer import fit_answer_scorer  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 PROMPT = (
     "A shop sells pencils at $0.25 each and notebooks at $3 each. Maria buys 12 pencils and "

@@ -13,19 +13,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from routers.answer_scorer import AnswerScorerParams, fit_answer_scorer
+from routers.features import HashingFeaturizer, HashingParams
+from routers.learned import ClassifierParams, ClassifierRouter, Standardizer
+from routers.metrics import two_model_report
 
-from routers.answer_scorer import AnswerScorerParams, fit_answer_scorer  # noqa: E402
-from routers.features import HashingFeaturizer, HashingParams  # noqa: E402
-from routers.learned import ClassifierParams, ClassifierRouter, Standardizer  # noqa: E402
-from routers.metrics import two_model_report  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "routing" / "gsm8k_feedback.jsonl"
 STRONG = "gpt-4-1106-preview"

@@ -30,101 +30,46 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from aiokafka import AIOKafkaProducer
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
-from scale_bench import Member, _all_ready, _sim_calls, _start_sim  # noqa: E402
-from worker_bench import KEYS, _localkafka  # noqa: E402
-
-import schemas  # noqa: E402
-from tests.kafka.test_worker_edges import _NotUtf8, _send_raw_batch  # noqa: E402
-from tests.worker.support import (  # noqa: E402
+import schemas
+from worker.config.kafka import TopicSettings
+from worker.kafka.topics import ensure_topics
+from worker.sim.harness import (
+    SIM_KEYS,
+    Follower,
+    Member,
+    NotUtf8,
+    all_ready,
+    create_topics,
     dataset_rows,
+    local_broker,
     request_event,
+    send_raw_batch,
+    sim_calls,
+    start_sim,
+    topic_names,
     train_artifact,
     worker_config_data,
 )
-from worker.config.kafka import TopicSettings  # noqa: E402
-from worker.kafka.topics import ensure_topics  # noqa: E402
 
 PARTITIONS = 12
 CODECS = [None, "gzip", "snappy", "lz4", "zstd"]
 
 
 async def _topics(bootstrap: str) -> dict[str, str]:
-    req = f"chaos-{int(time.time())}"
-    names = {
-        "requests": req,
-        "responses": f"{req}.responses",
-        "decisions": f"{req}.decisions",
-        "dlq": f"{req}.dlq",
-        "done": f"{req}.done",
-        "feedback": f"{req}.feedback",
-        "batch_jobs": f"{req}.batch-jobs",
-        "control": f"{req}.control",
-    }
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [
-                NewTopic(req, PARTITIONS, 1),
-                NewTopic(names["dlq"], PARTITIONS, 1, topic_configs={"max.message.bytes": "60000"}),
-            ]
-        )
-    finally:
-        await admin.close()
+    names = topic_names(f"chaos-{int(time.time())}")
+    await create_topics(bootstrap, [names["requests"]], PARTITIONS)
+    await create_topics(
+        bootstrap, [names["dlq"]], PARTITIONS, {names["dlq"]: {"max.message.bytes": "60000"}}
+    )
     await ensure_topics({"bootstrap_servers": bootstrap}, TopicSettings(**names), 1)
     return names
-
-
-class Follower:
-    """Counts records per key on a topic, and the longest gap between arrivals while owed."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap, self.topic = bootstrap, topic
-        self.counts: Counter[bytes] = Counter()
-        self.arrivals: list[float] = []
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Follower:
-        consumer = AIOKafkaConsumer(
-            self.topic,
-            bootstrap_servers=self.bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        await consumer.start()
-        self._task = asyncio.create_task(self._follow(consumer))
-        return self
-
-    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
-        try:
-            while not self._stop.is_set():
-                batch = await consumer.getmany(timeout_ms=200)
-                now = time.monotonic()
-                for records in batch.values():
-                    for r in records:
-                        self.counts[r.key or b""] += 1
-                        self.arrivals.append(now)
-        finally:
-            await consumer.stop()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._task is not None:
-            await self._task
 
 
 def _poison(i: int, rows: list[dict[str, Any]], done_topic: str) -> tuple[bytes, bytes, str]:
@@ -182,8 +127,8 @@ async def _feed(
                         )
                         for k, _ in ok
                     ]
-                    batch.insert(1, (key, b"{}", [(_NotUtf8("x"), b"1")]))
-                    await _send_raw_batch(bootstrap, topics["requests"], batch, codec=2)
+                    batch.insert(1, (key, b"{}", [(NotUtf8("x"), b"1")]))
+                    await send_raw_batch(bootstrap, topics["requests"], batch, codec=2)
                     valid.update(k for k, _ in ok)
                     poison.add(key)
                     continue
@@ -229,7 +174,7 @@ def _peak_rss_mb(member: Member) -> float:
 
 
 async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[str, Any]:
-    sim, base_url = _start_sim()
+    sim, base_url = start_sim("fixed:500")
     members: list[Member] = []
     kills = 0
     try:
@@ -249,8 +194,8 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
         members = [a, b]
         a.start()
         b.start()
-        await _all_ready([a, b])
-        calls_before = _sim_calls(base_url)
+        await all_ready([a, b])
+        calls_before = sim_calls(base_url)
         poison_every = round(1 / args.poison) if args.poison > 0 else 0
         peak = 0.0
         exits: list[int] = []
@@ -293,7 +238,7 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
             exits.append(await a.stop())
             exits.append(await b.stop())
             await asyncio.sleep(1.0)
-        calls = _sim_calls(base_url) - calls_before
+        calls = sim_calls(base_url) - calls_before
         answered = set(responses.counts)
         ended = set(letters.counts) | answered
         gaps = [t2 - t1 for t1, t2 in zip(responses.arrivals, responses.arrivals[1:], strict=False)]
@@ -337,20 +282,12 @@ async def main() -> None:
     parser.add_argument("--settle-s", type=float, default=180.0, help="wait for the rest")
     parser.add_argument("--workdir", help="keep configs and member logs here")
     args = parser.parse_args()
-    os.environ.update(KEYS)
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
-    lk, name = None, f"chaos-bench-{os.getpid()}"
-    if not bootstrap:
-        lk = _localkafka()
-        bootstrap = lk.start(name, 1, 0, heap_mb=1024).bootstrap
-    try:
+    os.environ.update(SIM_KEYS)
+    async with local_broker("chaos-bench") as bootstrap:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(args.workdir or tmp)
             await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
             result = await _run(args, bootstrap, workdir)
-    finally:
-        if lk is not None:
-            lk.stop(name)
     print(json.dumps(result))
 
 

@@ -31,20 +31,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+import httpx
+from aiokafka import AIOKafkaProducer
 
-import httpx  # noqa: E402
-from aiokafka import AIOKafkaProducer  # noqa: E402
-from worker_bench import _create, _localkafka  # noqa: E402
-
-import schemas  # noqa: E402
-from tests.telemetry.receiver import LangfuseReceiver  # noqa: E402
-from worker.config.kafka import KafkaSettings, TopicSettings  # noqa: E402
-from worker.config.telemetry import LangfuseConfig  # noqa: E402
-from worker.feedback import FeedbackRetry, FeedbackStats, run_feedback  # noqa: E402
-from worker.telemetry.scores import LangfuseScores, score_body  # noqa: E402
+import schemas
+from worker.config.kafka import KafkaSettings, TopicSettings
+from worker.config.telemetry import LangfuseConfig
+from worker.feedback import FeedbackRetry, FeedbackStats, run_feedback
+from worker.sim.harness import ROOT, create_topics, local_broker
+from worker.sim.langfuse import LangfuseReceiver
+from worker.telemetry.scores import LangfuseScores, score_body
 
 
 def _tools(bootstrap: str) -> dict[str, Any]:
@@ -86,7 +82,7 @@ async def _langfuse(bootstrap: str, n: int) -> dict[str, Any]:
             auth=("pk-lf-bench", "sk-lf-bench"),
         )
         topic = f"bench-feedback-{os.getpid()}"
-        await _create(bootstrap, [topic])
+        await create_topics(bootstrap, [topic], 6)
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
         await producer.start()
         try:
@@ -136,19 +132,11 @@ async def main() -> None:
     parser.add_argument("--feedback", type=int, default=500)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
-    lk, name = None, f"real-tools-bench-{os.getpid()}"
-    if not bootstrap:
-        lk = _localkafka()
-        bootstrap = lk.start(name, 1, 0, heap_mb=1024).bootstrap
-    try:
+    async with local_broker("real-tools-bench") as bootstrap:
         out = {
             "langfuse": await _langfuse(bootstrap, args.feedback),
             **_tools(bootstrap),
         }
-    finally:
-        if lk is not None:
-            lk.stop(name)
     text = json.dumps(out, indent=2)
     if args.out is not None:
         args.out.write_text(text + "\n")

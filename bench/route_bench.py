@@ -50,7 +50,6 @@ def _train(data: Path, out: Path) -> float:
 
 def _measure(args: argparse.Namespace) -> dict[str, object]:
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    sys.path.insert(0, str(REPO))
     import numpy as np
 
     from routers import ModelPrice, PolicyOptions, load, route, route_batch

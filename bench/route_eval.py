@@ -18,17 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tfidf_baseline import STRONG, WEAK, baseline_scores, load_records
+
+from routers.base import strong_need
+from routers.dataset import Record, split_by_id
+from routers.metrics import two_model_report
+from routers.training import DEFAULT_ROUTER, TrainOptions, train
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from tfidf_baseline import STRONG, WEAK, baseline_scores, load_records  # noqa: E402
-
-from routers.base import strong_need  # noqa: E402
-from routers.dataset import Record, split_by_id  # noqa: E402
-from routers.metrics import two_model_report  # noqa: E402
-from routers.training import DEFAULT_ROUTER, TrainOptions, train  # noqa: E402
 
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "routing" / "mmlu_dev.jsonl"
 KEYS = ("apgr", "cpt50", "cpt80", "strong_fraction_for_95pct")

@@ -8,20 +8,18 @@ that validates everything the JSON Schema does; see README.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import jsonschema
+import pydantic
+from referencing import Registry, Resource
+
+import schemas
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import jsonschema  # noqa: E402
-import pydantic  # noqa: E402
-from referencing import Registry, Resource  # noqa: E402
-
-import schemas  # noqa: E402
 
 RAW = (ROOT / "schemas/examples/route_request/valid/full.json").read_bytes()
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import io
 import itertools
 import json
@@ -34,17 +33,21 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
-    InMemorySpanExporter,
-)
-
-import schemas  # noqa: E402
-from tests.worker.support import (  # noqa: E402
-    ROWS,
+import schemas
+from worker.app import build
+from worker.config.models import STRONG_MODEL, WEAK_MODEL
+from worker.config.telemetry import TelemetryConfig
+from worker.kafka.table import read_to_end
+from worker.kafka.topics import ensure_topics
+from worker.logs import setup_logging
+from worker.secrets import MIN_FRAGMENT
+from worker.sim import Fault, SimConfig, Simulator
+from worker.sim.harness import (
+    dataset_rows,
+    local_broker,
     poll_until,
     produce,
     read_all,
@@ -53,16 +56,9 @@ from tests.worker.support import (  # noqa: E402
     train_artifact,
     worker_config,
 )
-from worker.app import build  # noqa: E402
-from worker.config.models import STRONG_MODEL, WEAK_MODEL  # noqa: E402
-from worker.config.telemetry import TelemetryConfig  # noqa: E402
-from worker.kafka.table import read_to_end  # noqa: E402
-from worker.kafka.topics import ensure_topics  # noqa: E402
-from worker.logs import setup_logging  # noqa: E402
-from worker.secrets import MIN_FRAGMENT  # noqa: E402
-from worker.sim import Fault, SimConfig, Simulator  # noqa: E402
-from worker.telemetry import Tracing, build_tracer_provider  # noqa: E402
+from worker.telemetry import Tracing, build_tracer_provider
 
+ROWS = dataset_rows(600)
 KEYS = {
     "SIM_OPENAI_API_KEY": "tok_9f8E7d6C5b4A3928170FedcbaQ",  # no sk- prefix
     "SIM_ANTHROPIC_API_KEY": "sk-ant-Zy98Xw76Vu54Ts32Rq10PoNm",
@@ -127,17 +123,6 @@ def _inputs() -> list[tuple[str, list[schemas.Message], int | None]]:
     ]
 
 
-def _localkafka() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "localkafka", ROOT / "deploy" / "kafka" / "localkafka.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["localkafka"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 async def _drain(bootstrap: str, topic: str) -> list[Any]:
     """Every record of `topic`, from its start to its end offsets."""
     return await read_to_end({"bootstrap_servers": bootstrap}, topic)
@@ -193,7 +178,7 @@ async def run(bootstrap: str, workdir: Path) -> dict[str, Any]:
     logs = io.StringIO()
     handler = setup_logging(logging.INFO, logs)
     try:
-        async with Simulator(sim_config, replay_dataset()) as sim:
+        async with Simulator(sim_config, replay_dataset(ROWS)) as sim:
             config = worker_config(
                 bootstrap,
                 topics,
@@ -340,17 +325,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
-    lk, name = None, f"bench-{os.getpid()}"
-    if not bootstrap:
-        lk = _localkafka()
-        bootstrap = lk.start(name, 1, 0, heap_mb=1024).bootstrap
-    try:
+    async with local_broker("bench") as bootstrap:
         with tempfile.TemporaryDirectory() as tmp:
             out = await run(bootstrap, Path(tmp))
-    finally:
-        if lk is not None:
-            lk.stop(name)
     text = json.dumps(out)
     print(text)
     if args.out is not None:

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from routers.dataset import Record, record_from_obj, split_by_id
+from routers.metrics import two_model_report
 
-from routers.dataset import Record, record_from_obj, split_by_id  # noqa: E402
-from routers.metrics import two_model_report  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "routing" / "mmlu_dev.jsonl"
 STRONG = "gpt-4-1106-preview"

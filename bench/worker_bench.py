@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import shutil
@@ -32,55 +31,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
-
-import schemas  # noqa: E402
-from routers.artifact import load_artifact  # noqa: E402
-from tests.worker.support import (  # noqa: E402
+import schemas
+from routers.artifact import load_artifact
+from worker import config as config_mod
+from worker.pipeline.routing import RoutingCore
+from worker.sim.harness import (
+    SIM_KEYS,
+    cpu_s,
+    create_topics,
     dataset_rows,
+    local_broker,
+    peak_rss_mb,
+    produce,
     request_event,
+    spawn_member,
+    start_sim,
+    topic_names,
     train_artifact,
     worker_config_data,
 )
-from worker import config as config_mod  # noqa: E402
-from worker.pipeline.routing import RoutingCore  # noqa: E402
 
-KEYS = {"SIM_OPENAI_API_KEY": "sk-bench", "SIM_ANTHROPIC_API_KEY": "sk-ant-bench"}
 PARTITIONS = 6
-
-
-def _localkafka() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "localkafka", ROOT / "deploy" / "kafka" / "localkafka.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["localkafka"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-async def _create(bootstrap: str, names: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
-    finally:
-        await admin.close()
-
-
-async def _produce(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, v, key=k) for k, v in values]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
 
 
 async def _passthrough(bootstrap: str, source: str, sink: str, n: int) -> float:
@@ -110,12 +83,6 @@ async def _passthrough(bootstrap: str, source: str, sink: str, n: int) -> float:
         await consumer.stop()
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _count_responses(
     bootstrap: str, topic: str, n: int, timeout_s: float, pid: int
 ) -> tuple[int, float, float]:
@@ -137,30 +104,11 @@ async def _count_responses(
                     last = max(last, ts)
                     seen.add(r.key or b"")
             if seen and not seen_start:
-                cpu_start, seen_start = _cpu_s(pid), len(seen)
-        cpu_ms = (_cpu_s(pid) - cpu_start) * 1000 / max(1, len(seen) - seen_start)
+                cpu_start, seen_start = cpu_s(pid), len(seen)
+        cpu_ms = (cpu_s(pid) - cpu_start) * 1000 / max(1, len(seen) - seen_start)
     finally:
         await consumer.stop()
     return len(seen), (len(seen) / (last - first) if last > first else 0.0), cpu_ms
-
-
-def _start_sim(latency: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker", "sim-provider", "--port", "0", "--latency", latency],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    ready = json.loads(proc.stdout.readline())
-    return proc, str(ready["base_url"])
-
-
-def _spawn_worker(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "worker", "run", "--config", str(config),
-             "--log-level", "WARNING"],
-            cwd=ROOT, env={**os.environ, **KEYS}, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
 
 
 def _profile(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
@@ -178,13 +126,6 @@ def _profile(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
     )  # fmt: skip
 
 
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 async def _worker_run(
     bootstrap: str,
     artifact: Path,
@@ -195,28 +136,27 @@ async def _worker_run(
     max_in_flight: int,
     profile: Path | None = None,
 ) -> dict[str, Any]:
-    sim, base_url = _start_sim(latency)
+    sim, base_url = start_sim(latency)
     req = f"bench-{tag}-{int(time.time())}"
-    topics = {"requests": req, "responses": f"{req}.responses", "decisions": f"{req}.decisions",
-              "dlq": f"{req}.dlq", "done": f"{req}.done", "feedback": f"{req}.feedback",
-              "batch_jobs": f"{req}.batch-jobs", "control": f"{req}.control"}  # fmt: skip
-    await _create(bootstrap, [req])
+    topics = topic_names(req)
+    await create_topics(bootstrap, [req], PARTITIONS)
     rows = dataset_rows(2000)
-    values = [(f"r-{i}".encode(), schemas.encode(request_event(rows[i % len(rows)], i)))
-              for i in range(n)]  # fmt: skip
-    await _produce(bootstrap, req, values)
+    values: list[tuple[bytes | None, bytes]] = [
+        (f"r-{i}".encode(), schemas.encode(request_event(rows[i % len(rows)], i))) for i in range(n)
+    ]
+    await produce(bootstrap, req, values, linger_ms=20)
     data = worker_config_data(bootstrap, topics, artifact, base_url,
         loop={"max_in_flight": max_in_flight, "resume_below": max_in_flight * 3 // 4},
         providers={"max_connections": max_in_flight})  # fmt: skip
     path = workdir / f"{tag}.json"
     path.write_text(json.dumps(data))
-    proc = _spawn_worker(path, workdir / f"{tag}.log")
+    proc = spawn_member(path, workdir / f"{tag}.log")
     spy = _profile(proc.pid, profile / f"worker-{tag}.txt") if profile is not None else None
     try:
         got, rate, cpu_ms = await _count_responses(
             bootstrap, topics["responses"], n, timeout_s=300, pid=proc.pid
         )
-        rss = _peak_rss_mb(proc.pid)
+        rss = peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -226,7 +166,7 @@ async def _worker_run(
         sim.wait(timeout=30)
     pt_rate = 0.0
     if tag == "0ms":
-        await _create(bootstrap, [f"{req}.pt"])
+        await create_topics(bootstrap, [f"{req}.pt"], PARTITIONS)
         pt_rate = await _passthrough(bootstrap, req, f"{req}.pt", n)
     return {"rate": rate, "lost": n - got, "rss": rss, "passthrough": pt_rate, "cpu_ms": cpu_ms}
 
@@ -253,13 +193,8 @@ async def main() -> None:
     parser.add_argument("--requests-500ms", type=int, default=10000)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy output folder")
     args = parser.parse_args()
-    os.environ.update(KEYS)
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
-    lk, name = None, f"bench-{os.getpid()}"
-    if not bootstrap:
-        lk = _localkafka()
-        bootstrap = lk.start(name, 1, 0, heap_mb=1024).bootstrap
-    try:
+    os.environ.update(SIM_KEYS)
+    async with local_broker("bench") as bootstrap:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
             artifact = train_artifact(workdir / "router", dataset_rows(2000))
@@ -271,9 +206,6 @@ async def main() -> None:
                 bootstrap, artifact, "fixed:500", args.requests_500ms, "500ms", workdir, 2000,
                 args.profile,
             )  # fmt: skip
-    finally:
-        if lk is not None:
-            lk.stop(name)
     out = {
         "req_per_s_0ms": round(zero["rate"], 1),
         "req_per_s_500ms": round(slow["rate"], 1),

@@ -1,6 +1,6 @@
 """Routing datasets from outcomes: routed requests + feedback -> dataset rows. Pure, no I/O.
 
-The shell (`worker/dataset_cli.py`) reads `llm.decisions`, `llm.responses` and `llm.feedback`
+The shell (`worker/cli/dataset.py`) reads `llm.decisions`, `llm.responses` and `llm.feedback`
 (or Langfuse observations and scores) and hands this module plain values:
 
 - `Answered` parts, one per decision or response event; `merge_answered` joins the parts of one
@@ -24,7 +24,7 @@ Which model a label scores: its own `model` when set (a shadow answer, a pairwis
 model whose answer reached the user (the response's model, else the decision's). A request with
 feedback on only the routed model gives a row with ONE model scored; `routers.training` leaves
 missing (prompt, model) pairs out of each model's loss, so such rows train that model's head
-only (see README "Closing the loop" for what this means for selection bias).
+only (see docs/retraining.md for what this means for selection bias).
 
 Feedback values become scores in [0, 1] (`normalise`): booleans as 1/0; numbers already in
 [0, 1] as they are; other numbers through a per-name `(worst, best)` scale (e.g. a 1-5 star

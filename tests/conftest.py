@@ -43,7 +43,7 @@ def new_topic(kafka_bootstrap: str) -> TopicFactory:
 
 
 # ------------------------------------------------------------ a trained router and the simulator
-# (shared by tests/worker and tests/loop: the router is trained once per session)
+# (shared by tests/worker and tests/training: the router is trained once per session)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
-"""`llmroute`: the command line. Each command group lives in its own module and adds its
-subcommands through `register(subparsers)`; this module only wires them together and maps
-user errors to one line on stderr (see `worker.cli`)."""
+"""`llmroute`: the command line. Each command group lives in its own module of `worker.cli` and
+adds its subcommands through `register(subparsers)`; this module only wires them together and
+prints a `UserError` as one line on stderr (see `worker.cli`)."""
 
 from __future__ import annotations
 
@@ -14,16 +14,19 @@ from worker.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, Parser, UserError, ver
 
 # Modules that contribute subcommands, in the order `llmroute --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
-    "worker.routing_cli",
-    "worker.provider_cli",
-    "worker.run_cli",
-    "worker.topics_cli",
-    "worker.ops_cli",
-    "worker.demo",
-    "worker.dataset_cli",
-    "worker.judge",
-    "worker.retrain_cli",
-    "worker.ab_cli",
+    "worker.cli.routing",
+    "worker.cli.sim",
+    "worker.cli.run",
+    "worker.cli.topics",
+    "worker.cli.ops.produce",
+    "worker.cli.ops.tail",
+    "worker.cli.ops.status",
+    "worker.cli.ops.dlq",
+    "worker.cli.demo",
+    "worker.cli.dataset",
+    "worker.cli.judge",
+    "worker.cli.retrain",
+    "worker.cli.ab",
 )
 
 SHELLS = ("bash", "zsh", "tcsh")
@@ -60,10 +63,11 @@ def _completion(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     from aiokafka.errors import KafkaConnectionError
 
-    from worker.ops.common import BROKER_HINT
+    from worker.cli.kafka_args import BROKER_HINT
 
     args = build_parser().parse_args(argv)
-    prog = f"llmroute {args.command}"
+    # a command may name itself more precisely (`llmroute dlq show`) in its error line
+    prog = getattr(args, "command_prog", None) or f"llmroute {args.command}"
     # aiokafka logs every failed connection attempt at ERROR, which Python prints when nothing
     # configured logging: a command reports the outcome itself (`run` sets up its own logs)
     kafka_log = logging.getLogger("aiokafka")

@@ -25,7 +25,6 @@ from worker.cli import version
 from worker.config import Config
 from worker.config.models import Catalogue
 from worker.feedback import FeedbackStats, run_feedback
-from worker.judge import Judge, JudgeSettings
 from worker.kafka import lograte
 from worker.kafka.member import Worker, close_quietly
 from worker.kafka.observer import MetricsObserver
@@ -44,6 +43,8 @@ from worker.providers.http import HttpSettings
 from worker.providers.retry import RetryPolicy
 from worker.telemetry import Tracing
 from worker.telemetry.scores import LangfuseScores
+from worker.training.judge import Judge, JudgeSettings
+from worker.training.registry import resolve_artifact
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +90,6 @@ class App:
     async def close(self) -> None:
         await self.client.aclose()
         await self.tracing.aclose(5.0)
-
-
-def resolve_artifact(path: str | Path) -> Path:
-    """An artifact folder, or the promoted version of a registry (its CURRENT file names it)."""
-    folder = Path(path)
-    pointer = folder / "CURRENT"
-    if pointer.is_file():
-        name = pointer.read_text("utf-8").strip()
-        if name:
-            return folder / name
-    return folder
 
 
 def build(config: Config, tracing: Tracing | None = None) -> App:

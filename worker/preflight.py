@@ -25,9 +25,9 @@ from routers.artifact import Artifact, load_artifact
 from routers.errors import RoutingError
 from worker import config as config_mod
 from worker.cli import UserError
+from worker.cli.kafka_args import reach
 from worker.config import Config
 from worker.config.telemetry import TelemetryConfigError
-from worker.ops.common import reach
 
 # environment overrides of `llmroute run` (flags win over them, they win over the file)
 ENV_BOOTSTRAP = "LLMROUTE_BOOTSTRAP_SERVERS"
@@ -100,8 +100,8 @@ def with_env(config: Config, env: Mapping[str, str]) -> Config:
 
 
 def check_router(config: Config) -> tuple[Check, Artifact | None]:
-    from worker.app import resolve_artifact
     from worker.pipeline.routing import RoutingCore
+    from worker.training.registry import resolve_artifact
 
     where = config.router.artifact
     folder = resolve_artifact(where)

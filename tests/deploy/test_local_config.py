@@ -8,9 +8,9 @@ from pathlib import Path
 
 from tests.kafka_support import localkafka
 from worker import config as config_mod
+from worker.cli.demo import STABLE_ROUTER_NAME
+from worker.cli.sim import register as register_sim
 from worker.config.models import STRONG_MODEL, WEAK_MODEL
-from worker.demo import STABLE_ROUTER_NAME
-from worker.provider_cli import register as register_sim
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "deploy" / "config" / "local.toml"

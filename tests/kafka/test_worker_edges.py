@@ -30,6 +30,8 @@ from worker.kafka.member import Worker
 from worker.kafka.observer import NullObserver
 from worker.kafka.topics import ensure_topics
 from worker.sim import Simulator
+from worker.sim.harness import NotUtf8 as _NotUtf8
+from worker.sim.harness import send_raw_batch as _send_raw_batch
 
 pytestmark = pytest.mark.kafka
 
@@ -133,44 +135,6 @@ async def test_every_kafka_codec_is_decoded(
     }
     assert max(counts.values()) == 1
     assert await _committed_to_end(kafka_bootstrap, config.kafka.group_id, topics["requests"], 2)
-
-
-class _NotUtf8(str):
-    """A header key whose encoding is not UTF-8: what a hostile or broken producer can write
-    (aiokafka's own builder encodes keys with `str.encode`)."""
-
-    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-        return b"\xff\xfebad-\xc3"
-
-
-async def _send_raw_batch(
-    bootstrap: str,
-    topic: str,
-    records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]],
-    codec: int = 0,
-) -> None:
-    """One record batch, built by aiokafka's pure-Python builder (which writes header keys as
-    given) and sent as is to partition 0."""
-    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        batch = producer.create_batch()
-        batch._builder = _DefaultRecordBatchBuilderPy(
-            2,
-            codec,
-            is_transactional=0,
-            producer_id=-1,
-            producer_epoch=-1,
-            base_sequence=0,
-            batch_size=1 << 20,
-        )
-        for key, value, headers in records:
-            assert batch.append(timestamp=None, key=key, value=value, headers=headers)
-        await (await producer.send_batch(batch, topic, partition=0))
-    finally:
-        await producer.stop()
 
 
 async def test_an_unreadable_header_is_dead_lettered_and_its_neighbours_answered(

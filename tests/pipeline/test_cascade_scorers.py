@@ -16,7 +16,6 @@ from tests.routers import synth
 from tests.worker.support import ROWS, request_event, worker_config
 from worker.config import ConfigError
 from worker.config.models import ANTHROPIC_MODEL, STRONG_MODEL, WEAK_MODEL, Catalogue
-from worker.judge import Judge, JudgeSettings
 from worker.kafka.records import RecordInfo
 from worker.pipeline.cascade import load_answer_scorers
 from worker.pipeline.core import Pipeline
@@ -24,6 +23,7 @@ from worker.pipeline.routing import RoutingCore
 from worker.providers.client import ModelClient
 from worker.providers.types import Usage
 from worker.sim import Simulator
+from worker.training.judge import Judge, JudgeSettings
 
 TOPICS = {"requests": "unit.requests"}
 N = 12

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.providers.conftest import FakeClock
-from worker import provider_cli
+from worker.cli import sim as sim_cli
 from worker.config.models import Catalogue
 from worker.providers import ClientSettings, CompletionRequest, HttpSettings, ModelClient
 from worker.sim import Latency, RateLimit, SimConfig, Simulator
@@ -134,9 +134,9 @@ async def test_an_outage_starts_and_ends_over_http():
 
 def test_the_cli_builds_rate_limits_and_per_token_latency():
     parser = argparse.ArgumentParser()
-    provider_cli.register(parser.add_subparsers())
+    sim_cli.register(parser.add_subparsers())
     args = parser.parse_args(["sim-provider", "--rpm", "60", "--per-token-ms", "20"])
-    config = provider_cli.config_from_args(args)
+    config = sim_cli.config_from_args(args)
     assert config.rate_limit == RateLimit(rpm=60) and config.per_output_token_ms == 20.0
 
 

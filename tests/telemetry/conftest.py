@@ -13,8 +13,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 from schemas.events import Candidate, DecisionInfo, Feedback, Message
-from tests.telemetry.receiver import LangfuseReceiver
 from worker.config.telemetry import LangfuseConfig, TelemetryConfig
+from worker.sim.langfuse import LangfuseReceiver
 from worker.telemetry import build_tracer_provider
 
 PRODUCER_TRACE = "0af7651916cd43dd8448eb211c80319c"

@@ -14,7 +14,7 @@ import pytest
 
 from schemas.trace import trace_id_hex
 from tests.telemetry.conftest import feedback, langfuse_config
-from tests.telemetry.receiver import LangfuseReceiver, validate_score
+from worker.sim.langfuse import LangfuseReceiver, validate_score
 from worker.telemetry.scores import (
     LangfuseScores,
     ScoreError,

@@ -1,6 +1,6 @@
 """What the Langfuse SDK, our score client and our own OTLP exporter put on the wire, read by a
 local stand-in of Langfuse's OTLP/HTTP trace endpoint and scores endpoint that refuses what the
-real servers refuse (tests/telemetry/receiver.py); score bodies are also checked against the
+real servers refuse (worker/sim/langfuse.py); score bodies are also checked against the
 vendored fragment of Langfuse's API definition (fixtures/langfuse_scores_api.json)."""
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from tests.telemetry.conftest import (
     feedback,
     langfuse_config,
 )
-from tests.telemetry.receiver import LangfuseReceiver
 from worker.config.telemetry import TelemetryConfig, TelemetryConfigError
+from worker.sim.langfuse import LangfuseReceiver
 from worker.telemetry import Tracing
 from worker.telemetry.scores import LangfuseScores
 

@@ -16,7 +16,6 @@ from schemas.trace import request_key, trace_id_hex
 from tests.conftest import TopicFactory
 from tests.kafka.test_worker_kafka import _run_until, _topics
 from tests.telemetry.conftest import langfuse_config
-from tests.telemetry.receiver import LangfuseReceiver
 from tests.worker.support import (
     ROWS,
     read_all,
@@ -28,6 +27,7 @@ from worker.config.telemetry import TelemetryConfig
 from worker.feedback import FeedbackRetry, FeedbackStats, run_feedback
 from worker.kafka.topics import ensure_topics
 from worker.sim import Simulator
+from worker.sim.langfuse import LangfuseReceiver
 from worker.telemetry import Tracing
 from worker.telemetry.scores import LangfuseScores
 

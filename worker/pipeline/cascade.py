@@ -16,12 +16,12 @@ from routers.answer_scorer import LearnedAnswerScorer, load_answer_scorer
 from routers.cascade import AnswerScorer, CascadeParams, CascadeResult, escalates
 from routers.eligibility import Eligible
 from worker.config import Config, PolicySpec
-from worker.judge import Judge, JudgeSettings
 from worker.pipeline.calls import ModelCalls, Outcome
 from worker.pipeline.routing import Route
 from worker.providers.client import ModelClient
 from worker.providers.errors import ProviderError
 from worker.providers.types import CompletionRequest, RoutedCompletion
+from worker.training.judge import Judge, JudgeSettings
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,6 @@ from worker.errors import (
     RequestRejected,
     WorkerError,
 )
-from worker.judge import Judge
 from worker.kafka.records import Deferred, Handled, RecordInfo
 from worker.pipeline import batch, responses
 from worker.pipeline.cached import CachedAnswers
@@ -53,6 +52,7 @@ from worker.providers.client import ModelClient
 from worker.providers.errors import AllModelsFailedError, ProviderError
 from worker.providers.types import CompletionRequest, RoutedCompletion
 from worker.telemetry import Tracing
+from worker.training.judge import Judge
 
 if TYPE_CHECKING:
     from worker.kafka.semcache_sync import SemanticCacheSync

@@ -19,12 +19,12 @@ from routers import split
 from routers.decision import Decision
 from routers.familiarity import UNFAMILIAR_THRESHOLD
 from routers.features import prompt_text
-from worker.judge import Judge
 from worker.pipeline import responses
 from worker.pipeline.routing import Resolved, RoutingCore, trace_id_for
 from worker.providers.client import ModelClient
 from worker.providers.errors import ProviderError
 from worker.providers.types import CompletionRequest
+from worker.training.judge import Judge
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ N(0, 1.2))``, seeded; other tokens get small seeded log-probs.
 Judging: a request whose last user message embeds answers between MT-Bench's delimiters
 (``[The Start of Assistant's Answer]`` ... ``[The End of Assistant's Answer]`` after a
 ``[Question]`` block; or Assistant A's and B's answers after ``[User Question]``, the templates of
-``worker.judge``) is answered as a judge. The simulator grades each embedded answer against the
+``training.judge``) is answered as a judge. The simulator grades each embedded answer against the
 question with its own key (:func:`grade`: this is the simulated judge's "knowledge"), then errs on
 purpose: its verdict agrees with the grade with probability ``judge_accuracy`` (seeded by the judge
 model and prompt), otherwise it is flipped. A single answer gets ``Rating: [[r]]`` with r in 7-10

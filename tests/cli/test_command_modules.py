@@ -1,0 +1,92 @@
+"""The shape of the command line: one `register(subparsers)` per command module, one error type,
+and a `run` path that loads no offline command."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import subprocess
+import sys
+
+import pytest
+
+from worker.__main__ import COMMAND_MODULES, main
+
+OFFLINE = (
+    "worker.cli.ab",
+    "worker.cli.dataset",
+    "worker.cli.judge",
+    "worker.cli.retrain",
+    "worker.cli.routing",
+    "worker.training.dataset",
+    "worker.training.retrain",
+)
+
+
+@pytest.mark.parametrize("name", COMMAND_MODULES)
+def test_every_command_module_registers_alike(name: str) -> None:
+    register = importlib.import_module(name).register
+    params = list(inspect.signature(register).parameters.values())
+    assert [p.name for p in params] == ["subparsers"]
+    assert str(params[0].annotation) == "Subparsers"
+    assert inspect.signature(register).return_annotation in (None, "None")
+
+
+def test_one_user_error_type() -> None:
+    import worker.cli
+
+    for name in (*COMMAND_MODULES, "worker.cli.kafka_args", "worker.cli.ops.common"):
+        module = importlib.import_module(name)
+        own = [
+            obj.__name__
+            for obj in vars(module).values()
+            if inspect.isclass(obj)
+            and issubclass(obj, Exception)
+            and obj.__module__ == module.__name__
+            and obj.__name__ != "InvalidLine"  # a line `produce` skips, not a command's error
+        ]
+        assert own == [], f"{name} defines its own error type(s) {own}: raise worker.cli.UserError"
+    assert worker.cli.UserError.__module__ == "worker.cli"
+
+
+def test_the_run_path_loads_no_offline_command() -> None:
+    # before: the member imported worker.judge, which imported the dataset command's module
+    code = (
+        "import json, sys\n"
+        "import worker.cli.run, worker.app, worker.preflight\n"
+        f"print(json.dumps(sorted(m for m in {list(OFFLINE)!r} if m in sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert json.loads(done.stdout) == []
+
+
+ONE_LINE = [
+    (["ab", "report", "--confidence", "0.2"], "llmroute ab: --confidence must be in [0.5, 1)"),
+    (["sim-provider", "--alias", "x"], "llmroute sim-provider: bad --alias 'x'"),
+    (
+        ["score", "--router", "/nonexistent", "--data", "/dev/null", "--out", "x"],
+        "llmroute score: ",
+    ),
+    (["dataset", "build", "--out", "x", "--scale", "bad"], "llmroute dataset: bad --scale"),
+    (["retrain", "--data", "/nonexistent", "--registry", "r"], "llmroute retrain: cannot read"),
+]
+
+
+@pytest.mark.parametrize(("argv", "line"), ONE_LINE)
+def test_user_errors_are_one_line(
+    argv: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    assert err[-1].startswith(line), err  # after the stage lines of a long command
+
+
+def test_the_demo_works_in_the_checkout() -> None:
+    # the demo's router and data paths are relative to the checkout (.demo/router in local.toml)
+    from worker.cli.demo import ROOT, WORK
+
+    assert (ROOT / "pyproject.toml").is_file() and WORK == ROOT / ".demo"

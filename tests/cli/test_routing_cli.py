@@ -1,0 +1,191 @@
+"""End-to-end `llmroute train/score/calibrate/eval` on a small dataset written to tmp_path."""
+
+import json
+
+import numpy as np
+import pytest
+
+from routers.artifact import load_artifact
+from routers.learned import assess
+from tests.routers import synth
+from worker.__main__ import main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    train = synth.write_jsonl(d / "train.jsonl", synth.records(160, seed=2, with_mid=True))
+    test = synth.write_jsonl(d / "test.jsonl", synth.records(80, seed=3, with_mid=True))
+    prices = d / "prices.json"
+    prices.write_text(
+        json.dumps(
+            {
+                synth.STRONG: {"input_per_mtok": 10.0, "output_per_mtok": 30.0},
+                synth.MID: {"input_per_mtok": 1.0, "output_per_mtok": 2.0},
+                synth.WEAK: {"input_per_mtok": 0.5, "output_per_mtok": 0.5},
+            }
+        )
+    )
+    return d, train, test, prices
+
+
+@pytest.fixture(scope="module")
+def trained(files):
+    d, train, _, _ = files
+    out = d / "router"
+    rc = main(["train", "--data", str(train), "--router", "default", "--out", str(out),
+               "--strong", synth.STRONG, "--weak", synth.WEAK, "--holdout", "0.25"])  # fmt: skip
+    assert rc == 0
+    return out
+
+
+def test_train_writes_an_artifact_with_metrics_and_calibration(trained):
+    art = load_artifact(trained)
+    assert art.router.name == "pooled"  # `default` for three or more models
+    assert art.meta["strong"] == synth.STRONG
+    assert set(art.calibration) >= {"strong_fraction_0.30", "quality_95pct"}
+    assert 0.0 <= art.metrics["heldout"]["apgr"] <= 1.5
+    assert len(art.meta["data_sha256"]) == 64
+
+
+def test_score_writes_one_line_per_prompt(files, trained, capsys):
+    d, _, test, _ = files
+    out = d / "scores.jsonl"
+    assert main(["score", "--router", str(trained), "--data", str(test), "--out", str(out)]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    ids = [json.loads(x)["id"] for x in test.read_text().splitlines()]
+    assert [x["id"] for x in lines] == ids
+    for x in lines:
+        assert set(x["predicted"]) == {synth.STRONG, synth.WEAK, synth.MID}
+        assert x["score"] == pytest.approx(
+            x["predicted"][synth.STRONG] - x["predicted"][synth.WEAK]
+        )
+    hard = [x["score"] for x, r in zip(lines, synth.records(80, seed=3, with_mid=True), strict=True)
+            if r["tags"]["kind"] == "hard"]  # fmt: skip
+    easy = [x["score"] for x, r in zip(lines, synth.records(80, seed=3, with_mid=True), strict=True)
+            if r["tags"]["kind"] == "easy"]  # fmt: skip
+    assert sum(hard) / len(hard) > sum(easy) / len(easy)
+
+
+def test_calibrate_stores_thresholds(files, trained, capsys):
+    _, _, test, _ = files
+    rc = main(["calibrate", "--router", str(trained), "--data", str(test),
+               "--strong-fraction", "0.4", "--quality-ratio", "0.95"])  # fmt: skip
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    cal = load_artifact(trained).calibration
+    assert cal["strong_fraction_0.40"] == printed["thresholds"]["strong_fraction_0.40"]
+    assert "quality_95pct" in cal
+
+
+def test_eval_json_and_plot(files, trained, capsys, tmp_path):
+    _, _, test, prices = files
+    png = tmp_path / "curve.png"
+    rc = main(["eval", "--router", str(trained), "--data", str(test), "--json",
+               "--prices", str(prices), "--plot", str(png)])  # fmt: skip
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    two = result["two_model"]
+    assert two["apgr"] > 0.6
+    assert result["random"]["apgr"] == 0.5
+    assert result["oracle"]["apgr"] >= two["apgr"]
+    assert 0.0 < two["cost_ratio_at_cpt50"] < 1.0
+    assert result["n_model"]["aiq"] > 0
+    assert len(two["curve"]) == 101
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_text_summary(files, trained, capsys):
+    _, _, test, _ = files
+    assert main(["eval", "--router", str(trained), "--data", str(test)]) == 0
+    assert "APGR" in capsys.readouterr().out
+
+
+def test_bad_input_is_a_clean_error(tmp_path, capsys, trained):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "prompt": "x", "scores": {"m": 1}}\nnot json\n')
+    rc = main(["train", "--data", str(bad), "--router", "classifier", "--out", str(tmp_path / "o")])
+    assert rc == 2
+    assert "bad.jsonl:2: not JSON" in capsys.readouterr().err
+    rc = main(["eval", "--router", str(tmp_path / "missing"), "--data", str(bad)])
+    assert rc == 2
+    assert "no meta.json" in capsys.readouterr().err
+
+
+def test_eval_on_the_training_file_scores_only_its_held_out_items(files, trained, capsys):
+    _, train, _, _ = files
+    assert main(["eval", "--router", str(trained), "--data", str(train), "--json"]) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out)
+    art = load_artifact(trained)
+    n_all = len(train.read_text().splitlines())
+    assert result["n"] == n_all - art.metrics["n_train"]
+    assert result["n"] == art.metrics["heldout"]["n"]
+    assert "not trained on (its held-out split)" in out.err
+
+
+def test_eval_all_on_the_training_file_warns_it_is_in_sample(files, trained, capsys):
+    _, train, _, _ = files
+    assert main(["eval", "--router", str(trained), "--data", str(train), "--all"]) == 0
+    err = capsys.readouterr().err
+    assert "records were trained on (in-sample)" in err
+
+
+def test_eval_on_new_data_neither_drops_nor_warns(files, trained, capsys):
+    _, _, test, _ = files
+    assert main(["eval", "--router", str(trained), "--data", str(test), "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["n"] == len(test.read_text().splitlines())
+    assert "warning" not in out.err
+
+
+def test_eval_reports_the_deployed_operating_point_and_the_oracle_curve(files, trained, capsys):
+    _, _, test, _ = files
+    assert main(["eval", "--router", str(trained), "--data", str(test), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    art = load_artifact(trained)
+    deployed = result["deployed"]
+    assert deployed["threshold"] == pytest.approx(art.calibration["quality_95pct"])
+    assert 0.0 <= deployed["strong_fraction"] <= 1.0
+    assert len(result["oracle"]["curve"]) == 101
+
+
+def test_train_stores_the_unfamiliar_model_and_the_split(trained):
+    art = load_artifact(trained)
+    assert art.familiarity is not None
+    assert art.meta["familiarity"]["quantile"] == pytest.approx(0.99)
+    assert art.meta["split"] == {"holdout": 0.25, "salt": "heldout"}
+    assert len(art.train_keys) == art.metrics["n_train"]
+    # whatever the default router is (three models here: the pooled one), it is assessed too
+    predicted, far = assess(art.router, ["Say hello", "SELECT * FROM t JOIN u ON t.a = u.b;"])
+    assert far is not None and far.shape == (2,)
+    np.testing.assert_allclose(
+        predicted, art.router.predict(["Say hello", "SELECT * FROM t JOIN u ON t.a = u.b;"])
+    )
+
+
+def test_eval_transfer_holds_out_each_domain(tmp_path, capsys):
+    recs = []
+    for name, seed in (("alpha", 11), ("beta", 12)):
+        for r in synth.records(60, seed=seed):
+            recs.append({**r, "id": name + r["id"], "tags": {"benchmark": name}})
+    data = synth.write_jsonl(tmp_path / "two.jsonl", recs)
+    extra = synth.write_jsonl(tmp_path / "extra_file.jsonl", synth.records(40, seed=13))
+    rc = main(["eval", "--transfer", "--data", str(data), "--data", str(extra), "--json",
+               "--strong", synth.STRONG, "--weak", synth.WEAK])  # fmt: skip
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    held = {d["domain"]: d for d in result["held_out"]}
+    assert set(held) == {"alpha", "beta", "extra_file"}
+    assert held["extra_file"]["n_test"] == 40 and held["extra_file"]["n_train"] == 120
+    assert result["worst"]["apgr"] == min(d["apgr"] for d in held.values())
+    assert all(d["apgr"] > 0.6 for d in held.values())  # the same signal in every domain
+    rc = main(["eval", "--transfer", "--data", str(data), "--data", str(extra)])
+    assert rc == 0
+    assert "worst: APGR" in capsys.readouterr().out
+
+
+def test_eval_without_router_needs_transfer(files, capsys):
+    _, _, test, _ = files
+    assert main(["eval", "--data", str(test)]) == 2
+    assert "--router is required" in capsys.readouterr().err
