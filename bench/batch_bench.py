@@ -60,9 +60,13 @@ async def _follow(
 ) -> dict[str, Any]:
     """Watch the job records (submitted coverage) and the responses until all n are answered."""
     consumer = AIOKafkaConsumer(
-        topics["batch_jobs"], topics["responses"], bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=5000,
-    )  # fmt: skip
+        topics["batch_jobs"],
+        topics["responses"],
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=5000,
+    )
     await consumer.start()
     submitted: set[str] = set()
     responses: dict[str, schemas.RouteResponse] = {}
@@ -86,8 +90,12 @@ async def _follow(
             answered_s = time.perf_counter() - t0
     finally:
         await consumer.stop()
-    return {"wall_s": wall_s, "answered_s": answered_s, "responses": responses,
-            "submitted": len(submitted)}  # fmt: skip
+    return {
+        "wall_s": wall_s,
+        "answered_s": answered_s,
+        "responses": responses,
+        "submitted": len(submitted),
+    }
 
 
 async def run(bootstrap: str, n: int, workdir: Path) -> dict[str, Any]:
@@ -105,11 +113,18 @@ async def run(bootstrap: str, n: int, workdir: Path) -> dict[str, Any]:
     await produce(bootstrap, req, values, linger_ms=20)
     del values
     data = worker_config_data(
-        bootstrap, topics, artifact, base_url,
+        bootstrap,
+        topics,
+        artifact,
+        base_url,
         loop={"max_in_flight": 60_000, "resume_below": 45_000},
-        batch={"flush_requests": 50_000, "flush_age_s": 10.0, "poll_initial_s": 1.0,
-               "poll_max_s": 5.0},
-    )  # fmt: skip
+        batch={
+            "flush_requests": 50_000,
+            "flush_age_s": 10.0,
+            "poll_initial_s": 1.0,
+            "poll_max_s": 5.0,
+        },
+    )
     path = workdir / "worker.json"
     path.write_text(json.dumps(data))
     t0 = time.perf_counter()

@@ -48,10 +48,21 @@ def _tools(bootstrap: str) -> dict[str, Any]:
         out = Path(tmp) / "real_tools.json"
         env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "LLMROUTE_REAL_TOOLS_JSON": str(out)}
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-             "tests/integration/test_real_tools.py"],
-            cwd=ROOT, env=env, capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "tests/integration/test_real_tools.py",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
         figures: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     figures["pytest"] = summary
@@ -105,9 +116,16 @@ async def _langfuse(bootstrap: str, n: int) -> dict[str, Any]:
             receiver.score_answers = script
             async with LangfuseScores(lf, environ={}) as scores:
                 task = asyncio.create_task(
-                    run_feedback(kafka, topics, scores, producer, stop,
-                                 retry=FeedbackRetry(initial_s=0.01, max_s=0.05), stats=stats)
-                )  # fmt: skip
+                    run_feedback(
+                        kafka,
+                        topics,
+                        scores,
+                        producer,
+                        stop,
+                        retry=FeedbackRetry(initial_s=0.01, max_s=0.05),
+                        stats=stats,
+                    )
+                )
                 await asyncio.to_thread(receiver.wait_for, lambda r: len(r.scores) >= n, 300)
                 stop.set()
                 await task

@@ -110,14 +110,33 @@ OUTPUT_TOKENS = 16  # in process: the simulator's answers, a short rationale and
 MAX_TOKENS = 64  # pipeline: the requests' max_tokens
 PARTITIONS = 6
 TARGET_SUBJECTS = {
-    "abstract_algebra", "anatomy", "astronomy", "clinical_knowledge", "college_biology",
-    "college_chemistry", "college_computer_science", "college_mathematics", "college_medicine",
-    "college_physics", "computer_security", "conceptual_physics", "electrical_engineering",
-    "elementary_mathematics", "high_school_biology", "high_school_chemistry",
-    "high_school_computer_science", "high_school_mathematics", "high_school_physics",
-    "high_school_statistics", "machine_learning", "medical_genetics", "nutrition",
-    "professional_medicine", "virology", "econometrics",
-}  # fmt: skip
+    "abstract_algebra",
+    "anatomy",
+    "astronomy",
+    "clinical_knowledge",
+    "college_biology",
+    "college_chemistry",
+    "college_computer_science",
+    "college_mathematics",
+    "college_medicine",
+    "college_physics",
+    "computer_security",
+    "conceptual_physics",
+    "electrical_engineering",
+    "elementary_mathematics",
+    "high_school_biology",
+    "high_school_chemistry",
+    "high_school_computer_science",
+    "high_school_mathematics",
+    "high_school_physics",
+    "high_school_statistics",
+    "machine_learning",
+    "medical_genetics",
+    "nutrition",
+    "professional_medicine",
+    "virology",
+    "econometrics",
+}
 
 
 def _unit(*parts: object) -> float:
@@ -193,10 +212,15 @@ class Outcomes:
     async def __aenter__(self) -> Outcomes:
         t = self.topics
         consumer = AIOKafkaConsumer(
-            t["responses"], t["decisions"], t["feedback"], t["shadow"],
-            bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
-            enable_auto_commit=False, max_poll_records=5000,
-        )  # fmt: skip
+            t["responses"],
+            t["decisions"],
+            t["feedback"],
+            t["shadow"],
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            max_poll_records=5000,
+        )
         await consumer.start()
         self._task = asyncio.create_task(self._follow(consumer))
         return self
@@ -271,10 +295,22 @@ def _request(rid: str, tenant: str, prompt: str) -> tuple[bytes, bytes]:
 
 def _start_sim(latency: str, data: Path) -> tuple[subprocess.Popen[str], str, int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker", "sim-provider", "--port", "0", "--latency", latency,
-         "--data", str(data)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "sim-provider",
+            "--port",
+            "0",
+            "--latency",
+            latency,
+            "--data",
+            str(data),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     ready = json.loads(proc.stdout.readline())
     return proc, str(ready["base_url"]), int(ready["dataset_rows"])
@@ -381,23 +417,38 @@ async def _pipeline(
     registry = workdir / "registry"
 
     base = f"retrainbench-{os.getpid()}-{int(time.time())}"
-    topics = {"requests": base, "responses": f"{base}.responses",
-              "decisions": f"{base}.decisions", "feedback": f"{base}.feedback",
-              "shadow": f"{base}.shadow", "control": f"{base}.control", "dlq": f"{base}.dlq",
-              "done": f"{base}.done", "batch_jobs": f"{base}.batch-jobs",
-              "cache": f"{base}.cache"}  # fmt: skip
+    topics = {
+        "requests": base,
+        "responses": f"{base}.responses",
+        "decisions": f"{base}.decisions",
+        "feedback": f"{base}.feedback",
+        "shadow": f"{base}.shadow",
+        "control": f"{base}.control",
+        "dlq": f"{base}.dlq",
+        "done": f"{base}.done",
+        "batch_jobs": f"{base}.batch-jobs",
+        "cache": f"{base}.cache",
+    }
     names = ("requests", "responses", "decisions", "feedback", "shadow")
     await create_topics(bootstrap, [topics[k] for k in names], PARTITIONS)
     sim, base_url, sim_rows = _start_sim(args.latency, args.data)
     watch = args.reload == "watch"
     data = worker_config_data(
-        bootstrap, topics, registry, base_url,
+        bootstrap,
+        topics,
+        registry,
+        base_url,
         router={"artifact": str(registry), "watch_s": 1.0 if watch else 0.0},
         policies={"default": {"kind": "threshold", "strong_fraction": args.strong_fraction}},
-        shadow={"sample": args.shadow_rate, "model": "other", "tenants": ["stream"],
-                "judge_model": args.judge_model, "max_in_flight": 100_000},
+        shadow={
+            "sample": args.shadow_rate,
+            "model": "other",
+            "tenants": ["stream"],
+            "judge_model": args.judge_model,
+            "max_in_flight": 100_000,
+        },
         loop={"max_in_flight": 512, "resume_below": 384, "commit_interval_ms": 200},
-    )  # fmt: skip
+    )
     config = workdir / "worker.json"
     config.write_text(json.dumps(data))
     worker = spawn_member(config, workdir / "worker.log", "INFO")
@@ -410,10 +461,14 @@ async def _pipeline(
                 values = [_request(rid, tenant, r.text) for rid, r in zip(rids, recs, strict=True)]
                 await produce(bootstrap, topics["requests"], values, linger_ms=20)
                 ok = await seen.wait(
-                    lambda: (all(r in seen.responses for r in rids),
-                             sum(r in seen.responses for r in rids)),
-                    what, timeout_s=args.timeout_s, stall_s=60.0,
-                )  # fmt: skip
+                    lambda: (
+                        all(r in seen.responses for r in rids),
+                        sum(r in seen.responses for r in rids),
+                    ),
+                    what,
+                    timeout_s=args.timeout_s,
+                    stall_s=60.0,
+                )
                 if worker.poll() is not None:
                     raise RuntimeError(f"the worker exited ({worker.returncode}); see its log")
                 if not ok:
@@ -441,8 +496,10 @@ async def _pipeline(
                         all(seen.judge[r] >= 2 and r in seen.shadow_decisions for r in want),
                         sum(seen.judge[r] for r in want),
                     ),
-                    f"shadow verdicts round {k + 1}", timeout_s=args.timeout_s, stall_s=20.0,
-                )  # fmt: skip
+                    f"shadow verdicts round {k + 1}",
+                    timeout_s=args.timeout_s,
+                    stall_s=20.0,
+                )
                 # the application's task signal on part of the answers users got
                 feedback = []
                 for rid, r in zip(rids, batch, strict=True):
@@ -455,21 +512,28 @@ async def _pipeline(
                     if right is None:
                         continue
                     event = schemas.Feedback(
-                        schema_version=1, name="task_success", value=right, source="task",
-                        created_at=datetime.now(UTC), request_id=rid,
-                    )  # fmt: skip
+                        schema_version=1,
+                        name="task_success",
+                        value=right,
+                        source="task",
+                        created_at=datetime.now(UTC),
+                        request_id=rid,
+                    )
                     feedback.append((rid.encode(), schemas.encode(event)))
                 await produce(bootstrap, topics["feedback"], feedback, linger_ms=20)
                 fb_ids = {key.decode() for key, _ in feedback}
-                await seen.wait(lambda fb_ids=fb_ids: (fb_ids <= seen.task, len(seen.task)),
-                                "task feedback", timeout_s=60.0)  # fmt: skip
+                await seen.wait(
+                    lambda fb_ids=fb_ids: (fb_ids <= seen.task, len(seen.task)),
+                    "task feedback",
+                    timeout_s=60.0,
+                )
                 # the scheduled job: dataset build, then retrain (+ publish)
                 t = time.perf_counter()
                 out = workdir / "outcomes.jsonl"
                 built = await asyncio.to_thread(
-                    _command, ["dataset", "build", "--config", str(config), "--out", str(out),
-                               *rules],
-                )  # fmt: skip
+                    _command,
+                    ["dataset", "build", "--config", str(config), "--out", str(out), *rules],
+                )
                 build_s = time.perf_counter() - t
                 t = time.perf_counter()
                 argv = [
@@ -487,7 +551,7 @@ async def _pipeline(
                     "--keep-rejected",  # saved, not promoted: scored below as a diagnostic
                 ]
                 if not watch:
-                    argv += ["--publish", "--config", str(config)]  # fmt: skip
+                    argv += ["--publish", "--config", str(config)]
                 report = await asyncio.to_thread(_command, argv)
                 retrain_s = time.perf_counter() - t
                 reload_s: float | None = None
@@ -513,16 +577,26 @@ async def _pipeline(
                     "shadow_sampled": len(want),
                     "shadow_judged": sum(1 for r in want if seen.judge[r] >= 2),
                     "task_feedback": len(feedback),
-                    "dataset": {k2: built[k2] for k2 in ("decisions", "responses", "feedback",
-                                                         "records", "one_model", "multi_model",
-                                                         "skipped_no_prompt", "labels_used")},
+                    "dataset": {
+                        k2: built[k2]
+                        for k2 in (
+                            "decisions",
+                            "responses",
+                            "feedback",
+                            "records",
+                            "one_model",
+                            "multi_model",
+                            "skipped_no_prompt",
+                            "labels_used",
+                        )
+                    },
                     "n_eval": report["n_eval"],
                     "build_s": round(build_s, 1),
                     "retrain_s": round(retrain_s, 1),
                     "reload_s": round(reload_s, 2) if reload_s is not None else None,
                     "reload_probes": probes,
                     "round_s": round(time.perf_counter() - t_round, 1),
-                }  # fmt: skip
+                }
                 out_rounds.append(row)
                 _log(f"round {k + 1}: {row}")
             shadow_cost = sum(r.cost_usd for r in seen.shadow_answers.values())
@@ -624,18 +698,29 @@ def _in_process(args: argparse.Namespace) -> dict[str, Any]:
                 other = WEAK_MODEL if s else STRONG_MODEL
                 parts.append(
                     Answered(
-                        r.id, prompt=r.text, routed_model=routed, answer_model=routed,
+                        r.id,
+                        prompt=r.text,
+                        routed_model=routed,
+                        answer_model=routed,
                         router_version=art.router.version,
                     )
-                )  # fmt: skip
+                )
                 if _unit("feedback", r.id) < args.feedback_rate:
-                    labels.append(Label("task_success", r.scores[routed] >= 0.5, "task",
-                                        request_id=r.id))  # fmt: skip
+                    labels.append(
+                        Label("task_success", r.scores[routed] >= 0.5, "task", request_id=r.id)
+                    )
                 if _unit("shadow", r.id) < args.shadow_rate:
                     truth = r.scores[other] >= 0.5
                     right = _unit("judge", r.id) < args.judge_accuracy
-                    labels.append(Label("judge", truth if right else not truth, "judge",
-                                        request_id=r.id, model=other))  # fmt: skip
+                    labels.append(
+                        Label(
+                            "judge",
+                            truth if right else not truth,
+                            "judge",
+                            request_id=r.id,
+                            model=other,
+                        )
+                    )
             dataset_rows, stats = build_dataset(
                 {a.request_id: a for a in parts}, labels, ScoreRules()
             )

@@ -58,8 +58,13 @@ PARTITIONS = 6
 
 async def _passthrough(bootstrap: str, source: str, sink: str, n: int) -> float:
     """Consume n records and produce each to `sink`, awaiting acks, committing as it goes."""
-    consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id=f"pt-{source}",
-                                enable_auto_commit=False, auto_offset_reset="earliest")  # fmt: skip
+    consumer = AIOKafkaConsumer(
+        source,
+        bootstrap_servers=bootstrap,
+        group_id=f"pt-{source}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await consumer.start()
     await producer.start()
@@ -87,8 +92,9 @@ async def _count_responses(
     bootstrap: str, topic: str, n: int, timeout_s: float, pid: int
 ) -> tuple[int, float, float]:
     """Responses seen, their rate, and the worker's CPU ms per response after the first."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
-                                auto_offset_reset="earliest", enable_auto_commit=False)  # fmt: skip
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await consumer.start()
     seen: set[bytes] = set()
     first = last = 0.0
@@ -120,10 +126,22 @@ def _profile(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--nonblocking",
-         "-o", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--nonblocking",
+            "-o",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 async def _worker_run(
@@ -145,9 +163,14 @@ async def _worker_run(
         (f"r-{i}".encode(), schemas.encode(request_event(rows[i % len(rows)], i))) for i in range(n)
     ]
     await produce(bootstrap, req, values, linger_ms=20)
-    data = worker_config_data(bootstrap, topics, artifact, base_url,
+    data = worker_config_data(
+        bootstrap,
+        topics,
+        artifact,
+        base_url,
         loop={"max_in_flight": max_in_flight, "resume_below": max_in_flight * 3 // 4},
-        providers={"max_connections": max_in_flight})  # fmt: skip
+        providers={"max_connections": max_in_flight},
+    )
     path = workdir / f"{tag}.json"
     path.write_text(json.dumps(data))
     proc = spawn_member(path, workdir / f"{tag}.log")
@@ -203,9 +226,15 @@ async def main() -> None:
                 bootstrap, artifact, "fixed:0", args.requests, "0ms", workdir, 256, args.profile
             )
             slow = await _worker_run(
-                bootstrap, artifact, "fixed:500", args.requests_500ms, "500ms", workdir, 2000,
+                bootstrap,
+                artifact,
+                "fixed:500",
+                args.requests_500ms,
+                "500ms",
+                workdir,
+                2000,
                 args.profile,
-            )  # fmt: skip
+            )
     out = {
         "req_per_s_0ms": round(zero["rate"], 1),
         "req_per_s_500ms": round(slow["rate"], 1),

@@ -62,17 +62,30 @@ SOURCES: tuple[str, ...] = ("user", "task", "judge", "system")
 
 DEFAULT_CATEGORIES: Mapping[str, float] = MappingProxyType(
     {
-        "good": 1.0, "bad": 0.0,
-        "correct": 1.0, "incorrect": 0.0, "wrong": 0.0,
-        "pass": 1.0, "fail": 0.0,
-        "success": 1.0, "failure": 0.0,
-        "yes": 1.0, "no": 0.0,
-        "true": 1.0, "false": 0.0,
-        "thumbs_up": 1.0, "thumbs_down": 0.0, "up": 1.0, "down": 0.0,
-        "win": 1.0, "tie": 0.5, "loss": 0.0,
-        "accepted": 1.0, "rejected": 0.0,
+        "good": 1.0,
+        "bad": 0.0,
+        "correct": 1.0,
+        "incorrect": 0.0,
+        "wrong": 0.0,
+        "pass": 1.0,
+        "fail": 0.0,
+        "success": 1.0,
+        "failure": 0.0,
+        "yes": 1.0,
+        "no": 0.0,
+        "true": 1.0,
+        "false": 0.0,
+        "thumbs_up": 1.0,
+        "thumbs_down": 0.0,
+        "up": 1.0,
+        "down": 0.0,
+        "win": 1.0,
+        "tie": 0.5,
+        "loss": 0.0,
+        "accepted": 1.0,
+        "rejected": 0.0,
     }
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True, slots=True)

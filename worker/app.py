@@ -63,8 +63,11 @@ class App:
 
     def _cache_metrics(self, cache: SemanticCacheSync) -> None:
         seen = self._cache_seen
-        for result, now in (("hit", cache.stats.hits), ("miss", cache.stats.misses),
-                            ("skipped", cache.stats.skipped)):  # fmt: skip
+        for result, now in (
+            ("hit", cache.stats.hits),
+            ("miss", cache.stats.misses),
+            ("skipped", cache.stats.skipped),
+        ):
             if now > seen.get(result, 0):
                 self.metrics.cache_lookups.labels(result).inc(now - seen.get(result, 0))
                 seen[result] = now
@@ -247,8 +250,12 @@ class Reloader:
         folder = resolve_artifact(path)
         artifact = await asyncio.to_thread(load_artifact, folder)
         if expect_version is not None and artifact.router.version != expect_version:
-            log.error("artifact %s holds version %s, not %s: not loaded",
-                      folder, artifact.router.version, expect_version)  # fmt: skip
+            log.error(
+                "artifact %s holds version %s, not %s: not loaded",
+                folder,
+                artifact.router.version,
+                expect_version,
+            )
             return False
         if artifact.router.version == self.version:
             return False
@@ -278,8 +285,9 @@ class Reloader:
                 if json.loads(meta).get("version") != self.version:
                     await self.load(folder)
             except Exception:
-                log.exception("checking %s for a new router version failed",
-                              self.config.router.artifact)  # fmt: skip
+                log.exception(
+                    "checking %s for a new router version failed", self.config.router.artifact
+                )
 
 
 def tracing_masks(config: Config) -> bool:

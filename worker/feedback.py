@@ -146,9 +146,13 @@ async def _handle(
             if exc.status is not None:
                 stats.answers[exc.status] = stats.answers.get(exc.status, 0) + 1
             await _dead_letter(
-                producer, topics.feedback_dlq, record, exc.code, str(exc),
+                producer,
+                topics.feedback_dlq,
+                record,
+                exc.code,
+                str(exc),
                 score_trace_id(event),
-            )  # fmt: skip
+            )
             stats.rejected += 1
             return True
         stats.accepted += 1

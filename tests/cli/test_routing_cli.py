@@ -33,8 +33,23 @@ def files(tmp_path_factory):
 def trained(files):
     d, train, _, _ = files
     out = d / "router"
-    rc = main(["train", "--data", str(train), "--router", "default", "--out", str(out),
-               "--strong", synth.STRONG, "--weak", synth.WEAK, "--holdout", "0.25"])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(train),
+            "--router",
+            "default",
+            "--out",
+            str(out),
+            "--strong",
+            synth.STRONG,
+            "--weak",
+            synth.WEAK,
+            "--holdout",
+            "0.25",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -60,17 +75,34 @@ def test_score_writes_one_line_per_prompt(files, trained, capsys):
         assert x["score"] == pytest.approx(
             x["predicted"][synth.STRONG] - x["predicted"][synth.WEAK]
         )
-    hard = [x["score"] for x, r in zip(lines, synth.records(80, seed=3, with_mid=True), strict=True)
-            if r["tags"]["kind"] == "hard"]  # fmt: skip
-    easy = [x["score"] for x, r in zip(lines, synth.records(80, seed=3, with_mid=True), strict=True)
-            if r["tags"]["kind"] == "easy"]  # fmt: skip
+    hard = [
+        x["score"]
+        for x, r in zip(lines, synth.records(80, seed=3, with_mid=True), strict=True)
+        if r["tags"]["kind"] == "hard"
+    ]
+    easy = [
+        x["score"]
+        for x, r in zip(lines, synth.records(80, seed=3, with_mid=True), strict=True)
+        if r["tags"]["kind"] == "easy"
+    ]
     assert sum(hard) / len(hard) > sum(easy) / len(easy)
 
 
 def test_calibrate_stores_thresholds(files, trained, capsys):
     _, _, test, _ = files
-    rc = main(["calibrate", "--router", str(trained), "--data", str(test),
-               "--strong-fraction", "0.4", "--quality-ratio", "0.95"])  # fmt: skip
+    rc = main(
+        [
+            "calibrate",
+            "--router",
+            str(trained),
+            "--data",
+            str(test),
+            "--strong-fraction",
+            "0.4",
+            "--quality-ratio",
+            "0.95",
+        ]
+    )
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     cal = load_artifact(trained).calibration
@@ -81,8 +113,20 @@ def test_calibrate_stores_thresholds(files, trained, capsys):
 def test_eval_json_and_plot(files, trained, capsys, tmp_path):
     _, _, test, prices = files
     png = tmp_path / "curve.png"
-    rc = main(["eval", "--router", str(trained), "--data", str(test), "--json",
-               "--prices", str(prices), "--plot", str(png)])  # fmt: skip
+    rc = main(
+        [
+            "eval",
+            "--router",
+            str(trained),
+            "--data",
+            str(test),
+            "--json",
+            "--prices",
+            str(prices),
+            "--plot",
+            str(png),
+        ]
+    )
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
     two = result["two_model"]
@@ -171,8 +215,21 @@ def test_eval_transfer_holds_out_each_domain(tmp_path, capsys):
             recs.append({**r, "id": name + r["id"], "tags": {"benchmark": name}})
     data = synth.write_jsonl(tmp_path / "two.jsonl", recs)
     extra = synth.write_jsonl(tmp_path / "extra_file.jsonl", synth.records(40, seed=13))
-    rc = main(["eval", "--transfer", "--data", str(data), "--data", str(extra), "--json",
-               "--strong", synth.STRONG, "--weak", synth.WEAK])  # fmt: skip
+    rc = main(
+        [
+            "eval",
+            "--transfer",
+            "--data",
+            str(data),
+            "--data",
+            str(extra),
+            "--json",
+            "--strong",
+            synth.STRONG,
+            "--weak",
+            synth.WEAK,
+        ]
+    )
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
     held = {d["domain"]: d for d in result["held_out"]}

@@ -128,11 +128,22 @@ SCALED_OBJECT_SCHEMA: dict[str, Any] = {
 }
 # keys KEDA's Apache Kafka scaler reads (keda.sh/docs/latest/scalers/apache-kafka)
 KAFKA_SCALER_KEYS = {
-    "bootstrapServers", "consumerGroup", "topic", "lagThreshold", "activationLagThreshold",
-    "offsetResetPolicy", "allowIdleConsumers", "scaleToZeroOnInvalidOffset",
-    "excludePersistentLag", "limitToPartitionsWithLag", "partitionLimitation", "version",
-    "sasl", "tls", "unsafeSsl",
-}  # fmt: skip
+    "bootstrapServers",
+    "consumerGroup",
+    "topic",
+    "lagThreshold",
+    "activationLagThreshold",
+    "offsetResetPolicy",
+    "allowIdleConsumers",
+    "scaleToZeroOnInvalidOffset",
+    "excludePersistentLag",
+    "limitToPartitionsWithLag",
+    "partitionLimitation",
+    "version",
+    "sasl",
+    "tls",
+    "unsafeSsl",
+}
 
 
 def _manifests() -> dict[str, list[dict[str, Any]]]:
@@ -202,11 +213,15 @@ def test_kustomization_lists_every_manifest_but_the_secret_example() -> None:
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 def test_kustomize_renders_into_one_namespace() -> None:
-    out = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True,
-                         check=True, timeout=60).stdout  # fmt: skip
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
     docs = [d for d in yaml.safe_load_all(out) if d]
-    assert len(docs) == sum(len(v) for k, v in _manifests().items()
-                            if k not in ("kustomization.yaml", "secret.example.yaml"))  # fmt: skip
+    assert len(docs) == sum(
+        len(v)
+        for k, v in _manifests().items()
+        if k not in ("kustomization.yaml", "secret.example.yaml")
+    )
     for doc in docs:
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == "llmroute", doc["kind"]

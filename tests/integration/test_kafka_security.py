@@ -266,11 +266,27 @@ def other_ca(tmp_path: Path) -> Path:
     openssl = shutil.which("openssl")
     assert openssl is not None  # the secured broker was made with it
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(tmp_path / "other-ca.key"), "-out", str(tmp_path / "ca.pem"),
-         "-days", "1", "-subj", "/CN=some-other-ca"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / "other-ca.key"),
+            "-out",
+            str(tmp_path / "ca.pem"),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=some-other-ca",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return tmp_path / "ca.pem"
 
 
@@ -308,9 +324,13 @@ def test_security_settings_that_would_be_ignored_are_refused_at_load() -> None:
 
 def test_a_missing_credential_variable_is_named_without_a_value() -> None:
     kafka = settings(
-        {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
-         "sasl_username_env": USER_ENV, "sasl_password_env": PASSWORD_ENV}
-    )  # fmt: skip
+        {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username_env": USER_ENV,
+            "sasl_password_env": PASSWORD_ENV,
+        }
+    )
     with pytest.raises(ValueError, match=PASSWORD_ENV):
         kafka.common_kwargs({USER_ENV: "someone"})
 
@@ -368,8 +388,9 @@ async def test_worker_answers_requests_over_sasl_ssl_scram(
         "control": f"{requests}.control",
     }
     kafka = sasl_table(secure_broker, "SASL_SSL", "SCRAM-SHA-256", tls=True)
-    config = worker_config(kafka["bootstrap_servers"], topics, small_artifact, simulator.base_url,
-                           kafka=kafka)  # fmt: skip
+    config = worker_config(
+        kafka["bootstrap_servers"], topics, small_artifact, simulator.base_url, kafka=kafka
+    )
     assert config.kafka.security_protocol == "SASL_SSL"
     await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
 
@@ -400,9 +421,11 @@ async def test_worker_answers_requests_over_sasl_ssl_scram(
     assert app.worker.stats["published"] == n
 
     consumer = AIOKafkaConsumer(
-        topics["responses"], auto_offset_reset="earliest", enable_auto_commit=False,
+        topics["responses"],
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
         **config.kafka.common_kwargs(),
-    )  # fmt: skip
+    )
     responses: list[schemas.RouteResponse] = []
     try:
         await consumer.start()

@@ -65,8 +65,18 @@ BATCH = 4  # batch-mode requests (the simulator's Batch API), sent uncompressed
 BATCH_SETTINGS = {"flush_age_s": 0.5, "poll_initial_s": 0.2, "poll_max_s": 0.5}
 KIND_INTERNAL, KIND_CLIENT, KIND_CONSUMER = 1, 3, 5
 STATUS_ERROR = 2
-TOPIC_NAMES = ("responses", "decisions", "dlq", "feedback_dlq", "done", "feedback", "batch_jobs",
-               "control", "shadow", "cache")  # fmt: skip
+TOPIC_NAMES = (
+    "responses",
+    "decisions",
+    "dlq",
+    "feedback_dlq",
+    "done",
+    "feedback",
+    "batch_jobs",
+    "control",
+    "shadow",
+    "cache",
+)
 
 
 def _decodable(codec: str) -> bool:
@@ -163,20 +173,36 @@ async def _run(bootstrap: str, tmp: Path, artifact: Path) -> Run:
                     if e.deadline is None and e.request_id not in result.batch
                 ]
                 kafka_tool(
-                    "console-producer", "--bootstrap-server", bootstrap,
-                    "--topic", topics["requests"], "--compression-codec", codec,
-                    "--property", "parse.key=true", "--property", "parse.headers=true",
-                    "--batch-size", "100", "--sync",
+                    "console-producer",
+                    "--bootstrap-server",
+                    bootstrap,
+                    "--topic",
+                    topics["requests"],
+                    "--compression-codec",
+                    codec,
+                    "--property",
+                    "parse.key=true",
+                    "--property",
+                    "parse.headers=true",
+                    "--batch-size",
+                    "100",
+                    "--sync",
                     stdin=b"".join(_line(e) for e in events),
-                )  # fmt: skip
+                )
             total = sum(len(v) for v in result.sent.values()) + len(result.errors + result.batch)
             port = free_port()
             data = worker_config_data(
-                bootstrap, topics, artifact, sim.base_url,
-                metrics={"enabled": True, "port": port}, batch=BATCH_SETTINGS,
-                telemetry={"otlp_endpoint": collector.endpoint,
-                           "export": {"schedule_delay_ms": 200}},
-            )  # fmt: skip
+                bootstrap,
+                topics,
+                artifact,
+                sim.base_url,
+                metrics={"enabled": True, "port": port},
+                batch=BATCH_SETTINGS,
+                telemetry={
+                    "otlp_endpoint": collector.endpoint,
+                    "export": {"schedule_delay_ms": 200},
+                },
+            )
             config_path = tmp / "worker.json"
             config_path.write_text(json.dumps(data))
             llmroute = Path(sys.executable).with_name("llmroute")
@@ -184,12 +210,23 @@ async def _run(bootstrap: str, tmp: Path, artifact: Path) -> Run:
             worker = _spawn([str(llmroute), "run", "--config", str(config_path)], log_path)
             try:
                 out = await asyncio.to_thread(
-                    kafka_tool, "console-consumer", "--bootstrap-server", bootstrap,
-                    "--topic", topics["responses"], "--from-beginning",
-                    "--max-messages", str(total), "--timeout-ms", "120000",
-                    "--property", "print.key=true", "--property", "print.headers=true",
+                    kafka_tool,
+                    "console-consumer",
+                    "--bootstrap-server",
+                    bootstrap,
+                    "--topic",
+                    topics["responses"],
+                    "--from-beginning",
+                    "--max-messages",
+                    str(total),
+                    "--timeout-ms",
+                    "120000",
+                    "--property",
+                    "print.key=true",
+                    "--property",
+                    "print.headers=true",
                     timeout_s=180,
-                )  # fmt: skip
+                )
                 assert len(_parse_consumed(out)) == total, log_path.read_text()[-3000:]
                 # the worker commits its offsets; then it drains and stops on SIGTERM
                 await poll_until(lambda: _ready(port), 30)
@@ -200,17 +237,32 @@ async def _run(bootstrap: str, tmp: Path, artifact: Path) -> Run:
             assert rc == 0, log_path.read_text()[-3000:]
             # every response, once: read the whole topic again, now that nothing writes to it
             out = await asyncio.to_thread(
-                kafka_tool, "console-consumer", "--bootstrap-server", bootstrap,
-                "--topic", topics["responses"], "--from-beginning", "--timeout-ms", "8000",
-                "--property", "print.key=true", "--property", "print.headers=true",
-            )  # fmt: skip
+                kafka_tool,
+                "console-consumer",
+                "--bootstrap-server",
+                bootstrap,
+                "--topic",
+                topics["responses"],
+                "--from-beginning",
+                "--timeout-ms",
+                "8000",
+                "--property",
+                "print.key=true",
+                "--property",
+                "print.headers=true",
+            )
             result.consumed = _parse_consumed(out)
             for _, key, value in result.consumed:
                 result.responses[key] = schemas.decode(value.encode(), schemas.RouteResponse)
             described = await asyncio.to_thread(
-                kafka_tool, "consumer-groups", "--bootstrap-server", bootstrap,
-                "--describe", "--group", data["kafka"]["group_id"],
-            )  # fmt: skip
+                kafka_tool,
+                "consumer-groups",
+                "--bootstrap-server",
+                bootstrap,
+                "--describe",
+                "--group",
+                data["kafka"]["group_id"],
+            )
             result.lag_rows = _table(described)
     finally:
         collector.stop()

@@ -48,14 +48,24 @@ def test_strong_fraction_override_maps_to_the_calibrated_quantile(artifact: Path
 def test_a_request_only_narrows_its_tenant(artifact: Path) -> None:
     core = _core(
         artifact,
-        tenants={"acme": {"allowed_models": [STRONG_MODEL, WEAK_MODEL], "max_cost_usd": 0.5,
-                          "allow_overrides": ["allowed_models", "max_cost_usd"]}},
-    )  # fmt: skip
+        tenants={
+            "acme": {
+                "allowed_models": [STRONG_MODEL, WEAK_MODEL],
+                "max_cost_usd": 0.5,
+                "allow_overrides": ["allowed_models", "max_cost_usd"],
+            }
+        },
+    )
     req = request_event(
-        ROWS[0], 1,
-        routing=RoutingOptions(allowed_models=[WEAK_MODEL, ANTHROPIC_MODEL], max_cost_usd=2.0,
-                               threshold=0.9, denied_models=[STRONG_MODEL]),
-    )  # fmt: skip
+        ROWS[0],
+        1,
+        routing=RoutingOptions(
+            allowed_models=[WEAK_MODEL, ANTHROPIC_MODEL],
+            max_cost_usd=2.0,
+            threshold=0.9,
+            denied_models=[STRONG_MODEL],
+        ),
+    )
     resolved = core.resolve(req)
     allowed = core.eligible(req, resolved)
     assert allowed.models == frozenset({WEAK_MODEL})  # the tenant never allowed haiku
@@ -103,7 +113,7 @@ def test_batch_mode_comes_from_the_request_when_allowed_or_from_the_tenant(artif
     core = _core(
         artifact,
         tenants={"strict": {"allow_overrides": []}, "lowprio": {"mode": "batch"}},
-    )  # fmt: skip
+    )
     batch = RoutingOptions(mode="batch")
     assert core.resolve(request_event(ROWS[0], 1, routing=batch)).mode == "batch"
     assert core.resolve(request_event(ROWS[0], 2)).mode == "interactive"
@@ -115,9 +125,11 @@ def test_batch_mode_comes_from_the_request_when_allowed_or_from_the_tenant(artif
 def test_an_arm_policy_replaces_the_tenant_policy(artifact: Path) -> None:
     core = _core(
         artifact,
-        policies={"default": {"kind": "threshold", "strong_fraction": 0.5},
-                  "cheap": {"kind": "threshold", "strong_fraction": 0.05}},
-    )  # fmt: skip
+        policies={
+            "default": {"kind": "threshold", "strong_fraction": 0.5},
+            "cheap": {"kind": "threshold", "strong_fraction": 0.05},
+        },
+    )
     req = request_event(ROWS[0], 1)
     base, arm = core.resolve(req), core.resolve(req, policy="cheap")
     assert (base.policy_name, arm.policy_name) == ("default", "cheap")

@@ -17,8 +17,13 @@ from worker.providers.openai import OpenAIAdapter
 from worker.providers.types import CompletionRequest, CompletionResult, Secret
 from worker.sim import BatchTiming, SimConfig, Simulator
 
-TIMING = BatchTiming(validating_s=0.02, in_progress_s=0.05, finalizing_s=0.02,
-                     item_error_rate=0.2, malformed_line_rate=0.1)  # fmt: skip
+TIMING = BatchTiming(
+    validating_s=0.02,
+    in_progress_s=0.05,
+    finalizing_s=0.02,
+    item_error_rate=0.2,
+    malformed_line_rate=0.1,
+)
 
 
 def _backend(kind: str, sim: Simulator) -> BatchBackend:

@@ -69,9 +69,13 @@ async def test_direct_path_sends_what_httpx_sends_and_reads_the_answer():
         )
         assert via_httpx.status_code == 200
         direct = await template.send(
-            payload, {"x-client-request-id": "r-1"},
-            provider="openai", model=None, secrets=(), timeout_s=5.0,
-        )  # fmt: skip
+            payload,
+            {"x-client-request-id": "r-1"},
+            provider="openai",
+            model=None,
+            secrets=(),
+            timeout_s=5.0,
+        )
         assert isinstance(direct, RawResponse)
         assert direct.headers.get("X-Request-Id") == "req_7"
         await transport.aclose()

@@ -72,9 +72,14 @@ def _answered():
         arm = "control" if i % 3 else "candidate"  # 40 control, 20 candidate
         model = "strong" if i % 2 else "weak"
         parts[f"r{i}"] = Answered(
-            f"r{i}", answer_model=model, cost_usd=0.01 if model == "strong" else 0.001,
-            latency_ms=100.0 + i, arm=arm, router_version=f"v-{arm}", failed=i == 3,
-        )  # fmt: skip
+            f"r{i}",
+            answer_model=model,
+            cost_usd=0.01 if model == "strong" else 0.001,
+            latency_ms=100.0 + i,
+            arm=arm,
+            router_version=f"v-{arm}",
+            failed=i == 3,
+        )
     parts["pending"] = Answered("pending", routed_model="weak", arm="control")  # no response
     parts["noarm"] = Answered("noarm", answer_model="weak", cost_usd=0.001)
     return parts

@@ -67,10 +67,13 @@ def test_assess_gives_the_router_predictions_and_the_distance(trained):
     plain = train(
         [record_from_obj(o) for o in synth.records(60, seed=6)],
         TrainOptions(
-            strong=synth.STRONG, weak=synth.WEAK, features=SMALL, familiarity=None,
+            strong=synth.STRONG,
+            weak=synth.WEAK,
+            features=SMALL,
+            familiarity=None,
             classifier=ClassifierParams(iters=20),
         ),
-    )  # fmt: skip
+    )
     assert plain.familiarity is None
     assert assess(plain, texts)[1] is None
 

@@ -123,10 +123,19 @@ def test_the_stand_in_wants_basic_auth(receiver: LangfuseReceiver) -> None:
 
 @pytest.mark.parametrize(
     ("status", "kind"),
-    [(500, ScoreUnavailable), (502, ScoreUnavailable), (503, ScoreUnavailable),
-     (429, ScoreUnavailable), (408, ScoreUnavailable), (400, ScoreRejected),
-     (401, ScoreRejected), (403, ScoreRejected), (404, ScoreRejected), (413, ScoreRejected)],
-)  # fmt: skip
+    [
+        (500, ScoreUnavailable),
+        (502, ScoreUnavailable),
+        (503, ScoreUnavailable),
+        (429, ScoreUnavailable),
+        (408, ScoreUnavailable),
+        (400, ScoreRejected),
+        (401, ScoreRejected),
+        (403, ScoreRejected),
+        (404, ScoreRejected),
+        (413, ScoreRejected),
+    ],
+)
 async def test_refusals_are_classified_by_status(
     receiver: LangfuseReceiver, status: int, kind: type[ScoreError]
 ) -> None:

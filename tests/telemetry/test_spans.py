@@ -345,10 +345,17 @@ def test_attempts_become_events_and_exception_events_are_scrubbed(memory: Memory
     provider, exporter = memory
     tracing = Tracing(TelemetryConfig(), tracer_provider=provider)
     attempts = [
-        Attempt(model="small", provider="openai", status="error", latency_ms=30.0,
-                http_status=429, error_type="RateLimitError", retry=1),
+        Attempt(
+            model="small",
+            provider="openai",
+            status="error",
+            latency_ms=30.0,
+            http_status=429,
+            error_type="RateLimitError",
+            retry=1,
+        ),
         Attempt(model="strong", provider="openai", status="ok", latency_ms=410.0),
-    ]  # fmt: skip
+    ]
     with pytest.raises(ValueError), tracing.chat_span("small", "openai", "m") as chat:
         chat.add_attempts(attempts)
         raise ValueError("bad key sk-proj-abcdefghijklmnopqrstuvwxyz")

@@ -29,8 +29,16 @@ from urllib.parse import parse_qs, urlsplit
 OBS_GROUPS: dict[str, tuple[str, ...]] = {
     "core": ("id", "traceId", "startTime", "endTime", "projectId", "parentObservationId", "type"),
     "basic": (
-        "name", "level", "statusMessage", "version", "environment", "bookmarked", "public",
-        "userId", "sessionId", "isRootObservation",
+        "name",
+        "level",
+        "statusMessage",
+        "version",
+        "environment",
+        "bookmarked",
+        "public",
+        "userId",
+        "sessionId",
+        "isRootObservation",
     ),
     "time": ("completionStartTime", "createdAt", "updatedAt"),
     "io": ("input", "output"),
@@ -40,11 +48,19 @@ OBS_GROUPS: dict[str, tuple[str, ...]] = {
     "prompt": ("promptId", "promptName", "promptVersion"),
     "metrics": ("latency", "timeToFirstToken"),
     "trace_context": ("tags", "release", "traceName"),
-}  # fmt: skip
+}
 SCORE_CORE = (
-    "id", "projectId", "name", "value", "dataType", "source", "timestamp", "environment",
-    "createdAt", "updatedAt",
-)  # fmt: skip
+    "id",
+    "projectId",
+    "name",
+    "value",
+    "dataType",
+    "source",
+    "timestamp",
+    "environment",
+    "createdAt",
+    "updatedAt",
+)
 SCORE_GROUPS: dict[str, tuple[str, ...]] = {
     "details": ("comment", "configId", "metadata"),
     "subject": ("subject",),

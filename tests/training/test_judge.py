@@ -174,27 +174,47 @@ async def test_judge_pending_publishes_feedback_events(sim: Simulator):
 
 def _decision(rid: str, prompt: str | None, model: str) -> schemas.RoutingDecision:
     info = schemas.DecisionInfo(
-        router="classifier", router_version="v1", policy="default", model=model, score=0.1,
-        threshold=0.3, candidates=[], reason="test",
-    )  # fmt: skip
+        router="classifier",
+        router_version="v1",
+        policy="default",
+        model=model,
+        score=0.1,
+        threshold=0.3,
+        candidates=[],
+        reason="test",
+    )
     return schemas.RoutingDecision(
-        schema_version=1, request_id=rid, tenant="acme", decision=info,
-        trace_id=request_trace_id(rid), created_at=datetime.now(UTC), prompt=prompt,
+        schema_version=1,
+        request_id=rid,
+        tenant="acme",
+        decision=info,
+        trace_id=request_trace_id(rid),
+        created_at=datetime.now(UTC),
+        prompt=prompt,
         prompt_sha256="a" * 64,
-    )  # fmt: skip
+    )
 
 
 def _response(rid: str, model: str | None, text: str = "ans") -> schemas.RouteResponse:
     ok = model is not None
     return schemas.RouteResponse(
-        schema_version=1, request_id=rid, tenant="acme", status="ok" if ok else "error",
-        model=model, provider="openai" if ok else None,
+        schema_version=1,
+        request_id=rid,
+        tenant="acme",
+        status="ok" if ok else "error",
+        model=model,
+        provider="openai" if ok else None,
         message=schemas.OutputMessage(content=text) if ok else None,
-        finish_reason="stop" if ok else None, usage=schemas.Usage(), cost_usd=0.001,
-        latency_ms=5.0, decision=None, attempts=[],
+        finish_reason="stop" if ok else None,
+        usage=schemas.Usage(),
+        cost_usd=0.001,
+        latency_ms=5.0,
+        decision=None,
+        attempts=[],
         error=None if ok else schemas.ErrorInfo(type="InternalError", message="x", retriable=False),
-        trace_id=request_trace_id(rid), created_at=datetime.now(UTC),
-    )  # fmt: skip
+        trace_id=request_trace_id(rid),
+        created_at=datetime.now(UTC),
+    )
 
 
 def test_unjudged_skips_answers_with_feedback_masked_prompts_and_errors():

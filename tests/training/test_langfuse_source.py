@@ -23,30 +23,71 @@ def _api(**kw) -> LangfuseApi:
     api = LangfuseApi(PK, SK, **kw)
     api.observations = [
         # r1: the weak model failed, the fallback (strong) answered the user
-        generation(T1, n=1, model=WEAK, prompt="Prove it.", output="", level="ERROR",
-                   metadata={**routed, "routed_model": WEAK, "request_id": "r1"}),
-        generation(T1, n=2, model=STRONG, prompt="Prove it.", output="QED", cost=0.02,
-                   metadata={**routed, "routed_model": WEAK, "request_id": "r1"}),
+        generation(
+            T1,
+            n=1,
+            model=WEAK,
+            prompt="Prove it.",
+            output="",
+            level="ERROR",
+            metadata={**routed, "routed_model": WEAK, "request_id": "r1"},
+        ),
+        generation(
+            T1,
+            n=2,
+            model=STRONG,
+            prompt="Prove it.",
+            output="QED",
+            cost=0.02,
+            metadata={**routed, "routed_model": WEAK, "request_id": "r1"},
+        ),
         # r2: weak answered; a shadow call to the strong model never reached the user
-        generation(T2, n=1, model=WEAK, prompt="Say hi.", output="hi",
-                   metadata={"routed_model": WEAK, "router_version": "v0001-x"}),
-        generation(T2, n=2, model=STRONG, prompt="Say hi.", output="Hello!",
-                   metadata={"shadow": True}),
+        generation(
+            T2,
+            n=1,
+            model=WEAK,
+            prompt="Say hi.",
+            output="hi",
+            metadata={"routed_model": WEAK, "router_version": "v0001-x"},
+        ),
+        generation(
+            T2, n=2, model=STRONG, prompt="Say hi.", output="Hello!", metadata={"shadow": True}
+        ),
         # r3: prompts masked
-        generation(T3, n=1, model=WEAK, prompt="[masked]", output="[masked]",
-                   metadata={"routed_model": WEAK}),
-    ]  # fmt: skip
+        generation(
+            T3,
+            n=1,
+            model=WEAK,
+            prompt="[masked]",
+            output="[masked]",
+            metadata={"routed_model": WEAK},
+        ),
+    ]
     api.scores = [
-        score("s1", T1, "thumb", True, data_type="BOOLEAN",
-              metadata={"source": "user", "request_id": "r1"}),
+        score(
+            "s1",
+            T1,
+            "thumb",
+            True,
+            data_type="BOOLEAN",
+            metadata={"source": "user", "request_id": "r1"},
+        ),
         score("s2", T2, "judge", 0.0, data_type="NUMERIC", metadata={"source": "judge"}),
-        score("s3", T2, "judge", 1.0, data_type="NUMERIC",
-              metadata={"source": "judge", "model": STRONG}),
+        score(
+            "s3",
+            T2,
+            "judge",
+            1.0,
+            data_type="NUMERIC",
+            metadata={"source": "judge", "model": STRONG},
+        ),
         score("s4", T2, "verdict", "good", data_type="CATEGORICAL", source="ANNOTATION"),
         score("s5", T3, "thumb", True, data_type="BOOLEAN"),
-        {**score("s6", T1, "session_rating", 1.0, data_type="NUMERIC"),
-         "subject": {"kind": "session", "id": "sess-1"}},
-    ]  # fmt: skip
+        {
+            **score("s6", T1, "session_rating", 1.0, data_type="NUMERIC"),
+            "subject": {"kind": "session", "id": "sess-1"},
+        },
+    ]
     return api
 
 
@@ -105,11 +146,21 @@ def test_dataset_build_command_from_langfuse(tmp_path, monkeypatch, capsys):
     with _api() as api:
         rc = main(
             [
-                "dataset", "build", "--from-langfuse", "--langfuse-host", api.base_url,
-                "--langfuse-public-key-env", "LF_PK", "--langfuse-secret-key-env", "LF_SK",
-                "--out", str(out), "--source", "judge",
+                "dataset",
+                "build",
+                "--from-langfuse",
+                "--langfuse-host",
+                api.base_url,
+                "--langfuse-public-key-env",
+                "LF_PK",
+                "--langfuse-secret-key-env",
+                "LF_SK",
+                "--out",
+                str(out),
+                "--source",
+                "judge",
             ]
-        )  # fmt: skip
+        )
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert SK not in captured.out + captured.err
@@ -123,9 +174,16 @@ def test_dataset_build_command_from_langfuse(tmp_path, monkeypatch, capsys):
 def test_dataset_build_command_needs_the_keys(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("LANGFUSE_PUBLIC_KEY", raising=False)
     rc = main(
-        ["dataset", "build", "--from-langfuse", "--langfuse-host", "http://127.0.0.1:9",
-         "--out", str(tmp_path / "x.jsonl")]
-    )  # fmt: skip
+        [
+            "dataset",
+            "build",
+            "--from-langfuse",
+            "--langfuse-host",
+            "http://127.0.0.1:9",
+            "--out",
+            str(tmp_path / "x.jsonl"),
+        ]
+    )
     assert rc == 2
     assert "LANGFUSE_PUBLIC_KEY" in capsys.readouterr().err
 

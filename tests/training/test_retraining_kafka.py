@@ -42,20 +42,44 @@ def _events(i: int, prompt: str, model: str, answer: str, arm: str):
     rid = f"retrain-{i:03d}"
     now = datetime.now(UTC)
     info = schemas.DecisionInfo(
-        router="classifier", router_version=f"v-{arm}", policy="default", model=model,
-        score=0.1, threshold=0.3, candidates=[], reason="test", arm=arm,
-    )  # fmt: skip
+        router="classifier",
+        router_version=f"v-{arm}",
+        policy="default",
+        model=model,
+        score=0.1,
+        threshold=0.3,
+        candidates=[],
+        reason="test",
+        arm=arm,
+    )
     decision = schemas.RoutingDecision(
-        schema_version=1, request_id=rid, tenant="acme", decision=info,
-        trace_id=request_trace_id(rid), created_at=now, prompt=prompt, prompt_sha256="a" * 64,
-    )  # fmt: skip
+        schema_version=1,
+        request_id=rid,
+        tenant="acme",
+        decision=info,
+        trace_id=request_trace_id(rid),
+        created_at=now,
+        prompt=prompt,
+        prompt_sha256="a" * 64,
+    )
     response = schemas.RouteResponse(
-        schema_version=1, request_id=rid, tenant="acme", status="ok", model=model,
-        provider="openai", message=schemas.OutputMessage(content=answer), finish_reason="stop",
+        schema_version=1,
+        request_id=rid,
+        tenant="acme",
+        status="ok",
+        model=model,
+        provider="openai",
+        message=schemas.OutputMessage(content=answer),
+        finish_reason="stop",
         usage=schemas.Usage(input_tokens=50, output_tokens=20),
-        cost_usd=0.01 if model == STRONG_MODEL else 0.001, latency_ms=100.0 + i,
-        decision=info, attempts=[], error=None, trace_id=request_trace_id(rid), created_at=now,
-    )  # fmt: skip
+        cost_usd=0.01 if model == STRONG_MODEL else 0.001,
+        latency_ms=100.0 + i,
+        decision=info,
+        attempts=[],
+        error=None,
+        trace_id=request_trace_id(rid),
+        created_at=now,
+    )
     return rid, decision, response
 
 
@@ -81,9 +105,13 @@ async def test_judge_then_dataset_then_ab_report(
                     {"trace_id": request_trace_id(rid)} if i % 4 == 0 else {"request_id": rid}
                 )
                 f = schemas.Feedback(
-                    schema_version=1, name="thumb", value=i % 3 != 0, source="user",
-                    created_at=datetime.now(UTC), **by_trace,
-                )  # fmt: skip
+                    schema_version=1,
+                    name="thumb",
+                    value=i % 3 != 0,
+                    source="user",
+                    created_at=datetime.now(UTC),
+                    **by_trace,
+                )
                 feedback.append((rid.encode(), schemas.encode(f)))
     await produce(kafka_bootstrap, topics["decisions"], decisions)
     await produce(kafka_bootstrap, topics["responses"], responses)
@@ -132,9 +160,19 @@ async def test_promotion_publishes_reload_router(
     data = write_jsonl(tmp_path / "d.jsonl", records(400, seed=8))
     registry = tmp_path / "reg"
     argv = [
-        "retrain", "--data", str(data), "--registry", str(registry), "--min-eval", "30",
-        "--publish", "--bootstrap", kafka_bootstrap, "--control-topic", control,
-    ]  # fmt: skip
+        "retrain",
+        "--data",
+        str(data),
+        "--registry",
+        str(registry),
+        "--min-eval",
+        "30",
+        "--publish",
+        "--bootstrap",
+        kafka_bootstrap,
+        "--control-topic",
+        control,
+    ]
     assert await asyncio.to_thread(main, argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["promoted"]

@@ -79,12 +79,22 @@ async def test_ab_arms_split_by_a_stable_hash_and_are_recorded(
 ) -> None:
     topics = await _topics_with_shadow(new_topic)
     config = worker_config(
-        kafka_bootstrap, topics, artifact, sim.base_url,
-        policies={"default": {"kind": "threshold", "strong_fraction": 0.5},
-                  "cheap": {"kind": "threshold", "strong_fraction": 0.05}},
-        experiments=[{"name": "frugal", "tenants": ["acme"],
-                      "arms": [{"name": "control"}, {"name": "cheap", "policy": "cheap"}]}],
-    )  # fmt: skip
+        kafka_bootstrap,
+        topics,
+        artifact,
+        sim.base_url,
+        policies={
+            "default": {"kind": "threshold", "strong_fraction": 0.5},
+            "cheap": {"kind": "threshold", "strong_fraction": 0.05},
+        },
+        experiments=[
+            {
+                "name": "frugal",
+                "tenants": ["acme"],
+                "arms": [{"name": "control"}, {"name": "cheap", "policy": "cheap"}],
+            }
+        ],
+    )
     await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
     n = 240
     events = _events(n) + _events(20, start=n, tenant="other")
@@ -107,12 +117,16 @@ async def test_ab_arms_split_by_a_stable_hash_and_are_recorded(
         assert r.decision.arm == f"frugal:{expected}"
     control, cheap = by_arm["frugal:control"], by_arm["frugal:cheap"]
     assert 0.35 < len(control) / n < 0.65
-    strong_share = {k: sum(r.model == STRONG_MODEL for r in v) / len(v)
-                    for k, v in (("control", control), ("cheap", cheap))}  # fmt: skip
+    strong_share = {
+        k: sum(r.model == STRONG_MODEL for r in v) / len(v)
+        for k, v in (("control", control), ("cheap", cheap))
+    }
     assert strong_share["cheap"] < strong_share["control"]
     # each arm routed with its own policy: the cheap arm's threshold asks for more confidence
-    thresholds = {k: {r.decision.threshold for r in v if r.decision}
-                  for k, v in (("control", control), ("cheap", cheap))}  # fmt: skip
+    thresholds = {
+        k: {r.decision.threshold for r in v if r.decision}
+        for k, v in (("control", control), ("cheap", cheap))
+    }
     assert len(thresholds["control"]) == len(thresholds["cheap"]) == 1
     assert min(thresholds["cheap"]) > max(thresholds["control"])
     assert arms.labels("frugal:cheap", "ok")._value.get() == len(cheap)
@@ -123,9 +137,12 @@ async def test_shadow_calls_never_change_the_answer_and_are_judged(
 ) -> None:
     topics = await _topics_with_shadow(new_topic)
     config = worker_config(
-        kafka_bootstrap, topics, artifact, sim.base_url,
+        kafka_bootstrap,
+        topics,
+        artifact,
+        sim.base_url,
         shadow={"sample": 0.5, "model": "other", "judge_model": STRONG_MODEL},
-    )  # fmt: skip
+    )
     await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
     n = 80
     await produce(kafka_bootstrap, topics["requests"], _events(n))
@@ -144,8 +161,9 @@ async def test_shadow_calls_never_change_the_answer_and_are_judged(
         answers = {r.request_id: r for r in _decode_all(responses.values, schemas.RouteResponse)}
         shadows = _decode_all(shadow.values, schemas.RouteResponse)
         verdicts = _decode_all(feedback.values, schemas.Feedback)
-        shadow_decisions = [d for d in _decode_all(decisions.values, schemas.RoutingDecision)
-                            if d.shadow]  # fmt: skip
+        shadow_decisions = [
+            d for d in _decode_all(decisions.values, schemas.RoutingDecision) if d.shadow
+        ]
     assert max(responses.counts.values()) == 1 and set(answers) == wanted
     assert 0.3 * n < len(shadows) < 0.7 * n
     for s in shadows:
@@ -160,9 +178,12 @@ async def test_shadow_calls_never_change_the_answer_and_are_judged(
 
 
 async def test_reload_router_by_control_event_without_losing_requests(
-    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator,
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    artifact: Path,
+    sim: Simulator,
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     other = train_artifact(tmp_path / "v2", ROWS[:300])
     old_version = load_artifact(artifact).router.version
     new_version = load_artifact(other).router.version
@@ -184,10 +205,13 @@ async def test_reload_router_by_control_event_without_losing_requests(
         await producer.start()
         try:
             command = schemas.Control(
-                    schema_version=1, command_id="reload-1", action="reload_router",
-                    artifact_path=str(other), router_version=new_version,
-                    issued_at=datetime.now(UTC),
-                )  # fmt: skip
+                schema_version=1,
+                command_id="reload-1",
+                action="reload_router",
+                artifact_path=str(other),
+                router_version=new_version,
+                issued_at=datetime.now(UTC),
+            )
             await producer.send_and_wait(topics["control"], schemas.encode(command))
         finally:
             await producer.stop()
@@ -213,8 +237,13 @@ async def test_registry_watch_picks_up_a_promoted_version(
     first = train_artifact(registry / "v0001", ROWS[:400])
     second = train_artifact(registry / "v0002", ROWS[100:500])
     (registry / "CURRENT").write_text(first.name + "\n")
-    config = worker_config("127.0.0.1:1", {"requests": "unused"}, registry, sim.base_url,
-                           router={"artifact": str(registry), "watch_s": 0.1})  # fmt: skip
+    config = worker_config(
+        "127.0.0.1:1",
+        {"requests": "unused"},
+        registry,
+        sim.base_url,
+        router={"artifact": str(registry), "watch_s": 0.1},
+    )
     app = build(config)
     v1 = load_artifact(first).router.version
     v2 = load_artifact(second).router.version
@@ -236,8 +265,7 @@ async def test_semantic_cache_answers_near_duplicates_per_tenant(
     kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator
 ) -> None:
     topics = await _topics_with_shadow(new_topic)
-    config = worker_config(kafka_bootstrap, topics, artifact, sim.base_url,
-                           cache={"enabled": True})  # fmt: skip
+    config = worker_config(kafka_bootstrap, topics, artifact, sim.base_url, cache={"enabled": True})
     await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
     row = ROWS[7]
     prompt = row["prompt"]
@@ -248,16 +276,19 @@ async def test_semantic_cache_answers_near_duplicates_per_tenant(
         Collector(kafka_bootstrap, topics["responses"]) as responses,
         _Running(config) as app,
     ):
-        await produce(kafka_bootstrap, topics["requests"],
-                          [(b"req-000001", schemas.encode(first))])  # fmt: skip
+        await produce(kafka_bootstrap, topics["requests"], [(b"req-000001", schemas.encode(first))])
         assert await responses.wait_for({"req-000001"}, timeout_s=60)
         cache = app.pipeline.cache
         assert cache is not None
         assert await poll_until(lambda: cache.stats.stored >= 1, 10)
-        await produce(kafka_bootstrap, topics["requests"], [
+        await produce(
+            kafka_bootstrap,
+            topics["requests"],
+            [
                 (b"req-000002", schemas.encode(again)),
                 (b"req-000003", schemas.encode(other_tenant)),
-            ])  # fmt: skip
+            ],
+        )
         assert await responses.wait_for({"req-000002", "req-000003"}, timeout_s=60)
     by_id = {r.request_id: r for r in _decode_all(responses.values, schemas.RouteResponse)}
     hit, miss = by_id["req-000002"], by_id["req-000003"]
@@ -280,9 +311,12 @@ async def test_unfamiliar_prompts_are_on_the_decision_event_and_shadow_judged_fi
 ) -> None:
     topics = await _topics_with_shadow(new_topic)
     config = worker_config(
-        kafka_bootstrap, topics, artifact, sim.base_url,
+        kafka_bootstrap,
+        topics,
+        artifact,
+        sim.base_url,
         shadow={"sample": 0.001, "model": "other", "judge_model": STRONG_MODEL},
-    )  # fmt: skip
+    )
     await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
     familiar = _events(30)
     foreign = []

@@ -52,9 +52,12 @@ async def _answer_all(
 ) -> list[schemas.RouteResponse]:
     topics = await _topics(new_topic, partitions=2)
     config = worker_config(
-        bootstrap, topics, artifact, sim.base_url,
+        bootstrap,
+        topics,
+        artifact,
+        sim.base_url,
         providers={"max_retries": 3, "request_deadline_s": 20.0},
-    )  # fmt: skip
+    )
     await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
     await produce(bootstrap, topics["requests"], _requests(n))
     app = build(config)
@@ -75,11 +78,13 @@ pytestmark = pytest.mark.kafka
 async def test_transient_faults_are_retried(
     kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator
 ) -> None:
-    sim.set_faults((
-        Fault(kind="429", rate=0.2, retry_after_s=0.05),
-        Fault(kind="500", rate=0.1),
-        Fault(kind="reset", rate=0.05),
-    ))  # fmt: skip
+    sim.set_faults(
+        (
+            Fault(kind="429", rate=0.2, retry_after_s=0.05),
+            Fault(kind="500", rate=0.1),
+            Fault(kind="reset", rate=0.05),
+        )
+    )
     out = await _answer_all(kafka_bootstrap, new_topic, artifact, sim, 60)
     retried = [r for r in out if any((a.retry or 0) > 0 for a in r.attempts)]
     assert retried, "no request needed a retry: the faults did not fire"
@@ -161,15 +166,19 @@ async def test_broker_stopped_mid_stream_loses_nothing(
     bootstrap = cluster.bootstrap
     requests = unique_topic("requests")
     topics = {
-        "requests": requests, "responses": f"{requests}.responses",
-        "decisions": f"{requests}.decisions", "dlq": f"{requests}.dlq",
-        "done": f"{requests}.done", "feedback": f"{requests}.feedback",
-        "batch_jobs": f"{requests}.batch-jobs", "control": f"{requests}.control",
-    }  # fmt: skip
-    await create_topics(bootstrap, [requests], partitions=3, replication=3,
-                        configs={"min.insync.replicas": "2"})  # fmt: skip
-    data = worker_config_data(bootstrap, topics, artifact, sim.base_url,
-                              topic_replication_factor=3)  # fmt: skip
+        "requests": requests,
+        "responses": f"{requests}.responses",
+        "decisions": f"{requests}.decisions",
+        "dlq": f"{requests}.dlq",
+        "done": f"{requests}.done",
+        "feedback": f"{requests}.feedback",
+        "batch_jobs": f"{requests}.batch-jobs",
+        "control": f"{requests}.control",
+    }
+    await create_topics(
+        bootstrap, [requests], partitions=3, replication=3, configs={"min.insync.replicas": "2"}
+    )
+    data = worker_config_data(bootstrap, topics, artifact, sim.base_url, topic_replication_factor=3)
     config = worker_config(bootstrap, topics, artifact, sim.base_url, topic_replication_factor=3)
     await ensure_topics(config.kafka.common_kwargs(), config.topics, 3)
     path = tmp_path / "worker.json"

@@ -49,8 +49,11 @@ def _spawn(config_path: Path, name: str) -> subprocess.Popen[bytes]:
     with (config_path.parent / f"{name}.log").open("wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "worker", "run", "--config", str(config_path)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _requests(n: int) -> list[tuple[bytes | None, bytes]]:
@@ -74,19 +77,25 @@ def _ready(port: int) -> bool:
 
 
 async def test_sigkill_under_load_loses_nothing(
-    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, slow_sim: Simulator,
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    artifact: Path,
+    slow_sim: Simulator,
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     n = 3000
     topics = await _topics(new_topic, partitions=6)
     ports = {"a": _free_port(), "b": _free_port()}
     paths = {}
     for name, port in ports.items():
         data = worker_config_data(
-            kafka_bootstrap, topics, artifact, slow_sim.base_url,
+            kafka_bootstrap,
+            topics,
+            artifact,
+            slow_sim.base_url,
             loop={"max_in_flight": 40, "resume_below": 30, "commit_interval_ms": 300},
             metrics={"enabled": True, "port": port},
-        )  # fmt: skip
+        )
         paths[name] = tmp_path / f"{name}.json"
         paths[name].write_text(json.dumps(data))
     wanted = {f"req-{i:06d}" for i in range(n)}
@@ -117,8 +126,10 @@ async def test_sigkill_under_load_loses_nothing(
     assert set(responses.counts) == wanted
     repeated_responses = sum(c - 1 for c in responses.counts.values())
     repeated_calls = slow_sim.stats.requests - n
-    print(f"\nSIGKILL at {at_kill}/{n} answered: repeated responses {repeated_responses}, "
-          f"repeated model calls {repeated_calls}")  # fmt: skip
+    print(
+        f"\nSIGKILL at {at_kill}/{n} answered: repeated responses {repeated_responses}, "
+        f"repeated model calls {repeated_calls}"
+    )
     assert repeated_calls >= 0
     for value in responses.values:
         assert schemas.decode(value, schemas.RouteResponse).status == "ok"
@@ -129,8 +140,13 @@ async def test_member_joining_mid_stream(
 ) -> None:
     n = 800
     topics = await _topics(new_topic, partitions=4)
-    config = worker_config(kafka_bootstrap, topics, artifact, slow_sim.base_url,
-                           loop={"max_in_flight": 20, "resume_below": 10})  # fmt: skip
+    config = worker_config(
+        kafka_bootstrap,
+        topics,
+        artifact,
+        slow_sim.base_url,
+        loop={"max_in_flight": 20, "resume_below": 10},
+    )
     await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
     await produce(kafka_bootstrap, topics["requests"], _requests(n))
     first, second = build(config), build(config)

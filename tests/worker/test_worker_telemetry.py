@@ -62,13 +62,20 @@ async def test_each_request_is_one_langfuse_trace_with_a_generation_and_scores(
         for i in range(n):
             event = request_event(ROWS[i], i)
             await producer.send_and_wait(
-                topics["requests"], schemas.encode(event), key=event.request_id.encode(),
+                topics["requests"],
+                schemas.encode(event),
+                key=event.request_id.encode(),
                 headers=[("traceparent", TRACEPARENT)],
-            )  # fmt: skip
+            )
         feedback = schemas.Feedback(
-            schema_version=1, request_id="req-000001", tenant="acme", name="correct",
-            value=True, source="task", created_at=datetime.now(UTC),
-        )  # fmt: skip
+            schema_version=1,
+            request_id="req-000001",
+            tenant="acme",
+            name="correct",
+            value=True,
+            source="task",
+            created_at=datetime.now(UTC),
+        )
         await producer.send_and_wait(topics["feedback"], schemas.encode(feedback))
     finally:
         await producer.stop()
@@ -126,9 +133,13 @@ FAST = FeedbackRetry(initial_s=0.01, max_s=0.05)
 
 def _feedback(i: int) -> schemas.Feedback:
     return schemas.Feedback(
-        schema_version=1, request_id=f"fb-{i}", name="correct", value=i % 2 == 0,
-        source="task", created_at=datetime(2026, 12, 1, 0, 0, i, tzinfo=UTC),
-    )  # fmt: skip
+        schema_version=1,
+        request_id=f"fb-{i}",
+        name="correct",
+        value=i % 2 == 0,
+        source="task",
+        created_at=datetime(2026, 12, 1, 0, 0, i, tzinfo=UTC),
+    )
 
 
 async def _feedback_topics(new_topic: TopicFactory) -> dict[str, str]:
@@ -273,10 +284,16 @@ async def test_an_outage_longer_than_max_poll_interval_keeps_the_member_and_send
 ) -> None:
     topics = await _feedback_topics(new_topic)
     config = worker_config(
-        kafka_bootstrap, topics, artifact, "http://127.0.0.1:9",
-        kafka={"max_poll_interval_ms": 1500, "session_timeout_ms": 6000,
-               "heartbeat_interval_ms": 500},
-    )  # fmt: skip
+        kafka_bootstrap,
+        topics,
+        artifact,
+        "http://127.0.0.1:9",
+        kafka={
+            "max_poll_interval_ms": 1500,
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 500,
+        },
+    )
     await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     await producer.start()
@@ -295,9 +312,10 @@ async def test_an_outage_longer_than_max_poll_interval_keeps_the_member_and_send
         async with LangfuseScores(langfuse_config(receiver.url), environ={}) as scores:
             stats = FeedbackStats()
             task = asyncio.create_task(
-                run_feedback(config.kafka, config.topics, scores, dlq, stop, retry=slow,
-                             stats=stats)
-            )  # fmt: skip
+                run_feedback(
+                    config.kafka, config.topics, scores, dlq, stop, retry=slow, stats=stats
+                )
+            )
             await asyncio.to_thread(receiver.wait_for, lambda r: len(r.scores) >= 3, 60)
             await asyncio.sleep(2.0)  # time for a redelivery, if the member had been dropped
             stop.set()

@@ -78,22 +78,49 @@ def _handle(args: argparse.Namespace) -> int:
 def _builtin_rows(n: int = 4000, seed: int = 11) -> list[dict[str, Any]]:
     """A labelled prompt set written here: harder-looking prompts trip the weak model more."""
     rng = random.Random(seed)
-    easy = ["What is the capital of", "Translate to French:", "Give a synonym for",
-            "Summarise in one line:", "Spell check:", "What colour is"]  # fmt: skip
-    hard = ["Prove that", "Derive the closed form of", "Find all integer solutions of",
-            "Explain the asymptotic complexity of", "Write a lock-free queue for",
-            "Compute the eigenvalues of"]  # fmt: skip
-    topics = ["a prime sequence", "the Riemann zeta function", "Paris", "binary search",
-              "a 3x3 matrix", "photosynthesis", "the French revolution", "TCP congestion",
-              "an apple", "quicksort", "Fermat's little theorem", "a haiku"]  # fmt: skip
+    easy = [
+        "What is the capital of",
+        "Translate to French:",
+        "Give a synonym for",
+        "Summarise in one line:",
+        "Spell check:",
+        "What colour is",
+    ]
+    hard = [
+        "Prove that",
+        "Derive the closed form of",
+        "Find all integer solutions of",
+        "Explain the asymptotic complexity of",
+        "Write a lock-free queue for",
+        "Compute the eigenvalues of",
+    ]
+    topics = [
+        "a prime sequence",
+        "the Riemann zeta function",
+        "Paris",
+        "binary search",
+        "a 3x3 matrix",
+        "photosynthesis",
+        "the French revolution",
+        "TCP congestion",
+        "an apple",
+        "quicksort",
+        "Fermat's little theorem",
+        "a haiku",
+    ]
     rows = []
     for i in range(n):
         is_hard = rng.random() < 0.4
         prompt = f"{rng.choice(hard if is_hard else easy)} {rng.choice(topics)} (#{i})"
         strong = 1.0 if rng.random() < (0.85 if is_hard else 0.95) else 0.0
         weak = 1.0 if rng.random() < (0.45 if is_hard else 0.9) else 0.0
-        rows.append({"id": f"builtin-{i}", "prompt": prompt,
-                     "scores": {STRONG_MODEL: strong, WEAK_MODEL: weak}})  # fmt: skip
+        rows.append(
+            {
+                "id": f"builtin-{i}",
+                "prompt": prompt,
+                "scores": {STRONG_MODEL: strong, WEAK_MODEL: weak},
+            }
+        )
     return rows
 
 
@@ -125,11 +152,28 @@ def _train(rows: list[dict[str, Any]]) -> Path:
     print(f"router: training the default router on {len(train)} prompts ...", flush=True)
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "worker", "train", "--data", str(data), "--router", "default",
-         "--out", str(out), "--strong", STRONG_MODEL, "--weak", WEAK_MODEL,
-         "--holdout", "0.2"],
-        check=True, stdout=subprocess.DEVNULL, env={**os.environ, "LLMROUTE_NO_HINTS": "1"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "train",
+            "--data",
+            str(data),
+            "--router",
+            "default",
+            "--out",
+            str(out),
+            "--strong",
+            STRONG_MODEL,
+            "--weak",
+            WEAK_MODEL,
+            "--holdout",
+            "0.2",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "LLMROUTE_NO_HINTS": "1"},
+    )
     print(f"router: trained in {time.perf_counter() - started:.0f}s -> {out.relative_to(ROOT)}")
     return _point_stable_path(out)
 
@@ -203,13 +247,17 @@ async def _produce(bootstrap: str, topic: str, rows: list[dict[str, Any]]) -> No
             messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
             request_id = f"demo-{i:06d}"
             event: dict[str, Any] = {
-                "schema_version": 1, "request_id": request_id, "tenant": "demo",
-                "messages": messages, "params": {"max_tokens": 256},
+                "schema_version": 1,
+                "request_id": request_id,
+                "tenant": "demo",
+                "messages": messages,
+                "params": {"max_tokens": 256},
                 "created_at": datetime.now(UTC).isoformat(),
                 "metadata": {"item_id": row["id"]},
-            }  # fmt: skip
-            sends.append(await producer.send(topic, json.dumps(event).encode(),
-                                             key=request_id.encode()))  # fmt: skip
+            }
+            sends.append(
+                await producer.send(topic, json.dumps(event).encode(), key=request_id.encode())
+            )
         for bad in (b"{not json", b'{"schema_version": 1, "request_id": "x"}'):
             sends.append(await producer.send(topic, bad, key=b"demo-invalid"))
         await asyncio.gather(*sends)
@@ -220,8 +268,9 @@ async def _produce(bootstrap: str, topic: str, rows: list[dict[str, Any]]) -> No
 async def _follow(
     bootstrap: str, topics: list[str], expect: int, timeout_s: float
 ) -> dict[str, list[bytes]]:
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap,
-                                auto_offset_reset="earliest", enable_auto_commit=False)  # fmt: skip
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await consumer.start()
     got: dict[str, list[bytes]] = {t: [] for t in topics}
     seen: set[bytes] = set()
@@ -325,17 +374,24 @@ async def run_demo(args: argparse.Namespace) -> int:
             with (WORK / f"worker-{run_id}-{i}.log").open("wb") as log:
                 procs.append(
                     await asyncio.create_subprocess_exec(
-                        sys.executable, "-m", "worker", "run", "--config", str(config_path),
-                        stdout=log, stderr=subprocess.STDOUT,
+                        sys.executable,
+                        "-m",
+                        "worker",
+                        "run",
+                        "--config",
+                        str(config_path),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
                     )
-                )  # fmt: skip
+                )
         print(f"workers: {args.workers} members of group {config['kafka']['group_id']}")
         try:
             started = time.monotonic()
             await _produce(args.bootstrap, topics["requests"], replay)
             print(f"produced {len(replay)} requests + 2 invalid records; answers:")
-            got = await _follow(args.bootstrap, [topics["responses"], topics["dlq"]],
-                                len(replay) + 1, timeout_s=600)  # fmt: skip
+            got = await _follow(
+                args.bootstrap, [topics["responses"], topics["dlq"]], len(replay) + 1, timeout_s=600
+            )
             wall = time.monotonic() - started
         finally:
             for p in procs:

@@ -97,11 +97,13 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--min-eval", type=int, default=50, help="held-out records needed to decide")
     p.add_argument("--keep-rejected", action="store_true", help="save rejected candidates too")
     p.add_argument(
-        "--calibrate-on", choices=("all", "heldout"), default="all",
+        "--calibrate-on",
+        choices=("all", "heldout"),
+        default="all",
         help="prompts for the strong-fraction thresholds: every outcome record (default; ~5x "
         "more prompts than the held-out slice, so the deployed share lands nearer the target) "
         "or the held-out slice only",
-    )  # fmt: skip
+    )
     p.add_argument("--publish", action="store_true", help="publish reload_router on promotion")
     add_kafka_args(p, ("control",), read_timeout=True)
     p.set_defaults(handler=cmd_retrain)

@@ -80,11 +80,32 @@ class Received:
 # ---------------------------------------------------------------- the server's score validation
 
 SCORE_FIELDS = frozenset(
-    {"id", "name", "traceId", "sessionId", "datasetRunId", "observationId", "comment", "metadata",
-     "environment", "queueId", "source", "value", "dataType", "configId"}
-)  # fmt: skip
-_OPTIONAL_STRINGS = ("traceId", "sessionId", "datasetRunId", "observationId", "comment", "queueId",
-                     "configId")  # fmt: skip
+    {
+        "id",
+        "name",
+        "traceId",
+        "sessionId",
+        "datasetRunId",
+        "observationId",
+        "comment",
+        "metadata",
+        "environment",
+        "queueId",
+        "source",
+        "value",
+        "dataType",
+        "configId",
+    }
+)
+_OPTIONAL_STRINGS = (
+    "traceId",
+    "sessionId",
+    "datasetRunId",
+    "observationId",
+    "comment",
+    "queueId",
+    "configId",
+)
 TEXT_SCORE_MAX_LENGTH = 500
 
 

@@ -594,9 +594,16 @@ class Tracing:
             return _Entered(RequestSpan(trace.INVALID_SPAN, derived, _NO_STATE, "", self._masks))
         headers = [("traceparent", submission.encode())] if submission else []
         return self._process_span(
-            topic, partition, offset, request_id.encode(), headers, "", seed,
-            name=f"batch answer {topic}", extra={f"{ROUTER_PREFIX}batch.job_id": job_id},
-        )  # fmt: skip
+            topic,
+            partition,
+            offset,
+            request_id.encode(),
+            headers,
+            "",
+            seed,
+            name=f"batch answer {topic}",
+            extra={f"{ROUTER_PREFIX}batch.job_id": job_id},
+        )
 
     @contextmanager
     def _process_span(
@@ -684,9 +691,16 @@ class Tracing:
         if self.provider is None:
             return _NO_CHAT[self._masks[1]]
         return self._chat_span(
-            model, provider, request_model, max_tokens, temperature, top_p, input_messages,
-            attempt, decision,
-        )  # fmt: skip
+            model,
+            provider,
+            request_model,
+            max_tokens,
+            temperature,
+            top_p,
+            input_messages,
+            attempt,
+            decision,
+        )
 
     @contextmanager
     def _chat_span(

@@ -351,14 +351,22 @@ async def judge_pending(
                     note = f"orders: {pair.first_order}/{pair.second_order}"
                     events = [
                         judge.feedback(
-                            p.request_id, p.model, va, pairwise=True,
-                            comment=f"vs {pairwise_model}; {note}", tenant=p.tenant,
+                            p.request_id,
+                            p.model,
+                            va,
+                            pairwise=True,
+                            comment=f"vs {pairwise_model}; {note}",
+                            tenant=p.tenant,
                         ),
                         judge.feedback(
-                            p.request_id, pairwise_model, vb, pairwise=True,
-                            comment=f"vs {p.model}; {note}", tenant=p.tenant,
+                            p.request_id,
+                            pairwise_model,
+                            vb,
+                            pairwise=True,
+                            comment=f"vs {p.model}; {note}",
+                            tenant=p.tenant,
                         ),
-                    ]  # fmt: skip
+                    ]
             except ProviderError:
                 stats["failed"] += 1
                 return
