@@ -1,7 +1,6 @@
 """Python types that mirror the JSON Schema files in this folder, one Struct per event.
 
-msgspec decodes and validates in one pass (see README: 3.4x faster than pydantic v2 on
-the route request, bench/schema_bench.py). Every Struct is frozen, keyword-only and forbids
+msgspec decodes and validates in one pass (figures: docs/benchmarks.md, bench/schema_bench.py). Every Struct is frozen, keyword-only and forbids
 unknown fields, as the schemas do (`additionalProperties: false`); `metadata` is the place for
 extra producer data. Tests keep the two in step over the files in `examples/`.
 """

@@ -25,9 +25,8 @@ to export that scope (its default filter keeps only LLM spans). Trace-level Lang
 are written on the root and on every generation, as the SDK's `propagate_attributes` would (the
 `route` span goes without them: it is cheap and never filtered on).
 
-Cost, measured on one core (tests' receiver, 3 spans/request): ~10 us per request with nothing
-configured; ~0.3 ms (OTLP) to ~0.5 ms (Langfuse) of the loop thread's CPU when exporting, plus
-the exporter threads' encoding. Above a few hundred requests/s, lower `sample_ratio`.
+Exporting costs the loop thread CPU per request (figures in docs/benchmarks.md); above a few
+hundred requests/s, lower `sample_ratio`.
 
 Each request must run in its own asyncio task (or thread): the current span and the request's
 state live in context variables.
