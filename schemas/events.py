@@ -1,8 +1,9 @@
 """Python types that mirror the JSON Schema files in this folder, one Struct per event.
 
-msgspec decodes and validates in one pass (figures: docs/benchmarks.md, bench/schema_bench.py). Every Struct is frozen, keyword-only and forbids
-unknown fields, as the schemas do (`additionalProperties: false`); `metadata` is the place for
-extra producer data. Tests keep the two in step over the files in `examples/`.
+msgspec decodes and validates in one pass (figures: docs/benchmarks.md, bench/schema_bench.py).
+Every Struct is frozen, keyword-only and forbids unknown fields, as the schemas do
+(`additionalProperties: false`); `metadata` is the place for extra producer data. Tests keep the two
+in step over the files in `examples/`.
 """
 
 from __future__ import annotations
