@@ -7,8 +7,10 @@ the default's settings are chosen by (`docs/routing.md`). Two in-domain figures 
 MMLU unseen items (trained on mmlu_dev with `--holdout 0.2`, as documented) and GSM8K after
 adding 60% of gsm8k_feedback to the MMLU training data (scored on the other 40%).
 
-Each fold's router is also scored two other ways, for the trade-off: the gain its heads predict
-without the unfamiliarity shrinkage, and 1 - P(weak right) alone. Prints one JSON object.
+Each fold's router is also scored other ways, for the trade-off (same fits): the gain its heads
+predict without the unfamiliarity shrinkage, 1 - P(weak right) alone, the all-or-nothing rule
+(strong prediction = its training mean beyond unfamiliar 1.0) and the shrinkage with other decays
+(`routers.familiarity.trust`). Prints one JSON object.
 
     .venv/bin/python bench/route_transfer.py [--data F.jsonl ...] [--no-reference]
 """
@@ -28,7 +30,8 @@ sys.path.insert(0, str(REPO))
 
 from routers.base import FloatArray, strong_need  # noqa: E402
 from routers.dataset import Record, record_from_obj, split_by_id  # noqa: E402
-from routers.learned import ClassifierRouter  # noqa: E402
+from routers.familiarity import trust  # noqa: E402
+from routers.learned import UNFAMILIAR_DECAY, ClassifierRouter  # noqa: E402
 from routers.metrics import two_model_report  # noqa: E402
 from routers.training import TrainOptions, train  # noqa: E402
 from routers.transfer import group_by_domain, leave_one_domain_out  # noqa: E402
@@ -70,10 +73,30 @@ def _weak_fail(router: ClassifierRouter, test: Sequence[Record]) -> FloatArray:
     return out
 
 
+def _shrunk(decay: float) -> Scorer:
+    """The gain with the strong prediction shrunk by `trust(unfamiliar, decay)`; inf: the
+    all-or-nothing rule."""
+
+    def score(router: ClassifierRouter, test: Sequence[Record]) -> FloatArray:
+        x = router.featurizer.transform([r.text for r in test])
+        p = router.raw_predict_features(x)
+        assert router.familiarity is not None
+        far = router.familiarity.distance(x)
+        s, w = router.models.index(router.strong), router.models.index(router.weak)
+        t = (far <= 1.0).astype(float) if decay == float("inf") else trust(far, decay)
+        out: FloatArray = router.prior[s] + t * (p[:, s] - router.prior[s]) - p[:, w]
+        return out
+
+    return score
+
+
+DECAYS = (0.3, 1.0, 3.0, 10.0)
 SCORERS: dict[str, Scorer] = {
     "default": _default,
     "gain_unshrunk": _gain_unshrunk,
     "weak_fail_only": _weak_fail,
+    "all_or_nothing": _shrunk(float("inf")),
+    **{f"decay_{d:g}": _shrunk(d) for d in DECAYS},
 }
 
 
@@ -131,6 +154,7 @@ def main() -> int:
     out: dict[str, Any] = {
         "data": [p.name for p in paths],
         "router": options.router,
+        "default_unfamiliar_decay": UNFAMILIAR_DECAY,
         "strong": STRONG,
         "weak": WEAK,
         "domains": {k: len(v) for k, v in domains.items()},

@@ -12,15 +12,15 @@ pairs (NaN in the label matrix): those pairs are left out of the loss.
 
 A feature router may carry a `Familiarity` of its training prompts: `assess` then gives each
 prompt's `unfamiliar` from the same features. The classifier also uses it (`unfamiliar_shrink`):
-on a prompt beyond its training distribution (unfamiliar > 1) it does not trust its prediction
-for the strong model and predicts that model's training mean instead. What a router learns about
-when the strong model fails is mostly cues of its training set (on MMLU: the subjects and
-question styles both models get wrong); what makes the weak model fail (difficulty) carries over
-better. So on familiar prompts the score is the learned gain P(strong right) - P(weak right), on
-unfamiliar ones 1 - P(weak right) (plus a constant). All or nothing on purpose: a trust that
-falls with the distance (1 / unfamiliar was tried) mixes the two scores in a proportion that
-varies from prompt to prompt, and that ranked held-out GSM8K worse than either score alone
-(bench/results/route_transfer.json, docs/routing.md).
+beyond its training distribution (unfamiliar > 1) it trusts its strong head less, and shrinks
+that prediction towards the strong model's training mean by `routers.familiarity.trust`, which
+falls smoothly with the distance past the threshold. What a router learns about when the strong
+model fails is mostly cues of its training set (on MMLU: the subjects and question styles both
+models get wrong); what makes the weak model fail (difficulty) carries over better. So on
+familiar prompts the score is the learned gain P(strong right) - P(weak right); far from the
+training data it tends to 1 - P(weak right) (plus a constant); in between (a domain the user's
+feedback has partly taught it, whose prompts sit around the threshold) it keeps most of the
+learned gain. The decay is chosen by leave-one-domain-out (bench/route_transfer.py).
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ import numpy as np
 import numpy.typing as npt
 
 from routers.base import FloatArray, HasIdentity, Identity, Router
-from routers.familiarity import UNFAMILIAR_THRESHOLD, Familiarity
+from routers.familiarity import Familiarity, trust
 from routers.features import Featurizer
 
 __all__ = [
+    "UNFAMILIAR_DECAY",
     "Arrays",
     "ClassifierParams",
     "ClassifierRouter",
@@ -54,6 +55,8 @@ __all__ = [
 ]
 
 F32 = npt.NDArray[np.float32]
+# The classifier's default `unfamiliar_shrink`, chosen by leave-one-domain-out (docs/routing.md)
+UNFAMILIAR_DECAY = 3.0
 AnyFloat = npt.NDArray[np.floating[Any]]
 
 
@@ -199,7 +202,13 @@ class ClassifierParams:
     l2: float = 1e-3
     iters: int = 300
     learning_rate: float = 0.05
-    unfamiliar_shrink: bool = True  # see the module docstring
+    # how fast trust in the strong head falls beyond the training distribution (0: never; see
+    # the module docstring and `routers.familiarity.trust`)
+    unfamiliar_shrink: float = UNFAMILIAR_DECAY
+
+    def __post_init__(self) -> None:
+        if self.unfamiliar_shrink < 0:
+            raise ValueError("unfamiliar_shrink must be >= 0")
 
 
 class ClassifierRouter(FeatureRouter):
@@ -236,9 +245,9 @@ class ClassifierRouter(FeatureRouter):
         if self.familiarity is None:
             return p, None
         far = self.familiarity.distance(x)
-        if self.hyper.unfamiliar_shrink:
-            s = self._strong
-            p[:, s] = np.where(far > UNFAMILIAR_THRESHOLD, self.prior[s], p[:, s])
+        if self.hyper.unfamiliar_shrink > 0:
+            s, prior = self._strong, self.prior[self._strong]
+            p[:, s] = prior + trust(far, self.hyper.unfamiliar_shrink) * (p[:, s] - prior)
         return p, far
 
     @staticmethod
