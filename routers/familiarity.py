@@ -28,29 +28,11 @@ import numpy.typing as npt
 
 from routers.base import FloatArray
 
-__all__ = ["UNFAMILIAR_THRESHOLD", "Familiarity", "FamiliarityParams", "trust"]
+__all__ = ["UNFAMILIAR_THRESHOLD", "Familiarity", "FamiliarityParams"]
 
 F32 = npt.NDArray[np.float32]
 
 UNFAMILIAR_THRESHOLD = 1.0  # unfamiliar > 1.0: beyond the training prompts' calibrated quantile
-
-
-def trust(unfamiliar: FloatArray, decay: float) -> FloatArray:
-    """How far to trust what a router learned, by a prompt's `unfamiliar`: 1 within the
-    training distribution (unfamiliar <= 1), then 1 / (1 + decay x excess^2) with excess =
-    unfamiliar - 1.
-
-    The shrinkage weight of a noisy estimate: a learned deviation from the training mean is a
-    signal of variance tau^2 seen through an error whose variance is what held-out data of the
-    training distribution shows inside the threshold, and grows with the squared distance
-    beyond it (the prediction variance of a linear model grows with the squared Mahalanobis
-    distance of the input); the posterior mean keeps tau^2 / (tau^2 + that growth), i.e. this,
-    with `decay` the growth per squared unit relative to tau^2. `decay` = 0: trust fully."""
-    if decay < 0:
-        raise ValueError("decay must be >= 0")
-    excess = np.maximum(np.asarray(unfamiliar, dtype=np.float64) - UNFAMILIAR_THRESHOLD, 0.0)
-    out: FloatArray = 1.0 / (1.0 + decay * excess * excess)
-    return out
 
 
 @dataclass(frozen=True, slots=True)

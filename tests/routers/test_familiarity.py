@@ -5,7 +5,7 @@ import pytest
 
 from routers import artifact
 from routers.dataset import record_from_obj
-from routers.familiarity import Familiarity, FamiliarityParams, trust
+from routers.familiarity import Familiarity, FamiliarityParams
 from routers.features import HashingParams
 from routers.learned import ClassifierParams, assess
 from routers.training import TrainOptions, train
@@ -75,40 +75,37 @@ def test_assess_gives_the_router_predictions_and_the_distance(trained):
     assert assess(plain, texts)[1] is None
 
 
-def test_trust_falls_smoothly_beyond_the_threshold():
-    far = np.array([0.2, 1.0, 1.02, 1.1, 1.5, 2.0, 4.0, 10.0])
-    t = trust(far, 3.0)
-    assert (t[:2] == 1.0).all()  # the training distribution: the learned prediction as it is
-    # Just beyond the threshold (a domain partly learned from feedback) keeps nearly all of it:
-    # no cliff at 1.0, where an all-or-nothing rule dropped it entirely.
-    assert t[2] > 0.99 and t[3] > 0.95
-    assert (np.diff(t[1:]) < 0).all() and t[-1] < 0.01  # falls with the distance, towards none
-    assert (trust(far, 0.0) == 1.0).all()  # 0: no shrinkage
-    with pytest.raises(ValueError):
-        trust(far, -1.0)
-
-
-def test_the_strong_prediction_is_shrunk_towards_its_mean_by_the_trust(trained):
+def test_well_off_its_training_data_the_strong_prediction_is_its_mean(trained):
     router, fam, _ = trained
-    fresh = [record_from_obj(o).text for o in synth.records(100, seed=98)]
-    texts = [*fresh, "Say hello to my friend number 37 in a cheerful way.", *FOREIGN]
+    texts = ["Say hello to my friend number 37 in a cheerful way.", *FOREIGN]
     x = router.featurizer.transform(texts)
     raw = router.raw_predict_features(x)
     shrunk = router.predict_features(x)
     far = fam.distance(x)
     s, w = router.models.index(synth.STRONG), router.models.index(synth.WEAK)
     np.testing.assert_allclose(shrunk[:, w], raw[:, w])  # the weak model's prediction stays
-    decay = router.hyper.unfamiliar_shrink
-    assert decay > 0
-    prior = router.prior[s]
-    expect = prior + trust(far, decay) * (raw[:, s] - prior)
+    above = router.hyper.shrink_above
+    expect = np.where(far > above, router.prior[s], raw[:, s])
     np.testing.assert_allclose(shrunk[:, s], expect, rtol=1e-6)
-    familiar = far <= 1.0
-    assert familiar.any() and (~familiar).any()
-    np.testing.assert_allclose(shrunk[familiar, s], raw[familiar, s], rtol=1e-6)
-    # foreign prompts: close to the strong model's training mean
-    gap = np.abs(shrunk[-len(FOREIGN) :, s] - prior)
-    assert (gap <= np.abs(raw[-len(FOREIGN) :, s] - prior) + 1e-9).all()
+    assert far[0] <= 1.0 and (far[1:] > above).any()
+    assert shrunk[1:, s][far[1:] > above] == pytest.approx(router.prior[s])
+
+
+def test_prompts_just_past_the_calibration_quantile_keep_the_learned_gain(trained):
+    # A domain partly taught by feedback sits around unfamiliar 1.0: the strong head is kept
+    # there, and dropped only further out (the threshold is above the 1% quantile).
+    router, fam, _ = trained
+    assert router.hyper.shrink_above > 1.0
+    texts = [*(record_from_obj(o).text for o in synth.records(300, seed=97)), *FOREIGN]
+    x = router.featurizer.transform(texts)
+    far = fam.distance(x)
+    near = (far > 1.0) & (far <= router.hyper.shrink_above)
+    raw = router.raw_predict_features(x)
+    shrunk = router.predict_features(x)
+    s = router.models.index(synth.STRONG)
+    np.testing.assert_allclose(shrunk[near, s], raw[near, s], rtol=1e-6)
+    plain = ClassifierParams(iters=100, unfamiliar_shrink=False)
+    assert plain.shrink_above == router.hyper.shrink_above
 
 
 def test_the_artifact_keeps_the_distance_model(trained, tmp_path):
