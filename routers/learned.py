@@ -21,13 +21,11 @@ P(weak right), on unfamiliar ones 1 - P(weak right) (plus a constant).
 
 All or nothing, at a threshold chosen by leave-one-domain-out (bench/route_transfer.py,
 docs/routing.md): a trust that falls smoothly with the distance (1 / (1 + decay x excess^2) for
-several decays, and 1 / unfamiliar before) was measured and ranks a held-out domain far worse
-than either score (held-out GSM8K 0.41-0.50 against 0.53-0.54): the strong head's error on a
-foreign domain is an offset shared by its prompts, and a per-prompt mixture turns it into noise
-ranked by the distance. The threshold sits a little above the 1% calibration quantile (1.0), so
-prompts of a domain partly taught by the user's feedback, which sit around 1.0, keep the gain,
-while wholly foreign ones (held-out GSM8K from 1.07, chat prompts from about 1.15 for an
-MMLU-trained router) do not.
+several decays, and 1 / unfamiliar before) was measured and ranks a held-out domain worse than
+either score: the strong head's error on a foreign domain is an offset shared by its prompts,
+and a per-prompt mixture turns it into noise ranked by the distance. The threshold sits a little
+above the 1% calibration quantile (1.0), so prompts of a domain partly taught by the user's
+feedback, which sit around 1.0, keep the gain, while wholly foreign ones, further out, do not.
 """
 
 from __future__ import annotations
@@ -63,7 +61,7 @@ __all__ = [
 
 F32 = npt.NDArray[np.float32]
 # The classifier's default `shrink_above`, chosen by leave-one-domain-out (docs/routing.md)
-SHRINK_ABOVE = 1.04
+SHRINK_ABOVE = 1.02
 AnyFloat = npt.NDArray[np.floating[Any]]
 
 
