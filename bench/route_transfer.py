@@ -7,8 +7,9 @@ the default's settings are chosen by (`docs/routing.md`). Two in-domain figures 
 MMLU unseen items (trained on mmlu_dev with `--holdout 0.2`, as documented) and GSM8K after
 adding 60% of gsm8k_feedback to the MMLU training data (scored on the other 40%).
 
-Each fold's router is also scored two other ways, for the trade-off: the gain its heads predict
-without the unfamiliarity shrinkage, and 1 - P(weak right) alone. Prints one JSON object.
+Each fold's router is also scored other ways, for the trade-off (same fits): the gain its heads
+predict without the unfamiliarity shrinkage, 1 - P(weak right) alone, and the shrinkage (strong
+prediction = its training mean) above other thresholds of `unfamiliar`. Prints one JSON object.
 
     .venv/bin/python bench/route_transfer.py [--data F.jsonl ...] [--no-reference]
 """
@@ -23,12 +24,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from routers.base import FloatArray, strong_need  # noqa: E402
 from routers.dataset import Record, record_from_obj, split_by_id  # noqa: E402
-from routers.learned import ClassifierRouter  # noqa: E402
+from routers.learned import SHRINK_ABOVE, ClassifierRouter  # noqa: E402
 from routers.metrics import two_model_report  # noqa: E402
 from routers.training import TrainOptions, train  # noqa: E402
 from routers.transfer import group_by_domain, leave_one_domain_out  # noqa: E402
@@ -70,10 +73,28 @@ def _weak_fail(router: ClassifierRouter, test: Sequence[Record]) -> FloatArray:
     return out
 
 
+def _shrunk(above: float) -> Scorer:
+    """The gain with the strong prediction replaced by its training mean where unfamiliar >
+    `above`."""
+
+    def score(router: ClassifierRouter, test: Sequence[Record]) -> FloatArray:
+        x = router.featurizer.transform([r.text for r in test])
+        p = router.raw_predict_features(x)
+        assert router.familiarity is not None
+        far = router.familiarity.distance(x)
+        s, w = router.models.index(router.strong), router.models.index(router.weak)
+        out: FloatArray = np.where(far > above, router.prior[s], p[:, s]) - p[:, w]
+        return out
+
+    return score
+
+
+THRESHOLDS = (1.0, 1.02, 1.04, 1.06, 1.08)
 SCORERS: dict[str, Scorer] = {
     "default": _default,
     "gain_unshrunk": _gain_unshrunk,
     "weak_fail_only": _weak_fail,
+    **{f"shrink_above_{t:g}": _shrunk(t) for t in THRESHOLDS},
 }
 
 
@@ -97,6 +118,8 @@ def _unfamiliar_share(router: ClassifierRouter, test: Sequence[Record]) -> float
     if fam is None:
         return float("nan")
     far = fam.distance(router.featurizer.transform([r.text for r in test]))
+    quantiles = np.quantile(far, [0.1, 0.5, 0.9])
+    print(json.dumps({"unfamiliar_q10_q50_q90": quantiles.round(3).tolist()}), file=sys.stderr)
     return round(float((far > 1.0).mean()), 4)
 
 
@@ -104,6 +127,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, action="append", help="labelled JSONL (repeatable)")
     ap.add_argument("--no-reference", action="store_true", help="skip the in-domain figures")
+    ap.add_argument(
+        "--hold-out", action="append", help="hold out only these domains (repeatable; default: all)"
+    )
+    ap.add_argument(
+        "--no-mmlu-unseen", action="store_true", help="skip the MMLU unseen-items reference"
+    )
     args = ap.parse_args()
     paths: list[Path] = args.data or DEFAULT_DATA
     sources = {p.stem: _read(p) for p in paths}
@@ -127,10 +156,11 @@ def main() -> int:
 
         return score
 
-    report = leave_one_domain_out(domains, fit, STRONG, WEAK)
+    report = leave_one_domain_out(domains, fit, STRONG, WEAK, held_out=args.hold_out)
     out: dict[str, Any] = {
         "data": [p.name for p in paths],
         "router": options.router,
+        "default_shrink_above": SHRINK_ABOVE,
         "strong": STRONG,
         "weak": WEAK,
         "domains": {k: len(v) for k, v in domains.items()},
@@ -151,15 +181,16 @@ def main() -> int:
     out["score_variants_same_fits"] = variants
     if not args.no_reference and "mmlu_dev" in sources:
         mmlu = sources["mmlu_dev"]
-        held = split_by_id([r.id for r in mmlu], 0.2, "heldout")
-        fit_recs = [r for r, h in zip(mmlu, held, strict=True) if not h]
-        test = [r for r, h in zip(mmlu, held, strict=True) if h]
-        router = train(fit_recs, options)
-        assert isinstance(router, ClassifierRouter)
-        out["mmlu_unseen_items"] = {
-            name: _report(scorer(router, test), test) for name, scorer in SCORERS.items()
-        }
-        out["mmlu_unseen_items"]["unfamiliar_share"] = _unfamiliar_share(router, test)
+        if not args.no_mmlu_unseen:
+            held = split_by_id([r.id for r in mmlu], 0.2, "heldout")
+            fit_recs = [r for r, h in zip(mmlu, held, strict=True) if not h]
+            test = [r for r, h in zip(mmlu, held, strict=True) if h]
+            router = train(fit_recs, options)
+            assert isinstance(router, ClassifierRouter)
+            out["mmlu_unseen_items"] = {
+                name: _report(scorer(router, test), test) for name, scorer in SCORERS.items()
+            }
+            out["mmlu_unseen_items"]["unfamiliar_share"] = _unfamiliar_share(router, test)
         if "gsm8k_feedback" in sources:
             gsm = sources["gsm8k_feedback"]
             g_held = split_by_id([r.id for r in gsm], 0.4, "gsm8k-test")

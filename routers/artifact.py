@@ -21,19 +21,10 @@ from routers.base import Identity, Router
 from routers.errors import ArtifactError
 from routers.familiarity import Familiarity
 from routers.features import featurizer_from_spec
-from routers.learned import (
-    ClassifierParams,
-    ClassifierRouter,
-    FeatureRouter,
-    MFParams,
-    MFRouter,
-    Standardizer,
-    SWParams,
-    SWRankingRouter,
-)
-from routers.multi import pooled_from_arrays
+from routers.learned import FeatureBase, FeatureRouter, Standardizer
 from routers.reference import OracleRouter, RandomRouter
 from routers.semantic import SemanticRouter, semantic_config_from_obj
+from routers.training import FEATURE_ROUTERS
 
 __all__ = ["FORMAT_VERSION", "Artifact", "load", "load_artifact", "save", "update_meta"]
 
@@ -206,42 +197,8 @@ def _build(
     featurizer = featurizer_from_spec(meta["features"])
     if name == "semantic":
         return SemanticRouter(identity, semantic_config_from_obj(params), featurizer)
-    std = Standardizer(a["center"], a["scale"])
-    if name == "classifier":
-        return ClassifierRouter(
-            weights=a["weights"],
-            bias=a["bias"],
-            params=ClassifierParams(**params),
-            identity=identity,
-            featurizer=featurizer,
-            standardizer=std,
-            prior=a.get("prior"),
-            familiarity=familiarity,
-        )
-    if name == "mf":
-        return MFRouter(
-            projection=a["projection"],
-            model_emb=a["model_emb"],
-            out=a["out"],
-            bias=a["bias"],
-            params=MFParams(**params),
-            identity=identity,
-            featurizer=featurizer,
-            standardizer=std,
-            familiarity=familiarity,
-        )
-    if name == "pooled":
-        return pooled_from_arrays(a, params, identity, featurizer, std, familiarity)
-    if name == "sw_ranking":
-        return SWRankingRouter(
-            projection=a["projection"],
-            keys=a["keys"],
-            labels=a["labels"],
-            prior=a["prior"],
-            params=SWParams(**params),
-            identity=identity,
-            featurizer=featurizer,
-            standardizer=std,
-            familiarity=familiarity,
-        )
+    router_type = FEATURE_ROUTERS.get(name)
+    if router_type is not None:
+        base = FeatureBase(identity, featurizer, Standardizer(a["center"], a["scale"]), familiarity)
+        return router_type.from_saved(base, params, a)
     raise ArtifactError(f"unknown router kind {name!r} in artifact")

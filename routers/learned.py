@@ -12,33 +12,41 @@ pairs (NaN in the label matrix): those pairs are left out of the loss.
 
 A feature router may carry a `Familiarity` of its training prompts: `assess` then gives each
 prompt's `unfamiliar` from the same features. The classifier also uses it (`unfamiliar_shrink`):
-on a prompt beyond its training distribution (unfamiliar > 1) it does not trust its prediction
-for the strong model and predicts that model's training mean instead. What a router learns about
-when the strong model fails is mostly cues of its training set (on MMLU: the subjects and
-question styles both models get wrong); what makes the weak model fail (difficulty) carries over
-better. So on familiar prompts the score is the learned gain P(strong right) - P(weak right), on
-unfamiliar ones 1 - P(weak right) (plus a constant). All or nothing on purpose: a trust that
-falls with the distance (1 / unfamiliar was tried) mixes the two scores in a proportion that
-varies from prompt to prompt, and that ranked held-out GSM8K worse than either score alone
-(bench/results/route_transfer.json, docs/routing.md).
+on a prompt well beyond its training distribution (unfamiliar > `shrink_above`) it does not trust
+its prediction for the strong model and predicts that model's training mean instead. What a
+router learns about when the strong model fails is mostly cues of its training set (on MMLU: the
+subjects and question styles both models get wrong); what makes the weak model fail (difficulty)
+carries over better. So on familiar prompts the score is the learned gain P(strong right) -
+P(weak right), on unfamiliar ones 1 - P(weak right) (plus a constant).
+
+All or nothing, at a threshold chosen by leave-one-domain-out (bench/route_transfer.py,
+docs/routing.md): a trust that falls smoothly with the distance (1 / (1 + decay x excess^2) for
+several decays, and 1 / unfamiliar before) was measured and ranks a held-out domain worse than
+either score: the strong head's error on a foreign domain is an offset shared by its prompts,
+and a per-prompt mixture turns it into noise ranked by the distance. The threshold sits a little
+above the 1% calibration quantile (1.0), so prompts of a domain partly taught by the user's
+feedback, which sit around 1.0, keep the gain, while wholly foreign ones, further out, do not.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
 
 from routers.base import FloatArray, HasIdentity, Identity, Router
-from routers.familiarity import UNFAMILIAR_THRESHOLD, Familiarity
+from routers.familiarity import Familiarity
 from routers.features import Featurizer
 
 __all__ = [
+    "SHRINK_ABOVE",
+    "Arrays",
     "ClassifierParams",
     "ClassifierRouter",
+    "FeatureBase",
     "FeatureRouter",
     "MFParams",
     "MFRouter",
@@ -46,9 +54,14 @@ __all__ = [
     "SWRankingRouter",
     "Standardizer",
     "assess",
+    "embed",
+    "label_means",
+    "random_projection",
 ]
 
 F32 = npt.NDArray[np.float32]
+# The classifier's default `shrink_above`, chosen by leave-one-domain-out (docs/routing.md)
+SHRINK_ABOVE = 1.02
 AnyFloat = npt.NDArray[np.floating[Any]]
 
 
@@ -111,39 +124,79 @@ def _masked_labels(y: FloatArray) -> tuple[FloatArray, FloatArray]:
     return np.nan_to_num(y, nan=0.0), mask
 
 
+@dataclass(frozen=True, slots=True)
+class FeatureBase:
+    """What every feature router is built on: who it is, its featurizer, the standardizer of the
+    structural columns, and the familiarity model of its training prompts (None: none)."""
+
+    identity: Identity
+    featurizer: Featurizer
+    standardizer: Standardizer
+    familiarity: Familiarity | None = None
+
+
+Arrays = Mapping[str, npt.NDArray[Any]]
+
+
 class FeatureRouter(HasIdentity):
-    """Shared plumbing: identity, featurizer, standardizer; subclasses map features to quality."""
+    """Shared plumbing of the feature routers: identity, featurizer, standardizer, familiarity,
+    hyper-parameters and artifact arrays; subclasses map features to quality.
+
+    A subclass names its hyper-parameter dataclass (`params_type`) and its own arrays
+    (`array_names`: the attributes saved in the artifact). It is made from a `FeatureBase`, its
+    hyper-parameters and its arrays by name, both when trained (`fit`) and when loaded
+    (`from_saved`)."""
 
     name = "feature"
+    params_type: ClassVar[type[Any]]
+    array_names: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(
-        self,
-        identity: Identity,
-        featurizer: Featurizer,
-        standardizer: Standardizer,
-        familiarity: Familiarity | None = None,
-    ) -> None:
-        self.identity = identity
-        self.featurizer = featurizer
-        self.standardizer = standardizer
-        self.familiarity = familiarity
+    def __init__(self, base: FeatureBase, hyper: Any, arrays: Arrays) -> None:
+        self.base = base
+        self.identity = base.identity
+        self.featurizer = base.featurizer
+        self.standardizer = base.standardizer
+        self.familiarity = base.familiarity
+        self.hyper = hyper
+
+    @classmethod
+    def fit(cls, base: FeatureBase, xs: F32, y: FloatArray, hyper: Any) -> Self:
+        """Train on standardised features `xs` and labels `y` (NaN = unknown)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_saved(cls, base: FeatureBase, params: Mapping[str, Any], arrays: Arrays) -> Self:
+        return cls(base, cls.params_type(**params), arrays)
 
     def predict(self, texts: Sequence[str]) -> FloatArray:
         return self.predict_features(self.featurizer.transform(texts))
 
     def predict_features(self, x: F32) -> FloatArray:
-        return self._predict(x)
+        raise NotImplementedError
 
     def assess_features(self, x: F32) -> tuple[FloatArray, FloatArray | None]:
         """Predicted qualities and `unfamiliar` (None without a familiarity model)."""
         far = self.familiarity.distance(x) if self.familiarity is not None else None
         return self.predict_features(x), far
 
-    def _predict(self, x: F32) -> FloatArray:
-        raise NotImplementedError
+    def params(self) -> dict[str, Any]:
+        return asdict(self.hyper)
 
-    def _base_arrays(self) -> dict[str, npt.NDArray[Any]]:
-        return {"center": self.standardizer.center, "scale": self.standardizer.scale}
+    def arrays(self) -> Arrays:
+        own = {k: getattr(self, k) for k in self.array_names}
+        return {"center": self.standardizer.center, "scale": self.standardizer.scale, **own}
+
+
+def label_means(y: FloatArray, prior_weight: float = 0.0) -> FloatArray:
+    """Each model's mean label over its known labels, shrunk towards the mean of all known
+    labels by `prior_weight` pseudo-counts (0: plain means; a model without labels gets the
+    overall mean, 0.5 when nothing is known)."""
+    known = ~np.isnan(y)
+    overall = float(y[known].mean()) if known.any() else 0.5
+    total = np.where(known, y, 0.0).sum(axis=0)
+    count = known.sum(axis=0)
+    out: FloatArray = (total + prior_weight * overall) / np.maximum(count + prior_weight, 1e-12)
+    return np.where(count + prior_weight > 0, out, overall)
 
 
 # --- classifier -----------------------------------------------------------------------------
@@ -155,38 +208,36 @@ class ClassifierParams:
     iters: int = 300
     learning_rate: float = 0.05
     unfamiliar_shrink: bool = True  # see the module docstring
+    shrink_above: float = SHRINK_ABOVE  # `unfamiliar` beyond which the strong head is not trusted
 
 
 class ClassifierRouter(FeatureRouter):
     name = "classifier"
+    params_type = ClassifierParams
+    array_names = ("weights", "bias", "prior")
 
-    def __init__(
-        self,
-        *,
-        weights: AnyFloat,
-        bias: AnyFloat,
-        params: ClassifierParams,
-        identity: Identity,
-        featurizer: Featurizer,
-        standardizer: Standardizer,
-        prior: AnyFloat | None = None,
-        familiarity: Familiarity | None = None,
-    ) -> None:
-        super().__init__(identity, featurizer, standardizer, familiarity)
-        self.weights = weights.astype(np.float32)  # (dim, n_models)
-        self.bias = bias.astype(np.float64)  # (n_models,)
+    def __init__(self, base: FeatureBase, hyper: ClassifierParams, arrays: Arrays) -> None:
+        super().__init__(base, hyper, arrays)
+        self.hyper: ClassifierParams = hyper
+        self.weights = arrays["weights"].astype(np.float32)  # (dim, n_models)
+        self.bias = arrays["bias"].astype(np.float64)  # (n_models,)
         # each model's mean quality in the training data (the shrinkage target)
+        prior = arrays.get("prior")
         self.prior = (prior if prior is not None else _sigmoid(self.bias)).astype(np.float64)
-        self.hyper = params
-        self._w, offset = standardizer.fold(self.weights)
+        self._w, offset = self.standardizer.fold(self.weights)
         self._b = self.bias + offset
-        self._strong = identity.models.index(identity.strong)
+        self._strong = self.identity.models.index(self.identity.strong)
+
+    @classmethod
+    def fit(cls, base: FeatureBase, xs: F32, y: FloatArray, hyper: Any) -> Self:
+        w, b = cls.fit_head(xs, y, hyper)
+        return cls(base, hyper, {"weights": w, "bias": b, "prior": label_means(y)})
 
     def raw_predict_features(self, x: F32) -> FloatArray:
         """The heads' predictions, without shrinkage."""
         return _sigmoid((x @ self._w).astype(np.float64) + self._b)
 
-    def _predict(self, x: F32) -> FloatArray:
+    def predict_features(self, x: F32) -> FloatArray:
         return self.assess_features(x)[0]
 
     def assess_features(self, x: F32) -> tuple[FloatArray, FloatArray | None]:
@@ -196,19 +247,8 @@ class ClassifierRouter(FeatureRouter):
         far = self.familiarity.distance(x)
         if self.hyper.unfamiliar_shrink:
             s = self._strong
-            p[:, s] = np.where(far > UNFAMILIAR_THRESHOLD, self.prior[s], p[:, s])
+            p[:, s] = np.where(far > self.hyper.shrink_above, self.prior[s], p[:, s])
         return p, far
-
-    def params(self) -> dict[str, Any]:
-        return asdict(self.hyper)
-
-    def arrays(self) -> Mapping[str, npt.NDArray[Any]]:
-        return {
-            **self._base_arrays(),
-            "weights": self.weights,
-            "bias": self.bias,
-            "prior": self.prior,
-        }
 
     @staticmethod
     def fit_head(x: F32, y: FloatArray, params: ClassifierParams) -> tuple[FloatArray, FloatArray]:
@@ -243,43 +283,25 @@ class MFRouter(FeatureRouter):
     """quality(m, x) = sigmoid(u . (v_m * (P^T x)) + b_m)."""
 
     name = "mf"
+    params_type = MFParams
+    array_names = ("projection", "model_emb", "out", "bias")
 
-    def __init__(
-        self,
-        *,
-        projection: AnyFloat,
-        model_emb: AnyFloat,
-        out: AnyFloat,
-        bias: AnyFloat,
-        params: MFParams,
-        identity: Identity,
-        featurizer: Featurizer,
-        standardizer: Standardizer,
-        familiarity: Familiarity | None = None,
-    ) -> None:
-        super().__init__(identity, featurizer, standardizer, familiarity)
-        self.projection = projection.astype(np.float32)  # (dim, k)
-        self.model_emb = model_emb.astype(np.float64)  # (n_models, k)
-        self.out = out.astype(np.float64)  # (k,)
-        self.bias = bias.astype(np.float64)  # (n_models,)
-        self.hyper = params
-        self._proj, self._offset = standardizer.fold(self.projection)
+    def __init__(self, base: FeatureBase, hyper: MFParams, arrays: Arrays) -> None:
+        super().__init__(base, hyper, arrays)
+        self.projection = arrays["projection"].astype(np.float32)  # (dim, k)
+        self.model_emb = arrays["model_emb"].astype(np.float64)  # (n_models, k)
+        self.out = arrays["out"].astype(np.float64)  # (k,)
+        self.bias = arrays["bias"].astype(np.float64)  # (n_models,)
+        self._proj, self._offset = self.standardizer.fold(self.projection)
 
-    def _predict(self, x: F32) -> FloatArray:
+    @classmethod
+    def fit(cls, base: FeatureBase, xs: F32, y: FloatArray, hyper: Any) -> Self:
+        factors = cls.fit_factors(xs, y, hyper)
+        return cls(base, hyper, dict(zip(cls.array_names, factors, strict=True)))
+
+    def predict_features(self, x: F32) -> FloatArray:
         h = (x @ self._proj).astype(np.float64) + self._offset  # (n, k)
         return _sigmoid(h @ (self.model_emb * self.out).T + self.bias)
-
-    def params(self) -> dict[str, Any]:
-        return asdict(self.hyper)
-
-    def arrays(self) -> Mapping[str, npt.NDArray[Any]]:
-        return {
-            **self._base_arrays(),
-            "projection": self.projection,
-            "model_emb": self.model_emb,
-            "out": self.out,
-            "bias": self.bias,
-        }
 
     @staticmethod
     def fit_factors(
@@ -312,6 +334,20 @@ class MFRouter(FeatureRouter):
 # --- similarity-weighted ranking ------------------------------------------------------------
 
 
+def random_projection(dim: int, proj_dim: int, seed: int) -> F32:
+    """The seeded Gaussian projection of the features that the kernel routers compare in."""
+    out: F32 = np.random.default_rng(seed).normal(0.0, 1.0, (dim, proj_dim)).astype(np.float32)
+    return out
+
+
+def embed(x: F32, projection: F32) -> F32:
+    """Unit-length rows of `x @ projection` (zero rows stay zero): cosine by dot product."""
+    z = x @ projection
+    norm = np.linalg.norm(z, axis=1, keepdims=True)
+    out: F32 = (z / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class SWParams:
     proj_dim: int = 256
@@ -323,36 +359,29 @@ class SWParams:
 
 class SWRankingRouter(FeatureRouter):
     name = "sw_ranking"
+    params_type = SWParams
+    array_names = ("projection", "keys", "labels", "prior")
 
-    def __init__(
-        self,
-        *,
-        projection: AnyFloat,
-        keys: AnyFloat,
-        labels: AnyFloat,
-        prior: AnyFloat,
-        params: SWParams,
-        identity: Identity,
-        featurizer: Featurizer,
-        standardizer: Standardizer,
-        familiarity: Familiarity | None = None,
-    ) -> None:
-        super().__init__(identity, featurizer, standardizer, familiarity)
-        self.projection = projection.astype(np.float32)  # (dim, proj_dim)
-        self.keys = keys.astype(np.float32)  # (n_train, proj_dim), unit rows
-        self.labels = labels.astype(np.float32)  # (n_train, n_models), NaN = unknown
-        self.prior = prior.astype(np.float64)  # (n_models,)
-        self.hyper = params
+    def __init__(self, base: FeatureBase, hyper: SWParams, arrays: Arrays) -> None:
+        super().__init__(base, hyper, arrays)
+        self.hyper: SWParams = hyper
+        self.projection = arrays["projection"].astype(np.float32)  # (dim, proj_dim)
+        self.keys = arrays["keys"].astype(np.float32)  # (n_train, proj_dim), unit rows
+        self.labels = arrays["labels"].astype(np.float32)  # (n_train, n_models), NaN = unknown
+        self.prior = arrays["prior"].astype(np.float64)  # (n_models,)
 
-    @staticmethod
-    def embed(x: F32, projection: F32) -> F32:
-        z = x @ projection
-        norm = np.linalg.norm(z, axis=1, keepdims=True)
-        out: F32 = (z / np.where(norm > 0, norm, 1.0)).astype(np.float32)
-        return out
+    @classmethod
+    def fit(cls, base: FeatureBase, xs: F32, y: FloatArray, hyper: Any) -> Self:
+        projection = random_projection(xs.shape[1], hyper.proj_dim, hyper.seed)
+        keys = embed(xs, projection)
+        return cls(
+            base,
+            hyper,
+            {"projection": projection, "keys": keys, "labels": y, "prior": label_means(y)},
+        )
 
-    def _predict(self, x: F32) -> FloatArray:
-        q = self.embed(self.standardizer.apply(x), self.projection)
+    def predict_features(self, x: F32) -> FloatArray:
+        q = embed(self.standardizer.apply(x), self.projection)
         sims = q @ self.keys.T  # (n, n_train)
         k = min(self.hyper.neighbours, sims.shape[1])
         idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
@@ -365,18 +394,6 @@ class SWRankingRouter(FeatureRouter):
         den = wk.sum(axis=1) + self.hyper.prior_weight
         out: FloatArray = num / den
         return out
-
-    def params(self) -> dict[str, Any]:
-        return asdict(self.hyper)
-
-    def arrays(self) -> Mapping[str, npt.NDArray[Any]]:
-        return {
-            **self._base_arrays(),
-            "projection": self.projection,
-            "keys": self.keys,
-            "labels": self.labels,
-            "prior": self.prior,
-        }
 
 
 def assess(router: Router, texts: Sequence[str]) -> tuple[FloatArray, FloatArray | None]:

@@ -26,15 +26,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
 
-from routers.base import FloatArray, Identity
-from routers.familiarity import Familiarity
-from routers.features import Featurizer
-from routers.learned import F32, AnyFloat, FeatureRouter, Standardizer, SWRankingRouter
+from routers.base import FloatArray
+from routers.learned import (
+    F32,
+    Arrays,
+    FeatureBase,
+    FeatureRouter,
+    embed,
+    label_means,
+    random_projection,
+)
 
 __all__ = [
     "LambdaPoint",
@@ -44,7 +50,6 @@ __all__ = [
     "lambda_curve",
     "lambda_for_budget",
     "lambda_for_quality",
-    "pooled_from_arrays",
 ]
 
 
@@ -61,33 +66,33 @@ class PooledParams:
 
 class PooledRouter(FeatureRouter):
     name = "pooled"
+    params_type = PooledParams
+    array_names = ("projection", "keys", "alpha", "means")
 
-    def __init__(
-        self,
-        *,
-        projection: AnyFloat,
-        keys: AnyFloat,
-        alpha: AnyFloat,
-        means: AnyFloat,
-        temperature: float,
-        penalty: float,
-        params: PooledParams,
-        identity: Identity,
-        featurizer: Featurizer,
-        standardizer: Standardizer,
-        familiarity: Familiarity | None = None,
-    ) -> None:
-        super().__init__(identity, featurizer, standardizer, familiarity)
-        self.projection = projection.astype(np.float32)  # (dim, proj_dim)
-        self.keys = keys.astype(np.float32)  # (n_anchors, proj_dim), unit rows
-        self.alpha = alpha.astype(np.float64)  # (n_anchors, n_models)
-        self.means = means.astype(np.float64)  # (n_models,)
-        self.temperature = float(temperature)
-        self.penalty = float(penalty)
-        self.hyper = params
+    def __init__(self, base: FeatureBase, hyper: PooledParams, arrays: Arrays) -> None:
+        super().__init__(base, hyper, arrays)
+        self.hyper: PooledParams = hyper
+        self.projection = arrays["projection"].astype(np.float32)  # (dim, proj_dim)
+        self.keys = arrays["keys"].astype(np.float32)  # (n_anchors, proj_dim), unit rows
+        self.alpha = arrays["alpha"].astype(np.float64)  # (n_anchors, n_models)
+        self.means = arrays["means"].astype(np.float64)  # (n_models,)
+        self.temperature = float(arrays["temperature"])  # the chosen kernel width and penalty
+        self.penalty = float(arrays["penalty"])
+
+    @classmethod
+    def fit(cls, base: FeatureBase, xs: F32, y: FloatArray, hyper: Any) -> Self:
+        return cls(base, hyper, fit_pooled(xs, y, hyper))
+
+    @classmethod
+    def from_saved(cls, base: FeatureBase, params: Mapping[str, Any], arrays: Arrays) -> Self:
+        p = dict(params)
+        chosen = {"temperature": p.pop("chosen_temperature"), "penalty": p.pop("chosen_penalty")}
+        p["temperatures"] = tuple(p["temperatures"])
+        p["penalties"] = tuple(p["penalties"])
+        return cls(base, PooledParams(**p), {**arrays, **chosen})
 
     def predict_features(self, x: F32) -> FloatArray:
-        z = SWRankingRouter.embed(self.standardizer.apply(x), self.projection)
+        z = embed(self.standardizer.apply(x), self.projection)
         k = np.exp(self.temperature * ((z @ self.keys.T).astype(np.float64) - 1.0))
         out: FloatArray = np.clip(self.means + k @ self.alpha, 0.0, 1.0)
         return out
@@ -99,33 +104,6 @@ class PooledRouter(FeatureRouter):
         out["chosen_temperature"] = self.temperature
         out["chosen_penalty"] = self.penalty
         return out
-
-    def arrays(self) -> Mapping[str, npt.NDArray[Any]]:
-        return {
-            **self._base_arrays(),
-            "projection": self.projection,
-            "keys": self.keys,
-            "alpha": self.alpha,
-            "means": self.means,
-        }
-
-    @staticmethod
-    def params_from_meta(params: Mapping[str, Any]) -> tuple[PooledParams, float, float]:
-        p = dict(params)
-        temperature = float(p.pop("chosen_temperature"))
-        penalty = float(p.pop("chosen_penalty"))
-        p["temperatures"] = tuple(p["temperatures"])
-        p["penalties"] = tuple(p["penalties"])
-        return PooledParams(**p), temperature, penalty
-
-
-def _shrunk_means(y: FloatArray, prior_weight: float) -> FloatArray:
-    known = ~np.isnan(y)
-    overall = float(np.nanmean(y)) if known.any() else 0.5
-    total = np.where(known, y, 0.0).sum(axis=0)
-    count = known.sum(axis=0)
-    out: FloatArray = (total + prior_weight * overall) / (count + prior_weight)
-    return out
 
 
 def _low_rank(r: FloatArray, rank: int) -> FloatArray:
@@ -147,17 +125,16 @@ def _loo_error(k: FloatArray, r: FloatArray, penalty: float) -> float:
     return float(np.mean(resid * resid))
 
 
-def fit_pooled(
-    xs: F32, y: FloatArray, params: PooledParams
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, float, float]:
-    """(projection, keys, alpha, means, temperature, penalty) from standardised features."""
-    rng = np.random.default_rng(params.seed)
-    projection = rng.normal(0.0, 1.0, (xs.shape[1], params.proj_dim)).astype(np.float32)
-    z = SWRankingRouter.embed(xs, projection)
-    means = _shrunk_means(y, params.prior_weight)
+def fit_pooled(xs: F32, y: FloatArray, params: PooledParams) -> dict[str, npt.NDArray[Any]]:
+    """The arrays of a `PooledRouter` (projection, keys, alpha, means, and the chosen kernel
+    temperature and penalty as 0-d arrays), from standardised features."""
+    projection = random_projection(xs.shape[1], params.proj_dim, params.seed)
+    z = embed(xs, projection)
+    means = label_means(y, params.prior_weight)
     filled = np.where(np.isnan(y), means, y)
     r = _low_rank(filled - means, params.rank)
     n = len(z)
+    rng = np.random.default_rng([params.seed, n])
     anchors = np.arange(n) if n <= params.max_anchors else rng.permutation(n)[: params.max_anchors]
     za = z[anchors]
     cos_aa = (za @ za.T).astype(np.float64)
@@ -178,31 +155,14 @@ def fit_pooled(
         k_aa = np.exp(t * (cos_aa - 1.0))
         lhs = k_na.T @ k_na + lam * k_aa + 1e-8 * np.eye(len(anchors))
         alpha = np.linalg.solve(lhs, k_na.T @ r).astype(np.float64)
-    return projection.astype(np.float64), za.astype(np.float64), alpha, means, t, lam
-
-
-def pooled_from_arrays(
-    a: Mapping[str, npt.NDArray[Any]],
-    params: Mapping[str, Any],
-    identity: Identity,
-    featurizer: Featurizer,
-    standardizer: Standardizer,
-    familiarity: Familiarity | None = None,
-) -> PooledRouter:
-    hyper, temperature, penalty = PooledRouter.params_from_meta(params)
-    return PooledRouter(
-        projection=a["projection"],
-        keys=a["keys"],
-        alpha=a["alpha"],
-        means=a["means"],
-        temperature=temperature,
-        penalty=penalty,
-        params=hyper,
-        identity=identity,
-        featurizer=featurizer,
-        standardizer=standardizer,
-        familiarity=familiarity,
-    )
+    return {
+        "projection": projection,
+        "keys": za,
+        "alpha": alpha,
+        "means": means,
+        "temperature": np.asarray(t),
+        "penalty": np.asarray(lam),
+    }
 
 
 # --- budgets and quality targets -> lambda ---------------------------------------------------

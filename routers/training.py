@@ -15,19 +15,22 @@ from routers.features import HashingFeaturizer, HashingParams
 from routers.learned import (
     ClassifierParams,
     ClassifierRouter,
+    FeatureBase,
+    FeatureRouter,
     MFParams,
     MFRouter,
     Standardizer,
     SWParams,
     SWRankingRouter,
 )
-from routers.multi import PooledParams, PooledRouter, fit_pooled
+from routers.multi import PooledParams, PooledRouter
 from routers.reference import OracleRouter, RandomRouter, text_key
 from routers.semantic import Category, SemanticConfig, SemanticRouter
 
 __all__ = [
     "DEFAULT_N_MODEL_ROUTER",
     "DEFAULT_ROUTER",
+    "FEATURE_ROUTERS",
     "ROUTER_NAMES",
     "TrainOptions",
     "cheapest_model",
@@ -47,6 +50,10 @@ ROUTER_NAMES: tuple[str, ...] = (
 )
 DEFAULT_ROUTER = "classifier"
 DEFAULT_N_MODEL_ROUTER = "pooled"  # three or more models: shrinkage and pooled residuals
+# the routers learned on hashing features, by name (training and the artifact loader)
+FEATURE_ROUTERS: Mapping[str, type[FeatureRouter]] = {
+    r.name: r for r in (ClassifierRouter, MFRouter, SWRankingRouter, PooledRouter)
+}
 STRONG_ALIAS = "$strong"
 WEAK_ALIAS = "$weak"
 
@@ -115,6 +122,16 @@ def _identity(records: Sequence[Record], options: TrainOptions, name: str) -> Id
     return Identity(version=version, models=models, strong=strong, weak=weak)
 
 
+def _hyper(options: TrainOptions, name: str) -> object:
+    by_name: dict[str, object] = {
+        "classifier": options.classifier,
+        "mf": options.mf,
+        "sw_ranking": options.sw,
+        "pooled": options.pooled,
+    }
+    return by_name[name]
+
+
 def _resolve_aliases(prefs: Mapping[str, float], strong: str, weak: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for k, v in prefs.items():
@@ -147,62 +164,8 @@ def train(records: Sequence[Record], options: TrainOptions) -> Router:
         if options.familiarity is not None and len(records) >= 2
         else None
     )
-    if name == "classifier":
-        w, b = ClassifierRouter.fit_head(xs, y, options.classifier)
-        return ClassifierRouter(
-            weights=w,
-            bias=b,
-            params=options.classifier,
-            identity=identity,
-            featurizer=featurizer,
-            standardizer=standardizer,
-            prior=np.nan_to_num(np.nanmean(y, axis=0), nan=0.5),
-            familiarity=familiarity,
-        )
-    if name == "mf":
-        proj, emb, out, bias = MFRouter.fit_factors(xs, y, options.mf)
-        return MFRouter(
-            projection=proj,
-            model_emb=emb,
-            out=out,
-            bias=bias,
-            params=options.mf,
-            identity=identity,
-            featurizer=featurizer,
-            standardizer=standardizer,
-            familiarity=familiarity,
-        )
-    if name == "pooled":
-        pproj, pkeys, alpha, means, temperature, penalty = fit_pooled(xs, y, options.pooled)
-        return PooledRouter(
-            projection=pproj,
-            keys=pkeys,
-            alpha=alpha,
-            means=means,
-            temperature=temperature,
-            penalty=penalty,
-            params=options.pooled,
-            identity=identity,
-            featurizer=featurizer,
-            standardizer=standardizer,
-            familiarity=familiarity,
-        )
-    # sw_ranking
-    rng = np.random.default_rng(options.sw.seed)
-    projection = rng.normal(0.0, 1.0, (x.shape[1], options.sw.proj_dim)).astype(np.float32)
-    keys = SWRankingRouter.embed(xs, projection)
-    prior = np.nan_to_num(np.nanmean(y, axis=0), nan=0.5)
-    return SWRankingRouter(
-        projection=projection,
-        keys=keys,
-        labels=y,
-        prior=prior,
-        params=options.sw,
-        identity=identity,
-        featurizer=featurizer,
-        standardizer=standardizer,
-        familiarity=familiarity,
-    )
+    base = FeatureBase(identity, featurizer, standardizer, familiarity)
+    return FEATURE_ROUTERS[name].fit(base, xs, y, _hyper(options, name))
 
 
 def _train_semantic(records: Sequence[Record], options: TrainOptions) -> Router:

@@ -12,7 +12,7 @@ Pure: the caller reads the files and passes a `fit` function; nothing here touch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,10 +150,12 @@ def leave_one_domain_out(
     weak: str,
     *,
     min_test: int = 20,
+    held_out: Collection[str] | None = None,
 ) -> TransferReport:
     """For each domain with at least `min_test` records labelled for both models: `fit` on the
     records of every other domain (it returns a scorer: records -> strong-need scores, higher =
-    strong) and report the held-out figures. Needs at least two domains."""
+    strong) and report the held-out figures. Needs at least two domains. `held_out`: hold out
+    only these domains (default: every one)."""
     labelled = {
         name: [r for r in recs if strong in r.scores and weak in r.scores]
         for name, recs in domains.items()
@@ -162,7 +164,7 @@ def leave_one_domain_out(
         raise ValueError("transfer validation needs labelled records from at least two domains")
     reports: list[DomainReport] = []
     for name, test in labelled.items():
-        if len(test) < min_test:
+        if len(test) < min_test or (held_out is not None and name not in held_out):
             continue
         train = [r for other, recs in labelled.items() if other != name for r in recs]
         scorer = fit(train)

@@ -1,5 +1,7 @@
 """`unfamiliar`: the distance of a prompt from the router's training prompts."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -7,7 +9,7 @@ from routers import artifact
 from routers.dataset import record_from_obj
 from routers.familiarity import Familiarity, FamiliarityParams
 from routers.features import HashingParams
-from routers.learned import ClassifierParams, assess
+from routers.learned import ClassifierParams, ClassifierRouter, assess
 from routers.training import TrainOptions, train
 
 from . import synth
@@ -78,7 +80,7 @@ def test_assess_gives_the_router_predictions_and_the_distance(trained):
     assert assess(plain, texts)[1] is None
 
 
-def test_off_its_training_data_the_strong_prediction_is_its_mean(trained):
+def test_well_off_its_training_data_the_strong_prediction_is_its_mean(trained):
     router, fam, _ = trained
     texts = ["Say hello to my friend number 37 in a cheerful way.", *FOREIGN]
     x = router.featurizer.transform(texts)
@@ -87,10 +89,32 @@ def test_off_its_training_data_the_strong_prediction_is_its_mean(trained):
     far = fam.distance(x)
     s, w = router.models.index(synth.STRONG), router.models.index(synth.WEAK)
     np.testing.assert_allclose(shrunk[:, w], raw[:, w])  # the weak model's prediction stays
-    expect = np.where(far > 1.0, router.prior[s], raw[:, s])
+    above = router.hyper.shrink_above
+    expect = np.where(far > above, router.prior[s], raw[:, s])
     np.testing.assert_allclose(shrunk[:, s], expect, rtol=1e-6)
-    assert far[0] <= 1.0 < far[1]  # one of each
-    assert shrunk[1, s] == pytest.approx(router.prior[s]) != pytest.approx(raw[1, s])
+    assert far[0] <= 1.0 and (far[1:] > above).any()
+    assert shrunk[1:, s][far[1:] > above] == pytest.approx(router.prior[s])
+
+
+def test_prompts_just_past_the_calibration_quantile_keep_the_learned_gain(trained):
+    # A domain partly taught by feedback sits around unfamiliar 1.0: the strong head is kept
+    # there, and dropped only further out (the default threshold is above the 1% quantile).
+    router, fam, _ = trained
+    assert router.hyper.shrink_above > 1.0
+    texts = [record_from_obj(o).text for o in synth.records(300, seed=97)]
+    x = router.featurizer.transform(texts)
+    far = fam.distance(x)
+    raw = router.raw_predict_features(x)
+    s = router.models.index(synth.STRONG)
+    lo, hi = np.quantile(far, [0.8, 1.0])
+    near = (far > lo) & (far <= hi)
+    assert near.sum() >= 30
+    for above, kept in ((hi, True), (lo, False)):
+        hyper = dataclasses.replace(router.hyper, shrink_above=above)
+        moved = ClassifierRouter(router.base, hyper, router.arrays())
+        got = moved.predict_features(x)[near, s]
+        expect = raw[near, s] if kept else np.full(near.sum(), router.prior[s])
+        np.testing.assert_allclose(got, expect, rtol=1e-6)
 
 
 def test_the_artifact_keeps_the_distance_model(trained, tmp_path):
