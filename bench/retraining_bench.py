@@ -98,6 +98,7 @@ from worker.sim.harness import (
     localkafka,
     produce,
     spawn_member,
+    start_sim_ready,
     worker_config_data,
 )
 from worker.training.registry import Registry
@@ -293,29 +294,6 @@ def _request(rid: str, tenant: str, prompt: str) -> tuple[bytes, bytes]:
     return rid.encode(), schemas.encode(event)
 
 
-def _start_sim(latency: str, data: Path) -> tuple[subprocess.Popen[str], str, int]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "worker",
-            "sim-provider",
-            "--port",
-            "0",
-            "--latency",
-            latency,
-            "--data",
-            str(data),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    ready = json.loads(proc.stdout.readline())
-    return proc, str(ready["base_url"]), int(ready["dataset_rows"])
-
-
 def _command(argv: list[str]) -> dict[str, Any]:
     """Run `llmroute ARGV...` in its own process, as a scheduler would; its JSON output."""
     done = subprocess.run(
@@ -431,7 +409,8 @@ async def _pipeline(
     }
     names = ("requests", "responses", "decisions", "feedback", "shadow")
     await create_topics(bootstrap, [topics[k] for k in names], PARTITIONS)
-    sim, base_url, sim_rows = _start_sim(args.latency, args.data)
+    sim, ready = start_sim_ready(args.latency, "--data", str(args.data))
+    base_url, sim_rows = str(ready["base_url"]), int(ready["dataset_rows"])
     watch = args.reload == "watch"
     data = worker_config_data(
         bootstrap,

@@ -464,6 +464,12 @@ def free_port() -> int:
 
 def start_sim(latency: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
     """`llmroute sim-provider` on a free port, in its own process; returns it and its base URL."""
+    proc, ready = start_sim_ready(latency, *extra)
+    return proc, str(ready["base_url"])
+
+
+def start_sim_ready(latency: str, *extra: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """`start_sim`, returning the simulator's whole ready line (base URL, dataset rows...)."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -482,8 +488,8 @@ def start_sim(latency: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
     )
     if proc.stdout is None:
         raise RuntimeError("the simulator has no stdout")
-    ready = json.loads(proc.stdout.readline())
-    return proc, str(ready["base_url"])
+    ready: dict[str, Any] = json.loads(proc.stdout.readline())
+    return proc, ready
 
 
 def sim_calls(base_url: str) -> int:
