@@ -18,6 +18,7 @@ from tests.worker.support import poll_until, worker_config, worker_config_data
 from tests.worker.test_worker_processes import _free_port, _ready, _spawn
 from worker.kafka.topics import ensure_topics
 from worker.sim import Simulator
+from worker.sim.harness import topic_names
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -40,16 +41,7 @@ async def test_broker_gone_unready_then_sigterm_exits_zero(
     bootstrap = own_broker.bootstrap
     requests = unique_topic("requests")
     await create_topics(bootstrap, [requests], partitions=2)
-    topics = {
-        "requests": requests,
-        "responses": f"{requests}.responses",
-        "decisions": f"{requests}.decisions",
-        "dlq": f"{requests}.dlq",
-        "done": f"{requests}.done",
-        "feedback": f"{requests}.feedback",
-        "batch_jobs": f"{requests}.batch-jobs",
-        "control": f"{requests}.control",
-    }
+    topics = topic_names(requests)
     await ensure_topics(
         worker_config(bootstrap, topics, artifact, sim.base_url).kafka.common_kwargs(),
         worker_config(bootstrap, topics, artifact, sim.base_url).topics,

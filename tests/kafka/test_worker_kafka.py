@@ -25,22 +25,14 @@ from tests.worker.support import (
 from worker.app import build
 from worker.kafka.topics import ensure_topics
 from worker.sim import Simulator
+from worker.sim.harness import topic_names
 
 pytestmark = pytest.mark.kafka
 
 
 async def _topics(new_topic: TopicFactory, partitions: int = 3) -> dict[str, str]:
     requests = await new_topic("requests", partitions=partitions)
-    return {
-        "requests": requests,
-        "responses": f"{requests}.responses",
-        "decisions": f"{requests}.decisions",
-        "dlq": f"{requests}.dlq",
-        "done": f"{requests}.done",
-        "feedback": f"{requests}.feedback",
-        "batch_jobs": f"{requests}.batch-jobs",
-        "control": f"{requests}.control",
-    }
+    return topic_names(requests)
 
 
 async def _run_until(worker: Any, predicate: Any, timeout_s: float = 90.0) -> None:

@@ -32,6 +32,7 @@ from worker.app import build
 from worker.config.models import WEAK_MODEL
 from worker.kafka.topics import ensure_topics
 from worker.sim import Fault, Latency, SimConfig, Simulator
+from worker.sim.harness import topic_names
 
 
 @pytest.fixture
@@ -165,16 +166,7 @@ async def test_broker_stopped_mid_stream_loses_nothing(
 ) -> None:
     bootstrap = cluster.bootstrap
     requests = unique_topic("requests")
-    topics = {
-        "requests": requests,
-        "responses": f"{requests}.responses",
-        "decisions": f"{requests}.decisions",
-        "dlq": f"{requests}.dlq",
-        "done": f"{requests}.done",
-        "feedback": f"{requests}.feedback",
-        "batch_jobs": f"{requests}.batch-jobs",
-        "control": f"{requests}.control",
-    }
+    topics = topic_names(requests)
     await create_topics(
         bootstrap, [requests], partitions=3, replication=3, configs={"min.insync.replicas": "2"}
     )
