@@ -28,18 +28,16 @@ import argparse
 import hashlib
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from routers.dataset import Record
+from routers.training import TrainOptions, default_router, train
 
-from routers.dataset import Record  # noqa: E402
-from routers.training import TrainOptions, default_router, train  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 DATA_CANDIDATES = [
     REPO.parent / "shared" / "data" / "routing" / "mmlu_dev.jsonl",

@@ -26,15 +26,14 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from routers.base import FloatArray, strong_need
+from routers.dataset import Record, record_from_obj, split_by_id
+from routers.learned import SHRINK_ABOVE, ClassifierRouter
+from routers.metrics import two_model_report
+from routers.training import TrainOptions, train
+from routers.transfer import group_by_domain, leave_one_domain_out
 
-from routers.base import FloatArray, strong_need  # noqa: E402
-from routers.dataset import Record, record_from_obj, split_by_id  # noqa: E402
-from routers.learned import SHRINK_ABOVE, ClassifierRouter  # noqa: E402
-from routers.metrics import two_model_report  # noqa: E402
-from routers.training import TrainOptions, train  # noqa: E402
-from routers.transfer import group_by_domain, leave_one_domain_out  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # ../shared next to the clone (or next to the folder of worktrees)
 DATA = (
