@@ -42,6 +42,15 @@ class KafkaSettings(Section, frozen=True, kw_only=True):
     producer_batch_bytes: int = 1024 * 1024
     producer_max_request_bytes: int = 4 * 1024 * 1024
     producer_compression: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
+    # responses + dedupe markers + offsets in one transaction per interval
+    # (`worker.kafka.transactions`): a killed member leaves no response a read_committed
+    # reader sees twice
+    transactions: bool = False
+    transaction_interval_ms: int = 100
+    # an open transaction of a member that died is aborted after this long at the latest (at
+    # once when it restarts with the same group_instance_id); read_committed readers wait for it.
+    # A live member whose transaction stays open longer (an overloaded host) is fenced and stops
+    transaction_timeout_ms: int = 60_000
 
     def __post_init__(self) -> None:
         # a security setting that the protocol would silently ignore is a mistake: say so at load

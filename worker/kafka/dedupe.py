@@ -72,6 +72,9 @@ async def load_answered(
         window=lambda b: (b.end - window * share, b.end),
         timeout_s=timeout_s,
         clock=clock,
+        # a marker of an aborted transaction (`worker.kafka.transactions`) never counts: it
+        # would hide a request that has no response (a loss)
+        committed_only=True,
     )
     for record in records:
         _remember(answered, record.key, record.value)

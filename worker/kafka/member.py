@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -53,6 +54,7 @@ from worker.kafka.raw import RawFetcher, read_batches
 from worker.kafka.records import Deferred, Handled, Pipeline, RecordInfo
 from worker.kafka.service import Controlled, Service
 from worker.kafka.topics import partition_counts
+from worker.kafka.transactions import TransactionAborted
 from worker.providers.types import CompletionResult
 from worker.telemetry import RequestSpan, Tracing
 
@@ -74,6 +76,8 @@ _RECORD_FAULTS = (
 
 
 def _record_fault(exc: BaseException) -> bool:
+    if isinstance(exc, TransactionAborted):  # another record's fault, or the broker's
+        return False
     return isinstance(exc, _RECORD_FAULTS) or not isinstance(exc, KafkaError)
 
 
@@ -116,6 +120,9 @@ class Worker:
         # arrive before the assignment callback has finished, so loading is shared and awaited)
         self._answered: dict[int, asyncio.Task[AnsweredIds]] = {}
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        # revoked partitions whose requests were still in flight, until the assignment says
+        # whether they came back (True: go on publishing; False: they moved, drop the work)
+        self._held: dict[TopicPartition, asyncio.Future[bool]] = {}
         self._stopping = asyncio.Event()
         self._paused = False
         self._done_partitions = 0
@@ -167,11 +174,15 @@ class Worker:
             await self.consumer.start()
             try:
                 await self._partition_counts()
+                if self.kafka.transactions:
+                    await self._start_transactions()
                 for service in self.services:
                     await service.start()
                 self._start_batches()
                 control = asyncio.create_task(self._follow_control())
                 watch = asyncio.create_task(self._watch_broker())
+                txn = self.publisher.txn
+                pump = asyncio.create_task(txn.run() if txn is not None else _forever())
                 self.consumer.subscribe([self.topics.requests], listener=_Rebalance(self))
                 try:
                     await self._poll_until_stopped()
@@ -181,7 +192,10 @@ class Worker:
                     await asyncio.wait([control, watch], timeout=10)
                 if self.batches is not None:
                     self.batches.flush_all()  # what waits for a batch is submitted, not dropped
-                await self._drain(self.settings.drain_timeout_s)
+                self._release_held(set())  # stopped mid-rebalance: nothing held comes back
+                await self._drain(self.settings.drain_timeout_s)  # (transactions still commit)
+                pump.cancel()
+                await asyncio.wait([pump], timeout=10)
                 await self._commit()
                 for service in reversed(self.services):
                     try:
@@ -192,10 +206,24 @@ class Worker:
                 if self.batches is not None:
                     await self.batches.close(self.settings.drain_timeout_s)
                 await self._cancel_leftovers()
+                if self.publisher.txn is not None:
+                    await close_quietly("the transactional producer", self.publisher.txn.close)
                 await close_quietly("the raw fetch client", self._raw.close)
                 await close_quietly("the consumer", self.consumer.stop)
         finally:
             await close_quietly("the producer", self.publisher.stop)
+
+    async def _start_transactions(self) -> None:
+        """Responses, markers and finished offsets in one transaction per interval. The
+        transactional id is the static member id when there is one (a restarted member fences
+        and aborts what its predecessor left open)."""
+        instance = self.kafka.instance_id() or f"{self.settings.worker_id}-{uuid.uuid4().hex[:8]}"
+        await self.publisher.start_transactions(
+            f"{self.kafka.group_id}.{instance}",
+            offsets=self.tracker.to_commit,
+            committed=self.tracker.committed,
+            on_fatal=lambda _: self.stop(),
+        )
 
     async def _watch_broker(self, every_s: float = 2.0) -> None:
         """Readiness follows the broker: unreachable (no metadata answer within 5 s) makes the
@@ -323,7 +351,8 @@ class Worker:
                 self._start_batch(batch)
             self._backpressure()
             if self.clock() >= next_commit:
-                await self._commit()
+                if self.publisher.txn is None:  # else committed with each transaction
+                    await self._commit()
                 self._report_lag()
                 next_commit = self.clock() + interval_s
 
@@ -488,6 +517,7 @@ class Worker:
                 try:
                     if request is None:
                         assert not isinstance(item, schemas.RouteRequest)
+                        await self._unless_held(tp)
                         await self.publisher.dead_letter(info, value, *item)
                         quietly(span.set_response, status="error", error_type=item[0])
                     else:
@@ -503,10 +533,15 @@ class Worker:
                             state.handled = await self._handle(tp, request, info, span, prepared)
                             state.handled_once = True  # not before: a failure here is retried
                         if state.handled is not None:
-                            await self.publisher.publish(state.handled, request, info, state)
-                            (await self.answered(tp.partition)).add(
-                                request_key(request.tenant, request.request_id)
-                            )
+                            key = request_key(request.tenant, request.request_id)
+                            if await self._unless_held(tp) and key in await self.answered(
+                                tp.partition
+                            ):  # answered by another owner while it was held
+                                self.stats["duplicates"] += 1
+                                quietly(self.observer.duplicate)
+                            else:
+                                await self.publisher.publish(state.handled, request, info, state)
+                                (await self.answered(tp.partition)).add(key)
                     break
                 except asyncio.CancelledError:
                     raise
@@ -680,15 +715,63 @@ class Worker:
         ) as span:
             handled = await self._batch_answer(finished, info, span)
             state = Publishing(handled_once=True, handled=handled)
-            while True:
-                try:
-                    await self.publisher.publish(handled, request, info, state)
-                    break
-                except KafkaError as exc:
-                    log.warning("publishing batch answer %s failed, retrying: %s",
-                                item.request_id, exc)  # fmt: skip
-                    await asyncio.sleep(1.0)
+            await self._publish_batch_answer(handled, request, info, state)
         answered.add(key)
+
+    async def _publish_batch_answer(
+        self,
+        handled: Handled,
+        request: schemas.RouteRequest | None,
+        info: RecordInfo,
+        state: Publishing,
+    ) -> None:
+        """Publish a batch item's answer as `_end_record` does an interactive one: a fault of
+        the record itself (a reply topic Kafka refuses, say) is tried `max_publish_attempts`
+        times, then the item is dead-lettered (`Unpublishable`); a dead letter that cannot go
+        out either is counted and logged once. Broker outages are retried until the member
+        stops, and then raise: the job is not finished, its next owner answers the item."""
+        letter: tuple[schemas.ErrorCode, str] | None = None
+        faults = 0
+        delay = 0.5
+        while True:
+            try:
+                if letter is None:
+                    await self.publisher.publish(handled, request, info, state)
+                else:
+                    value = schemas.encode(request) if request is not None else b""
+                    await self.publisher.dead_letter(info, value, *letter)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._stopping.is_set():
+                    raise
+                if not _record_fault(exc):  # the broker's trouble, not the record's
+                    self._log_publish_trouble(exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                faults += 1
+                if faults < self.settings.max_publish_attempts:
+                    log.warning(
+                        "publishing batch answer %s failed (%s: %s), attempt %d of %d",
+                        handled.response.request_id,
+                        type(exc).__name__,
+                        exc,
+                        faults,
+                        self.settings.max_publish_attempts,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                if letter is not None:
+                    self._give_up(info, exc)
+                    return
+                letter = (
+                    UnpublishableRecord.code,
+                    f"its result could not be published: {type(exc).__name__}: {exc}",
+                )
+                faults = 0
 
     async def _batch_answer(
         self, finished: Finished, info: RecordInfo, span: RequestSpan
@@ -756,6 +839,9 @@ class Worker:
 
     async def _commit(self, only: Iterable[TopicPartition] | None = None) -> None:
         assert self.consumer is not None
+        if self.publisher.txn is not None:  # the offsets go with the transaction's outputs
+            await self.publisher.txn.flush(only)
+            return
         offsets = self.tracker.to_commit()
         if only is not None:
             keep = set(only)
@@ -790,6 +876,10 @@ class Worker:
                 log.warning("%d requests still in flight after %.1fs drain", len(still), timeout_s)
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Drain (bounded) and commit the revoked partitions. Requests still in flight after
+        the drain are held, not cancelled: their model calls go on, nothing of them is
+        published until the assignment; a partition that comes back (an eager rebalance
+        revokes every partition) carries on where it was, without a repeated model call."""
         self.ready.clear()
         self.observer.ready(False, "rebalancing")
         if self._readiness is not None:
@@ -798,18 +888,59 @@ class Worker:
             self.batches.revoke(tp.partition for tp in revoked)
         await self._drain(self.settings.revoke_drain_timeout_s, revoked)
         await self._commit(revoked)
+        loop = asyncio.get_running_loop()
         for tp in revoked:
-            self.tracker.drop(tp)
-            load = self._answered.pop(tp.partition, None)
-            if load is not None:
-                load.cancel()
-            for task in self._tasks.pop(tp, set()):
-                task.cancel()
+            if any(not t.done() for t in self._tasks.get(tp, ())) and tp not in self._held:
+                self._held[tp] = loop.create_future()
+            elif tp not in self._held:
+                self._forget(tp)
+
+    def _forget(self, tp: TopicPartition) -> None:
+        """Drop a partition that moved: its state, and its requests still in flight (their
+        offsets stay uncommitted, so the next owner redoes them)."""
+        self.tracker.drop(tp)
+        load = self._answered.pop(tp.partition, None)
+        if load is not None:
+            load.cancel()
+        for task in self._tasks.pop(tp, set()):
+            task.cancel()
+
+    def _release_held(self, assigned: set[TopicPartition]) -> None:
+        """Held partitions that came back go on from where they were (the consumer resumes
+        after the last record received, not at the committed offset); the others are
+        forgotten. A partition that comes back may have had another owner meanwhile (a member
+        dropped from the group learns it late): its answered ids are read again, and each held
+        request checks them before publishing."""
+        for tp, held in list(self._held.items()):
+            del self._held[tp]
+            back = tp in assigned
+            if back:
+                load = self._answered.pop(tp.partition, None)
+                if load is not None:
+                    load.cancel()
+            if back and self.consumer is not None:
+                following = self.tracker.next_offset(tp)
+                if following is not None:
+                    self.consumer.seek(tp, following)
+            held.set_result(back)
+            if not back:
+                self._forget(tp)
+
+    async def _unless_held(self, tp: TopicPartition) -> bool:
+        """Wait while `tp` is held by a rebalance (its request is cancelled if it moved). True
+        when it was held and came back."""
+        held = self._held.get(tp)
+        if held is None:
+            return False
+        if not await asyncio.shield(held):
+            raise asyncio.CancelledError  # it moved (the task is being cancelled as well)
+        return True
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Start loading the partitions' state and return: the rebalance callback never waits
         for a load (a stop mid-rebalance would wait for it, or cancel it under the callback);
         requests wait for their partition's load themselves, and readiness follows the loads."""
+        self._release_held(assigned)
         try:
             await self._partition_counts()
         except KafkaError as exc:
@@ -893,6 +1024,10 @@ async def close_quietly(
     elif task.exception() is not None:
         exc = task.exception()
         log.warning("stopping %s failed: %s: %s", what, type(exc).__name__, exc)
+
+
+async def _forever() -> None:
+    await asyncio.Event().wait()
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

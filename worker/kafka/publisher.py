@@ -9,6 +9,10 @@
 The producer is idempotent (`acks=all`), keys records by request id with a key-hash
 partitioner that remembers the last key's hash (a response and its decision share it), and
 keeps its batches within the smallest `max.message.bytes` of the topics written most.
+
+With `kafka.transactions` (`start_transactions`), a response and its dedupe marker go out
+through a second, transactional producer (`worker.kafka.transactions`) and `publish` returns
+once their transaction has committed; everything else stays on the ordinary producer.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +37,7 @@ from worker.kafka.dedupe import marker, marker_partition
 from worker.kafka.observer import LoopObserver, quietly
 from worker.kafka.records import Handled, RecordInfo
 from worker.kafka.topics import max_message_bytes
+from worker.kafka.transactions import Offsets, Transactions
 from worker.telemetry.propagation import context_headers, record_context_headers
 
 log = logging.getLogger(__name__)
@@ -118,6 +123,9 @@ class Publisher:
         self.producer: AIOKafkaProducer | None = None
         self.done_partitions = 0  # the dedupe topic's partition count (0: no markers)
         self._limits: dict[str, int] = {}  # topic -> max.message.bytes
+        self._batch_bytes = kafka.producer_batch_bytes
+        # responses + markers + offsets, one transaction per interval (`kafka.transactions`)
+        self.txn: Transactions | None = None
 
     async def start(self) -> None:
         common = self.kafka.common_kwargs()
@@ -125,20 +133,55 @@ class Publisher:
         # it): batches stay within the smallest limit of the topics written most
         t = self.topics
         self._limits.update(await max_message_bytes(common, [t.responses, t.decisions, t.dlq]))
-        batch_bytes = min(
+        self._batch_bytes = min(
             self.kafka.producer_batch_bytes, *(v - RECORD_OVERHEAD for v in self._limits.values())
         )
-        self.producer = AIOKafkaProducer(
+        self.producer = self._producer()
+        await self.producer.start()
+
+    def _producer(self, **transactional: Any) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
             acks="all",
             enable_idempotence=True,
             linger_ms=self.kafka.producer_linger_ms,
-            max_batch_size=max(1024, batch_bytes),
+            max_batch_size=max(1024, self._batch_bytes),
             max_request_size=self.kafka.producer_max_request_bytes,
             compression_type=self.kafka.producer_compression,
             partitioner=KeyHashPartitioner(),
-            **common,
+            **transactional,
+            **self.kafka.common_kwargs(),
         )
-        await self.producer.start()
+
+    async def start_transactions(
+        self,
+        transactional_id: str,
+        offsets: Callable[[], Offsets],
+        committed: Callable[[Offsets], None],
+        on_fatal: Callable[[BaseException], None],
+    ) -> Transactions:
+        """The transactional producer of responses and markers (after `start`). Its id should
+        be the static member id when there is one, so a restarted member fences (and aborts)
+        what its predecessor left open; otherwise that transaction ends at
+        `transaction_timeout_ms`."""
+        producer = self._producer(
+            transactional_id=transactional_id,
+            transaction_timeout_ms=self.kafka.transaction_timeout_ms,
+        )
+        txn = Transactions(
+            producer,
+            self.kafka.group_id,
+            offsets=offsets,
+            committed=committed,
+            on_fatal=on_fatal,
+            interval_s=self.kafka.transaction_interval_ms / 1000,
+        )
+        try:
+            await txn.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self.txn = txn
+        return txn
 
     async def stop(self) -> None:
         if self.producer is not None:
@@ -211,6 +254,9 @@ class Publisher:
             value = schemas.encode(response)
         # traceparent (+ tracestate) of the request's span: consumers continue the trace
         headers = record_context_headers(handled.headers, handled.response.trace_id)
+        if self.txn is not None:
+            await self._publish_in_transaction(handled, target, value, key, headers, info, state)
+            return
         send = self.producer.send(target, value, key=key, headers=headers)
         if target != self.topics.responses:  # a reply topic may not exist: bound the wait
             ack = await asyncio.wait_for(send, timeout=self.settings.reply_publish_timeout_s)
@@ -254,6 +300,59 @@ class Publisher:
                 )
             except KafkaError as exc:
                 log.warning("dedupe marker of %s not written: %s", key.decode(), exc)
+
+    async def _publish_in_transaction(
+        self,
+        handled: Handled,
+        target: str,
+        value: bytes,
+        key: bytes,
+        headers: Any,
+        info: RecordInfo,
+        state: Publishing,
+    ) -> None:
+        """The response and its dedupe marker in the open transaction (both or neither become
+        visible); returns once it committed. The decision event goes out once, outside it."""
+        assert self.txn is not None and self.producer is not None
+        if target != self.topics.responses:  # a reply topic may not exist: bound the wait
+            await asyncio.wait_for(
+                self.txn.producer.partitions_for(target),
+                timeout=self.settings.reply_publish_timeout_s,
+            )
+        sends: list[tuple[str, bytes, bytes | None, Any, int | None]] = [
+            (target, value, key, headers, None)
+        ]
+        if self.done_partitions:
+            sends.append(
+                (
+                    self.topics.done,
+                    marker(info.partition, info.offset),
+                    request_key(handled.response.tenant, handled.response.request_id).encode(),
+                    None,
+                    marker_partition(info.partition, self.done_partitions),
+                )
+            )
+        decision_ack: Awaitable[Any] | None = None
+        decision = handled.decision
+        if decision is not None and self.settings.publish_decisions and not state.decision_sent:
+            decision_ack = await self.producer.send(
+                self.topics.decisions, schemas.encode(decision), key=key, headers=headers
+            )
+        try:
+            await self.txn.publish(sends)
+        except MessageSizeTooLargeError:
+            if state.cut_to is None:  # once more, cut to the topic's own limit
+                state.cut_to = await self.topic_limit(target)
+            raise
+        finally:
+            if decision_ack is not None:
+                try:
+                    await decision_ack
+                    state.decision_sent = True
+                except Exception as exc:
+                    log.warning("decision event of %s not published: %s", key.decode(), exc)
+        self.stats["published"] += 1
+        quietly(self.observer.published, handled)
 
     async def dead_letter(
         self, info: RecordInfo, value: bytes, error_type: schemas.ErrorCode, reason: str

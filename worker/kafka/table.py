@@ -55,13 +55,16 @@ class Bounds:
 Window = Callable[[Bounds], tuple[int, int]]
 
 
-def _consumer(client_kwargs: Mapping[str, Any], options: Mapping[str, Any] | None) -> Any:
+def _consumer(
+    client_kwargs: Mapping[str, Any], options: Mapping[str, Any] | None, committed_only: bool
+) -> Any:
     # "earliest": assign() starts an offset reset of its own, which must not land at the end
+    isolation = {"isolation_level": "read_committed"} if committed_only else {}
     return AIOKafkaConsumer(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        **{**client_kwargs, **(options or {})},
+        **{**client_kwargs, **isolation, **(options or {})},
     )
 
 
@@ -74,11 +77,13 @@ async def scan(
     timeout_s: float = 60.0,
     clock: Callable[[], float] = time.monotonic,
     consumer_options: Mapping[str, Any] | None = None,
+    committed_only: bool = False,
 ) -> AsyncGenerator[list[Any], None]:
     """The records of `topic` up to its end offsets at the start, one fetched batch at a time
     (per partition in offset order). `partitions`: None for all (a missing topic has none);
     `window`: the offsets to read of each partition (default: all retained). Raises
-    `TopicNotReady` after `timeout_s` without progress."""
+    `TopicNotReady` after `timeout_s` without progress. `committed_only`: records of committed
+    transactions only (read_committed; the end offsets are then the last stable offsets)."""
     if partitions is None:
         counts = await partition_counts(dict(client_kwargs), [topic])
         wanted = list(range(counts.get(topic, 0)))
@@ -87,7 +92,7 @@ async def scan(
     if not wanted:
         return
     tps = [TopicPartition(topic, p) for p in wanted]
-    consumer = _consumer(client_kwargs, consumer_options)
+    consumer = _consumer(client_kwargs, consumer_options, committed_only)
     await consumer.start()
     try:
         consumer.assign(tps)
@@ -137,6 +142,7 @@ async def read_to_end(
     timeout_s: float = 60.0,
     clock: Callable[[], float] = time.monotonic,
     consumer_options: Mapping[str, Any] | None = None,
+    committed_only: bool = False,
 ) -> list[Any]:
     """Every record `scan` reads, once all of them are read (`TopicNotReady`: none)."""
     out: list[Any] = []
@@ -148,6 +154,7 @@ async def read_to_end(
         timeout_s=timeout_s,
         clock=clock,
         consumer_options=consumer_options,
+        committed_only=committed_only,
     )
     async for batch in reads:
         out.extend(batch)
@@ -234,7 +241,7 @@ class TopicFollower:
             self._delay = min(self._delay * 2, self.max_retry_s)
 
     async def _follow(self) -> None:
-        consumer = _consumer(self.client_kwargs, self.consumer_options)
+        consumer = _consumer(self.client_kwargs, self.consumer_options, False)
         await consumer.start()
         try:
             if self._positions is None:

@@ -138,6 +138,7 @@ async def tail(
         name,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
+        isolation_level="read_committed",  # never a record of an aborted transaction
         **conn.client_kwargs(),
     )
     await consumer.start()
