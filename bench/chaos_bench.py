@@ -14,6 +14,12 @@ lz4 and zstd in turn. While the feed runs, member A is SIGKILLed and restarted e
 `--kill-every` seconds; once, member B is SIGTERMed while the group rebalances after A's
 restart (and restarted).
 
+By default the members run as they should be deployed for this: static membership
+(`group_instance_id`, `--membership static`; a restart within `--session-timeout-ms` gets its
+partitions back without a rebalance) and `kafka.transactions` (`--transactions`; responses,
+dedupe markers and offsets commit together). The response reader reads `read_committed`.
+`--membership dynamic --no-transactions` is the member as configured before.
+
 Prints one JSON object:
   requests, poison            what was fed
   lost                        valid requests without a response + poison without an end (goal 0)
@@ -22,6 +28,7 @@ Prints one JSON object:
   max_stall_s                 longest gap between responses while some were still owed (< 30)
   nonzero_exits               SIGTERMed members that exited non-zero (goal 0)
   peak_rss_mb                 the largest peak RSS of any member process
+  in_flight_at_kills          A's in-flight requests just before each SIGKILL (what it loses)
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from aiokafka import AIOKafkaProducer
 
 import schemas
@@ -161,6 +169,18 @@ async def _feed(
     return valid, poison
 
 
+def _gauge(member: Member, name: str) -> float | None:
+    """A gauge of the member's /metrics (None when it does not answer)."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{member.port}/metrics", timeout=2.0).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
 def _peak_rss_mb(member: Member) -> float:
     if member.proc is None or member.proc.poll() is not None:
         return 0.0
@@ -181,16 +201,30 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
         rows = dataset_rows(2000)
         artifact = train_artifact(workdir / "router", rows)
         topics = await _topics(bootstrap)
-        data = worker_config_data(
-            bootstrap,
-            topics,
-            artifact,
-            base_url,
-            kafka={"group_id": f"g-{topics['requests']}"},
-            loop={"max_in_flight": 1000, "resume_below": 750, "drain_timeout_s": 20.0},
-            providers={"max_connections": 2000},
-        )
-        a, b = Member(workdir, "a", data), Member(workdir, "b", data)
+        kafka: dict[str, Any] = {
+            "group_id": f"g-{topics['requests']}",
+            "transactions": args.transactions,
+        }
+        if args.membership == "static":  # a restarted member rejoins as itself: no rebalance
+            kafka["session_timeout_ms"] = args.session_timeout_ms
+
+        def config(name: str) -> dict[str, Any]:
+            instance = {"group_instance_id": f"chaos-{name}"} if args.membership == "static" else {}
+            return worker_config_data(
+                bootstrap,
+                topics,
+                artifact,
+                base_url,
+                kafka={**kafka, **instance},
+                loop={
+                    "max_in_flight": args.max_in_flight,
+                    "resume_below": args.max_in_flight * 3 // 4,
+                    "drain_timeout_s": 20.0,
+                },
+                providers={"max_connections": 2000},
+            )
+
+        a, b = Member(workdir, "a", config("a")), Member(workdir, "b", config("b"))
         members = [a, b]
         a.start()
         b.start()
@@ -200,7 +234,8 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
         peak = 0.0
         exits: list[int] = []
         async with (
-            Follower(bootstrap, topics["responses"]) as responses,
+            # what a reader of the responses sees: nothing of an aborted transaction
+            Follower(bootstrap, topics["responses"], committed_only=True) as responses,
             Follower(bootstrap, topics["dlq"]) as letters,
         ):
             feed = asyncio.create_task(
@@ -210,10 +245,15 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
             next_kill = started + args.kill_every
             sigtermed = False
             events: list[float] = []
+            in_flight_at_kills: list[int | None] = []
             while not feed.done() or time.monotonic() - started < 30:
                 await asyncio.sleep(0.5)
                 peak = max(peak, _peak_rss_mb(a), _peak_rss_mb(b))
                 if time.monotonic() >= next_kill:
+                    # requests A holds (model calls in progress among them): what a SIGKILL
+                    # makes the next owner redo
+                    held = await asyncio.to_thread(_gauge, a, "llmroute_in_flight_requests")
+                    in_flight_at_kills.append(None if held is None else int(held))
                     a.kill()  # SIGKILL
                     events.append(time.monotonic())
                     kills += 1
@@ -264,7 +304,11 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
             "exit_codes": exits,
             "peak_rss_mb": round(peak, 1),
             "sigkills": kills,
+            "in_flight_at_kills": in_flight_at_kills,
             "rate_per_s": args.rate,
+            "membership": args.membership,
+            "transactions": args.transactions,
+            "max_in_flight": args.max_in_flight,
         }
     finally:
         for m in members:
@@ -281,6 +325,26 @@ async def main() -> None:
     parser.add_argument("--kill-every", type=float, default=20.0)
     parser.add_argument("--settle-s", type=float, default=180.0, help="wait for the rest")
     parser.add_argument("--workdir", help="keep configs and member logs here")
+    parser.add_argument(
+        "--membership",
+        choices=["static", "dynamic"],
+        default="static",
+        help="static: each member has a group_instance_id (a restart within the session "
+        "timeout gets its partitions back without a rebalance); dynamic: none",
+    )
+    parser.add_argument("--session-timeout-ms", type=int, default=30_000)
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=1000,
+        help="loop.max_in_flight of each member: the most requests a SIGKILL can catch mid-way",
+    )
+    parser.add_argument(
+        "--transactions",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="kafka.transactions: responses, markers and offsets commit together",
+    )
     args = parser.parse_args()
     os.environ.update(SIM_KEYS)
     async with local_broker("chaos-bench") as bootstrap:

@@ -326,10 +326,14 @@ async def produce(
 
 class Follower:
     """Follows a topic from its start in the background: records per key, their values, when
-    they arrived (this process's monotonic clock) and their first and last record timestamps."""
+    they arrived (this process's monotonic clock) and their first and last record timestamps.
+    `committed_only`: what a read_committed reader sees (nothing of an aborted transaction)."""
 
-    def __init__(self, bootstrap: str, topic: str, poll_ms: int = 200) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, poll_ms: int = 200, committed_only: bool = False
+    ) -> None:
         self.bootstrap, self.topic, self.poll_ms = bootstrap, topic, poll_ms
+        self.committed_only = committed_only
         self.counts: Counter[Any] = Counter()
         self.values: list[bytes] = []
         self.arrivals: list[float] = []
@@ -350,6 +354,7 @@ class Follower:
             bootstrap_servers=self.bootstrap,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
+            isolation_level="read_committed" if self.committed_only else "read_uncommitted",
         )
         await consumer.start()
         self._task = asyncio.create_task(self._follow(consumer))
