@@ -78,6 +78,34 @@ async def test_a_read_without_progress_raises_and_hands_back_nothing(
     assert len(await read_to_end(kwargs, topic, consumer_options=SMALL_FETCHES)) == 500
 
 
+async def test_a_committed_only_read_skips_aborted_and_open_transactions(
+    kafka_bootstrap: str, new_topic: TopicFactory
+) -> None:
+    topic = await new_topic("table", partitions=1)
+    kwargs = {"bootstrap_servers": kafka_bootstrap}
+    done = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{topic}-a")
+    still_open = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{topic}-b")
+    await done.start()
+    await still_open.start()
+    try:
+        async with done.transaction():
+            await done.send_and_wait(topic, b"committed", partition=0)
+        await done.begin_transaction()
+        await done.send_and_wait(topic, b"aborted", partition=0)
+        await done.abort_transaction()
+        await still_open.begin_transaction()
+        await still_open.send_and_wait(topic, b"open", partition=0)
+        # the open transaction does not stop the read: it ends at the last stable offset
+        committed = await read_to_end(kwargs, topic, committed_only=True, timeout_s=10)
+        assert [r.value for r in committed] == [b"committed"]
+        everything = await read_to_end(kwargs, topic, timeout_s=10)
+        assert sorted(r.value for r in everything) == [b"aborted", b"committed", b"open"]
+        await still_open.abort_transaction()
+    finally:
+        await done.stop()
+        await still_open.stop()
+
+
 async def test_latest_of_a_compacted_topic_drops_tombstoned_keys(
     kafka_bootstrap: str, new_topic: TopicFactory
 ) -> None:
