@@ -5,6 +5,8 @@
                 `Deferred`, the `Pipeline` protocol)
     intake      a fetched record to its request or its dead-letter reason
     publisher   the producer and every record the member writes
+    transactions  responses, dedupe markers and offsets in one transaction per interval
+                (`kafka.transactions`, off by default)
     control     the control-topic follower (operator commands to the services)
     service     the parts a member is assembled from (start / stop / on_control)
     table       reading a topic to its end, following a compacted topic
