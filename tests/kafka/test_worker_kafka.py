@@ -172,9 +172,12 @@ async def test_cascade_escalates_weak_answers_and_replies_go_to_reply_topic(
     # threshold 1.0: the router never asks for the strong model, so every request takes the
     # cascade; a 0.99 bar fails any answer whose token log-probs are below ~0 on average
     config = worker_config(
-        kafka_bootstrap, topics, artifact, sim.base_url,
+        kafka_bootstrap,
+        topics,
+        artifact,
+        sim.base_url,
         policies={"default": {"kind": "cascade", "threshold": 1.0, "cascade_threshold": 0.99}},
-    )  # fmt: skip
+    )
     await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
     n = 10
     values: list[tuple[bytes | None, bytes]] = []
@@ -190,9 +193,11 @@ async def test_cascade_escalates_weak_answers_and_replies_go_to_reply_topic(
         await app.close()
     replies = {
         r.request_id: r
-        for r in (schemas.decode(v.value, schemas.RouteResponse)
-                  for v in await read_all(kafka_bootstrap, reply, 2 * n))
-    }  # fmt: skip
+        for r in (
+            schemas.decode(v.value, schemas.RouteResponse)
+            for v in await read_all(kafka_bootstrap, reply, 2 * n)
+        )
+    }
     assert len(replies) == 2 * n
     assert await read_all(kafka_bootstrap, topics["responses"], 0, timeout_s=1) == []
     for i in range(2 * n):

@@ -50,8 +50,7 @@ FAST_POLL = {"flush_age_s": 0.5, "poll_initial_s": 0.2, "poll_max_s": 0.5}
 def _batch_requests(n: int, start: int = 0) -> list[tuple[bytes | None, bytes]]:
     out: list[tuple[bytes | None, bytes]] = []
     for i in range(start, start + n):
-        event = request_event(ROWS[i % len(ROWS)], i,
-                              routing=schemas.RoutingOptions(mode="batch"))  # fmt: skip
+        event = request_event(ROWS[i % len(ROWS)], i, routing=schemas.RoutingOptions(mode="batch"))
         out.append((event.request_id.encode(), schemas.encode(event)))
     return out
 
@@ -122,8 +121,7 @@ async def test_batch_requests_answered_at_the_batch_price(
     kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, batch_sim: Simulator
 ) -> None:
     topics = await _topics(new_topic, partitions=3)
-    config = worker_config(kafka_bootstrap, topics, artifact, batch_sim.base_url,
-                           batch=FAST_POLL)  # fmt: skip
+    config = worker_config(kafka_bootstrap, topics, artifact, batch_sim.base_url, batch=FAST_POLL)
     await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
     n_batch, n_live = 150, 30
     interactive = [
@@ -183,12 +181,20 @@ async def _count(bootstrap: str, topic: str, expect: int) -> int:
     ids=["failed-items-retried", "failed-items-errors", "expired-retried"],
 )
 async def test_failed_malformed_and_expired_items_still_get_one_answer(
-    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, batch_sim: Simulator,
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    artifact: Path,
+    batch_sim: Simulator,
     on_failure: str,
-) -> None:  # fmt: skip
+) -> None:
     topics = await _topics(new_topic, partitions=2)
-    config = worker_config(kafka_bootstrap, topics, artifact, batch_sim.base_url,
-                           batch={**FAST_POLL, "on_item_failure": on_failure})  # fmt: skip
+    config = worker_config(
+        kafka_bootstrap,
+        topics,
+        artifact,
+        batch_sim.base_url,
+        batch={**FAST_POLL, "on_item_failure": on_failure},
+    )
     await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
     n = 120
     await produce(kafka_bootstrap, topics["requests"], _batch_requests(n))
@@ -216,8 +222,7 @@ async def test_cancel_through_a_control_event(
     kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, batch_sim: Simulator
 ) -> None:
     topics = await _topics(new_topic, partitions=2)
-    config = worker_config(kafka_bootstrap, topics, artifact, batch_sim.base_url,
-                           batch=FAST_POLL)  # fmt: skip
+    config = worker_config(kafka_bootstrap, topics, artifact, batch_sim.base_url, batch=FAST_POLL)
     await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
     n = 40
     await produce(kafka_bootstrap, topics["requests"], _batch_requests(n))
@@ -238,9 +243,12 @@ async def test_cancel_through_a_control_event(
             try:
                 for k, job_id in enumerate(job_ids):
                     command = schemas.Control(
-                        schema_version=1, command_id=f"cancel-{k}", action="cancel_batch",
-                        job_id=job_id, issued_at=datetime.now(UTC),
-                    )  # fmt: skip
+                        schema_version=1,
+                        command_id=f"cancel-{k}",
+                        action="cancel_batch",
+                        job_id=job_id,
+                        issued_at=datetime.now(UTC),
+                    )
                     await producer.send_and_wait(topics["control"], schemas.encode(command))
             finally:
                 await producer.stop()
@@ -267,23 +275,34 @@ def _spawn(config_path: Path, name: str, crash_at: str | None) -> subprocess.Pop
     with (config_path.parent / f"{name}.log").open("wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "worker", "run", "--config", str(config_path)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("step", STEPS)
 async def test_killed_between_steps_every_request_answered_once_never_resubmitted(
-    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim_keys: None,
-    tmp_path: Path, step: str,
-) -> None:  # fmt: skip
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    artifact: Path,
+    sim_keys: None,
+    tmp_path: Path,
+    step: str,
+) -> None:
     sim = await _sim_with(BatchTiming(in_progress_s=1.0))
     try:
         topics = await _topics(new_topic, partitions=2)
         data = worker_config_data(
-            kafka_bootstrap, topics, artifact, sim.base_url, batch=FAST_POLL,
+            kafka_bootstrap,
+            topics,
+            artifact,
+            sim.base_url,
+            batch=FAST_POLL,
             kafka={"session_timeout_ms": 6000, "heartbeat_interval_ms": 500},
-        )  # fmt: skip
+        )
         path = tmp_path / "worker.json"
         path.write_text(json.dumps(data))
         config = worker_config(kafka_bootstrap, topics, artifact, sim.base_url)
@@ -338,8 +357,7 @@ async def test_batch_answers_carry_their_decision_and_spans_linked_to_the_submis
     from worker.telemetry import Tracing, build_tracer_provider
 
     topics = await _topics(new_topic, partitions=1)
-    config = worker_config(kafka_bootstrap, topics, artifact, batch_sim.base_url,
-                           batch=FAST_POLL)  # fmt: skip
+    config = worker_config(kafka_bootstrap, topics, artifact, batch_sim.base_url, batch=FAST_POLL)
     await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
     n = 6
     await produce(kafka_bootstrap, topics["requests"], _batch_requests(n))

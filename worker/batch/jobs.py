@@ -126,8 +126,14 @@ class BatchManager:
         self._flushes: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max(1, settings.max_open_jobs))
         self._ticker: asyncio.Task[None] | None = None
-        self.stats = {"submitted_jobs": 0, "submitted_requests": 0, "adopted_jobs": 0,
-                      "dropped_jobs": 0, "published": 0, "failed_items": 0}  # fmt: skip
+        self.stats = {
+            "submitted_jobs": 0,
+            "submitted_requests": 0,
+            "adopted_jobs": 0,
+            "dropped_jobs": 0,
+            "published": 0,
+            "failed_items": 0,
+        }
 
     # ------------------------------------------------------------ lifecycle
 
@@ -256,16 +262,28 @@ class BatchManager:
                 return
             job = _Job(job_id, model, submitted_id)
             recorded = {
-                k: (p, msgspec.structs.replace(s, status="submitted",
-                    provider_batch_id=submitted_id, updated_at=self.wall_clock()))
+                k: (
+                    p,
+                    msgspec.structs.replace(
+                        s,
+                        status="submitted",
+                        provider_batch_id=submitted_id,
+                        updated_at=self.wall_clock(),
+                    ),
+                )
                 for k, (p, s) in parts.items()
-            }  # fmt: skip
+            }
             await self.store.put((k, p, s) for k, (p, s) in recorded.items())
             self._own(job, {k: s for k, (_, s) in recorded.items()})
             self.stats["submitted_jobs"] += 1
             self.stats["submitted_requests"] += len(waiting)
-            log.info("batch job %s: %d requests for %s submitted as %s",
-                     job_id, len(waiting), model, submitted_id)  # fmt: skip
+            log.info(
+                "batch job %s: %d requests for %s submitted as %s",
+                job_id,
+                len(waiting),
+                model,
+                submitted_id,
+            )
             for w in waiting:
                 if not w.done.done():
                     w.done.set_result(True)
@@ -281,21 +299,34 @@ class BatchManager:
         by_partition: dict[int, list[schemas.BatchItem]] = defaultdict(list)
         for w in waiting:
             by_partition[w.partition].append(
-                schemas.BatchItem(custom_id=w.custom_id, request_id=w.request_id, tenant=w.tenant,
-                                  topic=self.source_topic, partition=w.partition, offset=w.offset,
-                                  decision=w.decision, traceparent=w.traceparent)
-            )  # fmt: skip
+                schemas.BatchItem(
+                    custom_id=w.custom_id,
+                    request_id=w.request_id,
+                    tenant=w.tenant,
+                    topic=self.source_topic,
+                    partition=w.partition,
+                    offset=w.offset,
+                    decision=w.decision,
+                    traceparent=w.traceparent,
+                )
+            )
         out: dict[bytes, tuple[int, schemas.BatchJob]] = {}
         for partition, items in by_partition.items():
             for n, chunk in enumerate(chunks(items)):
                 out[record_key(self.source_topic, partition, job_id, n)] = (
                     partition,
                     schemas.BatchJob(
-                        schema_version=1, job_id=job_id, provider=backend.provider, model=model,
-                        status="accumulated", items=chunk, created_at=now, updated_at=now,
+                        schema_version=1,
+                        job_id=job_id,
+                        provider=backend.provider,
+                        model=model,
+                        status="accumulated",
+                        items=chunk,
+                        created_at=now,
+                        updated_at=now,
                         requests_total=len(waiting),
                     ),
-                )  # fmt: skip
+                )
         return out
 
     async def _create(
@@ -360,10 +391,11 @@ class BatchManager:
             return
         now = self.wall_clock()
         adopted = {
-            k: msgspec.structs.replace(s, status="submitted", provider_batch_id=found,
-                                       updated_at=now)
+            k: msgspec.structs.replace(
+                s, status="submitted", provider_batch_id=found, updated_at=now
+            )
             for k, s in parts.items()
-        }  # fmt: skip
+        }
         await self.store.put((k, source[k], s) for k, s in adopted.items())
         self.stats["adopted_jobs"] += 1
         log.info("batch job %s was submitted as %s before a crash; adopted", job_id, found)
@@ -408,8 +440,10 @@ class BatchManager:
         if backend is not None:
             await _retrying(lambda: backend.cancel(job.provider_batch_id))
         now = self.wall_clock()
-        marked = {k: msgspec.structs.replace(s, status="cancelling", updated_at=now)
-                  for k, s in job.parts.items()}  # fmt: skip
+        marked = {
+            k: msgspec.structs.replace(s, status="cancelling", updated_at=now)
+            for k, s in job.parts.items()
+        }
         await self.store.put((k, s.items[0].partition, s) for k, s in marked.items())
         job.parts.update(marked)
         return True
@@ -486,8 +520,9 @@ class BatchManager:
                 outcome = by_id.get(item.custom_id)
                 if not isinstance(outcome, CompletionResult):
                     self.stats["failed_items"] += 1
-                finished.append(Finished(item, request, outcome, job.model, job.job_id,
-                                         job.cancelled))  # fmt: skip
+                finished.append(
+                    Finished(item, request, outcome, job.model, job.job_id, job.cancelled)
+                )
             await asyncio.gather(*(self.respond(f) for f in finished))
             before, published = published, published + len(finished)
             self.stats["published"] += len(finished)

@@ -170,6 +170,7 @@ class Worker:
             **common,
         )
         await self.publisher.start()
+        pump: asyncio.Task[None] | None = None  # the transactions' commit task, when on
         try:
             await self.consumer.start()
             try:
@@ -206,6 +207,9 @@ class Worker:
                 if self.batches is not None:
                     await self.batches.close(self.settings.drain_timeout_s)
                 await self._cancel_leftovers()
+                if pump is not None and not pump.done():  # the poll loop raised: stop committing
+                    pump.cancel()
+                    await asyncio.wait([pump], timeout=10)
                 if self.publisher.txn is not None:
                     await close_quietly("the transactional producer", self.publisher.txn.close)
                 await close_quietly("the raw fetch client", self._raw.close)
@@ -294,18 +298,27 @@ class Worker:
         if settings is None or not settings.enabled or backend is None:
             return
         if not self._jobs_partitions:
-            log.warning("topic %s is missing: batch requests are answered interactively",
-                        self.topics.batch_jobs)  # fmt: skip
+            log.warning(
+                "topic %s is missing: batch requests are answered interactively",
+                self.topics.batch_jobs,
+            )
             return
         assert self.producer is not None
         store = JobStore(
-            self.producer, self.kafka.common_kwargs(), self.topics.batch_jobs,
+            self.producer,
+            self.kafka.common_kwargs(),
+            self.topics.batch_jobs,
             self._jobs_partitions,
-        )  # fmt: skip
+        )
         self.batches = batches = BatchManager(
-            settings, self.topics.requests, store, backend, self._batch_finished,
-            self.kafka.common_kwargs(), clock=self.clock,
-        )  # fmt: skip
+            settings,
+            self.topics.requests,
+            store,
+            backend,
+            self._batch_finished,
+            self.kafka.common_kwargs(),
+            clock=self.clock,
+        )
         batches.start()
         self._controlled.append(batches)  # cancel_batch
 
@@ -547,8 +560,12 @@ class Worker:
                     raise
                 except Exception as exc:
                     if self._stopping.is_set():
-                        log.warning("giving up publishing %s:%s at shutdown: %s",
-                                    info.partition, info.offset, exc)  # fmt: skip
+                        log.warning(
+                            "giving up publishing %s:%s at shutdown: %s",
+                            info.partition,
+                            info.offset,
+                            exc,
+                        )
                         return False
                     if not _record_fault(exc):  # the broker's trouble, not the record's
                         self._log_publish_trouble(exc)
@@ -701,8 +718,9 @@ class Worker:
         if key in answered:
             return
         request = finished.request
-        info = RecordInfo(item.topic, item.partition, item.offset, item.request_id.encode(),
-                          [], None)  # fmt: skip
+        info = RecordInfo(
+            item.topic, item.partition, item.offset, item.request_id.encode(), [], None
+        )
         # the answer's span: in the request's trace, linked to the submission's span
         with self.tracing.answer_span(
             item.topic,
@@ -782,9 +800,12 @@ class Worker:
         item, request, outcome = finished.item, finished.request, finished.outcome
         if request is not None:
             span.set_request(
-                tenant=request.tenant, request_id=request.request_id, mode="batch",
-                metadata=request.metadata, input_messages=request.messages,
-            )  # fmt: skip
+                tenant=request.tenant,
+                request_id=request.request_id,
+                mode="batch",
+                metadata=request.metadata,
+                input_messages=request.messages,
+            )
         retry = (
             request is not None
             and not isinstance(outcome, CompletionResult)
@@ -805,24 +826,17 @@ class Worker:
                     response=handled.response,
                     routing_ms=handled.routing_ms,
                     strong_cost_usd=handled.strong_cost_usd,
-                )  # fmt: skip (the decision event was published at submission)
+                )  # the decision event was published at submission
         else:
             handled = self.pipeline.batch_response(finished)
             if isinstance(outcome, CompletionResult):
                 with self.tracing.chat_span(
-                    finished.model, outcome.provider, outcome.response_model,
+                    finished.model,
+                    outcome.provider,
+                    outcome.response_model,
                     decision=item.decision,
-                ) as chat:  # fmt: skip
-                    chat.set_response(
-                        response_model=outcome.response_model,
-                        input_tokens=outcome.usage.input_tokens,
-                        output_tokens=outcome.usage.output_tokens,
-                        cached_tokens=outcome.usage.cached_input_tokens,
-                        cost_usd=outcome.cost_usd,
-                        finish_reason=outcome.finish_reason,
-                        output_text=outcome.text,
-                        response_id=outcome.provider_request_id,
-                    )
+                ) as chat:
+                    chat.set_result(outcome)
         assert isinstance(handled, Handled)
         r = handled.response
         span.set_response(
@@ -1000,8 +1014,13 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("loading the state of partition %d failed (%s: %s); retrying in "
-                            "%.0fs", partition, type(exc).__name__, exc, delay)  # fmt: skip
+                log.warning(
+                    "loading the state of partition %d failed (%s: %s); retrying in %.0fs",
+                    partition,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 

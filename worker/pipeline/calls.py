@@ -13,9 +13,8 @@ from worker.pipeline import responses
 from worker.pipeline.routing import Route
 from worker.providers.client import ModelClient
 from worker.providers.errors import AllModelsFailedError
-from worker.providers.types import CompletionRequest, CompletionResult, RoutedCompletion
+from worker.providers.types import CompletionRequest, RoutedCompletion
 from worker.telemetry import Tracing
-from worker.telemetry.tracing import ChatSpan
 
 
 @dataclass
@@ -30,21 +29,6 @@ class Outcome:
     extra_cost_usd: float = 0.0  # paid beyond the answer used (escalated answer, grader call)
     cascade_reason: str | None = None  # why the cascade accepted or escalated
     attempts: list[schemas.Attempt] = field(default_factory=list)
-
-
-def record_result(chat: ChatSpan, result: CompletionResult) -> None:
-    """A `chat` span's response attributes from the model's answer (interactive calls and the
-    answers of batch jobs alike)."""
-    chat.set_response(
-        response_model=result.response_model,
-        input_tokens=result.usage.input_tokens,
-        output_tokens=result.usage.output_tokens,
-        cached_tokens=result.usage.cached_input_tokens,
-        cost_usd=result.cost_usd,
-        finish_reason=result.finish_reason,
-        output_text=result.text,
-        response_id=result.provider_request_id,
-    )
 
 
 class ModelCalls:
@@ -92,5 +76,5 @@ class ModelCalls:
             chat.add_attempts(attempts)
             if completion.deployment is not None:
                 chat.set_deployment(completion.deployment, completion.deployment_reason or "")
-            record_result(chat, completion.result)
+            chat.set_result(completion.result)
             return completion

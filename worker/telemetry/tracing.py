@@ -67,6 +67,8 @@ from worker.telemetry.ids import RequestIdGenerator
 if TYPE_CHECKING:
     from langfuse import Langfuse
 
+    from worker.providers.types import CompletionResult
+
 __all__ = [
     "MASKED",
     "SCOPE_NAME",
@@ -259,6 +261,20 @@ class ChatSpan:
     def __init__(self, span: trace.Span, mask_output: bool) -> None:
         self.span = span
         self._mask_output = mask_output
+
+    def set_result(self, result: CompletionResult) -> None:
+        """The response attributes from a model's answer (interactive calls and the answers of
+        batch jobs alike)."""
+        self.set_response(
+            response_model=result.response_model,
+            input_tokens=result.usage.input_tokens,
+            output_tokens=result.usage.output_tokens,
+            cached_tokens=result.usage.cached_input_tokens,
+            cost_usd=result.cost_usd,
+            finish_reason=result.finish_reason,
+            output_text=result.text,
+            response_id=result.provider_request_id,
+        )
 
     def set_response(
         self,
