@@ -18,6 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -524,8 +525,7 @@ class Worker:
         """True once the record has ended; False when the member stops first (its offset
         stays unfinished, so the next owner redoes it)."""
         with self._span(info, request) as span:
-            faults = 0
-            delay = 0.5
+            attempts = _Attempts(self.settings.max_publish_attempts)
             while True:
                 try:
                     if request is None:
@@ -567,24 +567,7 @@ class Worker:
                             exc,
                         )
                         return False
-                    if not _record_fault(exc):  # the broker's trouble, not the record's
-                        self._log_publish_trouble(exc)
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 10.0)
-                        continue
-                    faults += 1
-                    if faults < self.settings.max_publish_attempts:
-                        log.warning(
-                            "publishing %s:%s failed (%s: %s), attempt %d of %d",
-                            info.partition,
-                            info.offset,
-                            type(exc).__name__,
-                            exc,
-                            faults,
-                            self.settings.max_publish_attempts,
-                        )
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 10.0)
+                    if await self._publish_again(attempts, exc, f"{info.partition}:{info.offset}"):
                         continue
                     if request is None:
                         self._give_up(info, exc)
@@ -594,7 +577,6 @@ class Worker:
                         UnpublishableRecord.code,
                         f"its result could not be published: {type(exc).__name__}: {exc}",
                     )
-                    faults = 0
         return True
 
     def _span(self, info: RecordInfo, request: schemas.RouteRequest | None) -> Any:
@@ -625,6 +607,29 @@ class Worker:
             type(exc).__name__,
             exc,
         )
+
+    async def _publish_again(self, attempts: _Attempts, exc: Exception, what: str) -> bool:
+        """Whether to publish a record again after `exc` (having waited out the backoff): the
+        broker's trouble always, a fault of the record itself (a reply topic that refuses it)
+        until `attempts` are used up (False; the count restarts for what is sent instead)."""
+        if not _record_fault(exc):  # the broker's trouble, not the record's
+            self._log_publish_trouble(exc)
+        else:
+            attempts.faults += 1
+            if attempts.faults >= attempts.limit:
+                attempts.faults = 0
+                return False
+            log.warning(
+                "publishing %s failed (%s: %s), attempt %d of %d",
+                what,
+                type(exc).__name__,
+                exc,
+                attempts.faults,
+                attempts.limit,
+            )
+        await asyncio.sleep(attempts.delay)
+        attempts.delay = min(attempts.delay * 2, 10.0)
+        return True
 
     def _log_publish_trouble(self, exc: Exception) -> None:
         now = self.clock()
@@ -749,8 +754,7 @@ class Worker:
         out either is counted and logged once. Broker outages are retried until the member
         stops, and then raise: the job is not finished, its next owner answers the item."""
         letter: tuple[schemas.ErrorCode, str] | None = None
-        faults = 0
-        delay = 0.5
+        attempts = _Attempts(self.settings.max_publish_attempts)
         while True:
             try:
                 if letter is None:
@@ -764,23 +768,9 @@ class Worker:
             except Exception as exc:
                 if self._stopping.is_set():
                     raise
-                if not _record_fault(exc):  # the broker's trouble, not the record's
-                    self._log_publish_trouble(exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10.0)
-                    continue
-                faults += 1
-                if faults < self.settings.max_publish_attempts:
-                    log.warning(
-                        "publishing batch answer %s failed (%s: %s), attempt %d of %d",
-                        handled.response.request_id,
-                        type(exc).__name__,
-                        exc,
-                        faults,
-                        self.settings.max_publish_attempts,
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10.0)
+                if await self._publish_again(
+                    attempts, exc, f"batch answer {handled.response.request_id}"
+                ):
                     continue
                 if letter is not None:
                     self._give_up(info, exc)
@@ -789,7 +779,6 @@ class Worker:
                     UnpublishableRecord.code,
                     f"its result could not be published: {type(exc).__name__}: {exc}",
                 )
-                faults = 0
 
     async def _batch_answer(
         self, finished: Finished, info: RecordInfo, span: RequestSpan
@@ -1043,6 +1032,15 @@ async def close_quietly(
     elif task.exception() is not None:
         exc = task.exception()
         log.warning("stopping %s failed: %s: %s", what, type(exc).__name__, exc)
+
+
+@dataclass
+class _Attempts:
+    """One record's publishing attempts: faults of the record itself, and the backoff."""
+
+    limit: int
+    faults: int = 0
+    delay: float = 0.5
 
 
 async def _forever() -> None:
