@@ -262,29 +262,8 @@ class Publisher:
             ack = await asyncio.wait_for(send, timeout=self.settings.reply_publish_timeout_s)
         else:
             ack = await send
-        acks: list[Awaitable[Any]] = [ack]
-        decision = handled.decision is not None and self.settings.publish_decisions
-        decision_ack: Awaitable[Any] | None = None
-        if decision and not state.decision_sent:
-            assert handled.decision is not None
-            decision_ack = await self.producer.send(
-                self.topics.decisions, schemas.encode(handled.decision), key=key, headers=headers
-            )
-        try:
-            await all_acked(acks)
-        except MessageSizeTooLargeError:
-            if state.cut_to is None:  # once more, cut to the topic's own limit
-                state.cut_to = await self.topic_limit(target)
-            raise
-        finally:
-            if decision_ack is not None:
-                try:
-                    await decision_ack
-                    state.decision_sent = True
-                except Exception as exc:
-                    log.warning("decision event of %s not published: %s", key.decode(), exc)
-        self.stats["published"] += 1
-        quietly(self.observer.published, handled)
+        decision_ack = await self._send_decision(handled, key, headers, state)
+        await self._settle(all_acked([ack]), decision_ack, handled, target, key, state)
         if self.done_partitions:
             # the dedupe marker goes out once the response is acknowledged (never before: a
             # marker without its response would lose the request), and the offset finishes
@@ -332,14 +311,38 @@ class Publisher:
                     marker_partition(info.partition, self.done_partitions),
                 )
             )
-        decision_ack: Awaitable[Any] | None = None
-        decision = handled.decision
-        if decision is not None and self.settings.publish_decisions and not state.decision_sent:
-            decision_ack = await self.producer.send(
-                self.topics.decisions, schemas.encode(decision), key=key, headers=headers
-            )
+        decision_ack = await self._send_decision(handled, key, headers, state)
+        await self._settle(self.txn.publish(sends), decision_ack, handled, target, key, state)
+
+    async def _send_decision(
+        self, handled: Handled, key: bytes, headers: Any, state: Publishing
+    ) -> Awaitable[Any] | None:
+        """The decision event, unless it is off or went out on an earlier attempt: its
+        acknowledgement, to settle with `_settle`."""
+        if handled.decision is None or not self.settings.publish_decisions:
+            return None
+        if state.decision_sent:
+            return None
+        assert self.producer is not None
+        ack: Awaitable[Any] = await self.producer.send(
+            self.topics.decisions, schemas.encode(handled.decision), key=key, headers=headers
+        )
+        return ack
+
+    async def _settle(
+        self,
+        outputs: Awaitable[Any],
+        decision_ack: Awaitable[Any] | None,
+        handled: Handled,
+        target: str,
+        key: bytes,
+        state: Publishing,
+    ) -> None:
+        """Wait for the response's outputs and count the publication; a response too large
+        for `target` is cut to the topic's own limit on the next attempt. The decision's
+        acknowledgement is settled either way (a failed decision is logged, not retried)."""
         try:
-            await self.txn.publish(sends)
+            await outputs
         except MessageSizeTooLargeError:
             if state.cut_to is None:  # once more, cut to the topic's own limit
                 state.cut_to = await self.topic_limit(target)
