@@ -95,8 +95,8 @@ async def _langfuse(bootstrap: str, n: int) -> dict[str, Any]:
         topic = f"bench-feedback-{os.getpid()}"
         await create_topics(bootstrap, [topic], 6)
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-        await producer.start()
         try:
+            await producer.start()
             for e in events:
                 await producer.send(topic, schemas.encode(e))
             await producer.flush()

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import gc
 import os
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -63,3 +65,39 @@ async def sim(sim_keys: None) -> AsyncIterator[Simulator]:
     """The provider simulator on a free port, replaying ROWS, with no latency or faults."""
     async with Simulator(SimConfig(seed=1), replay_dataset()) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """A client or socket a test leaves unclosed is finalised in that test's teardown, so the
+    ResourceWarning (an error here) names the test that leaked it, not whichever later test the
+    collector happened to run in."""
+    yield
+    gc.collect()
+
+
+class Processes:
+    """Child processes a test starts; each still running at teardown is killed and reaped, even
+    when the test's own code never got to its cleanup (a timeout, an abandoned coroutine)."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def add(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        self._procs.append(proc)
+        return proc
+
+    def kill_all(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    procs = Processes()
+    try:
+        yield procs
+    finally:
+        procs.kill_all()

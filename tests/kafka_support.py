@@ -40,8 +40,8 @@ async def create_topics(
     configs: dict[str, str] | None = None,
 ) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
     try:
+        await admin.start()
         await admin.create_topics(
             [NewTopic(n, partitions, replication, topic_configs=configs or {}) for n in names]
         )

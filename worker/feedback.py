@@ -88,8 +88,8 @@ async def run_feedback(
         max_poll_interval_ms=kafka.max_poll_interval_ms,
         **kafka.common_kwargs(),
     )
-    await consumer.start()
     try:
+        await consumer.start()
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200)
             done: dict[TopicPartition, int] = {}

@@ -3,6 +3,7 @@ the three-node cluster stopped mid-stream loses nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 import schemas
-from tests.conftest import TopicFactory
+from tests.conftest import Processes, TopicFactory
 from tests.kafka.test_worker_kafka import _run_until, _topics
 from tests.kafka_support import create_topics, localkafka, unique_topic
 from tests.worker.support import (
@@ -147,6 +148,9 @@ async def test_expired_deadline_gets_an_error_without_a_model_call(
 
 # ---------------------------------------------------------------- three-node cluster
 
+# the cluster's start (module fixture) counts towards the first test's timeout
+CLUSTER_TEST_TIMEOUT_S = 600
+
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
@@ -161,41 +165,51 @@ def cluster() -> Iterator[Any]:
 
 @pytest.mark.cluster
 @pytest.mark.slow
+@pytest.mark.timeout(CLUSTER_TEST_TIMEOUT_S)
 async def test_broker_stopped_mid_stream_loses_nothing(
-    cluster: Any, artifact: Path, sim: Simulator, tmp_path: Path
+    cluster: Any, artifact: Path, sim: Simulator, tmp_path: Path, processes: Processes
 ) -> None:
     bootstrap = cluster.bootstrap
     requests = unique_topic("requests")
     topics = topic_names(requests)
-    await create_topics(
-        bootstrap, [requests], partitions=3, replication=3, configs={"min.insync.replicas": "2"}
-    )
-    data = worker_config_data(bootstrap, topics, artifact, sim.base_url, topic_replication_factor=3)
-    config = worker_config(bootstrap, topics, artifact, sim.base_url, topic_replication_factor=3)
-    await ensure_topics(config.kafka.common_kwargs(), config.topics, 3)
-    path = tmp_path / "worker.json"
-    path.write_text(json.dumps(data))
+    log = tmp_path / "member.log"
     n = 600
-    sim.set_faults(())
     wanted = {f"req-{i:06d}" for i in range(n)}
-    # the member runs as its own process (as in production): its Kafka clients never share the
-    # test's event loop, so a failure here cannot leave their tasks behind in it
-    member = _spawn(path, "member")
-    async with Collector(bootstrap, topics["responses"]) as responses:
-        try:
+    # every step shares one deadline below pytest-timeout's, so a sick cluster fails this test
+    # with the member's log (and the finally below runs) instead of outliving the timeout
+    async with asyncio.timeout(CLUSTER_TEST_TIMEOUT_S - 180):
+        await create_topics(
+            bootstrap,
+            [requests],
+            partitions=3,
+            replication=3,
+            configs={"min.insync.replicas": "2"},
+        )
+        data = worker_config_data(
+            bootstrap, topics, artifact, sim.base_url, topic_replication_factor=3
+        )
+        config = worker_config(
+            bootstrap, topics, artifact, sim.base_url, topic_replication_factor=3
+        )
+        await ensure_topics(config.kafka.common_kwargs(), config.topics, 3)
+        path = tmp_path / "worker.json"
+        path.write_text(json.dumps(data))
+        sim.set_faults(())
+        # the member runs as its own process (as in production): its Kafka clients never share
+        # the test's event loop; `processes` kills it at teardown whatever happens here
+        member = processes.add(_spawn(path, "member"))
+        async with Collector(bootstrap, topics["responses"]) as responses:
             await produce(bootstrap, requests, _requests(n // 2))
-            started = await poll_until(lambda: len(responses.counts) >= n // 4, 90)
-            assert started, (tmp_path / "member.log").read_text()[-3000:]
+            started = await poll_until(lambda: len(responses.counts) >= n // 4, 180)
+            assert started, _tail(log)
             localkafka().stop_node(cluster, cluster.nodes[0])
             await produce(bootstrap, requests, _requests(n // 2, start=n // 2))
-            assert await responses.wait_for(wanted, timeout_s=120), (
-                f"missing {len(wanted - set(responses.counts))}: "
-                + (tmp_path / "member.log").read_text()[-3000:]
-            )
+            arrived = await responses.wait_for(wanted, timeout_s=150)
+            assert arrived, f"missing {len(wanted - set(responses.counts))}: " + _tail(log)
             member.send_signal(signal.SIGTERM)
-            assert member.wait(timeout=60) == 0, (tmp_path / "member.log").read_text()[-3000:]
-        finally:
-            if member.poll() is None:
-                member.kill()
-                member.wait()
+            assert await asyncio.to_thread(member.wait, 60) == 0, _tail(log)
     assert set(responses.counts) == wanted
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:] if log.exists() else "(no member log)"

@@ -231,8 +231,8 @@ async def _create_requests_topic(bootstrap: str, topic: str, partitions: int) ->
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
     try:
+        await admin.start()
         await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         await admin.close()
@@ -240,8 +240,8 @@ async def _create_requests_topic(bootstrap: str, topic: str, partitions: int) ->
 
 async def _produce(bootstrap: str, topic: str, rows: list[dict[str, Any]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
-    await producer.start()
     try:
+        await producer.start()
         sends = []
         for i, row in enumerate(rows):
             messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]

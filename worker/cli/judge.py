@@ -68,8 +68,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         pending = pending[: args.limit]
     started = time.perf_counter()
     producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **kafka.common_kwargs())
-    await producer.start()
     try:
+        await producer.start()
 
         async def publish(event: schemas.Feedback) -> None:
             if args.dry_run:

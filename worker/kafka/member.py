@@ -156,25 +156,27 @@ class Worker:
         self._stopping.set()
 
     async def run(self) -> None:
-        common = self.kafka.common_kwargs()
-        self.consumer = AIOKafkaConsumer(
-            group_id=self.kafka.group_id,
-            group_instance_id=self.kafka.instance_id(),
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=self.kafka.session_timeout_ms,
-            heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
-            max_poll_interval_ms=self.kafka.max_poll_interval_ms,
-            max_poll_records=self.kafka.max_poll_records,
-            # one fetch brings at most the in-flight byte bound: in flight stays under twice it
-            fetch_max_bytes=min(self.kafka.fetch_max_bytes, self.settings.max_in_flight_bytes),
-            **common,
-        )
-        await self.publisher.start()
         pump: asyncio.Task[None] | None = None  # the transactions' commit task, when on
         try:
-            await self.consumer.start()
+            await self.publisher.start()
+            common = self.kafka.common_kwargs()
+            self.consumer = AIOKafkaConsumer(
+                group_id=self.kafka.group_id,
+                group_instance_id=self.kafka.instance_id(),
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=self.kafka.session_timeout_ms,
+                heartbeat_interval_ms=self.kafka.heartbeat_interval_ms,
+                max_poll_interval_ms=self.kafka.max_poll_interval_ms,
+                max_poll_records=self.kafka.max_poll_records,
+                # one fetch brings at most the in-flight byte bound: in flight stays under twice it
+                fetch_max_bytes=min(self.kafka.fetch_max_bytes, self.settings.max_in_flight_bytes),
+                **common,
+            )
+            # from here on the consumer is stopped whatever happens, its start included (a start
+            # cancelled on a slow broker must not leave an unclosed client behind)
             try:
+                await self.consumer.start()
                 await self._partition_counts()
                 if self.kafka.transactions:
                     await self._start_transactions()

@@ -93,8 +93,8 @@ async def scan(
         return
     tps = [TopicPartition(topic, p) for p in wanted]
     consumer = _consumer(client_kwargs, consumer_options, committed_only)
-    await consumer.start()
     try:
+        await consumer.start()
         consumer.assign(tps)
         begins = await consumer.beginning_offsets(tps)
         ends = await consumer.end_offsets(tps)
@@ -242,8 +242,8 @@ class TopicFollower:
 
     async def _follow(self) -> None:
         consumer = _consumer(self.client_kwargs, self.consumer_options, False)
-        await consumer.start()
         try:
+            await consumer.start()
             if self._positions is None:
                 counts = await partition_counts(dict(self.client_kwargs), [self.topic])
                 if not counts.get(self.topic):

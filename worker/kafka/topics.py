@@ -27,8 +27,8 @@ async def ensure_topics(
     """
     rf = topics.replication_factor if replication_factor is None else replication_factor
     admin = AIOKafkaAdminClient(**client_kwargs)
-    await admin.start()
     try:
+        await admin.start()
         existing = await _partitions(admin)
         partitions = existing.get(topics.requests) or topics.partitions
         compacted = {topics.done, topics.batch_jobs, topics.cache, topics.spend}
@@ -63,8 +63,8 @@ async def _partitions(admin: AIOKafkaAdminClient) -> dict[str, int]:
 async def partition_counts(client_kwargs: dict[str, Any], names: list[str]) -> dict[str, int]:
     """Partition count of each named topic that exists."""
     admin = AIOKafkaAdminClient(**client_kwargs)
-    await admin.start()
     try:
+        await admin.start()
         described = await admin.describe_topics(names)
     finally:
         await admin.close()

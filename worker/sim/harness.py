@@ -290,8 +290,8 @@ async def create_topics(
     """Create `names` with `partitions` each (`configs`: topic configs by name)."""
     configs = configs or {}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
     try:
+        await admin.start()
         await admin.create_topics(
             [NewTopic(n, partitions, 1, topic_configs=dict(configs.get(n, {}))) for n in names]
         )
@@ -309,8 +309,8 @@ async def produce(
 ) -> None:
     """Send (key, value) pairs and wait for every ack; at most `rate` per second when given."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms)
-    await producer.start()
     try:
+        await producer.start()
         started = time.monotonic()
         futures = []
         for i, (key, value) in enumerate(values):
@@ -384,7 +384,8 @@ class Follower:
     async def __aexit__(self, *exc: object) -> None:
         self._stop.set()
         if self._task is not None:
-            await self._task
+            # bounded: a consumer that cannot close (a sick cluster) must not hang its caller
+            await asyncio.wait_for(self._task, timeout=60)
 
 
 async def read_all(bootstrap: str, topic: str, expect: int, timeout_s: float = 60.0) -> list[Any]:
@@ -438,8 +439,8 @@ async def send_raw_batch(
     from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
     try:
+        await producer.start()
         batch = producer.create_batch()
         batch._builder = _DefaultRecordBatchBuilderPy(
             2,

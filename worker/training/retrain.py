@@ -212,8 +212,8 @@ async def publish_reload(
         reason=reason[:500],
     )
     producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **kafka.common_kwargs())
-    await producer.start()
     try:
+        await producer.start()
         await producer.send_and_wait(topic, schemas.encode(event), key=b"reload_router")
     finally:
         await producer.stop()

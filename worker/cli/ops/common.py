@@ -80,8 +80,8 @@ async def partition_counts(client_kwargs: dict[str, Any], names: list[str]) -> d
     request naming a missing topic would make a broker with `auto.create.topics.enable` (the
     default) create it, and a status look-up must never create topics."""
     admin = AIOKafkaAdminClient(**client_kwargs)
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         wanted = [n for n in dict.fromkeys(names) if n in existing]
         described = await admin.describe_topics(wanted) if wanted else []

@@ -337,8 +337,8 @@ async def purge(conn: Connection, topic: str | None = None, *, dry_run: bool) ->
     kw = conn.client_kwargs()
     count = await topic_partitions(kw, dlq)
     consumer = AIOKafkaConsumer(enable_auto_commit=False, **kw)
-    await consumer.start()
     try:
+        await consumer.start()
         snap = await snapshot(consumer, dlq, count)
     finally:
         await consumer.stop()
@@ -347,8 +347,8 @@ async def purge(conn: Connection, topic: str | None = None, *, dry_run: bool) ->
     if dry_run or not snap.retained:
         return summary
     admin = AIOKafkaAdminClient(**kw)
-    await admin.start()
     try:
+        await admin.start()
         await admin.delete_records(
             {
                 TopicPartition(dlq, p): RecordsToDelete(before_offset=end)

@@ -144,8 +144,8 @@ async def collect(
     admin = AIOKafkaAdminClient(**kw)
     await admin.start()
     consumer = AIOKafkaConsumer(enable_auto_commit=False, **kw)
-    await consumer.start()
     try:
+        await consumer.start()
         committed = await admin.list_consumer_group_offsets(group_id)
         snap = await snapshot(consumer, topics.requests, counts[topics.requests])
         for p in sorted(snap.end):
