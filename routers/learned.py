@@ -160,8 +160,16 @@ class FeatureRouter(HasIdentity):
         self.hyper = hyper
 
     @classmethod
-    def fit(cls, base: FeatureBase, xs: F32, y: FloatArray, hyper: Any) -> Self:
-        """Train on standardised features `xs` and labels `y` (NaN = unknown)."""
+    def fit(
+        cls,
+        base: FeatureBase,
+        xs: F32,
+        y: FloatArray,
+        hyper: Any,
+        costs: FloatArray | None = None,
+    ) -> Self:
+        """Train on standardised features `xs` and labels `y` (NaN = unknown); `costs` (same
+        shape, NaN = unknown) for the routers that use the rows' costs in training."""
         raise NotImplementedError
 
     @classmethod
@@ -229,7 +237,14 @@ class ClassifierRouter(FeatureRouter):
         self._strong = self.identity.models.index(self.identity.strong)
 
     @classmethod
-    def fit(cls, base: FeatureBase, xs: F32, y: FloatArray, hyper: Any) -> Self:
+    def fit(
+        cls,
+        base: FeatureBase,
+        xs: F32,
+        y: FloatArray,
+        hyper: Any,
+        costs: FloatArray | None = None,
+    ) -> Self:
         w, b = cls.fit_head(xs, y, hyper)
         return cls(base, hyper, {"weights": w, "bias": b, "prior": label_means(y)})
 
@@ -295,7 +310,14 @@ class MFRouter(FeatureRouter):
         self._proj, self._offset = self.standardizer.fold(self.projection)
 
     @classmethod
-    def fit(cls, base: FeatureBase, xs: F32, y: FloatArray, hyper: Any) -> Self:
+    def fit(
+        cls,
+        base: FeatureBase,
+        xs: F32,
+        y: FloatArray,
+        hyper: Any,
+        costs: FloatArray | None = None,
+    ) -> Self:
         factors = cls.fit_factors(xs, y, hyper)
         return cls(base, hyper, dict(zip(cls.array_names, factors, strict=True)))
 
@@ -371,7 +393,14 @@ class SWRankingRouter(FeatureRouter):
         self.prior = arrays["prior"].astype(np.float64)  # (n_models,)
 
     @classmethod
-    def fit(cls, base: FeatureBase, xs: F32, y: FloatArray, hyper: Any) -> Self:
+    def fit(
+        cls,
+        base: FeatureBase,
+        xs: F32,
+        y: FloatArray,
+        hyper: Any,
+        costs: FloatArray | None = None,
+    ) -> Self:
         projection = random_projection(xs.shape[1], hyper.proj_dim, hyper.seed)
         keys = embed(xs, projection)
         return cls(

@@ -11,6 +11,14 @@ Every model's quality is its mean quality plus a residual that depends on the pr
   fitted by kernel ridge regression with one penalty for all models, chosen by exact
   leave-one-out error over a grid (the data pick how far to trust prompt-level signal; with
   little or no signal, predictions fall back to the per-model means, i.e. picking by price);
+- the fitted residuals are then scaled by a factor from `residual_scales` (at most 1: towards
+  the per-model means) chosen by the decisions it makes on the training prompts themselves:
+  the exact leave-one-out residual predictions, scaled, drive the lambda policy over the
+  training rows with their own costs, and the scale whose (cost, quality) curve has the largest
+  area wins (ties: the larger scale). Squared error judges magnitudes; the policy acts on
+  differences between models against per-prompt costs, where an over-trusted residual moves a
+  prompt off the best-value model. Without costs in the training rows it is chosen by
+  leave-one-out squared error instead;
 - optionally (`rank` > 0) the residual targets are first reduced to their top components
   across models, so models share how prompts move them (on the 14-model proxy of
   bench/n_model_small.py this lost more than it pooled, so it is off by default).
@@ -46,7 +54,9 @@ __all__ = [
     "LambdaPoint",
     "PooledParams",
     "PooledRouter",
+    "choose_residual_scale",
     "fit_pooled",
+    "hull_area",
     "lambda_curve",
     "lambda_for_budget",
     "lambda_for_quality",
@@ -60,6 +70,8 @@ class PooledParams:
     penalties: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)  # ridge grid
     rank: int = 0  # > 0: keep only this many components of the residuals (0: all)
     prior_weight: float = 5.0  # pseudo-counts shrinking each model's mean to the overall mean
+    # factors on the fitted residuals, one chosen by the training rows' own decisions (above)
+    residual_scales: tuple[float, ...] = (0.5, 0.75, 1.0)
     max_anchors: int = 2000
     seed: int = 0
 
@@ -78,17 +90,35 @@ class PooledRouter(FeatureRouter):
         self.means = arrays["means"].astype(np.float64)  # (n_models,)
         self.temperature = float(arrays["temperature"])  # the chosen kernel width and penalty
         self.penalty = float(arrays["penalty"])
+        # the chosen residual scale (already applied to `alpha`) and what chose it
+        self.residual_scale = float(arrays.get("residual_scale", np.asarray(1.0)))
+        self.scale_chosen_by = str(arrays.get("scale_chosen_by", np.asarray("none")))
 
     @classmethod
-    def fit(cls, base: FeatureBase, xs: F32, y: FloatArray, hyper: Any) -> Self:
-        return cls(base, hyper, fit_pooled(xs, y, hyper))
+    def fit(
+        cls,
+        base: FeatureBase,
+        xs: F32,
+        y: FloatArray,
+        hyper: Any,
+        costs: FloatArray | None = None,
+    ) -> Self:
+        return cls(base, hyper, fit_pooled(xs, y, hyper, costs))
 
     @classmethod
     def from_saved(cls, base: FeatureBase, params: Mapping[str, Any], arrays: Arrays) -> Self:
         p = dict(params)
-        chosen = {"temperature": p.pop("chosen_temperature"), "penalty": p.pop("chosen_penalty")}
+        chosen = {
+            "temperature": np.asarray(p.pop("chosen_temperature")),
+            "penalty": np.asarray(p.pop("chosen_penalty")),
+            # artifacts from before the residual scale: their alpha is unscaled
+            "residual_scale": np.asarray(p.pop("chosen_scale", 1.0)),
+            "scale_chosen_by": np.asarray(p.pop("scale_chosen_by", "none")),
+        }
         p["temperatures"] = tuple(p["temperatures"])
         p["penalties"] = tuple(p["penalties"])
+        if "residual_scales" in p:
+            p["residual_scales"] = tuple(p["residual_scales"])
         return cls(base, PooledParams(**p), {**arrays, **chosen})
 
     def predict_features(self, x: F32) -> FloatArray:
@@ -101,8 +131,11 @@ class PooledRouter(FeatureRouter):
         out = asdict(self.hyper)
         out["temperatures"] = list(self.hyper.temperatures)
         out["penalties"] = list(self.hyper.penalties)
+        out["residual_scales"] = list(self.hyper.residual_scales)
         out["chosen_temperature"] = self.temperature
         out["chosen_penalty"] = self.penalty
+        out["chosen_scale"] = self.residual_scale
+        out["scale_chosen_by"] = self.scale_chosen_by
         return out
 
 
@@ -114,20 +147,107 @@ def _low_rank(r: FloatArray, rank: int) -> FloatArray:
     return out
 
 
-def _loo_error(k: FloatArray, r: FloatArray, penalty: float) -> float:
-    """Exact leave-one-out mean squared error of kernel ridge regression (all models)."""
+def _loo_residuals(k: FloatArray, r: FloatArray, penalty: float) -> FloatArray:
+    """Exact leave-one-out errors of kernel ridge regression (all models): row i is r_i minus
+    the prediction for prompt i of the fit without it."""
     w, v = np.linalg.eigh(k)
     w = np.maximum(w, 0.0)
     shrink = w / (w + penalty)
     hat_diag = (v * v) @ shrink
     fitted = v @ (shrink[:, None] * (v.T @ r))
-    resid = (r - fitted) / np.maximum(1.0 - hat_diag, 1e-6)[:, None]
+    out: FloatArray = (r - fitted) / np.maximum(1.0 - hat_diag, 1e-6)[:, None]
+    return out
+
+
+def _loo_error(k: FloatArray, r: FloatArray, penalty: float) -> float:
+    """Exact leave-one-out mean squared error of kernel ridge regression (all models)."""
+    resid = _loo_residuals(k, r, penalty)
     return float(np.mean(resid * resid))
 
 
-def fit_pooled(xs: F32, y: FloatArray, params: PooledParams) -> dict[str, npt.NDArray[Any]]:
+def _lambda_grid(predicted: FloatArray, cost: FloatArray, points: int) -> FloatArray:
+    """Lambdas from 0 (best predicted quality) to where the cheapest model always wins."""
+    spread = float(np.ptp(predicted)) or 1.0
+    gaps = np.ptp(cost, axis=1)
+    smallest = float(gaps[gaps > 0].min()) if (gaps > 0).any() else 1.0
+    top = float(cost.max()) or 1.0
+    grid: FloatArray = np.concatenate(
+        [[0.0], np.geomspace(spread / top * 1e-3, 100 * spread / smallest, points - 1)]
+    )
+    return grid
+
+
+def hull_area(
+    predicted: FloatArray, quality: FloatArray, cost: FloatArray, points: int = 200
+) -> float:
+    """How well the lambda policy (argmax predicted - lambda x cost, per row) trades cost for
+    the real `quality`: the mean height, over the single models' range of mean costs, of the
+    upper concave hull of its (mean cost, mean quality) points as lambda sweeps (0 where it
+    has no point that cheap, flat beyond its dearest point). Any mix of the single models lies
+    under their own hull, so a router that knows something scores above it. Rows complete."""
+    rows = np.arange(len(predicted))
+    pts = []
+    for lam in _lambda_grid(predicted, cost, points):
+        pick = np.argmax(predicted - lam * cost, axis=1)
+        pts.append((float(cost[rows, pick].mean()), float(quality[rows, pick].mean())))
+    single_costs = cost.mean(axis=0)
+    lo, hi = float(single_costs.min()), float(single_costs.max())
+    hull: list[tuple[float, float]] = []
+    for p in sorted(set(pts), key=lambda p: (p[0], -p[1])):
+        if hull and p[1] <= hull[-1][1]:
+            continue  # dominated: dearer and no better
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) >= 0:
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    if hi <= lo:
+        return hull[-1][1]
+    xs = np.array([p[0] for p in hull])
+    ys = np.array([p[1] for p in hull])
+    grid = np.linspace(lo, hi, 1001)
+    height = np.where(grid < xs[0] - 1e-15, 0.0, np.interp(grid, xs, ys, right=ys[-1]))
+    return float(np.trapezoid(height, grid) / (hi - lo))
+
+
+MIN_DECISION_ROWS = 20  # fewer complete training rows: the scale is chosen by squared error
+
+
+def choose_residual_scale(
+    means: FloatArray,
+    loo: FloatArray,
+    y: FloatArray,
+    costs: FloatArray | None,
+    scales: tuple[float, ...],
+) -> tuple[float, str]:
+    """The scale s for which means + s x `loo` (leave-one-out residual predictions of the
+    training rows) makes the best decisions on those rows: the largest `hull_area` on the rows
+    with every label and every cost known; ties go to the larger scale. Without costs (or with
+    fewer than `MIN_DECISION_ROWS` complete rows), the s of least squared error on the known
+    labels. Returns (s, "hull_area" or "squared_error")."""
+    if not scales:
+        return 1.0, "none"
+    complete = ~np.isnan(y).any(axis=1)
+    if costs is not None:
+        complete &= ~np.isnan(costs).any(axis=1)
+    if costs is not None and int(complete.sum()) >= MIN_DECISION_ROWS:
+        q, c, r = y[complete], costs[complete], loo[complete]
+        area = {s: hull_area(np.clip(means + s * r, 0.0, 1.0), q, c) for s in scales}
+        return max(scales, key=lambda s: (area[s], s)), "hull_area"
+    known = ~np.isnan(y)
+    target = np.where(known, y - means, 0.0)
+    err = {s: float(np.sum(np.where(known, target - s * loo, 0.0) ** 2)) for s in scales}
+    return min(scales, key=lambda s: (err[s], -s)), "squared_error"
+
+
+def fit_pooled(
+    xs: F32, y: FloatArray, params: PooledParams, costs: FloatArray | None = None
+) -> dict[str, npt.NDArray[Any]]:
     """The arrays of a `PooledRouter` (projection, keys, alpha, means, and the chosen kernel
-    temperature and penalty as 0-d arrays), from standardised features."""
+    temperature, penalty and residual scale as 0-d arrays), from standardised features;
+    `costs` (n, n_models), NaN where unknown, let the residual scale be chosen by decisions."""
     projection = random_projection(xs.shape[1], params.proj_dim, params.seed)
     z = embed(xs, projection)
     means = label_means(y, params.prior_weight)
@@ -147,6 +267,15 @@ def fit_pooled(xs: F32, y: FloatArray, params: PooledParams) -> dict[str, npt.ND
                 best = (err, t, lam)
     assert best is not None
     _, t, lam = best
+    k_best = np.exp(t * (cos_aa - 1.0))
+    loo = r[anchors] - _loo_residuals(k_best, r[anchors], lam)
+    scale, chosen_by = choose_residual_scale(
+        means,
+        loo,
+        y[anchors],
+        costs[anchors] if costs is not None else None,
+        params.residual_scales,
+    )
     if n <= params.max_anchors:
         k = np.exp(t * (cos_aa - 1.0))
         alpha: FloatArray = np.linalg.solve(k + lam * np.eye(n), r).astype(np.float64)
@@ -158,10 +287,12 @@ def fit_pooled(xs: F32, y: FloatArray, params: PooledParams) -> dict[str, npt.ND
     return {
         "projection": projection,
         "keys": za,
-        "alpha": alpha,
+        "alpha": alpha * scale,
         "means": means,
         "temperature": np.asarray(t),
         "penalty": np.asarray(lam),
+        "residual_scale": np.asarray(scale),
+        "scale_chosen_by": np.asarray(chosen_by),
     }
 
 
@@ -186,14 +317,8 @@ def lambda_curve(predicted: FloatArray, cost: FloatArray, points: int = 200) -> 
     if len(p) == 0:
         raise ValueError("no calibration rows with every model's cost")
     rows = np.arange(len(p))
-    spread = float(np.ptp(p)) or 1.0
-    gaps = np.ptp(c, axis=1)
-    smallest = float(gaps[gaps > 0].min()) if (gaps > 0).any() else 1.0
-    grid = np.concatenate(
-        [[0.0], np.geomspace(spread / c.max() * 1e-3, 100 * spread / smallest, points - 1)]
-    )
     out = []
-    for lam in grid:
+    for lam in _lambda_grid(p, c, points):
         pick = np.argmax(p - lam * c, axis=1)
         out.append(
             LambdaPoint(float(lam), float(c[rows, pick].mean()), float(p[rows, pick].mean()))

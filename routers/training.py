@@ -34,6 +34,7 @@ __all__ = [
     "ROUTER_NAMES",
     "TrainOptions",
     "cheapest_model",
+    "cost_matrix",
     "default_router",
     "label_matrix",
     "train",
@@ -80,6 +81,17 @@ def label_matrix(records: Sequence[Record], models: Sequence[str]) -> FloatArray
     for i, r in enumerate(records):
         for j, m in enumerate(models):
             v = r.scores.get(m)
+            if v is not None:
+                out[i, j] = v
+    return out
+
+
+def cost_matrix(records: Sequence[Record], models: Sequence[str]) -> FloatArray:
+    """(n, n_models) costs in USD; NaN where a record has no cost for a model."""
+    out = np.full((len(records), len(models)), np.nan)
+    for i, r in enumerate(records):
+        for j, m in enumerate(models):
+            v = r.costs.get(m)
             if v is not None:
                 out[i, j] = v
     return out
@@ -165,7 +177,8 @@ def train(records: Sequence[Record], options: TrainOptions) -> Router:
         else None
     )
     base = FeatureBase(identity, featurizer, standardizer, familiarity)
-    return FEATURE_ROUTERS[name].fit(base, xs, y, _hyper(options, name))
+    costs = cost_matrix(records, identity.models)
+    return FEATURE_ROUTERS[name].fit(base, xs, y, _hyper(options, name), costs)
 
 
 def _train_semantic(records: Sequence[Record], options: TrainOptions) -> Router:

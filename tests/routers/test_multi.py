@@ -14,8 +14,16 @@ from routers.base import strong_need
 from routers.dataset import Record, record_from_obj
 from routers.features import HashingParams
 from routers.metrics import two_model_report
-from routers.multi import LambdaPoint, lambda_curve, lambda_for_budget, lambda_for_quality
-from routers.training import TrainOptions, default_router, label_matrix, train
+from routers.multi import (
+    LambdaPoint,
+    PooledParams,
+    choose_residual_scale,
+    hull_area,
+    lambda_curve,
+    lambda_for_budget,
+    lambda_for_quality,
+)
+from routers.training import TrainOptions, cost_matrix, default_router, label_matrix, train
 from worker.__main__ import main
 
 from . import synth
@@ -130,3 +138,92 @@ def test_cli_train_default_score_and_budget_calibration(tmp_path, capsys):
     assert all(a[1] >= b[1] - 1e-12 for a, b in itertools.pairwise(curve))
     at = next(c for c in curve if c[0] == got["lambda_budget_usd_0.004"])
     assert at[1] <= 0.004
+
+
+def test_hull_area_by_hand():
+    # two models, two prompts: model 0 costs 1 and is right on both, model 1 costs 0 and is
+    # right on the first only. Singles: (0, 0.5) and (1, 1). A router that knows sends the
+    # first prompt to model 1 and the second to model 0: (0.5, 1.0) is reachable.
+    q = np.array([[1.0, 1.0], [1.0, 0.0]])
+    c = np.array([[1.0, 0.0], [1.0, 0.0]])
+    knowing = hull_area(q, q, c)
+    blind = hull_area(np.array([[0.9, 0.5], [0.9, 0.5]]), q, c)
+    # knowing: 0.5 -> 1.0 over [0, 0.5], then 1.0: area 0.375 + 0.5; blind: the singles' line
+    assert knowing == pytest.approx(0.875, abs=1e-3)
+    assert blind == pytest.approx(0.75, abs=1e-3)
+
+
+def test_residual_scale_is_the_one_whose_decisions_reach_the_largest_area():
+    # three models, costs per prompt (as prompt lengths make them), noisy residual predictions
+    rng = np.random.default_rng(0)
+    n = 120
+    means = np.array([0.8, 0.65, 0.5])
+    y = np.clip(means + rng.normal(0, 0.2, (n, 3)), 0, 1)
+    loo = 0.6 * (y - means) + rng.normal(0, 0.15, (n, 3))
+    costs = np.outer(rng.uniform(0.5, 3.0, n), [1.0, 0.3, 0.05])
+    scales = (0.25, 0.5, 0.75, 1.0)
+    areas = {s: hull_area(np.clip(means + s * loo, 0, 1), y, costs) for s in scales}
+    best = max(scales, key=lambda s: (areas[s], s))
+    assert choose_residual_scale(means, loo, y, costs, scales)[0] == best
+    assert len({round(a, 9) for a in areas.values()}) > 1  # the scale changes the decisions
+    # rows with a missing label or cost are left out of the decision check
+    y_gap, c_gap = y.copy(), costs.copy()
+    y_gap[0, 1] = np.nan
+    c_gap[1, 2] = np.nan
+    keep = np.arange(2, n)
+    areas_kept = {
+        s: hull_area(np.clip(means + s * loo[keep], 0, 1), y[keep], costs[keep]) for s in scales
+    }
+    assert choose_residual_scale(means, loo, y_gap, c_gap, scales)[0] == max(
+        scales, key=lambda s: (areas_kept[s], s)
+    )
+
+
+def test_residual_scale_without_costs_or_rows_falls_back_to_squared_error():
+    means = np.array([0.5, 0.5])
+    y = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    loo = y - means  # perfectly calibrated
+    assert choose_residual_scale(means, loo, y, None, (0.5, 0.75, 1.0))[0] == 1.0
+    nan_costs = np.full((4, 2), np.nan)
+    assert choose_residual_scale(means, loo, y, nan_costs, (0.5, 0.75, 1.0))[0] == 1.0
+    # ties go to the larger scale (the fitted residuals as they are)
+    assert choose_residual_scale(means, 0.0 * loo, y, None, (0.5, 1.0))[0] == 1.0
+
+
+def test_pooled_records_its_residual_scale_and_scales_the_residuals(tmp_path):
+    fit, test = _records(150, 1), _records(60, 2)
+    texts = [r.text for r in test]
+    full = train(
+        fit,
+        TrainOptions(router="pooled", features=SMALL, pooled=PooledParams(residual_scales=(1.0,))),
+    )
+    half = train(
+        fit,
+        TrainOptions(router="pooled", features=SMALL, pooled=PooledParams(residual_scales=(0.5,))),
+    )
+    assert full.params()["chosen_scale"] == 1.0 and half.params()["chosen_scale"] == 0.5
+    means = full.means
+    np.testing.assert_allclose(
+        np.clip(means + 0.5 * (full.predict(texts) - means), 0, 1),
+        half.predict(texts),
+        atol=1e-9,
+    )  # (the synthetic residuals stay inside [0, 1] after clipping at full size here)
+    default = train(fit, TrainOptions(router="pooled", features=SMALL))
+    assert default.params()["chosen_scale"] in PooledParams().residual_scales
+    assert default.params()["scale_chosen_by"] == "hull_area"  # the records carry costs
+    no_costs = [Record(r.id, r.text, r.scores) for r in fit]
+    blind = train(no_costs, TrainOptions(router="pooled", features=SMALL))
+    assert blind.params()["scale_chosen_by"] == "squared_error"
+    artifact.save(default, tmp_path / "p")
+    loaded = artifact.load(tmp_path / "p")
+    assert loaded.params()["chosen_scale"] == default.params()["chosen_scale"]
+    np.testing.assert_allclose(loaded.predict(texts), default.predict(texts))
+
+
+def test_cost_matrix_marks_missing_costs():
+    recs = [
+        Record("a", "x", {"m": 1.0, "n": 0.0}, {"m": 0.5}),
+        Record("b", "y", {"m": 1.0, "n": 0.0}, {"m": 0.1, "n": 0.2}),
+    ]
+    got = cost_matrix(recs, ("m", "n"))
+    assert got[0, 0] == 0.5 and np.isnan(got[0, 1]) and got[1].tolist() == [0.1, 0.2]
