@@ -71,7 +71,7 @@ class PooledParams:
     rank: int = 0  # > 0: keep only this many components of the residuals (0: all)
     prior_weight: float = 5.0  # pseudo-counts shrinking each model's mean to the overall mean
     # factors on the fitted residuals, one chosen by the training rows' own decisions (above)
-    residual_scales: tuple[float, ...] = (0.5, 0.75, 1.0)
+    residual_scales: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     max_anchors: int = 2000
     seed: int = 0
 
