@@ -12,6 +12,7 @@ predict without the unfamiliarity shrinkage, 1 - P(weak right) alone, and the sh
 prediction = its training mean) above other thresholds of `unfamiliar`. Prints one JSON object.
 
     .venv/bin/python bench/route_transfer.py [--data F.jsonl ...] [--no-reference]
+        [--hold-out DOMAIN ...] [--classifier-l2 L2]
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 
 from routers.base import FloatArray, strong_need
 from routers.dataset import Record, record_from_obj, split_by_id
-from routers.learned import SHRINK_ABOVE, ClassifierRouter
+from routers.learned import SHRINK_ABOVE, ClassifierParams, ClassifierRouter
 from routers.metrics import two_model_report
 from routers.training import TrainOptions, train
 from routers.transfer import group_by_domain, leave_one_domain_out
@@ -132,11 +133,19 @@ def main() -> int:
     ap.add_argument(
         "--no-mmlu-unseen", action="store_true", help="skip the MMLU unseen-items reference"
     )
+    ap.add_argument(
+        "--classifier-l2",
+        type=float,
+        default=ClassifierParams().l2,
+        help="the classifier's l2 penalty (default: the router's default)",
+    )
     args = ap.parse_args()
     paths: list[Path] = args.data or DEFAULT_DATA
     sources = {p.stem: _read(p) for p in paths}
     domains = group_by_domain(sources)
-    options = TrainOptions(strong=STRONG, weak=WEAK)
+    options = TrainOptions(
+        strong=STRONG, weak=WEAK, classifier=ClassifierParams(l2=args.classifier_l2)
+    )
     started = time.perf_counter()
     fitted: dict[str, ClassifierRouter] = {}
     extra: dict[str, float] = {}
@@ -160,6 +169,7 @@ def main() -> int:
         "data": [p.name for p in paths],
         "router": options.router,
         "default_shrink_above": SHRINK_ABOVE,
+        "classifier_l2": args.classifier_l2,
         "strong": STRONG,
         "weak": WEAK,
         "domains": {k: len(v) for k, v in domains.items()},
