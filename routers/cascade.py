@@ -138,11 +138,12 @@ def calibrate_cascade_threshold(
     return best
 
 
-def checks_answer(decision: Decision, cascade_policy: bool, on_unfamiliar: str, weak: str) -> bool:
-    """Whether the shell checks the answer of the decided model and may escalate: the weak model
-    was chosen by a cascade policy, or for an unfamiliar prompt with `on_unfamiliar="cascade"`."""
+def checks_answer(decision: Decision, cascade_policy: bool, on_unfamiliar: str, cheap: str) -> bool:
+    """Whether the shell checks the answer of the decided model and may escalate: the cascade's
+    `cheap` model (the policy's, else the router's weak one) was chosen by a cascade policy, or
+    for an unfamiliar prompt with `on_unfamiliar="cascade"`."""
     by_policy = cascade_policy or (decision.policy == "unfamiliar" and on_unfamiliar == "cascade")
-    return by_policy and decision.model == weak
+    return by_policy and decision.model == cheap
 
 
 def escalates(

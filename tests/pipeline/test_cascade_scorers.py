@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from routers.answer_scorer import save_answer_scorer, train_answer_scorer
-from routers.artifact import load_artifact
+from routers.artifact import load_artifact, save
 from routers.dataset import record_from_obj
+from routers.training import TrainOptions, train
 from tests.routers import synth
 from tests.worker.support import ROWS, request_event, worker_config
 from worker.config import ConfigError
@@ -212,3 +213,50 @@ async def test_a_shadow_judge_the_tenant_may_not_use_never_sees_its_prompt(
         assert verdicts == [] and pipeline.shadow_stats["judge_cost_usd"] == 0.0
     else:
         assert verdicts and pipeline.shadow_stats["judge_cost_usd"] > 0.0
+
+
+@pytest.fixture(scope="module")
+def three_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pooled router over the simulator's three models; the Anthropic one scores worst, so
+    it is the router's weak model and the Mixtral one is not."""
+    rows = [
+        {**r, "scores": {**r["scores"], ANTHROPIC_MODEL: 0.5 * r["scores"][WEAK_MODEL]}}
+        for r in ROWS
+    ]
+    router = train([record_from_obj(r) for r in rows], TrainOptions(router="pooled"))
+    assert router.weak == ANTHROPIC_MODEL
+    return save(router, tmp_path_factory.mktemp("three") / "router")
+
+
+async def test_a_cheap_model_other_than_the_routers_weak_one_is_checked_too(
+    three_models: Path, sim: Simulator, scorer_dir: Path
+) -> None:
+    # `cheap` names another of the router's models than its weak one: its answers are checked
+    # by the scorer as the weak model's would be (scorer threshold 1.0: every one escalates)
+    policy = {
+        "kind": "cascade",
+        "threshold": 1.0,
+        "cheap": WEAK_MODEL,
+        "cascade_scorer": str(scorer_dir),
+        "cascade_threshold": 1.0,
+    }
+    responses, _ = await _answers(three_models, sim, policy)
+    for r in responses:
+        assert r.status == "ok" and r.decision is not None
+        statuses = [(a.model, a.status) for a in r.attempts]
+        assert statuses == [(WEAK_MODEL, "escalated"), (STRONG_MODEL, "ok")], r.decision
+        assert "cascade learned scorer:" in r.decision.reason
+
+
+@pytest.mark.parametrize("role", ["cheap", "strong"])
+def test_a_cascade_model_the_router_does_not_cover_is_refused_at_start(
+    artifact: Path, sim: Simulator, role: str
+) -> None:
+    # the two-model router knows nothing of the Anthropic model: naming it as the cascade's
+    # cheap (or strong) model would silently route around it, so the worker does not start
+    policy = {"kind": "cascade", "threshold": 0.5, role: ANTHROPIC_MODEL}
+    config = worker_config(
+        "127.0.0.1:1", TOPICS, artifact, sim.base_url, policies={"default": policy}
+    )
+    with pytest.raises(ValueError, match=f"{role}.*{ANTHROPIC_MODEL}.*not one of the router"):
+        RoutingCore(config, load_artifact(artifact), config.models)

@@ -57,8 +57,8 @@ class PolicySpec(Section, frozen=True, kw_only=True):
     strong_fraction: float | None = None
     quality_target: float | None = None
     cost_weight_per_usd: float = 0.0
-    cheap: str | None = None  # cascade: default the router's weak model
-    strong: str | None = None  # cascade: default the router's strong model
+    cheap: str | None = None  # cascade: one of the router's models; default its weak one
+    strong: str | None = None  # cascade: one of the router's models; default its strong one
     cascade_threshold: float | None = None
     cascade_scorer: str | None = None  # folder of a learned answer scorer
     cascade_grader: str | None = None  # catalogue model grading the cheap answer

@@ -325,9 +325,9 @@ class Pipeline:
         decision, spec = routed.decision, resolved.spec
         chain = core.fallback_chain(decision, resolved.options, routed.budget_ms)
         plan = Route(routed.budget_ms, decision.policy == "latency_tight")
-        cascade = checks_answer(
-            decision, spec.kind == "cascade", spec.on_unfamiliar, core.router.weak
-        )
+        # the model whose answer a cascade checks: the policy's `cheap` one, else the router's weak
+        cheap = resolved.options.weak or core.router.weak
+        cascade = checks_answer(decision, spec.kind == "cascade", spec.on_unfamiliar, cheap)
         allowed = None
         if cascade or routed.limited:
             allowed = core.eligible(request, resolved, routed.messages)

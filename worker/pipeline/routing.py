@@ -116,6 +116,20 @@ class RoutingCore:
                     f"artifact holds no calibrated threshold (train with --holdout or run "
                     f"`llmroute calibrate`)"
                 )
+            if spec.kind == "cascade":
+                self._check_cascade_models(name, spec.cheap, spec.strong)
+
+    def _check_cascade_models(self, policy: str, cheap: str | None, strong: str | None) -> None:
+        """A cascade's cheap and strong models must be ones the router predicts and prices: any
+        other would never be a candidate, and the cascade would quietly route around it."""
+        routable = [m for _, m, _ in self._priced]
+        for role, model, default in (("cheap", cheap, "weak"), ("strong", strong, "strong")):
+            if model is not None and model not in routable:
+                raise ValueError(
+                    f"policy {policy!r}: the cascade's {role} model {model!r} is not one of the "
+                    f"router's priced models ({', '.join(routable)}): train a router that covers "
+                    f"it, or leave `{role}` unset to use the router's {default} model"
+                )
 
     # ------------------------------------------------------------ policy
 
