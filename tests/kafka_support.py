@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-import sys
 import uuid
 from pathlib import Path
-from types import ModuleType
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from worker.sim.harness import localkafka
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def localkafka() -> ModuleType:
-    """deploy/kafka/localkafka.py, imported by path (it is a script, not a package)."""
-    name = "localkafka"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "deploy" / "kafka" / "localkafka.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def unique_topic(prefix: str = "t") -> str:

@@ -4,11 +4,9 @@ Both are installed by `make test` (targets kafka-tools, otelcol) and cached."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,21 +14,14 @@ from types import ModuleType
 from typing import Any
 
 from tests.kafka_support import localkafka
+from worker.sim.harness import deploy_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def otelcol_build() -> ModuleType:
-    """deploy/otelcol/build.py, imported by path (a script, not a package)."""
-    name = "llmroute_otelcol_build"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "deploy" / "otelcol" / "build.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """deploy/otelcol/build.py."""
+    return deploy_script("otelcol/build.py", "llmroute_otelcol_build")
 
 
 def kafka_tool(name: str, *args: str, stdin: bytes | None = None, timeout_s: float = 120) -> str:

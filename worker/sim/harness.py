@@ -240,16 +240,25 @@ def request_values(
 # ---------------------------------------------------------------- Kafka
 
 
-def localkafka() -> ModuleType:
-    """The checkout's `deploy/kafka/localkafka.py`, loaded as a module."""
-    path = ROOT / "deploy" / "kafka" / "localkafka.py"
-    spec = importlib.util.spec_from_file_location("localkafka", path)
-    if spec is None or spec.loader is None:
+def deploy_script(relative: str, name: str) -> ModuleType:
+    """A script of the checkout's `deploy/` (e.g. "kafka/localkafka.py"), imported by path once
+    per process under `name` (a script, not a package: its module state, such as the brokers it
+    started, is shared by every caller)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    path = ROOT / "deploy" / relative
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None or not path.exists():
         raise FileNotFoundError(f"{path} (the harness needs the source checkout)")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["localkafka"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def localkafka() -> ModuleType:
+    """The checkout's `deploy/kafka/localkafka.py`."""
+    return deploy_script("kafka/localkafka.py", "localkafka")
 
 
 @contextlib.asynccontextmanager
