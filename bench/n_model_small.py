@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from routers.dataset import Record
+from routers.metrics import mean_hull_height
 from routers.training import TrainOptions, default_router, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,34 +102,10 @@ def synthetic_world(rows: list[dict[str, Any]], seed: int = 0) -> tuple[list[Rec
     return out, names
 
 
-def _hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Upper concave hull of the non-dominated points, cheapest first."""
-    pts = sorted(points, key=lambda p: (p[0], -p[1]))
-    frontier: list[tuple[float, float]] = []
-    for p in pts:
-        if not frontier or p[1] > frontier[-1][1]:
-            frontier.append(p)
-    hull: list[tuple[float, float]] = []
-    for p in frontier:
-        while len(hull) >= 2:
-            (x1, y1), (x2, y2) = hull[-2], hull[-1]
-            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) >= 0:
-                hull.pop()
-            else:
-                break
-        hull.append(p)
-    return hull
-
-
 def area(points: list[tuple[float, float]], lo: float, hi: float) -> float:
     """Mean height over [lo, hi] of the upper hull of `points` (flat after its last point;
     before its first point it is 0: a router with no point that cheap gets no credit)."""
-    hull = _hull(points)
-    xs = np.array([p[0] for p in hull])
-    ys = np.array([p[1] for p in hull])
-    grid = np.linspace(lo, hi, 2001)
-    height = np.where(grid < xs[0] - 1e-15, 0.0, np.interp(grid, xs, ys, right=ys[-1]))
-    return float(np.trapezoid(height, grid) / (hi - lo))
+    return mean_hull_height(points, lo, hi)
 
 
 def lambda_points(pred: np.ndarray, q: np.ndarray, c: np.ndarray) -> list[tuple[float, float]]:

@@ -31,10 +31,12 @@ __all__ = [
     "aiq",
     "apgr",
     "cpt",
+    "mean_hull_height",
     "pareto_frontier",
     "pgr_curve",
     "strong_fraction_for_quality",
     "two_model_report",
+    "upper_hull",
 ]
 
 Array = npt.NDArray[np.float64]
@@ -176,9 +178,11 @@ def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, 
     return frontier
 
 
-def _upper_hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+def upper_hull(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The upper concave hull of the (cost, quality) points' Pareto frontier, cheapest first:
+    what mixing the points can reach."""
     hull: list[tuple[float, float]] = []
-    for p in points:
+    for p in pareto_frontier(points):
         while len(hull) >= 2:
             (x1, y1), (x2, y2) = hull[-2], hull[-1]
             if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) >= 0:
@@ -189,14 +193,26 @@ def _upper_hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return hull
 
 
+def mean_hull_height(
+    points: Sequence[tuple[float, float]], lo: float, hi: float, grid_points: int = 2001
+) -> float:
+    """The mean height over costs [lo, hi] (hi > lo) of the points' `upper_hull`: 0 before its
+    cheapest point (no credit where there is no point that cheap), flat after its dearest."""
+    hull = upper_hull(points)
+    xs = np.array([p[0] for p in hull])
+    ys = np.array([p[1] for p in hull])
+    grid = np.linspace(lo, hi, grid_points)
+    height = np.where(grid < xs[0] - 1e-15, 0.0, np.interp(grid, xs, ys, right=ys[-1]))
+    return float(np.trapezoid(height, grid) / (hi - lo))
+
+
 def aiq(points: Sequence[tuple[float, float]]) -> float:
     """RouterBench's average improvement in quality: the area under the non-decreasing upper
     convex hull of the (cost, quality) points, divided by the cost range they span. With a single
     cost value it is the best quality at that cost."""
     if not points:
         raise ValueError("aiq needs at least one point")
-    frontier = pareto_frontier(points)  # sorted by cost, quality increasing
-    hull = _upper_hull(frontier)
+    hull = upper_hull(points)  # sorted by cost, quality increasing
     lo, hi = hull[0][0], hull[-1][0]
     top_at_lo = max(q for c, q in points if c == lo)
     if hi <= lo:

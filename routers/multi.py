@@ -49,6 +49,7 @@ from routers.learned import (
     label_means,
     random_projection,
 )
+from routers.metrics import mean_hull_height, upper_hull
 
 __all__ = [
     "LambdaPoint",
@@ -192,24 +193,9 @@ def hull_area(
         pts.append((float(cost[rows, pick].mean()), float(quality[rows, pick].mean())))
     single_costs = cost.mean(axis=0)
     lo, hi = float(single_costs.min()), float(single_costs.max())
-    hull: list[tuple[float, float]] = []
-    for p in sorted(set(pts), key=lambda p: (p[0], -p[1])):
-        if hull and p[1] <= hull[-1][1]:
-            continue  # dominated: dearer and no better
-        while len(hull) >= 2:
-            (x1, y1), (x2, y2) = hull[-2], hull[-1]
-            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) >= 0:
-                hull.pop()
-            else:
-                break
-        hull.append(p)
     if hi <= lo:
-        return hull[-1][1]
-    xs = np.array([p[0] for p in hull])
-    ys = np.array([p[1] for p in hull])
-    grid = np.linspace(lo, hi, 1001)
-    height = np.where(grid < xs[0] - 1e-15, 0.0, np.interp(grid, xs, ys, right=ys[-1]))
-    return float(np.trapezoid(height, grid) / (hi - lo))
+        return upper_hull(pts)[-1][1]
+    return mean_hull_height(pts, lo, hi, grid_points=1001)
 
 
 MIN_DECISION_ROWS = 20  # fewer complete training rows: the scale is chosen by squared error
