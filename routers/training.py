@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,21 +77,24 @@ class TrainOptions:
 
 def label_matrix(records: Sequence[Record], models: Sequence[str]) -> FloatArray:
     """(n, n_models) scores; NaN where a record has no score for a model."""
-    out = np.full((len(records), len(models)), np.nan)
-    for i, r in enumerate(records):
-        for j, m in enumerate(models):
-            v = r.scores.get(m)
-            if v is not None:
-                out[i, j] = v
-    return out
+    return _per_model(records, models, lambda r: r.scores)
 
 
 def cost_matrix(records: Sequence[Record], models: Sequence[str]) -> FloatArray:
     """(n, n_models) costs in USD; NaN where a record has no cost for a model."""
+    return _per_model(records, models, lambda r: r.costs)
+
+
+def _per_model(
+    records: Sequence[Record],
+    models: Sequence[str],
+    field: Callable[[Record], Mapping[str, float]],
+) -> FloatArray:
     out = np.full((len(records), len(models)), np.nan)
     for i, r in enumerate(records):
+        values = field(r)
         for j, m in enumerate(models):
-            v = r.costs.get(m)
+            v = values.get(m)
             if v is not None:
                 out[i, j] = v
     return out
