@@ -29,6 +29,8 @@ Prints one JSON object:
   nonzero_exits               SIGTERMed members that exited non-zero (goal 0)
   peak_rss_mb                 the largest peak RSS of any member process
   in_flight_at_kills          A's in-flight requests just before each SIGKILL (what it loses)
+  calling_at_kills            ... of them in the pipeline (model calls in progress)
+  answered_at_kills           ... of them answered, their responses not yet committed
 """
 
 from __future__ import annotations
@@ -169,16 +171,23 @@ async def _feed(
     return valid, poison
 
 
-def _gauge(member: Member, name: str) -> float | None:
-    """A gauge of the member's /metrics (None when it does not answer)."""
+def _gauges(member: Member) -> dict[str, float] | None:
+    """The member's gauges from /metrics, by series (None when it does not answer)."""
     try:
         text = httpx.get(f"http://127.0.0.1:{member.port}/metrics", timeout=2.0).text
     except httpx.HTTPError:
         return None
+    out: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
+        if line.startswith("llmroute_in_flight_requests"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def _at_kill(gauges: dict[str, float] | None, series: str) -> int | None:
+    value = None if gauges is None else gauges.get(series)
+    return None if value is None else int(value)
 
 
 def _peak_rss_mb(member: Member) -> float:
@@ -246,14 +255,19 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
             sigtermed = False
             events: list[float] = []
             in_flight_at_kills: list[int | None] = []
+            calling_at_kills: list[int | None] = []
+            answered_at_kills: list[int | None] = []
             while not feed.done() or time.monotonic() - started < 30:
                 await asyncio.sleep(0.5)
                 peak = max(peak, _peak_rss_mb(a), _peak_rss_mb(b))
                 if time.monotonic() >= next_kill:
                     # requests A holds (model calls in progress among them): what a SIGKILL
                     # makes the next owner redo
-                    held = await asyncio.to_thread(_gauge, a, "llmroute_in_flight_requests")
-                    in_flight_at_kills.append(None if held is None else int(held))
+                    held = await asyncio.to_thread(_gauges, a)
+                    in_flight_at_kills.append(_at_kill(held, "llmroute_in_flight_requests"))
+                    stage = 'llmroute_in_flight_requests_by_stage{{stage="{}"}}'
+                    calling_at_kills.append(_at_kill(held, stage.format("calling")))
+                    answered_at_kills.append(_at_kill(held, stage.format("answered")))
                     a.kill()  # SIGKILL
                     events.append(time.monotonic())
                     kills += 1
@@ -305,6 +319,8 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
             "peak_rss_mb": round(peak, 1),
             "sigkills": kills,
             "in_flight_at_kills": in_flight_at_kills,
+            "calling_at_kills": calling_at_kills,
+            "answered_at_kills": answered_at_kills,
             "rate_per_s": args.rate,
             "membership": args.membership,
             "transactions": args.transactions,

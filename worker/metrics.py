@@ -133,6 +133,13 @@ class WorkerMetrics:
             buckets=REQUEST_BUCKETS_S,
         )
         self.in_flight = gauge("in_flight_requests", "Requests received and not yet finished.")
+        self.in_progress = gauge(
+            "in_flight_requests_by_stage",
+            "Requests in flight by stage: 'calling' (in the pipeline: routing and model calls), "
+            "'answered' (the answer in hand, its response not yet published and committed). "
+            "What a crash would make the next owner do again.",
+            ["stage"],
+        )
         self.consumer_lag = gauge(
             "consumer_lag_records",
             "High watermark minus position, per assigned partition.",

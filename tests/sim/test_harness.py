@@ -74,6 +74,7 @@ def test_synthetic_rows_without_the_shared_data(tmp_path: Path) -> None:
         "decisions",
         "dlq",
         "done",
+        "journal",
         "feedback",
         "batch_jobs",
         "control",

@@ -216,6 +216,7 @@ def _config(bootstrap: str, artifact: Path, sim_url: str, run_id: str) -> dict[s
             "feedback": f"{t}.feedback",
             "dlq": f"{t}.requests.dlq",
             "done": f"{t}.requests.done",
+            "journal": f"{t}.requests.journal",
             "batch_jobs": f"{t}.batch-jobs",
             "control": f"{t}.control",
         },

@@ -128,6 +128,7 @@ TOPIC_ROLES = (
     "shadow",
     "feedback_dlq",
     "spend",
+    "journal",
 )
 
 
@@ -144,6 +145,10 @@ class TopicSettings(Section, frozen=True, kw_only=True):
     done: str = "llm.requests.done"  # compacted dedupe log: request ids already answered
     feedback_dlq: str = "llm.feedback.dlq"  # feedback Langfuse refused, with its answer
     spend: str = "llm.spend"  # compacted: spend per tenant, member, window (worker.pipeline.spend)
+    # paid answers written as they arrive (`loop.answer_journal`, worker.kafka.journal); not
+    # compacted: deleted after `journal_retention_ms` (set when the worker creates it)
+    journal: str = "llm.requests.journal"
+    journal_retention_ms: int = 24 * 3600 * 1000
     # topics the worker (or `llmroute topics create`) creates: partitions bound how many members
     # of the group do work (a member beyond the request topic's partition count idles)
     partitions: int = 6
@@ -152,6 +157,8 @@ class TopicSettings(Section, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.partitions < 1 or self.replication_factor < 1:
             raise ValueError("topics partitions and replication_factor must be >= 1")
+        if self.journal_retention_ms < 60_000:
+            raise ValueError("topics journal_retention_ms must be at least 60000 (a minute)")
 
     def names(self) -> dict[str, str]:
         """Every topic the worker uses, by role (`requests`, `responses`, ...)."""
@@ -176,3 +183,12 @@ class LoopSettings(Section, frozen=True, kw_only=True):
     max_publish_attempts: int = 3
     reply_publish_timeout_s: float = 5.0  # a reply topic without metadata by then: a failure
     reply_topic_pattern: str | None = None  # when set, reply topics must match it (fullmatch)
+    # each paid answer is written to the journal topic as it arrives (not in a transaction): a
+    # member killed before the response is published or committed leaves it to the next owner,
+    # which publishes it instead of calling the model again (worker.kafka.journal)
+    answer_journal: bool = True
+    journal_window: int = 5_000  # journal entries read back per partition on assignment
+
+    def __post_init__(self) -> None:
+        if self.journal_window < 0:
+            raise ValueError("loop journal_window must be >= 0")

@@ -48,6 +48,7 @@ from worker.errors import UnpublishableRecord
 from worker.kafka.control import ControlFollower
 from worker.kafka.dedupe import AnsweredIds, load_answered
 from worker.kafka.intake import Decoded, decode, record_info
+from worker.kafka.journal import Journal, load_journal
 from worker.kafka.observer import LoopObserver, NullObserver, quietly
 from worker.kafka.offsets import OffsetTracker
 from worker.kafka.publisher import Publisher, Publishing
@@ -120,6 +121,9 @@ class Worker:
         # per source partition: the answered request ids, loaded once per assignment (records can
         # arrive before the assignment callback has finished, so loading is shared and awaited)
         self._answered: dict[int, asyncio.Task[AnsweredIds]] = {}
+        # per source partition: answers journalled by a member that died before publishing
+        # them (`worker.kafka.journal`), loaded with the answered ids
+        self._journals: dict[int, Journal] = {}
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         # revoked partitions whose requests were still in flight, until the assignment says
         # whether they came back (True: go on publishing; False: they moved, drop the work)
@@ -127,6 +131,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._paused = False
         self._done_partitions = 0
+        self._journal_partitions = 0
+        self._journal_missing_said = False
         self._jobs_partitions = 0
         self._control_partitions = 0
         # started once the clients have started, stopped after the drain and the last commit
@@ -142,10 +148,14 @@ class Worker:
         # the response, decision, dedupe marker, dead letter and shadow records
         self.publisher = publisher or Publisher(kafka, topics, settings, self.observer)
         self.stats = self.publisher.stats  # "published", "dead_letters", and the member's own:
-        self.stats.update(records=0, duplicates=0, batched=0, abandoned=0)
+        self.stats.update(records=0, duplicates=0, batched=0, abandoned=0, journal_replays=0)
         self._in_flight_ids: dict[tuple[str, str], asyncio.Future[None]] = {}
         self.broker_reachable = True
         self.in_flight_bytes = 0  # record bytes (value + key) of the records in flight
+        # requests in the pipeline (routing, model calls), and answers not yet published: what
+        # a crash of this member would make the next owner do again
+        self.calling = 0
+        self.answers_held = 0
         self._mean_record_bytes = 1024
         self._trouble_count = 0
         self._trouble_logged = float("-inf")
@@ -286,14 +296,20 @@ class Worker:
                 log.warning("%d tasks did not stop within 10 s of being cancelled", len(stuck))
 
     async def _partition_counts(self) -> None:
-        counts = await partition_counts(
-            self.kafka.common_kwargs(),
-            [self.topics.requests, self.topics.done, self.topics.batch_jobs, self.topics.control],
-        )
+        t = self.topics
+        names = [t.requests, t.done, t.batch_jobs, t.control]
+        if self.settings.answer_journal:
+            names.append(t.journal)
+        counts = await partition_counts(self.kafka.common_kwargs(), names)
         self._control_partitions = counts.get(self.topics.control, 0)
         self._source_partitions = counts.get(self.topics.requests, 0)
         self._done_partitions = counts.get(self.topics.done, 0)
         self.publisher.done_partitions = self._done_partitions
+        journal = counts.get(t.journal, 0)
+        if self.settings.answer_journal and not journal and not self._journal_missing_said:
+            log.warning("topic %s is missing: paid answers are not journalled", t.journal)
+            self._journal_missing_said = True
+        self._journal_partitions = self.publisher.journal_partitions = journal
         self._jobs_partitions = counts.get(self.topics.batch_jobs, 0)
 
     def _start_batches(self) -> None:
@@ -462,6 +478,7 @@ class Worker:
         assert self.consumer is not None
         in_flight = self.tracker.in_flight()
         quietly(self.observer.in_flight, in_flight)
+        quietly(self.observer.in_progress, self.calling, self.answers_held)
         assignment = self.consumer.assignment()
         full = (
             in_flight >= self.settings.max_in_flight
@@ -507,6 +524,8 @@ class Worker:
         try:
             ended = await self._end_record(tp, info, value, item, request, state, prepared)
         finally:
+            if state.handled is not None:
+                self.answers_held -= 1
             if owned is not None:
                 done = self._in_flight_ids.pop(owned)
                 if not done.done():
@@ -547,6 +566,8 @@ class Worker:
                             )
                             state.handled = await self._handle(tp, request, info, span, prepared)
                             state.handled_once = True  # not before: a failure here is retried
+                            if state.handled is not None:
+                                self.answers_held += 1
                         if state.handled is not None:
                             key = request_key(request.tenant, request.request_id)
                             if await self._unless_held(tp) and key in await self.answered(
@@ -667,8 +688,15 @@ class Worker:
             self.stats["duplicates"] += 1
             quietly(self.observer.duplicate)
             return None
+        journal = self._journals.get(tp.partition)
+        journalled = journal.take(key, info) if journal is not None else None
+        if journalled is not None:  # answered by a member that died before publishing it
+            self.stats["journal_replays"] += 1
+            handled = journalled.handled()
+            self._trace_response(span, handled)
+            return handled
         try:
-            result = await self.pipeline.handle(request, info, prepared)
+            result = await self._pipeline(request, info, prepared)
             if isinstance(result, Deferred):
                 decided = result.decision.decision if result.decision is not None else None
                 if batches is not None and await batches.submit(
@@ -692,7 +720,7 @@ class Worker:
                         )
                     self.stats["batched"] += 1
                     return None  # answered when the job ends (worker.batch.jobs)
-                result = await self.pipeline.handle(request, info, prepared, interactive=True)
+                result = await self._pipeline(request, info, prepared, interactive=True)
             assert isinstance(result, Handled)
             handled = result
         except asyncio.CancelledError:
@@ -700,6 +728,13 @@ class Worker:
         except Exception as exc:  # a bug must still end in an error response, never in silence
             log.exception("pipeline failed on request %s", request.request_id)
             handled = self.pipeline.internal_error(request, info, exc)
+        if handled.response.attempts:  # a model was called: journalled before anything else
+            await self.publisher.journal(handled, info)
+        self._trace_response(span, handled)
+        return handled
+
+    @staticmethod
+    def _trace_response(span: RequestSpan, handled: Handled) -> None:
         r = handled.response
         quietly(
             span.set_response,
@@ -710,7 +745,19 @@ class Worker:
             error_type=r.error.type if r.error is not None else None,
             error_message=r.error.message if r.error is not None else "",
         )
-        return handled
+
+    async def _pipeline(
+        self,
+        request: schemas.RouteRequest,
+        info: RecordInfo,
+        prepared: object,
+        interactive: bool = False,
+    ) -> Handled | Deferred:
+        self.calling += 1
+        try:
+            return await self.pipeline.handle(request, info, prepared, interactive=interactive)
+        finally:
+            self.calling -= 1
 
     async def _batch_finished(self, finished: Finished) -> None:
         """Answer one item of an ended batch job (called by the batch jobs, at least once)."""
@@ -904,6 +951,7 @@ class Worker:
         """Drop a partition that moved: its state, and its requests still in flight (their
         offsets stay uncommitted, so the next owner redoes them)."""
         self.tracker.drop(tp)
+        self._journals.pop(tp.partition, None)
         load = self._answered.pop(tp.partition, None)
         if load is not None:
             load.cancel()
@@ -920,6 +968,7 @@ class Worker:
             del self._held[tp]
             back = tp in assigned
             if back:
+                self._journals.pop(tp.partition, None)
                 load = self._answered.pop(tp.partition, None)
                 if load is not None:
                     load.cancel()
@@ -985,23 +1034,18 @@ class Worker:
         return load
 
     async def _load_answered(self, partition: int) -> AnsweredIds:
-        """Read back the partition's answered ids (and batch jobs); a failure (a slow broker, a
-        rebalance storm) is retried here, once for all the requests waiting on it, with backoff:
-        requests must not run before their partition's dedupe memory is loaded."""
+        """Read back the partition's answered ids, its journalled answers and batch jobs; a
+        failure (a slow broker, a rebalance storm) is retried here, once for all the requests
+        waiting on it, with backoff: requests must not run before their partition's dedupe
+        memory is loaded, and never with a part of it."""
         delay = 1.0
         while True:
             try:
-                loaded = await load_answered(
-                    self.kafka.common_kwargs(),
-                    self.topics.done,
-                    self._done_partitions,
-                    [partition],
-                    max(1, self._source_partitions),
-                    self.settings.dedupe_window,
-                )
+                answered, journal = await self._load_state(partition)
                 if self.batches is not None:
                     await self.batches.load(partition)  # jobs move with their source partitions
-                return loaded[partition]
+                self._journals[partition] = journal
+                return answered
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -1014,6 +1058,42 @@ class Worker:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+    async def _load_state(self, partition: int) -> tuple[AnsweredIds, Journal]:
+        """The dedupe markers and the journal of `partition`, read at the same time; both or
+        the first failure (the other read is then stopped)."""
+        markers = asyncio.ensure_future(
+            load_answered(
+                self.kafka.common_kwargs(),
+                self.topics.done,
+                self._done_partitions,
+                [partition],
+                max(1, self._source_partitions),
+                self.settings.dedupe_window,
+            )
+        )
+        journals = asyncio.ensure_future(
+            load_journal(
+                self.kafka.common_kwargs(),
+                self.topics.journal,
+                self._journal_partitions if self.settings.answer_journal else 0,
+                self.topics.requests,
+                [partition],
+                max(1, self._source_partitions),
+                self.settings.journal_window,
+            )
+        )
+        try:
+            answered = (await markers)[partition]
+            journal = (await journals)[partition]
+        finally:
+            for load in (markers, journals):
+                if not load.done():
+                    load.cancel()
+                elif not load.cancelled():
+                    load.exception()  # retrieved: the first failure is the one raised
+        journal.prune(answered)
+        return answered, journal
 
 
 async def close_quietly(

@@ -33,6 +33,7 @@ class LoopObserver(Protocol):
     def dead_letter(self, error_type: str) -> None: ...
     def duplicate(self) -> None: ...
     def in_flight(self, count: int) -> None: ...
+    def in_progress(self, calling: int, answered: int) -> None: ...
     def lag(self, partition: int, lag: int) -> None: ...
     def published(self, handled: Handled) -> None: ...
 
@@ -54,6 +55,9 @@ class NullObserver:
         pass
 
     def in_flight(self, count: int) -> None:
+        pass
+
+    def in_progress(self, calling: int, answered: int) -> None:
         pass
 
     def lag(self, partition: int, lag: int) -> None:
@@ -106,6 +110,10 @@ class MetricsObserver:
 
     def in_flight(self, count: int) -> None:
         self.metrics.in_flight.set(count)
+
+    def in_progress(self, calling: int, answered: int) -> None:
+        self.metrics.in_progress.labels("calling").set(calling)
+        self.metrics.in_progress.labels("answered").set(answered)
 
     def lag(self, partition: int, lag: int) -> None:
         self.metrics.set_consumer_lag(self.topic, partition, lag)

@@ -5,6 +5,8 @@
     Publisher.dead_letter  the dead-letter record (the original bytes, cut to fit)
     Publisher.decision     the decision event of a request handed to a batch job
     Publisher.shadow       a shadow call's answer, decision and verdicts
+    Publisher.journal      a paid answer as soon as it arrives (`worker.kafka.journal`), not
+                           waiting for its acknowledgement
 
 The producer is idempotent (`acks=all`), keys records by request id with a key-hash
 partitioner that remembers the last key's hash (a response and its decision share it), and
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,11 +35,12 @@ from aiokafka.partitioner import DefaultPartitioner, murmur2
 import schemas
 from schemas.trace import request_key
 from worker.config.kafka import KafkaSettings, LoopSettings, TopicSettings
+from worker.kafka import journal
 from worker.kafka.deadletter import dead_letter
 from worker.kafka.dedupe import marker, marker_partition
 from worker.kafka.observer import LoopObserver, quietly
 from worker.kafka.records import Handled, RecordInfo
-from worker.kafka.topics import max_message_bytes
+from worker.kafka.topics import BROKER_DEFAULT_MAX_MESSAGE_BYTES, max_message_bytes
 from worker.kafka.transactions import Offsets, Transactions
 from worker.telemetry.propagation import context_headers, record_context_headers
 
@@ -119,9 +123,11 @@ class Publisher:
         self.topics = topics
         self.settings = settings
         self.observer = observer
-        self.stats = {"published": 0, "dead_letters": 0}
+        self.stats = {"published": 0, "dead_letters": 0, "journalled": 0, "journal_failures": 0}
         self.producer: AIOKafkaProducer | None = None
         self.done_partitions = 0  # the dedupe topic's partition count (0: no markers)
+        self.journal_partitions = 0  # the journal topic's partition count (0: no journal)
+        self._journal_logged = float("-inf")
         self._limits: dict[str, int] = {}  # topic -> max.message.bytes
         self._batch_bytes = kafka.producer_batch_bytes
         # responses + markers + offsets, one transaction per interval (`kafka.transactions`)
@@ -132,7 +138,10 @@ class Publisher:
         # a batch larger than its topic's max.message.bytes fails whole (aiokafka does not split
         # it): batches stay within the smallest limit of the topics written most
         t = self.topics
-        self._limits.update(await max_message_bytes(common, [t.responses, t.decisions, t.dlq]))
+        written = [t.responses, t.decisions, t.dlq]
+        if self.settings.answer_journal:
+            written.append(t.journal)
+        self._limits.update(await max_message_bytes(common, written))
         self._batch_bytes = min(
             self.kafka.producer_batch_bytes, *(v - RECORD_OVERHEAD for v in self._limits.values())
         )
@@ -217,6 +226,60 @@ class Publisher:
                 )
             )
         await asyncio.gather(*acks)
+
+    async def journal(self, handled: Handled, info: RecordInfo) -> None:
+        """Write a paid answer to the journal (when there is one). Returns once the record is
+        handed to the producer, not when it is acknowledged; never raises: a failure costs a
+        repeated model call after a crash, nothing else (counted, logged once a minute)."""
+        producer = self.producer
+        if not self.journal_partitions or producer is None:
+            return
+        try:
+            r = handled.response
+            e = journal.entry(handled, info)
+            value = journal.encode(e)
+            limit = min(
+                self.kafka.producer_max_request_bytes,
+                self._limits.get(self.topics.journal, BROKER_DEFAULT_MAX_MESSAGE_BYTES),
+            )
+            budget = limit - 2 * RECORD_OVERHEAD  # the entry's own fields beside the response
+            if len(value) > budget and e.decision is not None:
+                e = msgspec.structs.replace(e, decision=None)
+                value = journal.encode(e)
+            if len(value) > budget:
+                e = msgspec.structs.replace(e, response=_cut_response(r, info, budget))
+                value = journal.encode(e)
+            ack = await producer.send(
+                self.topics.journal,
+                value,
+                key=request_key(r.tenant, r.request_id).encode(),
+                partition=journal.journal_partition(info.partition, self.journal_partitions),
+            )
+        except Exception as exc:
+            self._journal_failed(exc)
+            return
+        ack.add_done_callback(self._journalled)
+
+    def _journalled(self, ack: asyncio.Future[Any]) -> None:
+        if ack.cancelled():
+            self._journal_failed(asyncio.CancelledError())
+        elif ack.exception() is not None:
+            self._journal_failed(ack.exception())  # type: ignore[arg-type]
+        else:
+            self.stats["journalled"] += 1
+
+    def _journal_failed(self, exc: BaseException) -> None:
+        self.stats["journal_failures"] += 1
+        now = time.monotonic()
+        if now - self._journal_logged >= 60.0:
+            self._journal_logged = now
+            log.warning(
+                "writing answers to the journal fails (%s: %s); %d failures so far (a crash "
+                "now costs those model calls again)",
+                type(exc).__name__,
+                exc,
+                self.stats["journal_failures"],
+            )
 
     async def decision(
         self, decision: schemas.RoutingDecision | None, request: schemas.RouteRequest

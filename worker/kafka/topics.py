@@ -23,7 +23,7 @@ async def ensure_topics(
     New topics get as many partitions as the request topic when it exists, else
     `topics.partitions`; the control topic gets one. Replication: `replication_factor`, else
     `topics.replication_factor`. The dedupe log, the batch-job topic and the semantic-cache topic
-    are compacted.
+    are compacted; the answer journal is deleted after `topics.journal_retention_ms`.
     """
     rf = topics.replication_factor if replication_factor is None else replication_factor
     admin = AIOKafkaAdminClient(**client_kwargs)
@@ -32,6 +32,11 @@ async def ensure_topics(
         existing = await _partitions(admin)
         partitions = existing.get(topics.requests) or topics.partitions
         compacted = {topics.done, topics.batch_jobs, topics.cache, topics.spend}
+        configs: dict[str, dict[str, str]] = {t: {"cleanup.policy": "compact"} for t in compacted}
+        configs.setdefault(
+            topics.journal,
+            {"cleanup.policy": "delete", "retention.ms": str(topics.journal_retention_ms)},
+        )
         missing = [t for t in dict.fromkeys(topics.names().values()) if t not in existing]
         if missing:
             new = [
@@ -39,7 +44,7 @@ async def ensure_topics(
                     t,
                     partitions if t != topics.control else 1,
                     rf,
-                    topic_configs={"cleanup.policy": "compact"} if t in compacted else {},
+                    topic_configs=configs.get(t, {}),
                 )
                 for t in missing
             ]

@@ -284,6 +284,7 @@ def topic_names(requests: str) -> dict[str, str]:
         "decisions": f"{requests}.decisions",
         "dlq": f"{requests}.dlq",
         "done": f"{requests}.done",
+        "journal": f"{requests}.journal",
         "feedback": f"{requests}.feedback",
         "batch_jobs": f"{requests}.batch-jobs",
         "control": f"{requests}.control",

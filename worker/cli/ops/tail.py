@@ -1,8 +1,9 @@
 """`llmroute tail`: follow any of the worker's topics, filtered, pretty or as JSON lines.
 
 `what` is a topic's role (responses, decisions, requests, feedback, dlq, feedback_dlq, shadow,
-control, batch_jobs, cache, done); `--topic NAME` reads another topic: one of the config's topics is
-decoded as its role says, any other (a request's reply_topic) as responses unless `what` says.
+control, batch_jobs, cache, done, journal); `--topic NAME` reads another topic: one of the
+config's topics is decoded as its role says, any other (a request's reply_topic) as responses
+unless `what` says.
 
 Starts at the end of the topic (only new records) unless `--from-beginning`; stops after
 `--max N` matching records, after `--idle-timeout-s` without a record, or on Ctrl-C. Reads
@@ -41,6 +42,7 @@ KINDS: dict[str, type[Any] | None] = {
     "cache": schemas.CacheEntry,
     "done": None,
     "spend": None,
+    "journal": None,
 }
 
 
