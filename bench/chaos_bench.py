@@ -31,6 +31,8 @@ Prints one JSON object:
   in_flight_at_kills          A's in-flight requests just before each SIGKILL (what it loses)
   calling_at_kills            ... of them in the pipeline (model calls in progress)
   answered_at_kills           ... of them answered, their responses not yet committed
+  journal_replays             requests each member process answered from the answer journal
+                              (read before it was killed or stopped; null: no answer)
 """
 
 from __future__ import annotations
@@ -179,7 +181,7 @@ def _gauges(member: Member) -> dict[str, float] | None:
         return None
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("llmroute_in_flight_requests"):
+        if line.startswith(("llmroute_in_flight_requests", "llmroute_journal_replays_total")):
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
@@ -229,6 +231,8 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
                     "max_in_flight": args.max_in_flight,
                     "resume_below": args.max_in_flight * 3 // 4,
                     "drain_timeout_s": 20.0,
+                    "answer_journal": args.answer_journal,
+                    "max_model_calls": args.max_model_calls,
                 },
                 providers={"max_connections": 2000},
             )
@@ -257,6 +261,7 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
             in_flight_at_kills: list[int | None] = []
             calling_at_kills: list[int | None] = []
             answered_at_kills: list[int | None] = []
+            replays: list[int | None] = []  # each member process's, before it ends
             while not feed.done() or time.monotonic() - started < 30:
                 await asyncio.sleep(0.5)
                 peak = max(peak, _peak_rss_mb(a), _peak_rss_mb(b))
@@ -268,6 +273,7 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
                     stage = 'llmroute_in_flight_requests_by_stage{{stage="{}"}}'
                     calling_at_kills.append(_at_kill(held, stage.format("calling")))
                     answered_at_kills.append(_at_kill(held, stage.format("answered")))
+                    replays.append(_at_kill(held, "llmroute_journal_replays_total"))
                     a.kill()  # SIGKILL
                     events.append(time.monotonic())
                     kills += 1
@@ -275,6 +281,8 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
                     a.start()
                     if not sigtermed:  # B stops while the group rebalances for A's return
                         await asyncio.sleep(1.0)
+                        last = await asyncio.to_thread(_gauges, b)
+                        replays.append(_at_kill(last, "llmroute_journal_replays_total"))
                         exits.append(await b.stop())
                         b.start()
                         sigtermed = True
@@ -289,6 +297,9 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
                     break
                 await asyncio.sleep(0.5)
             peak = max(peak, _peak_rss_mb(a), _peak_rss_mb(b))
+            for m in (a, b):
+                last = await asyncio.to_thread(_gauges, m)
+                replays.append(_at_kill(last, "llmroute_journal_replays_total"))
             exits.append(await a.stop())
             exits.append(await b.stop())
             await asyncio.sleep(1.0)
@@ -321,10 +332,13 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
             "in_flight_at_kills": in_flight_at_kills,
             "calling_at_kills": calling_at_kills,
             "answered_at_kills": answered_at_kills,
+            "journal_replays": replays,
             "rate_per_s": args.rate,
             "membership": args.membership,
             "transactions": args.transactions,
             "max_in_flight": args.max_in_flight,
+            "answer_journal": args.answer_journal,
+            "max_model_calls": args.max_model_calls,
         }
     finally:
         for m in members:
@@ -354,6 +368,18 @@ async def main() -> None:
         type=int,
         default=1000,
         help="loop.max_in_flight of each member: the most requests a SIGKILL can catch mid-way",
+    )
+    parser.add_argument(
+        "--answer-journal",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="loop.answer_journal: paid answers journalled as they arrive (the default)",
+    )
+    parser.add_argument(
+        "--max-model-calls",
+        type=int,
+        default=None,
+        help="loop.max_model_calls of each member (default: none, as the worker's default)",
     )
     parser.add_argument(
         "--transactions",

@@ -167,6 +167,11 @@ class WorkerMetrics:
         self.redeliveries_skipped = counter(
             "redeliveries_skipped", "Redelivered requests skipped: a response was already sent."
         )
+        self.journal_replays = counter(
+            "journal_replays",
+            "Redelivered requests answered from the answer journal (a member died after the "
+            "model answered, before the response was committed): model calls not repeated.",
+        )
         self.arm_requests = counter(
             "ab_requests",
             "A/B experiments: requests finished per arm, by status.",

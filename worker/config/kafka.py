@@ -188,7 +188,13 @@ class LoopSettings(Section, frozen=True, kw_only=True):
     # which publishes it instead of calling the model again (worker.kafka.journal)
     answer_journal: bool = True
     journal_window: int = 5_000  # journal entries read back per partition on assignment
+    # requests in the pipeline (routing and model calls) at once; the others of the in-flight
+    # ones wait without having cost anything, so a crash repeats at most this many calls.
+    # None: no limit but max_in_flight. Throughput is at most this / model latency
+    max_model_calls: int | None = None
 
     def __post_init__(self) -> None:
         if self.journal_window < 0:
             raise ValueError("loop journal_window must be >= 0")
+        if self.max_model_calls is not None and self.max_model_calls < 1:
+            raise ValueError("loop max_model_calls must be >= 1 (or absent: no limit)")

@@ -156,6 +156,8 @@ class Worker:
         # a crash of this member would make the next owner do again
         self.calling = 0
         self.answers_held = 0
+        limit = settings.max_model_calls
+        self._call_slots = asyncio.Semaphore(limit) if limit is not None else None
         self._mean_record_bytes = 1024
         self._trouble_count = 0
         self._trouble_logged = float("-inf")
@@ -692,6 +694,7 @@ class Worker:
         journalled = journal.take(key, info) if journal is not None else None
         if journalled is not None:  # answered by a member that died before publishing it
             self.stats["journal_replays"] += 1
+            quietly(self.observer.journal_replay)
             handled = journalled.handled()
             self._trace_response(span, handled)
             return handled
@@ -753,11 +756,17 @@ class Worker:
         prepared: object,
         interactive: bool = False,
     ) -> Handled | Deferred:
+        """The pipeline's answer, within `max_model_calls` requests in the pipeline at once."""
+        slots = self._call_slots
+        if slots is not None:
+            await slots.acquire()
         self.calling += 1
         try:
             return await self.pipeline.handle(request, info, prepared, interactive=interactive)
         finally:
             self.calling -= 1
+            if slots is not None:
+                slots.release()
 
     async def _batch_finished(self, finished: Finished) -> None:
         """Answer one item of an ended batch job (called by the batch jobs, at least once)."""

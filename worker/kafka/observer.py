@@ -32,6 +32,7 @@ class LoopObserver(Protocol):
     def assignment(self, assigned: int, partitions: int) -> None: ...
     def dead_letter(self, error_type: str) -> None: ...
     def duplicate(self) -> None: ...
+    def journal_replay(self) -> None: ...
     def in_flight(self, count: int) -> None: ...
     def in_progress(self, calling: int, answered: int) -> None: ...
     def lag(self, partition: int, lag: int) -> None: ...
@@ -52,6 +53,9 @@ class NullObserver:
         pass
 
     def duplicate(self) -> None:
+        pass
+
+    def journal_replay(self) -> None:
         pass
 
     def in_flight(self, count: int) -> None:
@@ -107,6 +111,9 @@ class MetricsObserver:
 
     def duplicate(self) -> None:
         self.metrics.redelivery_skipped()
+
+    def journal_replay(self) -> None:
+        self.metrics.journal_replays.inc()
 
     def in_flight(self, count: int) -> None:
         self.metrics.in_flight.set(count)
