@@ -5,6 +5,7 @@ again (`worker.kafka.journal`)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -227,3 +228,30 @@ async def test_an_answer_too_large_for_the_journal_is_cut_to_fit(
     assert truncated is not None and truncated.original_bytes > 100_000
     assert truncated.source is not None and truncated.source.offset == 42
     assert all(len(r.value) <= 30_000 for r in records)
+
+
+async def test_max_model_calls_bounds_the_calls_in_progress(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator
+) -> None:
+    """24 requests in flight at once, `max_model_calls` 3: the simulator never has more than
+    3 calls at a time (without the bound it had all 24), and every request is answered once."""
+    from worker.sim import Latency
+
+    sim.config = dataclasses.replace(sim.config, latency=Latency(ms=200))
+    topics = await _topics(new_topic, partitions=2)
+    data = worker_config_data(
+        kafka_bootstrap, topics, artifact, sim.base_url, loop={"max_model_calls": 3}
+    )
+    config = parse(data)
+    await ensure_topics(config.kafka.common_kwargs(), config.topics, 1)
+    n = 24
+    values = _request_values(range(n))
+    await produce(kafka_bootstrap, topics["requests"], values)
+    app = build(config)
+    try:
+        await _run_until(app.worker, lambda: app.worker.stats["published"] >= n, timeout_s=120)
+    finally:
+        await app.close()
+    assert sim.stats.max_in_flight == 3
+    responses = await read_all(kafka_bootstrap, topics["responses"], n)
+    assert Counter(r.key for r in responses) == Counter({k: 1 for k, _ in values})
