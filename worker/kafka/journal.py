@@ -8,10 +8,11 @@ model call included. With `loop.answer_journal` on, each answer of a request tha
 model is also written at once, outside any transaction (`acks=all`), to the journal topic: key
 the request's dedupe key, value the response and decision event (`Entry`), on the partition of
 the source partition's number modulo the journal's partition count. On assignment the member
-reads the last `loop.journal_window` entries of its partitions back (fail closed, as the dedupe
-markers: all or `TopicNotReady`); a redelivered record whose request has no committed marker but
-has an entry for that very record (topic, partition, offset) publishes the journalled response
-instead of calling the model.
+reads the last `loop.journal_window` entries of its partitions back once their dedupe markers
+are loaded, keeping those of requests without a marker (fail closed, as the markers: all or
+`TopicNotReady`); a redelivered record whose request has no committed marker but has an entry
+for that very record (topic, partition, offset) publishes the journalled response instead of
+calling the model.
 
 The journal never decides whether a request was answered (the dedupe markers do): an entry only
 replaces a model call. An entry that is missing (not yet acknowledged at the crash, beyond the
@@ -34,7 +35,7 @@ import msgspec
 
 import schemas
 from worker.kafka.records import Handled, RecordInfo
-from worker.kafka.table import read_to_end
+from worker.kafka.table import scan
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +123,6 @@ class Journal:
     def add(self, key: str, value: bytes) -> None:
         self._entries[key] = value
 
-    def prune(self, answered: Container[str]) -> None:
-        """Forget the entries of requests known to be answered (their markers committed)."""
-        for key in [k for k in self._entries if k in answered]:
-            del self._entries[key]
-
     def take(self, key: str, info: RecordInfo) -> Entry | None:
         """The journalled answer to the record `info` of request `key` (then forgotten)."""
         value = self._entries.get(key)
@@ -144,35 +140,41 @@ async def load_journal(
     topic: str,
     journal_count: int,
     source_topic: str,
-    source_partitions: list[int],
+    answered: Mapping[int, Container[str]],
     source_count: int,
     window: int,
     timeout_s: float = 30.0,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[int, Journal]:
-    """The last `window` entries written for each of `source_partitions` (of `source_topic`).
-    All of them or `TopicNotReady` (the rule of every state load; a missing entry would only
-    cost a model call). `Journal.prune` then drops the requests the dedupe markers know."""
-    journals = {p: Journal() for p in source_partitions}
-    if not source_partitions or journal_count < 1 or window < 1:
+    """The last `window` entries written for each source partition of `answered` (of
+    `source_topic`), less the requests `answered` knows (their markers committed): only those
+    are kept as the journal is read, so memory holds what a crash left, not the window. All of
+    them or `TopicNotReady` (the rule of every state load; a missing entry would only cost a
+    model call)."""
+    journals = {p: Journal() for p in answered}
+    if not answered or journal_count < 1 or window < 1:
         return journals
     share = -(-source_count // journal_count)  # source partitions writing to one journal partition
-    records = await read_to_end(
+    reads = scan(
         client_kwargs,
         topic,
-        partitions={journal_partition(p, journal_count) for p in source_partitions},
+        partitions={journal_partition(p, journal_count) for p in answered},
         window=lambda b: (b.end - window * share, b.end),
         timeout_s=timeout_s,
         clock=clock,
     )
-    for record in records:
-        if record.key is None or record.value is None:
-            continue
-        try:
-            where = _WHERE.decode(record.value)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            continue
-        journal = journals.get(where.partition)
-        if where.topic == source_topic and journal is not None:
-            journal.add(record.key.decode(errors="replace"), record.value)
+    async for records in reads:
+        for record in records:
+            if record.key is None or record.value is None:
+                continue
+            try:
+                where = _WHERE.decode(record.value)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                continue
+            journal = journals.get(where.partition)
+            if where.topic != source_topic or journal is None:
+                continue
+            key = record.key.decode(errors="replace")
+            if key not in answered[where.partition]:
+                journal.add(key, record.value)
     return journals

@@ -1069,40 +1069,26 @@ class Worker:
                 delay = min(delay * 2, 30.0)
 
     async def _load_state(self, partition: int) -> tuple[AnsweredIds, Journal]:
-        """The dedupe markers and the journal of `partition`, read at the same time; both or
-        the first failure (the other read is then stopped)."""
-        markers = asyncio.ensure_future(
-            load_answered(
-                self.kafka.common_kwargs(),
-                self.topics.done,
-                self._done_partitions,
-                [partition],
-                max(1, self._source_partitions),
-                self.settings.dedupe_window,
-            )
+        """The dedupe markers of `partition`, then its journalled answers of requests without
+        a marker."""
+        answered = await load_answered(
+            self.kafka.common_kwargs(),
+            self.topics.done,
+            self._done_partitions,
+            [partition],
+            max(1, self._source_partitions),
+            self.settings.dedupe_window,
         )
-        journals = asyncio.ensure_future(
-            load_journal(
-                self.kafka.common_kwargs(),
-                self.topics.journal,
-                self._journal_partitions if self.settings.answer_journal else 0,
-                self.topics.requests,
-                [partition],
-                max(1, self._source_partitions),
-                self.settings.journal_window,
-            )
+        journals = await load_journal(
+            self.kafka.common_kwargs(),
+            self.topics.journal,
+            self._journal_partitions if self.settings.answer_journal else 0,
+            self.topics.requests,
+            answered,
+            max(1, self._source_partitions),
+            self.settings.journal_window,
         )
-        try:
-            answered = (await markers)[partition]
-            journal = (await journals)[partition]
-        finally:
-            for load in (markers, journals):
-                if not load.done():
-                    load.cancel()
-                elif not load.cancelled():
-                    load.exception()  # retrieved: the first failure is the one raised
-        journal.prune(answered)
-        return answered, journal
+        return answered[partition], journals[partition]
 
 
 async def close_quietly(
