@@ -184,6 +184,9 @@ def build(config: Config, tracing: Tracing | None = None) -> App:
         publisher=publisher,
     )
     metrics.set_router(artifact.router.name, artifact.router.version)
+    # read when scraped: what a crash would make the next owner do again, at that moment
+    metrics.in_progress.labels("calling").set_function(lambda: worker.calling)
+    metrics.in_progress.labels("answered").set_function(lambda: worker.answers_held)
     return App(config, client, pipeline, worker, tracing, metrics, health, reloader)
 
 

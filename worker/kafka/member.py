@@ -480,7 +480,6 @@ class Worker:
         assert self.consumer is not None
         in_flight = self.tracker.in_flight()
         quietly(self.observer.in_flight, in_flight)
-        quietly(self.observer.in_progress, self.calling, self.answers_held)
         assignment = self.consumer.assignment()
         full = (
             in_flight >= self.settings.max_in_flight

@@ -34,7 +34,6 @@ class LoopObserver(Protocol):
     def duplicate(self) -> None: ...
     def journal_replay(self) -> None: ...
     def in_flight(self, count: int) -> None: ...
-    def in_progress(self, calling: int, answered: int) -> None: ...
     def lag(self, partition: int, lag: int) -> None: ...
     def published(self, handled: Handled) -> None: ...
 
@@ -59,9 +58,6 @@ class NullObserver:
         pass
 
     def in_flight(self, count: int) -> None:
-        pass
-
-    def in_progress(self, calling: int, answered: int) -> None:
         pass
 
     def lag(self, partition: int, lag: int) -> None:
@@ -117,10 +113,6 @@ class MetricsObserver:
 
     def in_flight(self, count: int) -> None:
         self.metrics.in_flight.set(count)
-
-    def in_progress(self, calling: int, answered: int) -> None:
-        self.metrics.in_progress.labels("calling").set(calling)
-        self.metrics.in_progress.labels("answered").set(answered)
 
     def lag(self, partition: int, lag: int) -> None:
         self.metrics.set_consumer_lag(self.topic, partition, lag)
