@@ -153,6 +153,7 @@ async def _worker_run(
     workdir: Path,
     max_in_flight: int,
     profile: Path | None = None,
+    answer_journal: bool = True,
 ) -> dict[str, Any]:
     sim, base_url = start_sim(latency)
     req = f"bench-{tag}-{int(time.time())}"
@@ -168,7 +169,11 @@ async def _worker_run(
         topics,
         artifact,
         base_url,
-        loop={"max_in_flight": max_in_flight, "resume_below": max_in_flight * 3 // 4},
+        loop={
+            "max_in_flight": max_in_flight,
+            "resume_below": max_in_flight * 3 // 4,
+            "answer_journal": answer_journal,
+        },
         providers={"max_connections": max_in_flight},
     )
     path = workdir / f"{tag}.json"
@@ -215,6 +220,12 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--requests-500ms", type=int, default=10000)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy output folder")
+    parser.add_argument(
+        "--answer-journal",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="loop.answer_journal (the worker's default: on)",
+    )
     args = parser.parse_args()
     os.environ.update(SIM_KEYS)
     async with local_broker("bench") as bootstrap:
@@ -223,7 +234,15 @@ async def main() -> None:
             artifact = train_artifact(workdir / "router", dataset_rows(2000))
             p50, p99 = _route_overhead(artifact)
             zero = await _worker_run(
-                bootstrap, artifact, "fixed:0", args.requests, "0ms", workdir, 256, args.profile
+                bootstrap,
+                artifact,
+                "fixed:0",
+                args.requests,
+                "0ms",
+                workdir,
+                256,
+                args.profile,
+                args.answer_journal,
             )
             slow = await _worker_run(
                 bootstrap,
@@ -234,6 +253,7 @@ async def main() -> None:
                 workdir,
                 2000,
                 args.profile,
+                args.answer_journal,
             )
     out = {
         "req_per_s_0ms": round(zero["rate"], 1),
@@ -247,6 +267,7 @@ async def main() -> None:
         "cpu_ms_per_req_0ms": round(zero["cpu_ms"], 3),
         "cpu_ms_per_req_500ms": round(slow["cpu_ms"], 3),
         "requests": {"0ms": args.requests, "500ms": args.requests_500ms},
+        "answer_journal": args.answer_journal,
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
     }
     print(json.dumps(out))
