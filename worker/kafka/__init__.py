@@ -11,6 +11,7 @@
     service     the parts a member is assembled from (start / stop / on_control)
     table       reading a topic to its end, following a compacted topic
     offsets     contiguous-offset commits; dedupe: answered request ids; deadletter: the record
+    journal     paid answers written as they arrive, published by the next owner after a crash
     topics      creating topics, partition counts, size limits; raw: reading unreadable records
     observer    the member's hooks (metrics, health); semcache_sync: the shared semantic cache
 
