@@ -11,8 +11,9 @@ dead letter (the DLQ topic takes 60 KB), reply topics `..`, `__consumer_offsets`
 worker's own dedupe topic, a null header value (lz4-compressed), a header key that is not UTF-8
 (in a snappy batch amid valid requests). Valid requests are compressed with none, gzip, snappy,
 lz4 and zstd in turn. While the feed runs, member A is SIGKILLed and restarted every
-`--kill-every` seconds; once, member B is SIGTERMed while the group rebalances after A's
-restart (and restarted).
+`--kill-every` seconds from the start (3 kills in the default 67 s feed); once, a second after
+A's first restart, member B is SIGTERMed (and restarted once it has exited; the kills do not
+wait for it).
 
 By default the members run as they should be deployed for this: static membership
 (`group_instance_id`, `--membership static`; a restart within `--session-timeout-ms` gets its
@@ -192,6 +193,15 @@ def _at_kill(gauges: dict[str, float] | None, series: str) -> int | None:
     return None if value is None else int(value)
 
 
+async def _sigterm_and_restart(b: Member, replays: list[int | None], exits: list[int]) -> None:
+    """A second after A's restart: B's replay count, then SIGTERM (its exit code), restart."""
+    await asyncio.sleep(1.0)
+    last = await asyncio.to_thread(_gauges, b)
+    replays.append(_at_kill(last, "llmroute_journal_replays_total"))
+    exits.append(await b.stop())
+    b.start()
+
+
 def _peak_rss_mb(member: Member) -> float:
     if member.proc is None or member.proc.poll() is not None:
         return 0.0
@@ -256,7 +266,7 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
             )
             started = time.monotonic()
             next_kill = started + args.kill_every
-            sigtermed = False
+            sigterm: asyncio.Task[None] | None = None
             events: list[float] = []
             in_flight_at_kills: list[int | None] = []
             calling_at_kills: list[int | None] = []
@@ -279,14 +289,12 @@ async def _run(args: argparse.Namespace, bootstrap: str, workdir: Path) -> dict[
                     kills += 1
                     a.restarts += 1
                     a.start()
-                    if not sigtermed:  # B stops while the group rebalances for A's return
-                        await asyncio.sleep(1.0)
-                        last = await asyncio.to_thread(_gauges, b)
-                        replays.append(_at_kill(last, "llmroute_journal_replays_total"))
-                        exits.append(await b.stop())
-                        b.start()
-                        sigtermed = True
-                    next_kill = time.monotonic() + args.kill_every
+                    if sigterm is None:  # B stops while the group rebalances for A's return
+                        sigterm = asyncio.create_task(_sigterm_and_restart(b, replays, exits))
+                    # every `kill_every` from the start, whatever B's stop takes meanwhile
+                    next_kill += args.kill_every
+            if sigterm is not None:
+                await sigterm
             valid, poison = feed.result()
             deadline = time.monotonic() + args.settle_s
             while time.monotonic() < deadline:
