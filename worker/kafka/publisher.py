@@ -261,10 +261,9 @@ class Publisher:
         ack.add_done_callback(self._journalled)
 
     def _journalled(self, ack: asyncio.Future[Any]) -> None:
-        if ack.cancelled():
-            self._journal_failed(asyncio.CancelledError())
-        elif ack.exception() is not None:
-            self._journal_failed(ack.exception())  # type: ignore[arg-type]
+        failure = asyncio.CancelledError() if ack.cancelled() else ack.exception()
+        if failure is not None:
+            self._journal_failed(failure)
         else:
             self.stats["journalled"] += 1
 
