@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import asyncio
 import gc
+import io
 import os
 import subprocess
+import sys
+import threading
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -101,3 +106,66 @@ def processes() -> Iterator[Processes]:
         yield procs
     finally:
         procs.kill_all()
+
+
+# ---------------------------------------------------------------- a failed test's teardown
+
+TEARDOWN_AFTER_FAILURE_S = float(os.environ.get("TEST_TEARDOWN_AFTER_FAILURE_S", "180"))
+
+
+class _Watchdog:
+    """pytest-timeout stops its timer as soon as a test fails (it expects a debugger next), so
+    a teardown that then hangs (an event loop whose leftover tasks never finish on a sick
+    cluster) would hold the run until CI's own limit. After a failure, this gives the rest of
+    the test's protocol `TEARDOWN_AFTER_FAILURE_S`, then prints every thread's stack and every
+    asyncio task, and ends the run."""
+
+    def __init__(self) -> None:
+        self._timer: threading.Timer | None = None
+
+    def arm(self, item: pytest.Item) -> None:
+        self.cancel()
+        self._timer = threading.Timer(TEARDOWN_AFTER_FAILURE_S, _expire, (item,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _expire(item: pytest.Item) -> None:
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.suspend_global_capture(item)
+    out = item.config.get_terminal_writer()
+    out.sep("+", f"{item.nodeid}: teardown hung {TEARDOWN_AFTER_FAILURE_S:.0f} s after a failure")
+    for ident, frame in sys._current_frames().items():
+        out.line(f"--- thread {ident}")
+        out.write("".join(traceback.format_stack(frame)))
+    for task in list(getattr(asyncio.tasks, "_all_tasks", ())):  # every loop's (no public API)
+        if task.done():
+            continue
+        stack = io.StringIO()
+        task.print_stack(limit=12, file=stack)
+        out.write(stack.getvalue())
+    out.flush()
+    os._exit(1)
+
+
+_WATCHDOG = _Watchdog()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_exception_interact(node: pytest.Item | pytest.Collector) -> None:
+    if isinstance(node, pytest.Item):
+        _WATCHDOG.arm(node)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        _WATCHDOG.cancel()

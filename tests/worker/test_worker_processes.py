@@ -45,7 +45,8 @@ async def slow_sim(sim_keys: None) -> Any:
 
 
 def _spawn(config_path: Path, name: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **SIM_KEYS}
+    # unbuffered: a member killed by a test still leaves every line it logged
+    env = {**os.environ, **SIM_KEYS, "PYTHONUNBUFFERED": "1"}
     with (config_path.parent / f"{name}.log").open("wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "worker", "run", "--config", str(config_path)],
