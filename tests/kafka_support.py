@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from worker.sim.harness import localkafka
@@ -60,3 +63,44 @@ def java_produce(
     proc = subprocess.run(args, input=lines, capture_output=True, timeout=120, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"the Java producer failed:\n{proc.stderr.decode()[-3000:]}")
+
+
+async def group_round_trip(bootstrap: str, replication: int, timeout_s: float) -> None:
+    """A record produced with acks=all and read back by a consumer group: the cluster has its
+    group coordinators (the offsets topic) and elected leaders. Raises TimeoutError when it
+    cannot within `timeout_s`."""
+    topic = unique_topic("warm-up")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=topic, auto_offset_reset="earliest"
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    async with asyncio.timeout(timeout_s):
+        try:
+            await create_topics(bootstrap, [topic], replication=replication)
+            await producer.start()
+            await producer.send_and_wait(topic, b"warm-up")
+            await consumer.start()
+            consumer.subscribe([topic])
+            await consumer.getone()
+            await consumer.commit()
+        finally:
+            await producer.stop()
+            await consumer.stop()
+
+
+def start_cluster(name: str, heap_mb: int = 768, warm_up_s: float = 120.0) -> Any:
+    """The local three-node cluster, started and shown able to serve a consumer group (see
+    `group_round_trip`). A fresh cluster on a loaded machine sometimes is not (its group
+    coordinator never answers a member): that cluster is replaced once by a new one."""
+    lk = localkafka()
+    for attempt in (1, 2):
+        inst = lk.start(name, 3, 0, heap_mb=heap_mb)
+        try:
+            asyncio.run(group_round_trip(inst.bootstrap, 3, warm_up_s))
+        except (TimeoutError, OSError) as exc:
+            lk.stop(name)
+            if attempt == 2:
+                raise RuntimeError(f"cluster {name} could not serve a consumer group") from exc
+            continue
+        return inst
+    raise AssertionError("unreachable")

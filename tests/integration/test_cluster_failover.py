@@ -11,20 +11,20 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.kafka_support import create_topics, localkafka, unique_topic
+from tests.kafka_support import create_topics, localkafka, start_cluster, unique_topic
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+# the cluster's start and warm-up (up to two clusters) count towards the test's timeout
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[str, object]]:
-    lk = localkafka()
     name = f"pytest-cluster-{os.getpid()}"
-    inst = lk.start(name, 3, 0, heap_mb=768)
+    inst = start_cluster(name)
     try:
         yield inst.bootstrap, inst
     finally:
-        lk.stop(name)
+        localkafka().stop(name)
 
 
 async def _leader(bootstrap: str, topic: str) -> int:

@@ -17,7 +17,7 @@ import pytest
 import schemas
 from tests.conftest import Processes, TopicFactory
 from tests.kafka.test_worker_kafka import _run_until, _topics
-from tests.kafka_support import create_topics, localkafka, unique_topic
+from tests.kafka_support import create_topics, localkafka, start_cluster, unique_topic
 from tests.worker.support import (
     ROWS,
     Collector,
@@ -148,19 +148,20 @@ async def test_expired_deadline_gets_an_error_without_a_model_call(
 
 # ---------------------------------------------------------------- three-node cluster
 
-# the cluster's start (module fixture) counts towards the first test's timeout
-CLUSTER_TEST_TIMEOUT_S = 600
+# the cluster's start and warm-up (module fixture, up to two clusters) count towards the first
+# test's timeout; the test's own steps share a deadline well inside it
+CLUSTER_TEST_TIMEOUT_S = 900
+STEPS_DEADLINE_S = 420
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    lk = localkafka()
     name = f"pytest-wcluster-{os.getpid()}"
-    inst = lk.start(name, 3, 0, heap_mb=768)
+    inst = start_cluster(name)
     try:
         yield inst
     finally:
-        lk.stop(name)
+        localkafka().stop(name)
 
 
 @pytest.mark.cluster
@@ -177,7 +178,7 @@ async def test_broker_stopped_mid_stream_loses_nothing(
     wanted = {f"req-{i:06d}" for i in range(n)}
     # every step shares one deadline below pytest-timeout's, so a sick cluster fails this test
     # with the member's log (and the finally below runs) instead of outliving the timeout
-    async with asyncio.timeout(CLUSTER_TEST_TIMEOUT_S - 180):
+    async with asyncio.timeout(STEPS_DEADLINE_S):
         await create_topics(
             bootstrap,
             [requests],
