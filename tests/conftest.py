@@ -123,9 +123,9 @@ class _Watchdog:
     def __init__(self) -> None:
         self._timer: threading.Timer | None = None
 
-    def arm(self, item: pytest.Item) -> None:
+    def arm(self, item: pytest.Item, failure: str) -> None:
         self.cancel()
-        self._timer = threading.Timer(TEARDOWN_AFTER_FAILURE_S, _expire, (item,))
+        self._timer = threading.Timer(TEARDOWN_AFTER_FAILURE_S, _expire, (item, failure))
         self._timer.daemon = True
         self._timer.start()
 
@@ -135,12 +135,13 @@ class _Watchdog:
             self._timer = None
 
 
-def _expire(item: pytest.Item) -> None:
+def _expire(item: pytest.Item, failure: str) -> None:
     capture = item.config.pluginmanager.getplugin("capturemanager")
     if capture is not None:
         capture.suspend_global_capture(item)
     out = item.config.get_terminal_writer()
     out.sep("+", f"{item.nodeid}: teardown hung {TEARDOWN_AFTER_FAILURE_S:.0f} s after a failure")
+    out.write(failure + "\n")  # the run ends before pytest's own report would show it
     for ident, frame in sys._current_frames().items():
         out.line(f"--- thread {ident}")
         out.write("".join(traceback.format_stack(frame)))
@@ -158,9 +159,11 @@ _WATCHDOG = _Watchdog()
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_exception_interact(node: pytest.Item | pytest.Collector) -> None:
+def pytest_exception_interact(
+    node: pytest.Item | pytest.Collector, report: pytest.TestReport | pytest.CollectReport
+) -> None:
     if isinstance(node, pytest.Item):
-        _WATCHDOG.arm(node)
+        _WATCHDOG.arm(node, report.longreprtext)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -303,6 +303,8 @@ async def serve(config: Config, *, blocked: str | None = None) -> int:
     `blocked`: a problem found before start (e.g. a policy's model has no API key) that keeps
     /readyz failing while the member runs."""
     lograte.install()  # aiokafka repeats each connection error many times a second
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, log_tasks)  # `kill -USR1`: what is it waiting on?
     partitions = await ensure_topics(
         config.kafka.common_kwargs(),
         config.topics,
@@ -311,7 +313,6 @@ async def serve(config: Config, *, blocked: str | None = None) -> int:
     app = build(config)
     if blocked is not None:
         app.health.block(blocked)
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.worker.stop)
     metrics_url = "off"
@@ -335,6 +336,28 @@ async def serve(config: Config, *, blocked: str | None = None) -> int:
         feedback.stop.set()
     log.info(stop_line(app.worker.stats), extra={"stats": dict(app.worker.stats)})
     return 0
+
+
+def log_tasks() -> None:
+    """Log where every task of the running loop is waiting, its whole chain of awaits (SIGUSR1):
+    what a member that looks stuck (no progress, nothing logged) is waiting on."""
+    tasks = asyncio.all_tasks()
+    for task in tasks:
+        chain = "\n".join(await_chain(task.get_coro()))
+        log.warning("task %s of %d waits in:\n%s", task.get_name(), len(tasks), chain)
+
+
+def await_chain(coro: object) -> list[str]:
+    """`File ..., line ..., in ...` for a coroutine and each coroutine it awaits, outermost
+    first (a task's own stack shows only the outermost frame of a suspended coroutine)."""
+    lines = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            code = frame.f_code
+            lines.append(f'  File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}')
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+    return lines
 
 
 async def start_ops_server(

@@ -4,9 +4,12 @@ the three-node cluster stopped mid-stream loses nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,15 +205,23 @@ async def test_broker_stopped_mid_stream_loses_nothing(
         async with Collector(bootstrap, topics["responses"]) as responses:
             await produce(bootstrap, requests, _requests(n // 2))
             started = await poll_until(lambda: len(responses.counts) >= n // 4, 180)
-            assert started, _tail(log)
+            assert started, _tail(log, member)
             localkafka().stop_node(cluster, cluster.nodes[0])
             await produce(bootstrap, requests, _requests(n // 2, start=n // 2))
             arrived = await responses.wait_for(wanted, timeout_s=150)
-            assert arrived, f"missing {len(wanted - set(responses.counts))}: " + _tail(log)
+            assert arrived, f"missing {len(wanted - set(responses.counts))}: " + _tail(log, member)
             member.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(member.wait, 60) == 0, _tail(log)
     assert set(responses.counts) == wanted
 
 
-def _tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-3000:] if log.exists() else "(no member log)"
+def _tail(log: Path, member: subprocess.Popen[bytes] | None = None) -> str:
+    """The end of the member's log; a member still running first logs where each of its tasks
+    waits (SIGUSR1) and every thread's stack (SIGABRT, faulthandler), which ends it."""
+    if member is not None and member.poll() is None:
+        member.send_signal(signal.SIGUSR1)
+        time.sleep(2.0)
+        member.send_signal(signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            member.wait(10)
+    return log.read_text(errors="replace")[-12000:] if log.exists() else "(no member log)"

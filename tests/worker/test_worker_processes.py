@@ -46,7 +46,8 @@ async def slow_sim(sim_keys: None) -> Any:
 
 def _spawn(config_path: Path, name: str) -> subprocess.Popen[bytes]:
     # unbuffered: a member killed by a test still leaves every line it logged
-    env = {**os.environ, **SIM_KEYS, "PYTHONUNBUFFERED": "1"}
+    # faulthandler: SIGABRT dumps every thread's stack into the log
+    env = {**os.environ, **SIM_KEYS, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
     with (config_path.parent / f"{name}.log").open("wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "worker", "run", "--config", str(config_path)],
@@ -165,3 +166,31 @@ async def test_member_joining_mid_stream(
     assert set(responses.counts) == wanted
     assert second.worker.stats["published"] > 0  # the newcomer took over part of the work
     assert first.worker.stats["published"] + second.worker.stats["published"] >= n
+
+
+async def test_sigusr1_logs_every_task_and_the_member_goes_on(
+    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator, tmp_path: Path
+) -> None:
+    topics = await _topics(new_topic, partitions=1)
+    port = _free_port()
+    path = tmp_path / "m.json"
+    data = worker_config_data(
+        kafka_bootstrap, topics, artifact, sim.base_url, metrics={"enabled": True, "port": port}
+    )
+    path.write_text(json.dumps(data))
+    log = tmp_path / "m.log"
+    member = _spawn(path, "m")
+    try:
+        assert await poll_until(lambda: _ready(port), 90, 0.5), log.read_text()[-3000:]
+        member.send_signal(signal.SIGUSR1)
+        dumped = await poll_until(lambda: "_poll_until_stopped" in log.read_text(), 30)
+        assert dumped, log.read_text()[-3000:]
+        assert _ready(port)  # a diagnostic, not a stop
+        member.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(member.wait, 60) == 0, log.read_text()[-3000:]
+    finally:
+        if member.poll() is None:
+            member.kill()
+            member.wait()
+    tasks = [json.loads(line) for line in log.read_text().splitlines() if '"task ' in line]
+    assert tasks and all(t["level"] == "warning" for t in tasks)
