@@ -25,7 +25,7 @@ from tests.conftest import TopicFactory
 from tests.kafka.test_worker_edges import _committed_to_end, _request_values
 from tests.kafka.test_worker_kafka import _run_until, _topics
 from tests.worker.support import SIM_KEYS, produce, read_all, worker_config_data
-from tests.worker.test_worker_transactions import _read
+from tests.worker.test_worker_transactions import _read, _successor_answers
 from worker.app import build
 from worker.config import parse
 from worker.config.kafka import KafkaSettings, LoopSettings, TopicSettings
@@ -93,17 +93,7 @@ async def test_a_member_killed_before_its_commit_leaves_its_answers_to_the_next(
     finally:
         if proc.poll() is None:
             proc.kill()
-    app = build(config)
-    try:
-        answered: set[bytes] = set()
-        task = asyncio.create_task(
-            _run_until(app.worker, lambda: len(answered) >= n, timeout_s=120)
-        )
-        while not task.done() and len(answered) < n:
-            answered.update(await _read(kafka_bootstrap, topics["responses"], n, "read_committed"))
-        await task
-    finally:
-        await app.close()
+    app = await _successor_answers(kafka_bootstrap, topics["responses"], config, n)
     assert sim.stats.requests - before == n  # no model call repeated
     assert app.worker.stats["journal_replays"] == n
     committed = await _read(kafka_bootstrap, topics["responses"], n, "read_committed")

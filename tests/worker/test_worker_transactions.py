@@ -21,8 +21,8 @@ from tests.conftest import TopicFactory
 from tests.kafka.test_worker_edges import _committed_to_end, _request_values
 from tests.kafka.test_worker_kafka import _run_until, _topics
 from tests.worker.support import SIM_KEYS, produce, worker_config_data
-from worker.app import build
-from worker.config import parse
+from worker.app import App, build
+from worker.config import Config, parse
 from worker.kafka.topics import ensure_topics
 from worker.sim import Simulator
 
@@ -104,7 +104,11 @@ async def _kill_then_succeed(
         if proc.poll() is None:
             proc.kill()
     assert rc == -signal.SIGKILL, (tmp_path / "member.log").read_text()[-3000:]
-    config = parse(successor)
+    await _successor_answers(bootstrap, topics["responses"], parse(successor), n)
+
+
+async def _successor_answers(bootstrap: str, responses: str, config: Config, n: int) -> App:
+    """Run a member of `config` until `n` requests have a committed response; its app."""
     app = build(config)
     try:
         answered: set[bytes] = set()
@@ -112,10 +116,11 @@ async def _kill_then_succeed(
             _run_until(app.worker, lambda: len(answered) >= n, timeout_s=120)
         )
         while not task.done() and len(answered) < n:
-            answered.update(await _read(bootstrap, topics["responses"], n, "read_committed"))
+            answered.update(await _read(bootstrap, responses, n, "read_committed"))
         await task
     finally:
         await app.close()
+    return app
 
 
 async def test_a_member_killed_after_publishing_leaves_no_duplicate(
