@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from worker.kafka.table import read_to_end
+from worker.kafka.table import home_partition, last_per_source, read_to_end
 
 
 class AnsweredIds:
@@ -44,10 +44,6 @@ def marker(partition: int, offset: int) -> bytes:
     return b'{"partition": %d, "offset": %d}' % (partition, offset)
 
 
-def marker_partition(source_partition: int, done_partitions: int) -> int:
-    return source_partition % done_partitions
-
-
 async def load_answered(
     client_kwargs: dict[str, Any],
     done_topic: str,
@@ -64,12 +60,11 @@ async def load_answered(
     answered = {p: AnsweredIds(window) for p in source_partitions}
     if not source_partitions or done_count < 1:
         return answered  # nothing was ever answered
-    share = -(-source_count // done_count)  # source partitions writing to one marker partition
     records = await read_to_end(
         client_kwargs,
         done_topic,
-        partitions={marker_partition(p, done_count) for p in source_partitions},
-        window=lambda b: (b.end - window * share, b.end),
+        partitions={home_partition(p, done_count) for p in source_partitions},
+        window=last_per_source(window, source_count, done_count),
         timeout_s=timeout_s,
         clock=clock,
         # a marker of an aborted transaction (`worker.kafka.transactions`) never counts: it

@@ -35,7 +35,7 @@ import msgspec
 
 import schemas
 from worker.kafka.records import Handled, RecordInfo
-from worker.kafka.table import scan
+from worker.kafka.table import home_partition, last_per_source, scan
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,6 @@ def decode(value: bytes) -> Entry | None:
         return None
 
 
-def journal_partition(source_partition: int, journal_partitions: int) -> int:
-    return source_partition % journal_partitions
-
-
 class Journal:
     """The loaded entries of one source partition, by request key (each used at most once)."""
 
@@ -154,12 +150,11 @@ async def load_journal(
     journals = {p: Journal() for p in answered}
     if not answered or journal_count < 1 or window < 1:
         return journals
-    share = -(-source_count // journal_count)  # source partitions writing to one journal partition
     reads = scan(
         client_kwargs,
         topic,
-        partitions={journal_partition(p, journal_count) for p in answered},
-        window=lambda b: (b.end - window * share, b.end),
+        partitions={home_partition(p, journal_count) for p in answered},
+        window=last_per_source(window, source_count, journal_count),
         timeout_s=timeout_s,
         clock=clock,
     )

@@ -37,9 +37,10 @@ from schemas.trace import request_key
 from worker.config.kafka import KafkaSettings, LoopSettings, TopicSettings
 from worker.kafka import journal
 from worker.kafka.deadletter import dead_letter
-from worker.kafka.dedupe import marker, marker_partition
+from worker.kafka.dedupe import marker
 from worker.kafka.observer import LoopObserver, quietly
 from worker.kafka.records import Handled, RecordInfo
+from worker.kafka.table import home_partition
 from worker.kafka.topics import BROKER_DEFAULT_MAX_MESSAGE_BYTES, max_message_bytes
 from worker.kafka.transactions import Offsets, Transactions
 from worker.telemetry.propagation import context_headers, record_context_headers
@@ -253,7 +254,7 @@ class Publisher:
                 self.topics.journal,
                 value,
                 key=request_key(r.tenant, r.request_id).encode(),
-                partition=journal.journal_partition(info.partition, self.journal_partitions),
+                partition=home_partition(info.partition, self.journal_partitions),
             )
         except Exception as exc:
             self._journal_failed(exc)
@@ -337,7 +338,7 @@ class Publisher:
                     self.topics.done,
                     marker(info.partition, info.offset),
                     key=request_key(handled.response.tenant, handled.response.request_id).encode(),
-                    partition=marker_partition(info.partition, self.done_partitions),
+                    partition=home_partition(info.partition, self.done_partitions),
                 )
             except KafkaError as exc:
                 log.warning("dedupe marker of %s not written: %s", key.decode(), exc)
@@ -370,7 +371,7 @@ class Publisher:
                     marker(info.partition, info.offset),
                     request_key(handled.response.tenant, handled.response.request_id).encode(),
                     None,
-                    marker_partition(info.partition, self.done_partitions),
+                    home_partition(info.partition, self.done_partitions),
                 )
             )
         decision_ack = await self._send_decision(handled, key, headers, state)

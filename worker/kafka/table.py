@@ -10,6 +10,9 @@
     TopicFollower  reads a topic from its beginning (or its end) and then keeps following it;
                    `loaded` is set once the records present at the start are applied; after a
                    failure it resumes where it was
+    home_partition, last_per_source
+                   where a per-source state topic (dedupe markers, answer journal) keeps a
+                   source partition's entries, and the window holding its last ones
 
 One timeout behaviour: a read that makes no progress (no partition's position moves) for
 `timeout_s` seconds on the injected clock raises `TopicNotReady` and hands back nothing; a read
@@ -34,7 +37,16 @@ from worker.kafka.topics import partition_counts
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Bounds", "TopicFollower", "TopicNotReady", "latest", "read_to_end", "scan"]
+__all__ = [
+    "Bounds",
+    "TopicFollower",
+    "TopicNotReady",
+    "home_partition",
+    "last_per_source",
+    "latest",
+    "read_to_end",
+    "scan",
+]
 
 
 class TopicNotReady(TimeoutError):
@@ -53,6 +65,20 @@ class Bounds:
 
 # which offsets of a partition to read: (first, stop), clamped to [beginning, end)
 Window = Callable[[Bounds], tuple[int, int]]
+
+
+def home_partition(source_partition: int, partitions: int) -> int:
+    """The partition of a per-source state topic (dedupe markers, answer journal) with
+    `partitions` partitions that holds a source partition's entries."""
+    return source_partition % partitions
+
+
+def last_per_source(window: int, source_count: int, partitions: int) -> Window:
+    """The offsets holding at least the last `window` entries of each source partition, when
+    `source_count` source partitions write to `partitions` partitions (several may share one,
+    see `home_partition`)."""
+    share = -(-source_count // partitions)  # source partitions writing to one partition
+    return lambda b: (b.end - window * share, b.end)
 
 
 def _consumer(
