@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import io
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 
 from tests.kafka_support import create_topics, localkafka, unique_topic
 from tests.worker.support import ROWS, SIM_KEYS, replay_dataset, train_artifact
+from worker.app import await_chain
 from worker.sim import SimConfig, Simulator
 
 
@@ -148,9 +148,8 @@ def _expire(item: pytest.Item, failure: str) -> None:
     for task in list(getattr(asyncio.tasks, "_all_tasks", ())):  # every loop's (no public API)
         if task.done():
             continue
-        stack = io.StringIO()
-        task.print_stack(limit=12, file=stack)
-        out.write(stack.getvalue())
+        out.line(f"--- {task!r}")
+        out.write("\n".join(await_chain(task.get_coro())) + "\n")
     out.flush()
     os._exit(1)
 

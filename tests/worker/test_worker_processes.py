@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 import schemas
-from tests.conftest import TopicFactory
+from tests.conftest import Processes, TopicFactory
 from tests.kafka.test_worker_kafka import _run_until, _topics
 from tests.worker.support import (
     ROOT,
@@ -169,7 +169,12 @@ async def test_member_joining_mid_stream(
 
 
 async def test_sigusr1_logs_every_task_and_the_member_goes_on(
-    kafka_bootstrap: str, new_topic: TopicFactory, artifact: Path, sim: Simulator, tmp_path: Path
+    kafka_bootstrap: str,
+    new_topic: TopicFactory,
+    artifact: Path,
+    sim: Simulator,
+    tmp_path: Path,
+    processes: Processes,
 ) -> None:
     topics = await _topics(new_topic, partitions=1)
     port = _free_port()
@@ -179,18 +184,13 @@ async def test_sigusr1_logs_every_task_and_the_member_goes_on(
     )
     path.write_text(json.dumps(data))
     log = tmp_path / "m.log"
-    member = _spawn(path, "m")
-    try:
-        assert await poll_until(lambda: _ready(port), 90, 0.5), log.read_text()[-3000:]
-        member.send_signal(signal.SIGUSR1)
-        dumped = await poll_until(lambda: "_poll_until_stopped" in log.read_text(), 30)
-        assert dumped, log.read_text()[-3000:]
-        assert _ready(port)  # a diagnostic, not a stop
-        member.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(member.wait, 60) == 0, log.read_text()[-3000:]
-    finally:
-        if member.poll() is None:
-            member.kill()
-            member.wait()
+    member = processes.add(_spawn(path, "m"))
+    assert await poll_until(lambda: _ready(port), 90, 0.5), log.read_text()[-3000:]
+    member.send_signal(signal.SIGUSR1)
+    dumped = await poll_until(lambda: "_poll_until_stopped" in log.read_text(), 30)
+    assert dumped, log.read_text()[-3000:]
+    assert _ready(port)  # a diagnostic, not a stop
+    member.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(member.wait, 60) == 0, log.read_text()[-3000:]
     tasks = [json.loads(line) for line in log.read_text().splitlines() if '"task ' in line]
     assert tasks and all(t["level"] == "warning" for t in tasks)
