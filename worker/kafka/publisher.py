@@ -41,7 +41,7 @@ from worker.kafka.dedupe import marker
 from worker.kafka.observer import LoopObserver, quietly
 from worker.kafka.records import Handled, RecordInfo
 from worker.kafka.table import home_partition
-from worker.kafka.topics import BROKER_DEFAULT_MAX_MESSAGE_BYTES, max_message_bytes
+from worker.kafka.topics import max_message_bytes
 from worker.kafka.transactions import Offsets, Transactions
 from worker.telemetry.propagation import context_headers, record_context_headers
 
@@ -239,11 +239,9 @@ class Publisher:
             r = handled.response
             e = journal.entry(handled, info)
             value = journal.encode(e)
-            limit = min(
-                self.kafka.producer_max_request_bytes,
-                self._limits.get(self.topics.journal, BROKER_DEFAULT_MAX_MESSAGE_BYTES),
-            )
-            budget = limit - 2 * RECORD_OVERHEAD  # the entry's own fields beside the response
+            budget = (
+                await self.record_limit(self.topics.journal) - 2 * RECORD_OVERHEAD
+            )  # the entry's own fields beside the response
             if len(value) > budget and e.decision is not None:
                 e = msgspec.structs.replace(e, decision=None)
                 value = journal.encode(e)
@@ -438,7 +436,7 @@ class Publisher:
             worker_id=self.settings.worker_id,
         )
         encoded = schemas.encode(letter)
-        limit = min(self.kafka.producer_max_request_bytes, await self.topic_limit(self.topics.dlq))
+        limit = await self.record_limit(self.topics.dlq)
         if len(encoded) > limit - RECORD_OVERHEAD:
             encoded = schemas.encode(_cut_letter(letter, value, info, len(value), limit))
         await self.producer.send_and_wait(
@@ -446,6 +444,11 @@ class Publisher:
         )
         self.stats["dead_letters"] += 1
         quietly(self.observer.dead_letter, error_type)
+
+    async def record_limit(self, topic: str) -> int:
+        """The largest record this producer can write to `topic`: the smaller of its request
+        limit and the topic's `max.message.bytes`."""
+        return min(self.kafka.producer_max_request_bytes, await self.topic_limit(topic))
 
     async def topic_limit(self, topic: str) -> int:
         """The topic's `max.message.bytes` (read once per topic; the broker default when it
