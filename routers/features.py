@@ -5,6 +5,8 @@ message by default). `HashingFeaturizer` maps texts to a float32 matrix: hashed 
 1-2-grams and character n-grams (log counts, each block L2-normalised) followed by a few
 structural features (length, digits, maths, code, questions, turns). No vocabulary, no network:
 the same text always gives the same vector, in any process (the hashes are not Python's `hash`).
+Optionally (`static_embedding`) a static word embedding of the text (`routers.embedding`) sits
+between the char block and the structural features: the N-model default router uses it.
 
 The featurizer is swappable: anything with `dim`, `spec()` and `transform(texts)` fits
 (`Featurizer`). Routers store `spec()` in their artifact and rebuild the featurizer on load.
@@ -18,6 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from routers.embedding import EMBEDDINGS, static_embedding
 
 __all__ = [
     "STRUCTURAL_NAMES",
@@ -86,6 +90,11 @@ class Featurizer(Protocol):
 
     @property
     def dim(self) -> int: ...
+
+    @property
+    def embedding_columns(self) -> slice:
+        """The columns of a static embedding (unit rows), if any: an empty slice."""
+        ...
 
     def spec(self) -> dict[str, Any]:
         """JSON-able description from which `featurizer_from_spec` rebuilds it."""
@@ -182,6 +191,9 @@ class HashingParams:
     structural: bool = True
     max_chars: int = 8000  # longer prompts are cut (head + tail) before hashing
     seed: int = 0
+    # "" (none) or a name in `routers.embedding.EMBEDDINGS`: a static word embedding of the
+    # (clipped) text, unit length, between the char block and the structural features
+    static_embedding: str = ""
 
     def __post_init__(self) -> None:
         for name, value in (("word_dim", self.word_dim), ("char_dim", self.char_dim)):
@@ -191,6 +203,10 @@ class HashingParams:
             raise ValueError("need 1 <= char_ngram_min <= char_ngram_max <= 8")
         if self.max_chars < 16:
             raise ValueError("max_chars must be at least 16")
+        if self.static_embedding and self.static_embedding not in EMBEDDINGS:
+            raise ValueError(
+                f"unknown static_embedding {self.static_embedding!r}; known: {sorted(EMBEDDINGS)}"
+            )
 
 
 _M1 = np.uint32(0x9E3779B1)
@@ -233,7 +249,22 @@ class HashingFeaturizer:
         self.params = params or HashingParams()
         p = self.params
         self._n_struct = len(STRUCTURAL_NAMES) if p.structural else 0
-        self._dim = p.word_dim + p.char_dim + self._n_struct
+        self._embedding = static_embedding(p.static_embedding) if p.static_embedding else None
+        self._n_embed = self._embedding.dim if self._embedding is not None else 0
+        self._dim = self.sparse_dim + self._n_struct
+
+    @property
+    def sparse_dim(self) -> int:
+        """The columns before the structural features: the hashed blocks (log counts) and the
+        static embedding, each of unit length; the structural columns after them are the ones
+        to standardise."""
+        return self.params.word_dim + self.params.char_dim + self._n_embed
+
+    @property
+    def embedding_columns(self) -> slice:
+        """Where the static embedding sits (an empty slice without one)."""
+        start = self.params.word_dim + self.params.char_dim
+        return slice(start, start + self._n_embed)
 
     @property
     def dim(self) -> int:
@@ -251,6 +282,7 @@ class HashingFeaturizer:
             "structural": p.structural,
             "max_chars": p.max_chars,
             "seed": p.seed,
+            "static_embedding": p.static_embedding,
         }
 
     def _clip(self, text: str) -> str:
@@ -348,8 +380,10 @@ class HashingFeaturizer:
         out[:, :width] = _LOG1P[np.minimum(counts, len(_LOG1P) - 1)]
         _l2_rows(out[:, : p.word_dim])
         _l2_rows(out[:, p.word_dim : width])
+        if self._embedding is not None:
+            out[:, self.embedding_columns] = self._embedding.embed([self._clip(t) for t in texts])
         if self._n_struct:
-            out[:, p.word_dim + p.char_dim :] = structural
+            out[:, self.sparse_dim :] = structural
         return out
 
     def transform_one(self, text: str) -> FloatMatrix:
@@ -381,5 +415,7 @@ def featurizer_from_spec(spec: Mapping[str, Any]) -> HashingFeaturizer:
             structural=bool(spec["structural"]),
             max_chars=int(spec["max_chars"]),
             seed=int(spec["seed"]),
+            # artifacts from before the static embedding have none
+            static_embedding=str(spec.get("static_embedding", "")),
         )
     )

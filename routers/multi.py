@@ -6,11 +6,15 @@ Every model's quality is its mean quality plus a residual that depends on the pr
 
 - `mu_m`: the model's mean score, shrunk towards the mean over models (`prior_weight`
   pseudo-counts), so a model with few labels does not get an extreme mean;
-- the residuals of all models share one kernel over the training prompts (pooled features:
-  a seeded random projection `z` of the standardised hashing features, unit length), and are
-  fitted by kernel ridge regression with one penalty for all models, chosen by exact
-  leave-one-out error over a grid (the data pick how far to trust prompt-level signal; with
-  little or no signal, predictions fall back to the per-model means, i.e. picking by price);
+- the residuals of all models share one kernel over the training prompts, and are fitted by
+  kernel ridge regression with one penalty for all models. The prompts are compared in `z`:
+  a seeded random projection of the standardised hashing features (unit length), joined by
+  the featurizer's static word embedding (unit length) times a weight w, the whole scaled to
+  unit length. Lexical and semantic: the embedding puts a topic in other words next to the
+  same topic. The weight (0 = hashing only), the kernel width and the penalty are chosen by
+  exact leave-one-out error over a grid (the data pick how far to trust prompt-level signal;
+  with little or no signal, predictions fall back to the per-model means, i.e. picking by
+  price);
 - the fitted residuals are then scaled by a factor from `residual_scales` (at most 1: towards
   the per-model means) chosen by the decisions it makes on the training prompts themselves:
   the exact leave-one-out residual predictions, scaled, drive the lambda policy over the
@@ -66,8 +70,10 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class PooledParams:
-    proj_dim: int = 256
+    proj_dim: int = 64  # the hashing features in z (the embedding carries most of the topic)
     temperatures: tuple[float, ...] = (1.0, 3.0, 10.0)  # kernel widths tried (by LOO error)
+    # weights of the static embedding in `z` tried (by LOO error; only 0 without one)
+    embedding_weights: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
     penalties: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)  # ridge grid
     rank: int = 0  # > 0: keep only this many components of the residuals (0: all)
     prior_weight: float = 5.0  # pseudo-counts shrinking each model's mean to the overall mean
@@ -94,6 +100,9 @@ class PooledRouter(FeatureRouter):
         # the chosen residual scale (already applied to `alpha`) and what chose it
         self.residual_scale = float(arrays.get("residual_scale", np.asarray(1.0)))
         self.scale_chosen_by = str(arrays.get("scale_chosen_by", np.asarray("none")))
+        # the chosen weight of the static embedding (artifacts from before it: none)
+        self.embedding_weight = float(arrays.get("embedding_weight", np.asarray(0.0)))
+        self.embedding_columns = self.featurizer.embedding_columns
 
     @classmethod
     def fit(
@@ -104,7 +113,8 @@ class PooledRouter(FeatureRouter):
         hyper: Any,
         costs: FloatArray | None = None,
     ) -> Self:
-        return cls(base, hyper, fit_pooled(xs, y, hyper, costs))
+        embedding = base.featurizer.embedding_columns
+        return cls(base, hyper, fit_pooled(xs, y, hyper, costs, embedding))
 
     @classmethod
     def from_saved(cls, base: FeatureBase, params: Mapping[str, Any], arrays: Arrays) -> Self:
@@ -115,15 +125,22 @@ class PooledRouter(FeatureRouter):
             # artifacts from before the residual scale: their alpha is unscaled
             "residual_scale": np.asarray(p.pop("chosen_scale", 1.0)),
             "scale_chosen_by": np.asarray(p.pop("scale_chosen_by", "none")),
+            "embedding_weight": np.asarray(p.pop("chosen_embedding_weight", 0.0)),
         }
         p["temperatures"] = tuple(p["temperatures"])
         p["penalties"] = tuple(p["penalties"])
-        if "residual_scales" in p:
-            p["residual_scales"] = tuple(p["residual_scales"])
+        for grid in ("residual_scales", "embedding_weights"):
+            if grid in p:
+                p[grid] = tuple(p[grid])
         return cls(base, PooledParams(**p), {**arrays, **chosen})
 
     def predict_features(self, x: F32) -> FloatArray:
-        z = embed(self.standardizer.apply(x), self.projection)
+        z = _joint(
+            embed(self.standardizer.apply(x), self.projection),
+            x[:, self.embedding_columns],
+            self.embedding_weight,
+            self.keys.shape[1],
+        )
         k = np.exp(self.temperature * ((z @ self.keys.T).astype(np.float64) - 1.0))
         out: FloatArray = np.clip(self.means + k @ self.alpha, 0.0, 1.0)
         return out
@@ -133,6 +150,8 @@ class PooledRouter(FeatureRouter):
         out["temperatures"] = list(self.hyper.temperatures)
         out["penalties"] = list(self.hyper.penalties)
         out["residual_scales"] = list(self.hyper.residual_scales)
+        out["embedding_weights"] = list(self.hyper.embedding_weights)
+        out["chosen_embedding_weight"] = self.embedding_weight
         out["chosen_temperature"] = self.temperature
         out["chosen_penalty"] = self.penalty
         out["chosen_scale"] = self.residual_scale
@@ -148,6 +167,33 @@ def _low_rank(r: FloatArray, rank: int) -> FloatArray:
     return out
 
 
+def _joint(z: F32, e: F32, weight: float, width: int) -> F32:
+    """Unit rows of [z, weight x e]: the projected hashing features `z` (unit rows) joined by
+    the static embedding `e` (unit rows; none when `width` is z's own width)."""
+    if width == z.shape[1]:
+        return z
+    joint = np.concatenate([z, np.float32(weight) * e], axis=1)
+    norm = np.linalg.norm(joint, axis=1, keepdims=True)
+    out: F32 = (joint / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+    return out
+
+
+def _loo_errors(k: FloatArray, r: FloatArray, penalties: tuple[float, ...]) -> list[float]:
+    """Exact leave-one-out mean squared error of kernel ridge regression (all models), for
+    each penalty, from one eigendecomposition of `k`."""
+    w, v = np.linalg.eigh(k)
+    w = np.maximum(w, 0.0)
+    vr = v.T @ r
+    out = []
+    for penalty in penalties:
+        shrink = w / (w + penalty)
+        hat_diag = (v * v) @ shrink
+        fitted = v @ (shrink[:, None] * vr)
+        resid = (r - fitted) / np.maximum(1.0 - hat_diag, 1e-6)[:, None]
+        out.append(float(np.mean(resid * resid)))
+    return out
+
+
 def _loo_residuals(k: FloatArray, r: FloatArray, penalty: float) -> FloatArray:
     """Exact leave-one-out errors of kernel ridge regression (all models): row i is r_i minus
     the prediction for prompt i of the fit without it."""
@@ -158,12 +204,6 @@ def _loo_residuals(k: FloatArray, r: FloatArray, penalty: float) -> FloatArray:
     fitted = v @ (shrink[:, None] * (v.T @ r))
     out: FloatArray = (r - fitted) / np.maximum(1.0 - hat_diag, 1e-6)[:, None]
     return out
-
-
-def _loo_error(k: FloatArray, r: FloatArray, penalty: float) -> float:
-    """Exact leave-one-out mean squared error of kernel ridge regression (all models)."""
-    resid = _loo_residuals(k, r, penalty)
-    return float(np.mean(resid * resid))
 
 
 def _lambda_grid(predicted: FloatArray, cost: FloatArray, points: int) -> FloatArray:
@@ -229,30 +269,43 @@ def choose_residual_scale(
 
 
 def fit_pooled(
-    xs: F32, y: FloatArray, params: PooledParams, costs: FloatArray | None = None
+    xs: F32,
+    y: FloatArray,
+    params: PooledParams,
+    costs: FloatArray | None = None,
+    embedding: slice = slice(0, 0),
 ) -> dict[str, npt.NDArray[Any]]:
     """The arrays of a `PooledRouter` (projection, keys, alpha, means, and the chosen kernel
-    temperature, penalty and residual scale as 0-d arrays), from standardised features;
-    `costs` (n, n_models), NaN where unknown, let the residual scale be chosen by decisions."""
+    temperature, penalty, embedding weight and residual scale as 0-d arrays), from
+    standardised features whose columns `embedding` hold a static embedding (unit rows; an
+    empty slice: none); `costs` (n, n_models), NaN where unknown, let the residual scale be
+    chosen by decisions."""
     projection = random_projection(xs.shape[1], params.proj_dim, params.seed)
-    z = embed(xs, projection)
+    projection[embedding] = 0.0  # the embedding joins z whole, not through the projection
+    z_hash = embed(xs, projection)
+    e = xs[:, embedding]
+    weights = params.embedding_weights if e.shape[1] else (0.0,)
+    width = z_hash.shape[1] + e.shape[1]
     means = label_means(y, params.prior_weight)
     filled = np.where(np.isnan(y), means, y)
     r = _low_rank(filled - means, params.rank)
-    n = len(z)
+    n = len(xs)
     rng = np.random.default_rng([params.seed, n])
     anchors = np.arange(n) if n <= params.max_anchors else rng.permutation(n)[: params.max_anchors]
+    best: tuple[float, float, float, float] | None = None
+    for w in weights:
+        zw = _joint(z_hash[anchors], e[anchors], w, width)
+        cos_w = (zw @ zw.T).astype(np.float64)
+        for t in params.temperatures:
+            errors = _loo_errors(np.exp(t * (cos_w - 1.0)), r[anchors], params.penalties)
+            for lam, err in zip(params.penalties, errors, strict=True):
+                if best is None or err < best[0] - 1e-12:
+                    best = (err, w, t, lam)
+    assert best is not None
+    _, weight, t, lam = best
+    z = _joint(z_hash, e, weight, width)
     za = z[anchors]
     cos_aa = (za @ za.T).astype(np.float64)
-    best: tuple[float, float, float] | None = None
-    for t in params.temperatures:
-        k_aa = np.exp(t * (cos_aa - 1.0))
-        for lam in params.penalties:
-            err = _loo_error(k_aa, r[anchors], lam)
-            if best is None or err < best[0] - 1e-12:
-                best = (err, t, lam)
-    assert best is not None
-    _, t, lam = best
     k_best = np.exp(t * (cos_aa - 1.0))
     loo = r[anchors] - _loo_residuals(k_best, r[anchors], lam)
     scale, chosen_by = choose_residual_scale(
@@ -279,6 +332,7 @@ def fit_pooled(
         "penalty": np.asarray(lam),
         "residual_scale": np.asarray(scale),
         "scale_chosen_by": np.asarray(chosen_by),
+        "embedding_weight": np.asarray(weight),
     }
 
 

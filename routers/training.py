@@ -35,6 +35,7 @@ __all__ = [
     "TrainOptions",
     "cheapest_model",
     "cost_matrix",
+    "default_features",
     "default_router",
     "label_matrix",
     "train",
@@ -51,6 +52,9 @@ ROUTER_NAMES: tuple[str, ...] = (
 )
 DEFAULT_ROUTER = "classifier"
 DEFAULT_N_MODEL_ROUTER = "pooled"  # three or more models: shrinkage and pooled residuals
+# the static word embedding the kernel of `pooled` compares prompts in, next to the hashed
+# n-grams (routers.embedding): a topic in other words is still the same topic
+POOLED_EMBEDDING = "wordllama-l2-256"
 # the routers learned on hashing features, by name (training and the artifact loader)
 FEATURE_ROUTERS: Mapping[str, type[FeatureRouter]] = {
     r.name: r for r in (ClassifierRouter, MFRouter, SWRankingRouter, PooledRouter)
@@ -64,7 +68,8 @@ class TrainOptions:
     router: str = DEFAULT_ROUTER
     strong: str | None = None  # default: the model with the best mean score
     weak: str | None = None  # default: the cheapest model (record costs), else the worst mean
-    features: HashingParams = field(default_factory=HashingParams)
+    # None: the router's own default (`default_features`)
+    features: HashingParams | None = None
     classifier: ClassifierParams = field(default_factory=ClassifierParams)
     mf: MFParams = field(default_factory=MFParams)
     sw: SWParams = field(default_factory=SWParams)
@@ -98,6 +103,14 @@ def _per_model(
             if v is not None:
                 out[i, j] = v
     return out
+
+
+def default_features(router: str) -> HashingParams:
+    """The features a router is trained on unless told otherwise: the hashing features, and
+    for `pooled` also the static embedding `POOLED_EMBEDDING`."""
+    if router == "pooled":
+        return HashingParams(static_embedding=POOLED_EMBEDDING)
+    return HashingParams()
 
 
 def default_router(records: Sequence[Record]) -> str:
@@ -169,10 +182,9 @@ def train(records: Sequence[Record], options: TrainOptions) -> Router:
         return RandomRouter(identity, seed=options.seed)
     if name == "oracle":
         return OracleRouter(identity, {text_key(r.text): y[i] for i, r in enumerate(records)})
-    featurizer = HashingFeaturizer(options.features)
+    featurizer = HashingFeaturizer(options.features or default_features(name))
     x = featurizer.transform([r.text for r in records])
-    dense_from = options.features.word_dim + options.features.char_dim
-    standardizer = Standardizer.fit(x, dense_from)
+    standardizer = Standardizer.fit(x, featurizer.sparse_dim)
     xs = standardizer.apply(x)
     familiarity = (
         Familiarity.fit(x, standardizer.center, standardizer.scale, options.familiarity)
@@ -200,4 +212,5 @@ def _train_semantic(records: Sequence[Record], options: TrainOptions) -> Router:
     if strong not in models or weak not in models:
         raise TrainingDataError("the semantic config must give preferences for strong and weak")
     identity = Identity(f"semantic-{data_sha256(records)[:12]}", tuple(models), strong, weak)
-    return SemanticRouter(identity, resolved, HashingFeaturizer(options.features))
+    featurizer = HashingFeaturizer(options.features or default_features("semantic"))
+    return SemanticRouter(identity, resolved, featurizer)
