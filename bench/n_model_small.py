@@ -20,6 +20,8 @@ router's per-model predictions (as `llmroute score` writes them):
 - the same area for the quality-target policy (cheapest model predicted to reach q, q swept).
 
     .venv/bin/python bench/n_model_small.py [--data mmlu_dev.jsonl] [--train 150] [--repeats 5]
+    .venv/bin/python bench/n_model_small.py --write-train F.jsonl   # repeat 0's training rows,
+        # for `llmroute train --router default` and `bench/route_bench.py --router DIR`
 """
 
 from __future__ import annotations
@@ -160,11 +162,20 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--router", action="append", help="router names (default: a set)")
+    ap.add_argument("--write-train", type=Path, help="write repeat 0's training rows and stop")
     args = ap.parse_args()
     if args.data is None or not args.data.exists():
         raise SystemExit("mmlu_dev.jsonl not found: pass --data")
     with args.data.open(encoding="utf-8") as fh:
         rows = [json.loads(x) for x in fh if x.strip()]
+    if args.write_train is not None:
+        world, _ = synthetic_world(rows, seed=0)
+        order = sorted(range(len(world)), key=lambda i: _seed("split", 0, world[i].id))
+        with args.write_train.open("w", encoding="utf-8") as fh:
+            for r in (world[i] for i in order[: args.train]):
+                row = {"id": r.id, "prompt": r.text, "scores": r.scores, "costs": r.costs}
+                fh.write(json.dumps(row) + "\n")
+        return
     routers = args.router or ["default", "classifier", "sw_ranking"]
     results: dict[str, list[dict[str, Any]]] = {r: [] for r in routers}
     for rep in range(args.repeats):

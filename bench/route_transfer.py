@@ -12,7 +12,7 @@ predict without the unfamiliarity shrinkage, 1 - P(weak right) alone, and the sh
 prediction = its training mean) above other thresholds of `unfamiliar`. Prints one JSON object.
 
     .venv/bin/python bench/route_transfer.py [--data F.jsonl ...] [--no-reference]
-        [--hold-out DOMAIN ...] [--classifier-l2 L2]
+        [--hold-out DOMAIN ...] [--classifier-l2 L2] [--static-embedding NAME]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import numpy as np
 
 from routers.base import FloatArray, strong_need
 from routers.dataset import Record, record_from_obj, split_by_id
+from routers.features import HashingParams
 from routers.learned import SHRINK_ABOVE, ClassifierParams, ClassifierRouter
 from routers.metrics import two_model_report
 from routers.training import TrainOptions, train
@@ -139,12 +140,20 @@ def main() -> int:
         default=ClassifierParams().l2,
         help="the classifier's l2 penalty (default: the router's default)",
     )
+    ap.add_argument(
+        "--static-embedding",
+        default="",
+        help="add this static word embedding to the classifier's features (routers.embedding)",
+    )
     args = ap.parse_args()
     paths: list[Path] = args.data or DEFAULT_DATA
     sources = {p.stem: _read(p) for p in paths}
     domains = group_by_domain(sources)
     options = TrainOptions(
-        strong=STRONG, weak=WEAK, classifier=ClassifierParams(l2=args.classifier_l2)
+        strong=STRONG,
+        weak=WEAK,
+        classifier=ClassifierParams(l2=args.classifier_l2),
+        features=HashingParams(static_embedding=args.static_embedding),
     )
     started = time.perf_counter()
     fitted: dict[str, ClassifierRouter] = {}
@@ -170,6 +179,7 @@ def main() -> int:
         "router": options.router,
         "default_shrink_above": SHRINK_ABOVE,
         "classifier_l2": args.classifier_l2,
+        "static_embedding": args.static_embedding,
         "strong": STRONG,
         "weak": WEAK,
         "domains": {k: len(v) for k, v in domains.items()},
