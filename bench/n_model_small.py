@@ -17,6 +17,8 @@ router's per-model predictions (as `llmroute score` writes them):
   same for the single models (any mix of single models lies under their hull);
   `margin` = area - singles_area (the target is >= 0.02);
 - `reaches_best`: some router point has quality >= the best single model's at no more cost;
+  `reaches_best_mixing`: the same for the router's upper hull (mixing two of its points, as
+  the single-model hull mixes single models) at the best model's cost;
 - the same area for the quality-target policy (cheapest model predicted to reach q, q swept).
 
     .venv/bin/python bench/n_model_small.py [--data mmlu_dev.jsonl] [--train 150] [--repeats 5]
@@ -37,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from routers.dataset import Record
-from routers.metrics import mean_hull_height
+from routers.metrics import mean_hull_height, upper_hull
 from routers.training import TrainOptions, default_router, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,12 +145,17 @@ def evaluate(pred: np.ndarray, q: np.ndarray, c: np.ndarray) -> dict[str, Any]:
     tgt = target_points(pred, q, c)
     best_c, best_q = max(singles, key=lambda p: (p[1], -p[0]))
     singles_area = area(singles, lo, hi)
+    hull = upper_hull(lam)
+    hull_c = np.array([p[0] for p in hull])
+    hull_q = np.array([p[1] for p in hull])
+    at_best = float(np.interp(best_c, hull_c, hull_q)) if best_c >= hull_c[0] else -math.inf
     return {
         "area": area(lam, lo, hi),
         "singles_area": singles_area,
         "margin": area(lam, lo, hi) - singles_area,
         "quality_target_margin": area(tgt, lo, hi) - singles_area,
         "reaches_best": any(qq >= best_q - 1e-12 and cc <= best_c + 1e-15 for cc, qq in lam),
+        "reaches_best_mixing": at_best >= best_q - 1e-12,
         "best_single_quality": best_q,
         "router_top_quality": max(qq for _, qq in lam),
     }
@@ -211,6 +218,7 @@ def main() -> None:
                 "area_mean": round(float(np.mean([r["area"] for r in rs])), 4),
                 "singles_area_mean": round(float(np.mean([r["singles_area"] for r in rs])), 4),
                 "reaches_best": f"{sum(r['reaches_best'] for r in rs)}/{len(rs)}",
+                "reaches_best_mixing": f"{sum(r['reaches_best_mixing'] for r in rs)}/{len(rs)}",
                 "train_seconds_mean": round(float(np.mean([r["train_seconds"] for r in rs])), 3),
             }
             for name, rs in results.items()

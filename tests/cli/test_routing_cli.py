@@ -246,3 +246,40 @@ def test_eval_without_router_needs_transfer(files, capsys):
     _, _, test, _ = files
     assert main(["eval", "--data", str(test)]) == 2
     assert "--router is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("router", "flag", "expected"),
+    [
+        ("pooled", "default", "wordllama-l2-256"),
+        ("pooled", "none", ""),
+        ("classifier", "default", ""),
+        ("classifier", "wordllama-l2-256", "wordllama-l2-256"),
+    ],
+)
+def test_train_static_embedding_flag(files, tmp_path, router, flag, expected):
+    _, train, _, _ = files
+    out = tmp_path / "r"
+    args = ["train", "--data", str(train), "--router", router, "--out", str(out)]
+    assert main([*args, "--static-embedding", flag]) == 0
+    art = load_artifact(out)
+    assert art.meta["features"]["static_embedding"] == expected
+    texts = ["Compute the integral of x^2.", "Say hi.", "Prove the theorem.", "", "\ud800"]
+    assert np.isfinite(art.router.predict(texts)).all()
+
+
+def test_train_refuses_an_unknown_static_embedding(files, tmp_path, capsys):
+    _, train, _, _ = files
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "train",
+                "--data",
+                str(train),
+                "--out",
+                str(tmp_path / "r"),
+                "--static-embedding",
+                "glove",
+            ]
+        )
+    assert "invalid choice" in capsys.readouterr().err

@@ -45,8 +45,10 @@ from routers.calibration import (
     threshold_for_strong_fraction,
 )
 from routers.dataset import Record, data_sha256, item_keys, record_from_obj, split_by_id
+from routers.embedding import EMBEDDINGS
 from routers.errors import RoutingError
 from routers.evaluation import EvalOptions, cost_matrix, evaluate
+from routers.features import HashingParams
 from routers.metrics import two_model_report
 from routers.multi import lambda_curve, lambda_for_budget, lambda_for_quality
 from routers.policy import ModelPrice
@@ -143,7 +145,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         else:
             text = Path(args.semantic_config).read_text(encoding="utf-8")
         semantic = semantic_config_from_obj(json.loads(text))
-    options = TrainOptions(router=name, strong=args.strong, weak=args.weak, semantic=semantic)
+    options = TrainOptions(
+        router=name,
+        strong=args.strong,
+        weak=args.weak,
+        semantic=semantic,
+        features=_features(args.static_embedding),
+    )
     held = split_by_id([r.id for r in records], args.holdout, args.split_salt)
     fit = [r for r, h in zip(records, held, strict=True) if not h]
     heldout = [r for r, h in zip(records, held, strict=True) if h]
@@ -588,6 +596,14 @@ def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
     return run
 
 
+def _features(static_embedding: str) -> HashingParams | None:
+    """`--static-embedding`: None (the router's default features), or hashing features with
+    this embedding ("none": without one)."""
+    if static_embedding == "default":
+        return None
+    return HashingParams(static_embedding="" if static_embedding == "none" else static_embedding)
+
+
 def register(subparsers: Subparsers) -> None:
     """Add the routing commands to the `llmroute` parser."""
     p = subparsers.add_parser("train", help="train a router from dataset JSONL files")
@@ -610,6 +626,13 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--semantic-config", type=Path, help="categories JSON for --router semantic")
     p.add_argument("--include-system", action="store_true", help="score system prompts too")
     p.add_argument("--include-history", action="store_true", help="score earlier turns too")
+    p.add_argument(
+        "--static-embedding",
+        default="default",
+        choices=("default", "none", *EMBEDDINGS),
+        help="a static word embedding in the features (default: the router's own; pooled "
+        "uses one, the others do not)",
+    )
     p.set_defaults(handler=_guard(cmd_train))
 
     p = subparsers.add_parser(
