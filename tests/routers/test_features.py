@@ -75,11 +75,13 @@ def test_whitespace_layout_and_case_do_not_change_ngram_blocks():
     np.testing.assert_array_equal(a, b)
 
 
-def test_features_are_the_same_in_another_process_with_another_hash_seed():
+@pytest.mark.parametrize("embedding", ["", "wordllama-l2-256"])
+def test_features_are_the_same_in_another_process_with_another_hash_seed(embedding):
+    make = f"HashingFeaturizer(HashingParams(static_embedding={embedding!r}))"
     code = (
         "import sys, numpy as np\n"
-        "from routers.features import HashingFeaturizer\n"
-        "x = HashingFeaturizer().transform(['What is 2+2?', 'Écris un poème'])\n"
+        "from routers.features import HashingFeaturizer, HashingParams\n"
+        f"x = {make}.transform(['What is 2+2?', 'Écris un poème'])\n"
         "a, b = float(np.abs(x).sum()), float((x * np.arange(x.shape[1])).sum())\n"
         "sys.stdout.write(repr(a) + ' ' + repr(b))\n"
     )
@@ -90,7 +92,8 @@ def test_features_are_the_same_in_another_process_with_another_hash_seed():
             [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
         )
         outs.add(res.stdout)
-    x = HashingFeaturizer().transform(["What is 2+2?", "Écris un poème"])
+    f = HashingFeaturizer(HashingParams(static_embedding=embedding))
+    x = f.transform(["What is 2+2?", "Écris un poème"])
     here = repr(float(np.abs(x).sum())) + " " + repr(float((x * np.arange(x.shape[1])).sum()))
     assert outs == {here}
 

@@ -25,12 +25,8 @@ from worker.sim.harness import (
     topic_names,
 )
 
-# route_transfer.py and n_model_small.py belong to the transfer work (issue 18)
-NOT_YET = {"route_transfer.py", "n_model_small.py"}
-
-
 def _benches() -> list[Path]:
-    return sorted(p for p in (ROOT / "bench").glob("*.py") if p.name not in NOT_YET)
+    return sorted((ROOT / "bench").glob("*.py"))
 
 
 @pytest.mark.parametrize("path", _benches(), ids=lambda p: p.name)
