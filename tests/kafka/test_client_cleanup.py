@@ -15,8 +15,13 @@ import pytest
 
 from tests.worker.support import worker_config
 from worker.app import build
+from worker.cli.demo import _follow
+from worker.cli.kafka_args import load_connection
+from worker.cli.ops.produce import produce
+from worker.cli.ops.status import collect
+from worker.cli.ops.tail import tail
 from worker.kafka.table import scan
-from worker.sim.harness import topic_names
+from worker.sim.harness import Follower, read_all, topic_names
 
 
 @pytest.fixture
@@ -74,3 +79,31 @@ async def test_a_member_stopped_while_connecting_closes_its_clients(
         assert await _unclosed_after_cancelling(app.worker.run()) == []
     finally:
         await app.close()
+
+
+async def test_a_follower_cancelled_while_connecting_closes_its_consumer(
+    silent_broker: str,
+) -> None:
+    async def follow() -> None:
+        async with Follower(silent_broker, "anything"):
+            pass
+
+    assert await _unclosed_after_cancelling(follow()) == []
+
+
+async def test_read_all_cancelled_while_connecting_closes_its_consumer(silent_broker: str) -> None:
+    assert await _unclosed_after_cancelling(read_all(silent_broker, "anything", 1)) == []
+
+
+@pytest.mark.parametrize("tool", ["tail", "produce", "status", "demo"])
+async def test_the_kafka_tools_cancelled_while_connecting_close_their_clients(
+    silent_broker: str, tool: str
+) -> None:
+    conn = load_connection(None, silent_broker, {})
+    work = {
+        "tail": lambda: tail(conn, None, max_records=1),
+        "produce": lambda: produce(conn, ['{"prompt": "hi"}']),
+        "status": lambda: collect(conn, group="group"),
+        "demo": lambda: _follow(silent_broker, ["anything"], 1, 60.0),
+    }[tool]()
+    assert await _unclosed_after_cancelling(work) == []

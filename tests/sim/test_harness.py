@@ -25,6 +25,7 @@ from worker.sim.harness import (
     topic_names,
 )
 
+
 def _benches() -> list[Path]:
     return sorted((ROOT / "bench").glob("*.py"))
 

@@ -272,11 +272,11 @@ async def _follow(
     consumer = AIOKafkaConsumer(
         *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
     )
-    await consumer.start()
     got: dict[str, list[bytes]] = {t: [] for t in topics}
     seen: set[bytes] = set()
     started = time.monotonic()
     try:
+        await consumer.start()
         while len(seen) < expect and time.monotonic() - started < timeout_s:
             batch = await consumer.getmany(timeout_ms=250)
             for tp, records in batch.items():

@@ -366,7 +366,11 @@ class Follower:
             enable_auto_commit=False,
             isolation_level="read_committed" if self.committed_only else "read_uncommitted",
         )
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:
+            await asyncio.shield(consumer.stop())
+            raise
         self._task = asyncio.create_task(self._follow(consumer))
         return self
 
@@ -379,7 +383,9 @@ class Follower:
                     for r in records:
                         self.record(r, now)
         finally:
-            await consumer.stop()
+            # shielded: the caller's bound may cancel this task, and a half-stopped consumer
+            # leaves its fetcher task behind
+            await asyncio.shield(consumer.stop())
 
     async def wait_for_count(self, n: int, timeout_s: float) -> bool:
         """Until `n` distinct keys arrived (or time runs out)."""
@@ -403,9 +409,9 @@ async def read_all(bootstrap: str, topic: str, expect: int, timeout_s: float = 6
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
     )
-    await consumer.start()
     out: list[Any] = []
     try:
+        await consumer.start()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while len(out) < expect and loop.time() < deadline:

@@ -138,10 +138,10 @@ async def produce(
     producer = AIOKafkaProducer(
         acks="all", enable_idempotence=True, linger_ms=5, **conn.client_kwargs()
     )
-    await producer.start()
     started = time.monotonic()
     pending: list[Awaitable[Any]] = []
     try:
+        await producer.start()
         for lineno, line in enumerate(lines, 1):
             if limit is not None and result.produced + len(pending) >= limit:
                 break

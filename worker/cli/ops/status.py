@@ -142,9 +142,9 @@ async def collect(
     if topics.requests not in counts:
         raise UserError(f"topic {topics.requests!r} does not exist")
     admin = AIOKafkaAdminClient(**kw)
-    await admin.start()
     consumer = AIOKafkaConsumer(enable_auto_commit=False, **kw)
     try:
+        await admin.start()
         await consumer.start()
         committed = await admin.list_consumer_group_offsets(group_id)
         snap = await snapshot(consumer, topics.requests, counts[topics.requests])

@@ -143,10 +143,10 @@ async def tail(
         isolation_level="read_committed",  # never a record of an aborted transaction
         **conn.client_kwargs(),
     )
-    await consumer.start()
     shown = 0
     last = time.monotonic()
     try:
+        await consumer.start()
         while max_records is None or shown < max_records:
             batch = await consumer.getmany(timeout_ms=200)
             if batch:
