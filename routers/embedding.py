@@ -70,7 +70,9 @@ class StaticEmbedding:
         self.dim = int(self.vectors.shape[1])
         # a Tokenizer is not documented as safe to share between threads
         self._lock = threading.Lock()
-        self._chunks: dict[str, list[int]] = {}  # whitespace chunk -> its token ids
+        # whitespace chunk -> its token ids; tuples of ints, which the garbage collector stops
+        # tracking, so a full cache adds nothing to a collection's pause
+        self._chunks: dict[str, tuple[int, ...]] = {}
 
     def _ids(self, chunks: list[str]) -> npt.NDArray[np.intp]:
         cache = self._chunks
@@ -84,7 +86,7 @@ class StaticEmbedding:
                 # the tokenizer refuses what is not UTF-8 (a lone surrogate from a JSON escape)
                 safe = [c.encode("utf-8", "replace").decode("utf-8") for c in missing]
                 encoded = self._tokenizer.encode_batch(safe, add_special_tokens=False)
-            cache.update((c, enc.ids) for c, enc in zip(missing, encoded, strict=True))
+            cache.update((c, tuple(enc.ids)) for c, enc in zip(missing, encoded, strict=True))
             known = [cache[c] for c in chunks]
         return np.fromiter(chain.from_iterable(known), dtype=np.intp)
 
