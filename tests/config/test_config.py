@@ -43,6 +43,8 @@ def test_the_example_config_parses() -> None:
         (MODEL + 'unknown_tenant = "allow"\n', "unknown_tenant"),
         (MODEL + "[batch]\nflush_age_s = 0\n", "flush"),
         (MODEL + '[batch]\non_item_failure = "drop"\n', "on_item_failure"),
+        (MODEL + "[loop]\njoin_warn_s = 0\n", "join_warn_s"),
+        (MODEL + "[loop]\njoin_warn_s = nan\n", "join_warn_s"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, text: str, fragment: str) -> None:

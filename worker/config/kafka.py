@@ -173,6 +173,8 @@ class LoopSettings(Section, frozen=True, kw_only=True):
     max_in_flight_bytes: int = 64 * 1024 * 1024
     drain_timeout_s: float = 30.0  # SIGTERM: finish in-flight work for at most this long
     revoke_drain_timeout_s: float = 10.0  # rebalance: wait this long for a revoked partition
+    # out of its group (no join or rebalance completed) this long: a warning, then once a minute
+    join_warn_s: float = 60.0
     commit_interval_ms: int = 500
     max_request_bytes: int = 1_000_000  # larger records go to the dead-letter topic
     dedupe_window: int = 50_000  # answered request ids remembered per partition
@@ -196,5 +198,7 @@ class LoopSettings(Section, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.journal_window < 0:
             raise ValueError("loop journal_window must be >= 0")
+        if not self.join_warn_s > 0:
+            raise ValueError("loop join_warn_s must be > 0")
         if self.max_model_calls is not None and self.max_model_calls < 1:
             raise ValueError("loop max_model_calls must be >= 1 (or absent: no limit)")

@@ -161,6 +161,9 @@ class Worker:
         self._mean_record_bytes = 1024
         self._trouble_count = 0
         self._trouble_logged = float("-inf")
+        # since when the member has been out of its group: subscribed or revoked, and not
+        # assigned since (None: in the group)
+        self._out_of_group_since: float | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -199,13 +202,16 @@ class Worker:
                 watch = asyncio.create_task(self._watch_broker())
                 txn = self.publisher.txn
                 pump = asyncio.create_task(txn.run() if txn is not None else _forever())
+                self._out_of_group_since = self.clock()
                 self.consumer.subscribe([self.topics.requests], listener=_Rebalance(self))
+                joined = asyncio.create_task(self._watch_group())
                 try:
                     await self._poll_until_stopped()
                 finally:
                     control.cancel()
                     watch.cancel()
-                    await asyncio.wait([control, watch], timeout=10)
+                    joined.cancel()
+                    await asyncio.wait([control, watch, joined], timeout=10)
                 if self.batches is not None:
                     self.batches.flush_all()  # what waits for a batch is submitted, not dropped
                 self._release_held(set())  # stopped mid-rebalance: nothing held comes back
@@ -243,6 +249,33 @@ class Worker:
             committed=self.tracker.committed,
             on_fatal=lambda _: self.stop(),
         )
+
+    async def _watch_group(self, every_s: float = 1.0) -> None:
+        """A member out of its group for `join_warn_s` (its join or a rebalance never completes:
+        no group coordinator, or another member holding the rebalance) says so, then once a
+        minute, and says when it is back: otherwise it would sit silent, with no assignment,
+        no lag and no error."""
+        warned = float("-inf")
+        while True:
+            await asyncio.sleep(every_s)
+            since = self._out_of_group_since
+            now = self.clock()
+            if since is None:
+                if warned > float("-inf"):
+                    log.info("in consumer group %r again", self.kafka.group_id)
+                    warned = float("-inf")
+                continue
+            if now - since >= self.settings.join_warn_s and now - warned >= 60.0:
+                log.warning(
+                    "not in consumer group %r for %.0fs: no join or rebalance has completed, so "
+                    "this member has no partitions. Is the group coordinator available (the "
+                    "__consumer_offsets topic needs offsets.topic.replication.factor brokers)? "
+                    "Does another member of the group hold the rebalance (a revoke callback "
+                    "or poll loop stuck, up to its max.poll.interval.ms)?",
+                    self.kafka.group_id,
+                    now - since,
+                )
+                warned = now
 
     async def _watch_broker(self, every_s: float = 2.0) -> None:
         """Readiness follows the broker: unreachable (no metadata answer within 5 s) makes the
@@ -942,6 +975,8 @@ class Worker:
         revokes every partition) carries on where it was, without a repeated model call."""
         self.ready.clear()
         self.observer.ready(False, "rebalancing")
+        if self._out_of_group_since is None:
+            self._out_of_group_since = self.clock()
         if self._readiness is not None:
             self._readiness.cancel()
         if self.batches is not None:
@@ -1002,6 +1037,7 @@ class Worker:
         """Start loading the partitions' state and return: the rebalance callback never waits
         for a load (a stop mid-rebalance would wait for it, or cancel it under the callback);
         requests wait for their partition's load themselves, and readiness follows the loads."""
+        self._out_of_group_since = None
         self._release_held(assigned)
         try:
             await self._partition_counts()
