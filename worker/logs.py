@@ -20,7 +20,14 @@ from typing import IO, Any, Final
 
 from worker.secrets import redact
 
-__all__ = ["LOG_FORMATS", "JsonFormatter", "RedactingFilter", "TextFormatter", "setup_logging"]
+__all__ = [
+    "LOG_FORMATS",
+    "Every",
+    "JsonFormatter",
+    "RedactingFilter",
+    "TextFormatter",
+    "setup_logging",
+]
 
 LOG_FORMATS: Final = ("json", "text")
 
@@ -29,6 +36,31 @@ _RECORD_ATTRS: Final = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
     | {"message", "asctime", "taskName"}
 )
+
+
+class Every:
+    """At most once per `seconds` of a clock: for a warning about a condition that can last
+    (a broker down, publishing failing), logged with a count instead of once per occurrence.
+    `due(now)` is True, and starts a new period, when the last True was `seconds` ago or more
+    (or never); `reset()` forgets it, so the next occurrence is logged at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last = float("-inf")
+
+    def due(self, now: float) -> bool:
+        if now - self._last >= self.seconds:
+            self._last = now
+            return True
+        return False
+
+    @property
+    def fired(self) -> bool:
+        """Whether `due` said True since the last reset."""
+        return self._last > float("-inf")
+
+    def reset(self) -> None:
+        self._last = float("-inf")
 
 
 def _redact_value(value: Any) -> Any:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from worker.logs import JsonFormatter, setup_logging
+from worker.logs import Every, JsonFormatter, setup_logging
 from worker.secrets import REDACTED, redact
 
 OPENAI = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx0123"
@@ -81,3 +81,15 @@ def test_setup_twice_keeps_one_handler(lines: io.StringIO):
     handler = setup_logging("INFO", lines)
     ours = [h for h in logging.getLogger().handlers if isinstance(h.formatter, JsonFormatter)]
     assert ours == [handler]
+
+
+def test_every_lets_one_warning_through_per_period_and_resets():
+    every = Every(60.0)
+    assert not every.fired
+    assert every.due(100.0)  # the first occurrence is logged at once
+    assert every.fired
+    assert not every.due(100.5) and not every.due(159.9)
+    assert every.due(160.0)  # a new period starts at the first occurrence after it
+    assert not every.due(219.0)
+    every.reset()  # the condition ended: its next start is logged at once
+    assert not every.fired and every.due(219.5)

@@ -57,6 +57,7 @@ from worker.kafka.records import Deferred, Handled, Pipeline, RecordInfo
 from worker.kafka.service import Controlled, Service
 from worker.kafka.topics import partition_counts
 from worker.kafka.transactions import TransactionAborted
+from worker.logs import Every
 from worker.providers.types import CompletionResult
 from worker.telemetry import RequestSpan, Tracing
 
@@ -160,7 +161,7 @@ class Worker:
         self._call_slots = asyncio.Semaphore(limit) if limit is not None else None
         self._mean_record_bytes = 1024
         self._trouble_count = 0
-        self._trouble_logged = float("-inf")
+        self._trouble_logged = Every(10.0)
         # since when the member has been out of its group: subscribed or revoked, and not
         # assigned since (None: in the group)
         self._out_of_group_since: float | None = None
@@ -255,17 +256,17 @@ class Worker:
         no group coordinator, or another member holding the rebalance) says so, then once a
         minute, and says when it is back: otherwise it would sit silent, with no assignment,
         no lag and no error."""
-        warned = float("-inf")
+        warned = Every(60.0)
         while True:
             await asyncio.sleep(every_s)
             since = self._out_of_group_since
             now = self.clock()
             if since is None:
-                if warned > float("-inf"):
+                if warned.fired:
                     log.info("in consumer group %r again", self.kafka.group_id)
-                    warned = float("-inf")
+                    warned.reset()
                 continue
-            if now - since >= self.settings.join_warn_s and now - warned >= 60.0:
+            if now - since >= self.settings.join_warn_s and warned.due(now):
                 log.warning(
                     "not in consumer group %r for %.0fs: no join or rebalance has completed, so "
                     "this member has no partitions. Is the group coordinator available (the "
@@ -275,7 +276,6 @@ class Worker:
                     self.kafka.group_id,
                     now - since,
                 )
-                warned = now
 
     async def _watch_broker(self, every_s: float = 2.0) -> None:
         """Readiness follows the broker: unreachable (no metadata answer within 5 s) makes the
@@ -283,7 +283,7 @@ class Worker:
         ready again when it answers."""
         down_since: float | None = None
         failures = 0
-        logged = float("-inf")
+        logged = Every(60.0)
         while True:
             await asyncio.sleep(every_s)
             try:
@@ -297,7 +297,7 @@ class Worker:
                     down_since = now
                     self.broker_reachable = False
                     quietly(self.observer.ready, False, "broker unreachable")
-                if now - logged >= 60.0:
+                if logged.due(now):
                     log.warning(
                         "the Kafka cluster does not answer (%s: %s); %d failed probes over %.0fs",
                         type(exc).__name__,
@@ -305,11 +305,11 @@ class Worker:
                         failures,
                         now - down_since,
                     )
-                    logged = now
                 continue
             if down_since is not None:
                 log.info("the Kafka cluster answers again after %.0fs", self.clock() - down_since)
-                down_since, failures, logged = None, 0, float("-inf")
+                down_since, failures = None, 0
+                logged.reset()
                 self.broker_reachable = True
                 if self.ready.is_set():
                     quietly(self.observer.ready, True, "broker reachable again")
@@ -689,16 +689,14 @@ class Worker:
         return True
 
     def _log_publish_trouble(self, exc: Exception) -> None:
-        now = self.clock()
         self._trouble_count += 1
-        if now - self._trouble_logged >= 10.0:
+        if self._trouble_logged.due(self.clock()):
             log.warning(
                 "publishing fails (%s: %s); %d failures in the last interval, retrying",
                 type(exc).__name__,
                 exc,
                 self._trouble_count,
             )
-            self._trouble_logged = now
             self._trouble_count = 0
 
     async def _handle(

@@ -43,6 +43,7 @@ from worker.kafka.records import Handled, RecordInfo
 from worker.kafka.table import home_partition
 from worker.kafka.topics import max_message_bytes
 from worker.kafka.transactions import Offsets, Transactions
+from worker.logs import Every
 from worker.telemetry.propagation import context_headers, record_context_headers
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ class Publisher:
         self.producer: AIOKafkaProducer | None = None
         self.done_partitions = 0  # the dedupe topic's partition count (0: no markers)
         self.journal_partitions = 0  # the journal topic's partition count (0: no journal)
-        self._journal_logged = float("-inf")
+        self._journal_logged = Every(60.0)
         self._limits: dict[str, int] = {}  # topic -> max.message.bytes
         self._batch_bytes = kafka.producer_batch_bytes
         # responses + markers + offsets, one transaction per interval (`kafka.transactions`)
@@ -268,9 +269,7 @@ class Publisher:
 
     def _journal_failed(self, exc: BaseException) -> None:
         self.stats["journal_failures"] += 1
-        now = time.monotonic()
-        if now - self._journal_logged >= 60.0:
-            self._journal_logged = now
+        if self._journal_logged.due(time.monotonic()):
             log.warning(
                 "writing answers to the journal fails (%s: %s); %d failures so far (a crash "
                 "now costs those model calls again)",
