@@ -237,9 +237,22 @@ def test_eval_transfer_holds_out_each_domain(tmp_path, capsys):
     assert held["extra_file"]["n_test"] == 40 and held["extra_file"]["n_train"] == 120
     assert result["worst"]["apgr"] == min(d["apgr"] for d in held.values())
     assert all(d["apgr"] > 0.6 for d in held.values())  # the same signal in every domain
+    assert result["static_embedding"] is None  # the default (classifier) features
     rc = main(["eval", "--transfer", "--data", str(data), "--data", str(extra)])
     assert rc == 0
     assert "worst: APGR" in capsys.readouterr().out
+
+
+def test_eval_transfer_of_an_artifact_trains_its_folds_on_its_features(files, tmp_path, capsys):
+    _, train, test, _ = files
+    out = tmp_path / "r"
+    args = ["train", "--data", str(train), "--router", "classifier", "--out", str(out)]
+    assert main([*args, "--static-embedding", "wordllama-l2-256"]) == 0
+    capsys.readouterr()
+    data = ["--data", str(train), "--data", str(test)]
+    rc = main(["eval", "--transfer", "--router", str(out), *data, "--json"])
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out)["static_embedding"] == "wordllama-l2-256"
 
 
 def test_eval_without_router_needs_transfer(files, capsys):

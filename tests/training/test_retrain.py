@@ -3,6 +3,7 @@ test_retraining_kafka.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -80,3 +81,19 @@ def test_retrain_command(tmp_path, capsys):
     assert out["promoted"] and out["verdict"]["target"] == {"kind": "strong_fraction", "value": 0.3}
     assert main([*argv, "--strong-fraction", "0.3", "--quality-ratio", "0.9"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_a_retrained_router_keeps_the_current_ones_features(tmp_path):
+    # the current router was trained with the static embedding (`llmroute train
+    # --static-embedding ...`): its successor is too, not silently the default features
+    from routers.artifact import save
+    from routers.features import HashingParams
+    from routers.training import TrainOptions, train
+
+    chosen = HashingParams(word_dim=1024, char_dim=1024, static_embedding="wordllama-l2-256")
+    first = train(_records(1), TrainOptions(features=chosen))
+    current = save(first, tmp_path / "current")
+    keep = dataclasses.replace(OPTIONS, keep_rejected=True)  # saved, promoted or not
+    report = retrain(_records(2), tmp_path / "registry", keep, current=current)
+    art = load_artifact(tmp_path / "registry" / report["version"])
+    assert art.meta["features"] == first.featurizer.spec()

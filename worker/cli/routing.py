@@ -26,6 +26,7 @@ default router without it) on all but one and reports each held-out domain and t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -48,12 +49,19 @@ from routers.dataset import Record, data_sha256, item_keys, record_from_obj, spl
 from routers.embedding import EMBEDDINGS
 from routers.errors import RoutingError
 from routers.evaluation import EvalOptions, cost_matrix, evaluate
-from routers.features import HashingParams
+from routers.features import HashingFeaturizer, HashingParams
 from routers.metrics import two_model_report
 from routers.multi import lambda_curve, lambda_for_budget, lambda_for_quality
 from routers.policy import ModelPrice
 from routers.semantic import semantic_config_from_obj
-from routers.training import ROUTER_NAMES, TrainOptions, default_router, label_matrix, train
+from routers.training import (
+    ROUTER_NAMES,
+    TrainOptions,
+    default_features,
+    default_router,
+    label_matrix,
+    train,
+)
 from routers.transfer import fit_with, group_by_domain, leave_one_domain_out
 from worker.cli import Stages, Subparsers, UserError, finite, next_hint
 
@@ -510,8 +518,13 @@ def _transfer(args: argparse.Namespace) -> int:
         router = artifact.router
         if router.name not in ROUTER_NAMES:
             raise UserError(f"cannot retrain a {router.name!r} router for transfer validation")
+        featurizer = getattr(router, "featurizer", None)
         options = TrainOptions(
-            router=router.name, strong=args.strong or router.strong, weak=args.weak or router.weak
+            router=router.name,
+            strong=args.strong or router.strong,
+            weak=args.weak or router.weak,
+            # the folds are trained on the artifact's own features (its embedding, hash sizes)
+            features=featurizer.params if isinstance(featurizer, HashingFeaturizer) else None,
         )
     # strong/weak fixed for every fold: the defaults (best / worst mean) of all the data
     probe = [r for recs in domains.values() for r in recs]
@@ -520,12 +533,19 @@ def _transfer(args: argparse.Namespace) -> int:
     means = np.nanmean(y, axis=0)
     strong = options.strong or models[int(np.argmax(means))]
     weak = options.weak or models[int(np.argmin(means))]
-    options = TrainOptions(router=options.router, strong=strong, weak=weak)
+    options = dataclasses.replace(options, strong=strong, weak=weak)
     try:
         report = leave_one_domain_out(domains, fit_with(options), strong, weak)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    result = {"router": options.router, "strong": strong, "weak": weak, **report.summary()}
+    features = options.features or default_features(options.router)
+    result = {
+        "router": options.router,
+        "strong": strong,
+        "weak": weak,
+        "static_embedding": features.static_embedding or None,
+        **report.summary(),
+    }
     if args.json:
         _write_json(finite(result))
         return 0

@@ -36,6 +36,7 @@ from routers.calibration import (
     threshold_for_strong_fraction,
 )
 from routers.dataset import Record, data_sha256, split_by_id
+from routers.features import HashingFeaturizer, HashingParams
 from routers.promotion import (
     CostTarget,
     PromotionVerdict,
@@ -103,6 +104,15 @@ def _evaluate(
     )
 
 
+def _features_of(router: Router, name: str) -> HashingParams | None:
+    """The features `router` was trained on, when its successor is of the same kind `name`
+    (a user's `--static-embedding`, hash sizes: kept); None (the kind's defaults) otherwise."""
+    featurizer = getattr(router, "featurizer", None)
+    if router.name == name and isinstance(featurizer, HashingFeaturizer):
+        return featurizer.params
+    return None
+
+
 def retrain(
     records: Sequence[Record],
     registry: Path,
@@ -121,7 +131,10 @@ def retrain(
     held = split_by_id([r.id for r in records], options.holdout, options.split_salt)
     fit = [r for r, h in zip(records, held, strict=True) if not h] + list(base_records)
     heldout = [r for r, h in zip(records, held, strict=True) if h]
-    candidate = train(fit, TrainOptions(router=options.router, strong=strong, weak=weak))
+    features = _features_of(now.router, options.router) if now is not None else None
+    candidate = train(
+        fit, TrainOptions(router=options.router, strong=strong, weak=weak, features=features)
+    )
     strong, weak = candidate.strong, candidate.weak
     both = [r for r in heldout if strong in r.scores and weak in r.scores]
     report: dict[str, Any] = {
