@@ -178,31 +178,19 @@ def _joint(z: F32, e: F32, weight: float, width: int) -> F32:
     return out
 
 
-def _loo_errors(k: FloatArray, r: FloatArray, penalties: tuple[float, ...]) -> list[float]:
-    """Exact leave-one-out mean squared error of kernel ridge regression (all models), for
-    each penalty, from one eigendecomposition of `k`."""
+def _loo_residuals(k: FloatArray, r: FloatArray, penalties: tuple[float, ...]) -> list[FloatArray]:
+    """Exact leave-one-out errors of kernel ridge regression (all models), one array per
+    penalty, from one eigendecomposition of `k`: row i is r_i minus the prediction for prompt
+    i of the fit without it."""
     w, v = np.linalg.eigh(k)
     w = np.maximum(w, 0.0)
     vr = v.T @ r
-    out = []
+    out: list[FloatArray] = []
     for penalty in penalties:
         shrink = w / (w + penalty)
         hat_diag = (v * v) @ shrink
         fitted = v @ (shrink[:, None] * vr)
-        resid = (r - fitted) / np.maximum(1.0 - hat_diag, 1e-6)[:, None]
-        out.append(float(np.mean(resid * resid)))
-    return out
-
-
-def _loo_residuals(k: FloatArray, r: FloatArray, penalty: float) -> FloatArray:
-    """Exact leave-one-out errors of kernel ridge regression (all models): row i is r_i minus
-    the prediction for prompt i of the fit without it."""
-    w, v = np.linalg.eigh(k)
-    w = np.maximum(w, 0.0)
-    shrink = w / (w + penalty)
-    hat_diag = (v * v) @ shrink
-    fitted = v @ (shrink[:, None] * (v.T @ r))
-    out: FloatArray = (r - fitted) / np.maximum(1.0 - hat_diag, 1e-6)[:, None]
+        out.append((r - fitted) / np.maximum(1.0 - hat_diag, 1e-6)[:, None])
     return out
 
 
@@ -297,8 +285,9 @@ def fit_pooled(
         zw = _joint(z_hash[anchors], e[anchors], w, width)
         cos_w = (zw @ zw.T).astype(np.float64)
         for t in params.temperatures:
-            errors = _loo_errors(np.exp(t * (cos_w - 1.0)), r[anchors], params.penalties)
-            for lam, err in zip(params.penalties, errors, strict=True):
+            residuals = _loo_residuals(np.exp(t * (cos_w - 1.0)), r[anchors], params.penalties)
+            for lam, res in zip(params.penalties, residuals, strict=True):
+                err = float(np.mean(res * res))
                 if best is None or err < best[0] - 1e-12:
                     best = (err, w, t, lam)
     assert best is not None
@@ -306,8 +295,8 @@ def fit_pooled(
     z = _joint(z_hash, e, weight, width)
     za = z[anchors]
     cos_aa = (za @ za.T).astype(np.float64)
-    k_best = np.exp(t * (cos_aa - 1.0))
-    loo = r[anchors] - _loo_residuals(k_best, r[anchors], lam)
+    k_aa = np.exp(t * (cos_aa - 1.0))
+    loo = r[anchors] - _loo_residuals(k_aa, r[anchors], (lam,))[0]
     scale, chosen_by = choose_residual_scale(
         means,
         loo,
@@ -316,11 +305,9 @@ def fit_pooled(
         params.residual_scales,
     )
     if n <= params.max_anchors:
-        k = np.exp(t * (cos_aa - 1.0))
-        alpha: FloatArray = np.linalg.solve(k + lam * np.eye(n), r).astype(np.float64)
+        alpha: FloatArray = np.linalg.solve(k_aa + lam * np.eye(n), r).astype(np.float64)
     else:  # subset of regressors: min |K_na a - r|^2 + lam a' K_aa a
         k_na = np.exp(t * ((z @ za.T).astype(np.float64) - 1.0))
-        k_aa = np.exp(t * (cos_aa - 1.0))
         lhs = k_na.T @ k_na + lam * k_aa + 1e-8 * np.eye(len(anchors))
         alpha = np.linalg.solve(lhs, k_na.T @ r).astype(np.float64)
     return {
