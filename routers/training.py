@@ -39,6 +39,7 @@ __all__ = [
     "default_router",
     "label_matrix",
     "train",
+    "trained_features",
 ]
 
 ROUTER_NAMES: tuple[str, ...] = (
@@ -111,6 +112,13 @@ def default_features(router: str) -> HashingParams:
     if router == "pooled":
         return HashingParams(static_embedding=POOLED_EMBEDDING)
     return HashingParams()
+
+
+def trained_features(router: Router) -> HashingParams | None:
+    """The features `router` was trained on (its static embedding, hash sizes), to train its
+    successor or a transfer fold the same way; None for a router without hashing features."""
+    featurizer = getattr(router, "featurizer", None)
+    return featurizer.params if isinstance(featurizer, HashingFeaturizer) else None
 
 
 def default_router(records: Sequence[Record]) -> str:

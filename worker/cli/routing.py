@@ -49,7 +49,7 @@ from routers.dataset import Record, data_sha256, item_keys, record_from_obj, spl
 from routers.embedding import EMBEDDINGS
 from routers.errors import RoutingError
 from routers.evaluation import EvalOptions, cost_matrix, evaluate
-from routers.features import HashingFeaturizer, HashingParams
+from routers.features import HashingParams
 from routers.metrics import two_model_report
 from routers.multi import lambda_curve, lambda_for_budget, lambda_for_quality
 from routers.policy import ModelPrice
@@ -61,6 +61,7 @@ from routers.training import (
     default_router,
     label_matrix,
     train,
+    trained_features,
 )
 from routers.transfer import fit_with, group_by_domain, leave_one_domain_out
 from worker.cli import Stages, Subparsers, UserError, finite, next_hint
@@ -518,13 +519,12 @@ def _transfer(args: argparse.Namespace) -> int:
         router = artifact.router
         if router.name not in ROUTER_NAMES:
             raise UserError(f"cannot retrain a {router.name!r} router for transfer validation")
-        featurizer = getattr(router, "featurizer", None)
         options = TrainOptions(
             router=router.name,
             strong=args.strong or router.strong,
             weak=args.weak or router.weak,
             # the folds are trained on the artifact's own features (its embedding, hash sizes)
-            features=featurizer.params if isinstance(featurizer, HashingFeaturizer) else None,
+            features=trained_features(router),
         )
     # strong/weak fixed for every fold: the defaults (best / worst mean) of all the data
     probe = [r for recs in domains.values() for r in recs]

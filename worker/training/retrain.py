@@ -36,7 +36,6 @@ from routers.calibration import (
     threshold_for_strong_fraction,
 )
 from routers.dataset import Record, data_sha256, split_by_id
-from routers.features import HashingFeaturizer, HashingParams
 from routers.promotion import (
     CostTarget,
     PromotionVerdict,
@@ -44,7 +43,13 @@ from routers.promotion import (
     decide,
     evaluate_at_target,
 )
-from routers.training import DEFAULT_ROUTER, TrainOptions, label_matrix, train
+from routers.training import (
+    DEFAULT_ROUTER,
+    TrainOptions,
+    label_matrix,
+    train,
+    trained_features,
+)
 from worker.config.kafka import KafkaSettings
 from worker.training.registry import Registry
 
@@ -104,15 +109,6 @@ def _evaluate(
     )
 
 
-def _features_of(router: Router, name: str) -> HashingParams | None:
-    """The features `router` was trained on, when its successor is of the same kind `name`
-    (a user's `--static-embedding`, hash sizes: kept); None (the kind's defaults) otherwise."""
-    featurizer = getattr(router, "featurizer", None)
-    if router.name == name and isinstance(featurizer, HashingFeaturizer):
-        return featurizer.params
-    return None
-
-
 def retrain(
     records: Sequence[Record],
     registry: Path,
@@ -131,7 +127,10 @@ def retrain(
     held = split_by_id([r.id for r in records], options.holdout, options.split_salt)
     fit = [r for r, h in zip(records, held, strict=True) if not h] + list(base_records)
     heldout = [r for r, h in zip(records, held, strict=True) if h]
-    features = _features_of(now.router, options.router) if now is not None else None
+    # a successor of the same kind keeps the current router's features
+    features = None
+    if now is not None and now.router.name == options.router:
+        features = trained_features(now.router)
     candidate = train(
         fit, TrainOptions(router=options.router, strong=strong, weak=weak, features=features)
     )
