@@ -106,6 +106,17 @@ def synthetic_world(rows: list[dict[str, Any]], seed: int = 0) -> tuple[list[Rec
     return out, names
 
 
+def repeat_split(
+    rows: list[dict[str, Any]], rep: int, n_train: int, n_test: int
+) -> tuple[list[Record], list[Record], list[str]]:
+    """Repeat `rep`'s world, its training rows and its test rows (a seeded split)."""
+    world, names = synthetic_world(rows, seed=rep)
+    order = sorted(range(len(world)), key=lambda i: _seed("split", rep, world[i].id))
+    train_recs = [world[i] for i in order[:n_train]]
+    test = [world[i] for i in order[n_train : n_train + n_test]]
+    return train_recs, test, names
+
+
 def area(points: list[tuple[float, float]], lo: float, hi: float) -> float:
     """Mean height over [lo, hi] of the upper hull of `points` (flat after its last point;
     before its first point it is 0: a router with no point that cheap gets no credit)."""
@@ -176,20 +187,16 @@ def main() -> None:
     with args.data.open(encoding="utf-8") as fh:
         rows = [json.loads(x) for x in fh if x.strip()]
     if args.write_train is not None:
-        world, _ = synthetic_world(rows, seed=0)
-        order = sorted(range(len(world)), key=lambda i: _seed("split", 0, world[i].id))
+        train_recs, _, _ = repeat_split(rows, 0, args.train, 0)
         with args.write_train.open("w", encoding="utf-8") as fh:
-            for r in (world[i] for i in order[: args.train]):
+            for r in train_recs:
                 row = {"id": r.id, "prompt": r.text, "scores": r.scores, "costs": r.costs}
                 fh.write(json.dumps(row) + "\n")
         return
     routers = args.router or ["default", "classifier", "sw_ranking"]
     results: dict[str, list[dict[str, Any]]] = {r: [] for r in routers}
     for rep in range(args.repeats):
-        world, names = synthetic_world(rows, seed=rep)
-        order = sorted(range(len(world)), key=lambda i: _seed("split", rep, world[i].id))
-        train_recs = [world[i] for i in order[: args.train]]
-        test = [world[i] for i in order[args.train : args.train + args.test]]
+        train_recs, test, names = repeat_split(rows, rep, args.train, args.test)
         q = np.array([[r.scores[m] for m in names] for r in test])
         c = np.array([[r.costs[m] for m in names] for r in test])
         for name in routers:
