@@ -11,7 +11,7 @@ from typing import Any
 from routers.errors import TrainingDataError
 from routers.features import prompt_text
 
-__all__ = ["Record", "data_sha256", "item_keys", "record_from_obj", "split_by_id"]
+__all__ = ["Record", "data_sha256", "item_keys", "record_from_obj", "source_of", "split_by_id"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +51,11 @@ def record_from_obj(
     if not isinstance(answers, Mapping) or not all(isinstance(v, str) for v in answers.values()):
         raise TrainingDataError(f"record {rid!r}: answers must map model names to texts")
     return Record(rid, text, scores, costs, tags, {str(k): v for k, v in answers.items()})
+
+
+def source_of(record: Record) -> str:
+    """The source a record comes from: its `tags.benchmark` ("" without one)."""
+    return str(record.tags.get("benchmark", ""))
 
 
 def data_sha256(records: Sequence[Record]) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from routers.base import FloatArray, Identity, Router
-from routers.dataset import Record, data_sha256
+from routers.dataset import Record, data_sha256, source_of
 from routers.errors import TrainingDataError
 from routers.familiarity import Familiarity, FamiliarityParams
 from routers.features import HashingFeaturizer, HashingParams
@@ -195,7 +195,13 @@ def train(records: Sequence[Record], options: TrainOptions) -> Router:
     standardizer = Standardizer.fit(x, featurizer.sparse_dim)
     xs = standardizer.apply(x)
     familiarity = (
-        Familiarity.fit(x, standardizer.center, standardizer.scale, options.familiarity)
+        Familiarity.fit(
+            x,
+            standardizer.center,
+            standardizer.scale,
+            options.familiarity,
+            sources=[source_of(r) for r in records],
+        )
         if options.familiarity is not None and len(records) >= 2
         else None
     )

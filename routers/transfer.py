@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from routers.base import FloatArray, strong_need
-from routers.dataset import Record
+from routers.dataset import Record, source_of
 from routers.metrics import two_model_report
 from routers.training import TrainOptions, train
 
@@ -72,7 +72,7 @@ MMLU_GROUPS: Mapping[str, str] = {
 def domain_of(record: Record, source: str) -> str:
     """`mmlu:<group>` for an MMLU item with a known subject; else `tags.benchmark`, else
     `source` (the name of the file the record came from)."""
-    benchmark = record.tags.get("benchmark")
+    benchmark = source_of(record)
     subject = record.tags.get("subject")
     if benchmark == "mmlu" and subject is not None:
         return "mmlu:" + MMLU_GROUPS.get(subject, "other")

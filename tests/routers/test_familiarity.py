@@ -1,15 +1,17 @@
 """`unfamiliar`: the distance of a prompt from the router's training prompts."""
 
 import dataclasses
+import json
+import random
 
 import numpy as np
 import pytest
 
 from routers import artifact
-from routers.dataset import record_from_obj
+from routers.dataset import Record, record_from_obj
 from routers.familiarity import Familiarity, FamiliarityParams
 from routers.features import HashingParams
-from routers.learned import ClassifierParams, ClassifierRouter, assess
+from routers.learned import SHRINK_ABOVE, ClassifierParams, ClassifierRouter, assess
 from routers.training import TrainOptions, train
 
 from . import synth
@@ -137,3 +139,113 @@ def test_fit_checks_its_input():
     x = np.zeros((1, 4), dtype=np.float32)
     with pytest.raises(ValueError):
         Familiarity.fit(x, np.zeros(4, np.float32), np.ones(4, np.float32))
+
+
+# --- training data from several sources ------------------------------------------------------
+
+_NAMES = ["Ana", "Ben", "Chloe", "Dev", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jo"]
+_THINGS = ["apples", "marbles", "stickers", "cookies", "pencils", "tickets", "stamps", "shells"]
+_PLACES = ["market", "school fair", "library sale", "bakery", "garage sale", "zoo shop"]
+
+
+def _word_problems(n: int, seed: int) -> list[Record]:
+    """A second source, in another style than synth's: arithmetic word problems."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        a, b = rng.sample(_NAMES, 2)
+        t, p = rng.choice(_THINGS), rng.choice(_PLACES)
+        x, y, z = rng.randint(2, 99), rng.randint(2, 30), rng.randint(2, 9)
+        text = rng.choice(
+            [
+                f"{a} buys {x} {t} at the {p} and gives {y} to {b}. Then {a} buys {z} times "
+                f"as many. How many {t} does {a} have now?",
+                f"At the {p}, {t} cost ${z} each. {a} has ${x} and {b} has ${y}. How many {t} "
+                "can they buy together?",
+                f"{a} had {x} {t}. {b} had {y} fewer than twice that. If they share them "
+                f"equally among {z} friends, how many does each get?",
+            ]
+        )
+        scores = {synth.STRONG: float(rng.random() < 0.9), synth.WEAK: float(rng.random() < 0.6)}
+        out.append(Record(f"wp-{seed}-{i}", text, scores, tags={"benchmark": "word"}))
+    return out
+
+
+def _tagged(n: int, seed: int) -> list[Record]:
+    return [record_from_obj({**o, "tags": {"benchmark": "synth"}}) for o in synth.records(n, seed)]
+
+
+@pytest.fixture(scope="module")
+def two_sources():
+    options = TrainOptions(
+        strong=synth.STRONG, weak=synth.WEAK, features=SMALL, classifier=ClassifierParams(iters=100)
+    )
+    router = train(_tagged(1500, 5) + _word_problems(300, 1), options)
+    assert router.familiarity is not None
+    return router
+
+
+def _over(router, texts: list[str], above: float = 1.0) -> float:
+    x = router.featurizer.transform(texts)
+    return float((router.familiarity.distance(x) > above).mean())
+
+
+def test_new_prompts_of_every_training_source_are_familiar(two_sources):
+    # One Gaussian over both sources puts 16% of new word problems above 1.0: the smaller
+    # source sits at the edge of a distribution the larger one shapes. Each source has its
+    # own distance model, so ~1% of each source's new prompts exceed it.
+    assert _over(two_sources, [r.text for r in _word_problems(300, 77)]) <= 0.05
+    assert _over(two_sources, [r.text for r in _tagged(300, 99)]) <= 0.05
+
+
+def test_a_third_kind_of_prompt_is_unfamiliar_to_every_source(two_sources):
+    assert _over(two_sources, FOREIGN, above=SHRINK_ABOVE) == 1.0
+
+
+def test_every_source_keeps_about_one_percent_of_its_training_prompts_over(two_sources):
+    for recs in (_tagged(1500, 5), _word_problems(300, 1)):
+        assert _over(two_sources, [r.text for r in recs]) <= 0.015
+
+
+def test_small_sources_join_the_largest_and_one_source_is_one_model():
+    # one large source: one model of every prompt, as without sources
+    fam = two_sources_model(sizes={"a": 400, "b": 50})
+    assert [(s.source, s.rows) for s in fam.sources] == [("", 450)]
+    fam = two_sources_model(sizes={"a": 400, "b": 250, "c": 50})
+    assert [(s.source, s.rows) for s in fam.sources] == [("a", 450), ("b", 250)]
+    fam = two_sources_model(sizes={"a": 400, "b": 250, "c": 120, "d": 100})
+    # c and d are too small alone (min_source_rows 200) but make a source together
+    assert [(s.source, s.rows) for s in fam.sources] == [("a", 400), ("b", 250), ("", 220)]
+
+
+def two_sources_model(sizes: dict[str, int]) -> Familiarity:
+    rng = np.random.default_rng(0)
+    names = [name for name, n in sizes.items() for _ in range(n)]
+    x = rng.normal(size=(len(names), 16)).astype(np.float32)
+    return Familiarity.fit(x, np.zeros(16, np.float32), np.ones(16, np.float32), sources=names)
+
+
+def test_the_artifact_keeps_every_source(two_sources, tmp_path):
+    artifact.save(two_sources, tmp_path / "a")
+    loaded = artifact.load_artifact(tmp_path / "a")
+    texts = [*FOREIGN, *(r.text for r in _word_problems(20, 5)), *(r.text for r in _tagged(20, 6))]
+    x = two_sources.featurizer.transform(texts)
+    assert loaded.familiarity is not None
+    np.testing.assert_allclose(
+        loaded.familiarity.distance(x), two_sources.familiarity.distance(x), rtol=1e-5
+    )
+    kept = loaded.meta["familiarity"]["sources"]
+    assert [(s["source"], s["rows"]) for s in kept] == [("synth", 1500), ("word", 300)]
+
+
+def test_an_artifact_from_before_sources_loads_as_one(trained, tmp_path):
+    router, fam, _ = trained
+    artifact.save(router, tmp_path / "a")
+    meta_path = tmp_path / "a" / artifact.META
+    meta = json.loads(meta_path.read_text())
+    del meta["familiarity"]["sources"]  # what an artifact of an earlier release holds
+    meta_path.write_text(json.dumps(meta))
+    loaded = artifact.load_artifact(tmp_path / "a")
+    assert loaded.familiarity is not None
+    x = router.featurizer.transform([*FOREIGN, "Say hello to my friend number 3."])
+    np.testing.assert_allclose(loaded.familiarity.distance(x), fam.distance(x), rtol=1e-6)
