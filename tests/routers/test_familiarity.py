@@ -9,7 +9,7 @@ import pytest
 
 from routers import artifact
 from routers.dataset import Record, record_from_obj
-from routers.familiarity import Familiarity, FamiliarityParams
+from routers.familiarity import Familiarity, FamiliarityParams, source_groups
 from routers.features import HashingParams
 from routers.learned import SHRINK_ABOVE, ClassifierParams, ClassifierRouter, assess
 from routers.training import TrainOptions, train
@@ -249,3 +249,18 @@ def test_an_artifact_from_before_sources_loads_as_one(trained, tmp_path):
     assert loaded.familiarity is not None
     x = router.featurizer.transform([*FOREIGN, "Say hello to my friend number 3."])
     np.testing.assert_allclose(loaded.familiarity.distance(x), fam.distance(x), rtol=1e-6)
+
+
+def test_at_most_max_sources_have_their_own_model():
+    sizes = {f"s{i}": 300 - i for i in range(6)}
+    names = [name for name, n in sizes.items() for _ in range(n)]
+    groups = source_groups(len(names), names, FamiliarityParams(max_sources=4))
+    # the four largest, and the two others together
+    assert [(g, len(rows)) for g, rows in groups] == [
+        ("s0", 300),
+        ("s1", 299),
+        ("s2", 298),
+        ("s3", 297),
+        ("", 296 + 295),
+    ]
+    assert sorted(np.concatenate([rows for _, rows in groups]).tolist()) == list(range(len(names)))
