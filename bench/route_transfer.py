@@ -33,7 +33,7 @@ from routers.features import HashingParams
 from routers.learned import SHRINK_ABOVE, ClassifierParams, ClassifierRouter
 from routers.metrics import two_model_report
 from routers.training import TrainOptions, train
-from routers.transfer import group_by_domain, leave_one_domain_out
+from routers.transfer import Scored, group_by_domain, leave_one_domain_out
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,14 +114,21 @@ def _report(scores: FloatArray, test: Sequence[Record]) -> dict[str, float]:
     }
 
 
-def _unfamiliar_share(router: ClassifierRouter, test: Sequence[Record]) -> float:
+def _unfamiliar(router: ClassifierRouter, test: Sequence[Record]) -> FloatArray | None:
+    """Each test prompt's `unfamiliar` (None without a distance model); its quantiles on
+    stderr."""
     fam = router.familiarity
     if fam is None:
-        return float("nan")
+        return None
     far = fam.distance(router.featurizer.transform([r.text for r in test]))
     quantiles = np.quantile(far, [0.1, 0.5, 0.9])
     print(json.dumps({"unfamiliar_q10_q50_q90": quantiles.round(3).tolist()}), file=sys.stderr)
-    return round(float((far > 1.0).mean()), 4)
+    return far
+
+
+def _unfamiliar_share(router: ClassifierRouter, test: Sequence[Record]) -> float:
+    far = _unfamiliar(router, test)
+    return round(float((far > 1.0).mean()), 4) if far is not None else float("nan")
 
 
 def main() -> int:
@@ -157,19 +164,16 @@ def main() -> int:
     )
     started = time.perf_counter()
     fitted: dict[str, ClassifierRouter] = {}
-    extra: dict[str, float] = {}
 
-    def fit(records: Sequence[Record]) -> Callable[[Sequence[Record]], FloatArray]:
+    def fit(records: Sequence[Record]) -> Callable[[Sequence[Record]], FloatArray | Scored]:
         router = train(records, options)
         assert isinstance(router, ClassifierRouter)
 
-        def score(test: Sequence[Record]) -> FloatArray:
+        def score(test: Sequence[Record]) -> FloatArray | Scored:
             fitted[test[0].id] = router
-            extra[test[0].id] = _unfamiliar_share(router, test)
-            scores = _default(router, test)
             progress = {name: _report(f(router, test), test) for name, f in SCORERS.items()}
             print(json.dumps({"held_out_first_id": test[0].id, **progress}), file=sys.stderr)
-            return scores
+            return Scored(_default(router, test), _unfamiliar(router, test))
 
         return score
 
@@ -185,9 +189,6 @@ def main() -> int:
         "domains": {k: len(v) for k, v in domains.items()},
         "leave_one_domain_out": report.summary(),
     }
-    for d in out["leave_one_domain_out"]["held_out"]:
-        first = domains[d["domain"]][0].id
-        d["unfamiliar_share"] = extra[first]
     variants: dict[str, Any] = {}
     for name, scorer in SCORERS.items():
         per = {}

@@ -20,12 +20,15 @@ import numpy as np
 
 from routers.base import FloatArray, strong_need
 from routers.dataset import Record, source_of
+from routers.familiarity import UNFAMILIAR_THRESHOLD
+from routers.learned import assess
 from routers.metrics import two_model_report
 from routers.training import TrainOptions, train
 
 __all__ = [
     "MMLU_GROUPS",
     "DomainReport",
+    "Scored",
     "TransferReport",
     "domain_of",
     "fit_with",
@@ -98,8 +101,11 @@ class DomainReport:
     apgr: float
     cpt50: float
     cps95: float  # strong-call fraction for 95% of always-strong quality
+    # the share of the held-out prompts with `unfamiliar` > 1.0 (None: the scorer gave none)
+    unfamiliar_share: float | None = None
 
     def summary(self) -> dict[str, Any]:
+        share = self.unfamiliar_share
         return {
             "domain": self.domain,
             "n_train": self.n_train,
@@ -109,6 +115,7 @@ class DomainReport:
             "apgr": round(self.apgr, 4),
             "cpt50": round(self.cpt50, 4),
             "cps95": round(self.cps95, 4),
+            "unfamiliar_share": round(share, 4) if share is not None else None,
         }
 
 
@@ -140,7 +147,16 @@ class TransferReport:
         }
 
 
-Fit = Callable[[Sequence[Record]], Callable[[Sequence[Record]], FloatArray]]
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A fold's scores (higher = strong) and each held-out prompt's `unfamiliar`."""
+
+    scores: FloatArray
+    unfamiliar: FloatArray | None = None
+
+
+# fit(training records) -> scorer(held-out records) -> scores, or Scored with the distances
+Fit = Callable[[Sequence[Record]], Callable[[Sequence[Record]], "FloatArray | Scored"]]
 
 
 def leave_one_domain_out(
@@ -167,8 +183,11 @@ def leave_one_domain_out(
         if len(test) < min_test or (held_out is not None and name not in held_out):
             continue
         train = [r for other, recs in labelled.items() if other != name for r in recs]
-        scorer = fit(train)
-        scores = np.asarray(scorer(test), dtype=np.float64)
+        scored = fit(train)(test)
+        if not isinstance(scored, Scored):
+            scored = Scored(np.asarray(scored, dtype=np.float64))
+        scores = np.asarray(scored.scores, dtype=np.float64)
+        far = scored.unfamiliar
         rep = two_model_report(
             scores, [r.scores[strong] for r in test], [r.scores[weak] for r in test]
         )
@@ -182,6 +201,9 @@ def leave_one_domain_out(
                 apgr=rep.apgr,
                 cpt50=rep.cpt50,
                 cps95=rep.strong_fraction_for_95pct,
+                unfamiliar_share=(
+                    float(np.mean(far > UNFAMILIAR_THRESHOLD)) if far is not None else None
+                ),
             )
         )
     if not reports:
@@ -191,13 +213,15 @@ def leave_one_domain_out(
 
 def fit_with(options: TrainOptions) -> Fit:
     """A `fit` for `leave_one_domain_out` that trains the router `options` describe and scores
-    with its strong-need score (as the policy's threshold does)."""
+    with its strong-need score (as the policy's threshold does), with each prompt's
+    `unfamiliar`."""
 
-    def fit(records: Sequence[Record]) -> Callable[[Sequence[Record]], FloatArray]:
+    def fit(records: Sequence[Record]) -> Callable[[Sequence[Record]], FloatArray | Scored]:
         router = train(records, options)
 
-        def score(test: Sequence[Record]) -> FloatArray:
-            return strong_need(router, router.predict([r.text for r in test]))
+        def score(test: Sequence[Record]) -> FloatArray | Scored:
+            predicted, far = assess(router, [r.text for r in test])
+            return Scored(strong_need(router, predicted), far)
 
         return score
 

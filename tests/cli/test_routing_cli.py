@@ -238,9 +238,14 @@ def test_eval_transfer_holds_out_each_domain(tmp_path, capsys):
     assert result["worst"]["apgr"] == min(d["apgr"] for d in held.values())
     assert all(d["apgr"] > 0.6 for d in held.values())  # the same signal in every domain
     assert result["static_embedding"] is None  # the default (classifier) features
+    # the share of each held-out domain its fold's router found unfamiliar (same templates in
+    # every domain, so a minority; the 100-prompt folds calibrate it roughly)
+    assert all(0.0 <= d["unfamiliar_share"] < 0.5 for d in held.values())
     rc = main(["eval", "--transfer", "--data", str(data), "--data", str(extra)])
     assert rc == 0
-    assert "worst: APGR" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "worst: APGR" in text
+    assert "unfamiliar" in text.splitlines()[0]
 
 
 def test_eval_transfer_of_an_artifact_trains_its_folds_on_its_features(files, tmp_path, capsys):

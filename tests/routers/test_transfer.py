@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 
 from routers.dataset import Record, record_from_obj
+from routers.learned import ClassifierParams
+from routers.training import TrainOptions
 from routers.transfer import (
     MMLU_GROUPS,
     domain_of,
+    fit_with,
     group_by_domain,
     leave_one_domain_out,
 )
@@ -106,3 +109,26 @@ def test_needs_two_labelled_domains_and_skips_small_ones():
     report = leave_one_domain_out(two, _cue_fit, synth.STRONG, synth.WEAK, min_test=20)
     assert [d.domain for d in report.domains] == ["a"]
     assert report.domains[0].n_train == 5
+
+
+def test_each_held_out_domain_says_how_much_of_it_the_router_found_unfamiliar():
+    # Two styles of prompt: synth's maths/greetings and a domain written otherwise. Held out,
+    # the other style is wholly unfamiliar to a router trained on the first; the share is what
+    # tells a user that the held-out figure is the 1 - P(weak right) ranking.
+    texts = ["Wie spät ist es in {} gerade?", "Erkläre mir bitte {} in einfachen Worten."]
+    other = [
+        Record(f"de{i}", texts[i % 2].format(i), {synth.STRONG: 1.0, synth.WEAK: float(i % 3 == 0)})
+        for i in range(60)
+    ]
+    domains = {"synth": _domain("synth", 400, 1, True), "german": other}
+    options = TrainOptions(
+        strong=synth.STRONG, weak=synth.WEAK, classifier=ClassifierParams(iters=20)
+    )
+    report = leave_one_domain_out(domains, fit_with(options), synth.STRONG, synth.WEAK)
+    by = {d.domain: d for d in report.domains}
+    assert by["german"].unfamiliar_share == 1.0
+    assert by["synth"].unfamiliar_share is not None
+    assert by["german"].summary()["unfamiliar_share"] == 1.0
+    # a scorer that gives no distances reports none
+    plain = leave_one_domain_out(domains, _cue_fit, synth.STRONG, synth.WEAK)
+    assert all(d.unfamiliar_share is None for d in plain.domains)

@@ -550,9 +550,10 @@ def _transfer(args: argparse.Namespace) -> int:
         _write_json(finite(result))
         return 0
     for d in report.domains:
+        share = f"  unfamiliar {d.unfamiliar_share:.0%}" if d.unfamiliar_share is not None else ""
         sys.stdout.write(
             f"held out {d.domain:<22} n={d.n_test:<5} APGR {d.apgr:.3f}  CPT(50%) {d.cpt50:.1%}  "
-            f"CPS95 {d.cps95:.1%}\n"
+            f"CPS95 {d.cps95:.1%}{share}\n"
         )
     worst = report.worst
     sys.stdout.write(
