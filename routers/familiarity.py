@@ -19,7 +19,7 @@ each source with at least `min_source_rows` prompts gets a model of its own, cal
 own held-out prompts, and `unfamiliar` is the smallest of a prompt's calibrated distances. One
 Gaussian over two styles of prompt (MMLU questions and GSM8K word problems) is wide where they
 differ and narrow nowhere: it put a quarter of new GSM8K prompts over 1.0 after 313 of them were
-added to MMLU, and 15% of a set of chat prompts under 1.02; one model per source puts 2% and
+added to MMLU, and 15% of a set of chat prompts under 1.02; one model per source puts 4% and
 2.5% there. Subject groups of one benchmark are one source, so a held-out MMLU subject is judged
 against MMLU.
 
@@ -199,13 +199,13 @@ def source_groups(
 ) -> list[tuple[str, npt.NDArray[np.intp]]]:
     """(source, row indices) of each distance model: every source with at least
     `min_source_rows` prompts (the `max_sources` largest), and the rest together as "" when
-    they are as many; else the rest join the largest. Fewer than two such sources: one model
-    of every row, named ""."""
+    they number at least `min_source_rows` too; else the rest join the largest. Fewer than two
+    such sources: one model of every row, named ""."""
     if sources is None:
         return [("", np.arange(n))]
     names = np.asarray([str(s) for s in sources])
     counts = Counter(names.tolist())
-    large = [s for s, n in counts.most_common() if n >= params.min_source_rows]
+    large = [s for s, count in counts.most_common() if count >= params.min_source_rows]
     large = large[: params.max_sources]
     if len(large) < 2:
         return [("", np.arange(n))]
