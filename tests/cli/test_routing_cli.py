@@ -301,3 +301,21 @@ def test_train_refuses_an_unknown_static_embedding(files, tmp_path, capsys):
             ]
         )
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_train_says_which_sources_unfamiliar_is_measured_against(tmp_path, capsys):
+    recs = []
+    for name, seed in (("alpha", 21), ("beta", 22)):
+        for r in synth.records(220, seed=seed):
+            recs.append({**r, "id": name + r["id"], "tags": {"benchmark": name}})
+    data = synth.write_jsonl(tmp_path / "two.jsonl", recs)
+    out = tmp_path / "r"
+    rc = main(["train", "--data", str(data), "--out", str(out), "--router", "classifier"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["unfamiliar_sources"] == [
+        {"source": "alpha", "rows": 220},
+        {"source": "beta", "rows": 220},
+    ]
+    kept = load_artifact(out).meta["familiarity"]["sources"]
+    assert [(s["source"], s["rows"]) for s in kept] == [("alpha", 220), ("beta", 220)]

@@ -50,6 +50,7 @@ from routers.embedding import EMBEDDINGS
 from routers.errors import RoutingError
 from routers.evaluation import EvalOptions, cost_matrix, evaluate
 from routers.features import HashingParams
+from routers.learned import FeatureRouter
 from routers.metrics import two_model_report
 from routers.multi import lambda_curve, lambda_for_budget, lambda_for_quality
 from routers.policy import ModelPrice
@@ -205,6 +206,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         **metrics,
         "calibration": calibration,
     }
+    if isinstance(router, FeatureRouter) and router.familiarity is not None:
+        # what `unfamiliar` is measured against: "" = every prompt, or the small sources together
+        summary["unfamiliar_sources"] = [
+            {"source": m.source, "rows": m.rows} for m in router.familiarity.sources
+        ]
     _write_json(finite(summary))
     next_hint(f"set [router].artifact = {str(args.out)!r} and `llmroute run --config FILE`")
     return 0
