@@ -50,6 +50,7 @@ __all__ = [
 F32 = npt.NDArray[np.float32]
 
 UNFAMILIAR_THRESHOLD = 1.0  # unfamiliar > 1.0: beyond the training prompts' calibrated quantile
+SOURCE_NAME_CHARS = 120  # a source's name as the artifact keeps it (tags are the user's data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +250,7 @@ def _fit_source(
     total_var = float((centred * centred).sum()) / (len(sample) - 1)
     rest = max(total_var - float(var.sum()), 1e-12) / max(dim - k, 1)
     model = SourceModel(
-        source=name,
+        source=name if len(name) <= SOURCE_NAME_CHARS else name[: SOURCE_NAME_CHARS - 3] + "...",
         rows=n,
         shift=(center * scale + mean).astype(np.float32),
         components=vt[:k].T.astype(np.float32),

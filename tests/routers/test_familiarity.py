@@ -264,3 +264,12 @@ def test_at_most_max_sources_have_their_own_model():
         ("", 296 + 295),
     ]
     assert sorted(np.concatenate([rows for _, rows in groups]).tolist()) == list(range(len(names)))
+
+
+def test_a_source_is_named_in_the_artifact_within_bounds():
+    # a tag is the user's data: a 10,000-character benchmark name is grouped by, not copied whole
+    long = "b" * 10_000
+    fam = two_sources_model(sizes={"a": 300, long: 250})
+    assert [s.rows for s in fam.sources] == [300, 250]
+    assert max(len(s.source) for s in fam.sources) <= 120
+    assert fam.sources[1].source.startswith("bbb")
