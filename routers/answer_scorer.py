@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from routers.cascade import HEDGES, REFUSALS, CascadeResult
-from routers.dataset import Record
+from routers.dataset import Record, hash_bytes
 from routers.errors import ArtifactError, TrainingDataError
 from routers.training import cheapest_model
 
@@ -554,7 +554,7 @@ def cascade_data_sha256(records: Sequence[Record], weak: str) -> str:
         for r in records
     )
     for line in lines:
-        digest.update(line.encode("utf-8") + b"\n")
+        digest.update(hash_bytes(line) + b"\n")
     return digest.hexdigest()
 
 

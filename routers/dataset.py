@@ -11,7 +11,16 @@ from typing import Any
 from routers.errors import TrainingDataError
 from routers.features import prompt_text
 
-__all__ = ["Record", "data_sha256", "item_keys", "record_from_obj", "source_of", "split_by_id"]
+__all__ = [
+    "Record",
+    "data_sha256",
+    "hash_bytes",
+    "item_keys",
+    "record_from_obj",
+    "source_of",
+    "split_by_id",
+    "valid_text",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,18 +48,37 @@ def record_from_obj(
             text = prompt_text(
                 obj["messages"], include_system=include_system, include_history=include_history
             )
-        scores = {str(k): float(v) for k, v in obj["scores"].items()}
+        scores = {valid_text(str(k)): float(v) for k, v in obj["scores"].items()}
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise TrainingDataError(f"bad dataset record {obj.get('id', '?')!r}: {exc!r}") from exc
     for model, value in scores.items():
         if not 0.0 <= value <= 1.0:
             raise TrainingDataError(f"record {rid!r}: score {value} of {model!r} not in [0, 1]")
-    costs = {str(k): float(v) for k, v in (obj.get("costs") or {}).items()}
-    tags = {str(k): str(v) for k, v in (obj.get("tags") or {}).items()}
+    costs = {valid_text(str(k)): float(v) for k, v in (obj.get("costs") or {}).items()}
+    tags = {valid_text(str(k)): valid_text(str(v)) for k, v in (obj.get("tags") or {}).items()}
     answers = obj.get("answers") or {}
     if not isinstance(answers, Mapping) or not all(isinstance(v, str) for v in answers.values()):
         raise TrainingDataError(f"record {rid!r}: answers must map model names to texts")
-    return Record(rid, text, scores, costs, tags, {str(k): v for k, v in answers.items()})
+    answers = {valid_text(str(k)): valid_text(v) for k, v in answers.items()}
+    return Record(rid, valid_text(text), scores, costs, tags, answers)
+
+
+def valid_text(text: str) -> str:
+    """`text` with every lone surrogate replaced by U+FFFD. Valid JSON may escape half of a
+    surrogate pair ("\\ud800"), and such a str cannot be encoded as UTF-8 (nor printed). Prompts,
+    answers, model names and tags are read through it: what the router sees, as a worker would
+    (its JSON decoder refuses lone surrogates). Ids are kept as given, so results join back."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def hash_bytes(text: str) -> bytes:
+    """UTF-8 bytes of `text` for hashing; a lone surrogate (in an id or a tag) is kept as its
+    own bytes, so distinct strings stay distinct, and valid text hashes as plain UTF-8."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 def source_of(record: Record) -> str:
@@ -65,7 +93,7 @@ def data_sha256(records: Sequence[Record]) -> str:
         json.dumps([r.id, r.text, sorted(r.scores.items())], ensure_ascii=False) for r in records
     )
     for line in lines:
-        digest.update(line.encode("utf-8"))
+        digest.update(hash_bytes(line))
         digest.update(b"\n")
     return digest.hexdigest()
 
@@ -74,9 +102,7 @@ def item_keys(records: Sequence[Record]) -> list[int]:
     """A 64-bit key per record (a hash of its id and text): stored with an artifact, it tells
     which records a router was trained on."""
     return [
-        int.from_bytes(
-            hashlib.sha256(f"{r.id}\x00{r.text}".encode("utf-8", "replace")).digest()[:8], "big"
-        )
+        int.from_bytes(hashlib.sha256(hash_bytes(f"{r.id}\x00{r.text}")).digest()[:8], "big")
         for r in records
     ]
 
@@ -88,6 +114,6 @@ def split_by_id(ids: Sequence[str], test_fraction: float, salt: str = "") -> lis
     cut = int(test_fraction * 10_000)
     out: list[bool] = []
     for item in ids:
-        h = hashlib.sha256((salt + item).encode("utf-8")).digest()
+        h = hashlib.sha256(hash_bytes(salt + item)).digest()
         out.append(int.from_bytes(h[:4], "big") % 10_000 < cut)
     return out

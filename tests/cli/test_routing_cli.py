@@ -319,3 +319,32 @@ def test_train_says_which_sources_unfamiliar_is_measured_against(tmp_path, capsy
     ]
     kept = load_artifact(out).meta["familiarity"]["sources"]
     assert [(s["source"], s["rows"]) for s in kept] == [("alpha", 220), ("beta", 220)]
+
+
+def test_lone_surrogates_in_a_dataset_file_do_not_crash_train_score_or_eval(tmp_path, capsys):
+    # Valid JSON may escape half of a surrogate pair ("\ud800"); json.loads then gives a str
+    # that cannot be encoded as UTF-8. A user's file can hold that in any string.
+    recs = synth.records(120, seed=31, with_mid=True)
+    recs[0] = {
+        **recs[0],
+        "id": "odd\ud800id",
+        "prompt": "Prove it \ud800 now",
+        "tags": {"benchmark": "b\udfff"},
+    }
+    recs[1] = {**recs[1], "messages": [{"role": "user", "content": "half \udc00 pair"}]}
+    recs[1].pop("prompt", None)
+    path = tmp_path / "odd.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))  # ASCII escapes: valid JSON
+    out = tmp_path / "r"
+    assert main(["train", "--data", str(path), "--out", str(out), "--holdout", "0.2"]) == 0
+    scores = tmp_path / "s.jsonl"
+    assert main(["score", "--router", str(out), "--data", str(path), "--out", str(scores)]) == 0
+    lines = [json.loads(x) for x in scores.read_text().splitlines()]
+    assert [x["id"] for x in lines] == [r["id"] for r in recs]  # ids come back as given
+    assert main(["eval", "--router", str(out), "--data", str(path), "--all"]) == 0
+    # a tag names a transfer domain, printed as text
+    for r in recs[:40]:
+        r["tags"] = {"benchmark": "dom\ud800"}
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert main(["eval", "--transfer", "--data", str(path)]) == 0
+    assert "dom\ufffd" in capsys.readouterr().out
