@@ -93,7 +93,8 @@ async def test_produce_jsonl_file(
         "another prompt",
     ]
     path = tmp_path / "in.jsonl"
-    path.write_text("\n".join(lines) + "\n")
+    # and a line that is not UTF-8: skipped, the rest still sent
+    path.write_bytes(("\n".join(lines) + "\n").encode() + b"caf\xe9 au lait\n")
     rc = await _cli(
         "produce",
         str(path),
@@ -110,11 +111,12 @@ async def test_produce_jsonl_file(
         "--progress",
     )
     out, err = capsys.readouterr()
-    assert rc == 1  # one line was invalid
+    assert rc == 1  # two lines were invalid
     summary = json.loads(out.strip().splitlines()[-1])
-    assert (summary["produced"], summary["invalid"], summary["topic"]) == (4, 1, topic)
+    assert (summary["produced"], summary["invalid"], summary["topic"]) == (4, 2, topic)
     assert "line 5: skipped" in err and "role" in err
-    assert "produce [" in err and "4/5" in err  # the progress bar (5 non-blank lines)
+    assert "line 7: skipped: not UTF-8" in err
+    assert "produce [" in err and "4/6" in err  # the progress bar (6 non-blank lines)
     records = await read_all(kafka_bootstrap, topic, expect=4, timeout_s=30)
     got = {r.key.decode(): schemas.decode(r.value, schemas.RouteRequest) for r in records}
     assert set(got) == {"given-1", "p-000001", "p-000002", "p-000003"}
@@ -128,7 +130,10 @@ async def test_produce_from_stdin_with_a_limit(
     kafka_bootstrap: str, new_topic: TopicFactory
 ) -> None:
     topic = await new_topic("ops-stdin")
-    text = "".join(f"prompt number {i}\n" for i in range(10))
+    lines = [f"prompt number {i}\n".encode() for i in range(10)]
+    lines.insert(2, b"caf\xe9 au lait\n")  # not UTF-8
+    lines.insert(4, b'"half \\ud800 pair"\n')  # valid JSON, no valid text
+    text = b"".join(lines)
     proc = await asyncio.to_thread(
         subprocess.run,
         [
@@ -148,14 +153,16 @@ async def test_produce_from_stdin_with_a_limit(
         ],
         input=text,
         capture_output=True,
-        text=True,
         cwd=ROOT,
         timeout=120,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["produced"] == 6
-    assert "produce" not in proc.stderr  # stderr is not a terminal: no progress by default
+    stdout, stderr = proc.stdout.decode(), proc.stderr.decode()
+    assert proc.returncode == 1, stderr  # the two bad lines are skipped, counted invalid
+    assert (json.loads(stdout)["produced"], json.loads(stdout)["invalid"]) == (6, 2)
+    assert "line 3: skipped: not UTF-8" in stderr
+    assert "line 5: skipped: a lone surrogate" in stderr
+    assert "produce [" not in stderr  # stderr is not a terminal: no progress by default
     records = await read_all(kafka_bootstrap, topic, expect=6, timeout_s=30)
     assert sorted(r.key.decode() for r in records) == [f"s-{i:06d}" for i in range(6)]
 

@@ -68,6 +68,12 @@ def test_partial_event_is_completed_and_validated() -> None:
         ('{"id": 1}', "`messages`"),
         ('""', "empty prompt"),
         ('{"messages": [{"role": "user", "content": "x"}], "temperature": 1}', "temperature"),
+        # valid JSON escaping half a surrogate pair: no UTF-8 event can carry it
+        ('"half \\ud800 pair"', "lone surrogate"),
+        ('{"prompt": "half \\udc00 pair"}', "lone surrogate"),
+        ('{"messages": [{"role": "user", "content": "x \\ud800"}]}', "lone surrogate"),
+        # bytes that are not UTF-8, as the file reader hands them over (surrogateescape)
+        ("caf\udce9 au lait", "not UTF-8"),
     ],
 )
 def test_invalid_lines_name_the_problem(line: str, fragment: str) -> None:

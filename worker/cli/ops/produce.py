@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import sys
 import time
@@ -57,6 +58,8 @@ def request_from_line(
 ) -> schemas.RouteRequest:
     """One input line -> a validated RouteRequest (`index` numbers generated request ids)."""
     text = line.strip()
+    if not _utf8(text):  # the reader hands undecodable bytes over as lone surrogates
+        raise InvalidLine("not UTF-8 text")
     prompt: str | None = None
     obj: Any = None
     if text[:1] in ("{", '"'):
@@ -64,6 +67,8 @@ def request_from_line(
             obj = json.loads(text)
         except ValueError as exc:
             raise InvalidLine(f"not JSON: {exc}") from None
+        if not _utf8(json.dumps(obj, ensure_ascii=False)):
+            raise InvalidLine("a lone surrogate escape (\\ud800-\\udfff): not valid Unicode text")
     if obj is None:
         prompt = text
     elif isinstance(obj, str):
@@ -95,6 +100,14 @@ def request_from_line(
         routing=routing,
         reply_topic=defaults.reply_topic,
     )
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass
@@ -233,13 +246,17 @@ def run(args: argparse.Namespace, conn: Connection) -> int:
             f"topic {target!r} does not exist",
             "`llmroute topics create --config FILE` creates the worker's topics; or start a member",
         )
+    # bytes that are not UTF-8 reach `request_from_line` as lone surrogates: that line is
+    # skipped as invalid, the others are sent
     if args.input == "-":
         fh: IO[str] = sys.stdin
+        if isinstance(fh, io.TextIOWrapper):
+            fh.reconfigure(errors="surrogateescape")
         total = None
     else:
         path = Path(args.input)
         try:
-            fh = path.open(encoding="utf-8")
+            fh = path.open(encoding="utf-8", errors="surrogateescape")
         except OSError as exc:
             raise UserError(f"cannot read {path}: {exc.strerror}") from None
         total = _count_lines(path) if progress else None
