@@ -348,3 +348,26 @@ def test_lone_surrogates_in_a_dataset_file_do_not_crash_train_score_or_eval(tmp_
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     assert main(["eval", "--transfer", "--data", str(path)]) == 0
     assert "dom\ufffd" in capsys.readouterr().out
+
+
+def test_a_dataset_file_that_is_not_utf8_is_refused_in_one_line(tmp_path, capsys, files):
+    _, train, _, _ = files
+    path = tmp_path / "latin1.jsonl"
+    good = train.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(good[:3]) + '{"id": "x", "prompt": "café"}\n'.encode("latin-1"))
+    for argv in (
+        ["train", "--data", str(path), "--out", str(tmp_path / "r")],
+        ["eval", "--transfer", "--data", str(path)],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{path}:4: not UTF-8" in err
+        assert "Traceback" not in err
+
+
+def test_a_dataset_file_with_a_utf8_byte_order_mark_is_read(tmp_path, capsys, files):
+    _, train, _, _ = files
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + train.read_bytes())  # as some Windows editors save it
+    assert main(["train", "--data", str(path), "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()

@@ -76,11 +76,15 @@ def read_records(
     records: list[Record] = []
     for path in paths:
         try:
-            fh = path.open(encoding="utf-8")
+            fh = path.open("rb")
         except OSError as exc:
             raise UserError(f"cannot read {path}: {exc.strerror}") from exc
         with fh:
-            for lineno, line in enumerate(fh, 1):
+            for lineno, raw in enumerate(fh, 1):
+                try:  # a byte order mark (some editors write one) is not data
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    raise UserError(f"{path}:{lineno}: not UTF-8 text ({exc.reason})") from None
                 if not line.strip():
                     continue
                 try:
