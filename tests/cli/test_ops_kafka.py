@@ -93,8 +93,9 @@ async def test_produce_jsonl_file(
         "another prompt",
     ]
     path = tmp_path / "in.jsonl"
-    # and a line that is not UTF-8: skipped, the rest still sent
-    path.write_bytes(("\n".join(lines) + "\n").encode() + b"caf\xe9 au lait\n")
+    # and a line that is not UTF-8: skipped, the rest still sent; a byte order mark is not data
+    body = ("\n".join(lines) + "\n").encode() + b"caf\xe9 au lait\n"
+    path.write_bytes(b"\xef\xbb\xbf" + body)
     rc = await _cli(
         "produce",
         str(path),

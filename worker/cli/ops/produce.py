@@ -247,16 +247,16 @@ def run(args: argparse.Namespace, conn: Connection) -> int:
             "`llmroute topics create --config FILE` creates the worker's topics; or start a member",
         )
     # bytes that are not UTF-8 reach `request_from_line` as lone surrogates: that line is
-    # skipped as invalid, the others are sent
+    # skipped as invalid, the others are sent. A byte order mark at the start is not data.
     if args.input == "-":
         fh: IO[str] = sys.stdin
         if isinstance(fh, io.TextIOWrapper):
-            fh.reconfigure(errors="surrogateescape")
+            fh.reconfigure(encoding="utf-8-sig", errors="surrogateescape")
         total = None
     else:
         path = Path(args.input)
         try:
-            fh = path.open(encoding="utf-8", errors="surrogateescape")
+            fh = path.open(encoding="utf-8-sig", errors="surrogateescape")
         except OSError as exc:
             raise UserError(f"cannot read {path}: {exc.strerror}") from None
         total = _count_lines(path) if progress else None
