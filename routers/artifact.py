@@ -133,10 +133,14 @@ def update_meta(directory: str | Path, fields: Mapping[str, Any]) -> None:
 
 def _read_meta(path: Path) -> dict[str, Any]:
     try:
-        meta = json.loads((path / META).read_text())
+        meta = json.loads((path / META).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ArtifactError(f"{path} is not a router artifact: no {META}") from exc
-    except json.JSONDecodeError as exc:
+    except NotADirectoryError as exc:
+        raise ArtifactError(f"{path} is not a router artifact: not a folder") from exc
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {path / META}: {exc.strerror}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path / META} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict):
         raise ArtifactError(f"{path / META} is not a JSON object")

@@ -8,6 +8,7 @@ import inspect
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,41 @@ def test_the_demo_works_in_the_checkout() -> None:
     from worker.cli.demo import ROOT, WORK
 
     assert (ROOT / "pyproject.toml").is_file() and WORK == ROOT / ".demo"
+
+
+@pytest.mark.parametrize(
+    ("content", "argv", "line"),
+    [
+        # an artifact path that is a file, or whose meta.json is not text
+        (
+            b"{}",
+            ["score", "--router", "{f}", "--data", "/dev/null", "--out", "x"],
+            "llmroute score: ",
+        ),
+        (
+            b"\xff\xfe",
+            ["score", "--router", "{d}", "--data", "/dev/null", "--out", "x"],
+            "llmroute score: ",
+        ),
+        # the simulator's dataset: not UTF-8, not JSON, a row without an id
+        (b"\xff\xfe\n", ["sim-provider", "--data", "{f}"], "llmroute sim-provider: "),
+        (b"{nope\n", ["sim-provider", "--data", "{f}"], "llmroute sim-provider: "),
+        (b'{"prompt": "p"}\n', ["sim-provider", "--data", "{f}"], "llmroute sim-provider: "),
+    ],
+)
+def test_bad_files_are_refused_in_one_line(
+    content: bytes,
+    argv: list[str],
+    line: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    f = tmp_path / "file"
+    f.write_bytes(content)
+    d = tmp_path / "art"
+    d.mkdir()
+    (d / "meta.json").write_bytes(content)
+    assert main([a.format(f=f, d=d) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    assert err[-1].startswith(line), err

@@ -66,5 +66,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = Dataset.from_jsonl(args.data) if args.data else None
     except OSError as exc:
         raise UserError(f"cannot read {args.data}: {exc.strerror}") from None
+    except ValueError as exc:  # not UTF-8, not JSON, or a row it cannot use
+        raise UserError(f"bad dataset {args.data}: {exc}") from None
     asyncio.run(serve_until_stopped(config, dataset, host=args.host, port=args.port))
     return 0

@@ -130,8 +130,17 @@ class Dataset:
 
     @classmethod
     def from_jsonl(cls, path: str | Path) -> Dataset:
-        with open(path, encoding="utf-8") as fh:
-            return cls(cls.row_from_json(json.loads(line)) for line in fh if line.strip())
+        """Rows of a routing-dataset JSONL file; ValueError naming the line of a bad one."""
+        rows = []
+        with open(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                    if line.strip():
+                        rows.append(cls.row_from_json(json.loads(line)))
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    raise ValueError(f"line {lineno}: {exc!r}") from None
+        return cls(rows)
 
     def lookup(self, prompt: str, item_id: str | None = None) -> Row | None:
         row = self.by_prompt.get(prompt)
