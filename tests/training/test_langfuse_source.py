@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -11,7 +13,13 @@ from schemas.trace import request_key, request_trace_id
 from tests.training.langfuse_api import LangfuseApi, generation, score
 from worker.__main__ import main
 from worker.providers.types import Secret
-from worker.training.outcome_sources import LangfuseApiError, LangfuseQuery, LangfuseSource
+from worker.training.outcome_sources import (
+    LangfuseApiError,
+    LangfuseQuery,
+    LangfuseSource,
+    answered_from_observations,
+    labels_from_scores,
+)
 
 PK, SK = "pk-lf-test-1234", "sk-lf-very-secret-5678"
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -207,3 +215,51 @@ def test_metadata_reads_plain_values_and_the_older_json_quoted_ones() -> None:
     assert set(by_trace) == {"2026.1", "v1"}  # "2026.1" stays a string
     assert by_trace["2026.1"].cache_hit is False and by_trace["2026.1"].arm == "a"
     assert by_trace["v1"].arm == "b"
+
+
+class _Quiet(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+# a sign-in page in front of the server (200, HTML), and JSON of other shapes
+@pytest.mark.parametrize("body", [b"<!doctype html><body>Sign in</body>", b"[1, 2]", b'"text"'])
+async def test_an_answer_that_is_not_a_json_object_is_an_error_that_says_so(body):
+    class Handler(_Quiet):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        async with LangfuseSource(base, Secret(PK), Secret(SK)) as source:
+            with pytest.raises(LangfuseApiError, match="not a JSON object") as caught:
+                await source.scores(LangfuseQuery())
+        assert SK not in str(caught.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_records_of_unexpected_shapes_are_skipped_or_read_not_a_crash():
+    # fields the API documents as objects, arriving as other JSON types
+    observations = [
+        {"traceId": "t1", "type": "GENERATION", "metadata": ["not", "a", "map"], "input": 5},
+        {"traceId": "t2", "type": "GENERATION", "metadata": "text", "model": 7, "input": None},
+        {"traceId": "t3", "startTime": 12, "endTime": [], "metadata": None, "totalCost": "1"},
+    ]
+    answered = answered_from_observations(observations)
+    assert sorted(a.request_id for a in answered) == ["t1", "t2", "t3"]
+    scores = [
+        {"subject": "trace", "traceId": "t1", "value": 1.0, "metadata": ["x"]},
+        {"subject": {"kind": "trace", "id": "t2"}, "value": {"nested": 1}},
+        {"subject": None, "traceId": "t3", "value": "good", "metadata": "m", "timestamp": 5},
+        "not a score",
+    ]
+    labels = labels_from_scores(scores)
+    assert [(lab.trace_id, lab.value) for lab in labels] == [("t1", 1.0), ("t3", "good")]

@@ -253,7 +253,15 @@ class LangfuseSource:
                 continue
             if response.status_code != 200:
                 raise LangfuseApiError(response.status_code, path, _message(response))
-            return response.json()
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):  # e.g. a sign-in page in front of the server
+                raise LangfuseApiError(
+                    200, path, "not a JSON object: is the host the Langfuse server's address?"
+                )
+            return body
         raise AssertionError("unreachable")
 
     async def _pages(
@@ -263,10 +271,11 @@ class LangfuseSource:
         cursor: str | None = None
         while True:
             body = await self._get(path, {**params, "cursor": cursor}, query)
-            data = body.get("data") or []
+            data = body.get("data")
+            data = data if isinstance(data, list) else []
             out.extend(d for d in data if isinstance(d, dict))
-            cursor = (body.get("meta") or {}).get("cursor")
-            if not cursor or not data:
+            cursor = _mapping(body.get("meta")).get("cursor")
+            if not isinstance(cursor, str) or not cursor or not data:
                 return out
 
     async def observations(self, query: LangfuseQuery) -> list[dict[str, Any]]:
@@ -316,6 +325,16 @@ def _message(response: httpx.Response) -> str:
     return str(body.get("message", ""))[:200] if isinstance(body, dict) else ""
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """`value` if it is a JSON object, else an empty one (a field of another shape is ignored)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _metadata(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's metadata, each value decoded (`_meta_value`); none unless a JSON object."""
+    return {str(k): _meta_value(v) for k, v in _mapping(record.get("metadata")).items()}
+
+
 def _meta_value(value: Any) -> Any:
     """A metadata value as the worker writes it: strings plain, other values JSON. JSON objects,
     arrays, quoted strings (older workers quoted every value) and true/false are decoded; any
@@ -352,13 +371,15 @@ def answered_from_observations(observations: Iterable[Mapping[str, Any]]) -> lis
     """One `Answered` per trace: its user-facing generation (see the module docstring)."""
     by_trace: dict[str, list[Mapping[str, Any]]] = {}
     for o in observations:
+        if not isinstance(o, Mapping):
+            continue
         trace_id = o.get("traceId")
         if isinstance(trace_id, str) and o.get("type", "GENERATION") == "GENERATION":
             by_trace.setdefault(trace_id, []).append(o)
     out: list[Answered] = []
     for trace_id, gens in sorted(by_trace.items()):
         gens.sort(key=lambda o: str(o.get("startTime", "")))
-        meta_of = [{k: _meta_value(v) for k, v in (g.get("metadata") or {}).items()} for g in gens]
+        meta_of = [_metadata(g) for g in gens]
         user = [
             (g, m)
             for g, m in zip(gens, meta_of, strict=True)
@@ -418,7 +439,9 @@ def labels_from_scores(scores: Iterable[Mapping[str, Any]]) -> list[Label]:
     others map ANNOTATION -> user, EVAL -> judge, API -> user."""
     out: list[Label] = []
     for s in scores:
-        subject = s.get("subject") or {}
+        if not isinstance(s, Mapping):
+            continue
+        subject = _mapping(s.get("subject"))
         kind = subject.get("kind")
         trace_id = subject.get("id") if kind == "trace" else subject.get("traceId")
         trace_id = trace_id or s.get("traceId")
@@ -427,7 +450,7 @@ def labels_from_scores(scores: Iterable[Mapping[str, Any]]) -> list[Label]:
         value = s.get("value")
         if not isinstance(value, bool | int | float | str):
             continue
-        meta = {k: _meta_value(v) for k, v in (s.get("metadata") or {}).items()}
+        meta = _metadata(s)
         source = meta.get("source")
         if source not in ("user", "task", "judge", "system"):
             source = _LANGFUSE_SOURCES.get(str(s.get("source", "")).upper(), "user")
