@@ -129,3 +129,30 @@ def test_bad_files_are_refused_in_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert "Traceback" not in "\n".join(err)
     assert err[-1].startswith(line), err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--strong-fraction", "nan"),
+        ("--strong-fraction", "1.5"),
+        ("--quality-ratio", "-0.1"),
+        ("--quality-ratio", "inf"),
+        ("--budget-usd", "-1"),
+        ("--budget-usd", "nan"),
+        ("--budget-fraction", "0"),
+        ("--budget-fraction", "inf"),
+        ("--quality-target", "nan"),
+        ("--quality-target", "2"),
+    ],
+)
+def test_calibration_targets_out_of_range_are_refused_in_one_line(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["calibrate", "--router", "/nonexistent", "--data", "/dev/null", f"{flag}={value}"]
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    assert flag in err[-1] and value in err[-1], err
