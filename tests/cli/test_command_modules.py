@@ -156,3 +156,27 @@ def test_calibration_targets_out_of_range_are_refused_in_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert "Traceback" not in "\n".join(err)
     assert flag in err[-1] and value in err[-1], err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--data", "/dev/null", "--out", "x", "--holdout=nan"],
+        ["train", "--data", "/dev/null", "--out", "x", "--holdout=2"],
+        ["retrain", "--data", "/dev/null", "--registry", "r", "--holdout=-0.5"],
+        ["retrain", "--data", "/dev/null", "--registry", "r", "--strong-fraction=nan"],
+        ["retrain", "--data", "/dev/null", "--registry", "r", "--quality-ratio=0"],
+        ["sim-provider", "--default-accuracy=2"],
+        ["sim-provider", "--per-token-ms=-1"],
+    ],
+)
+def test_fractions_and_rates_out_of_range_are_refused_in_one_line(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    flag, _, value = argv[-1].partition("=")
+    assert "Traceback" not in "\n".join(err)
+    assert flag in err[-1] and value in err[-1], err

@@ -48,6 +48,7 @@ __all__ = [
     "UserError",
     "finite",
     "next_hint",
+    "number_in",
     "version",
 ]
 
@@ -57,6 +58,23 @@ EXIT_INTERRUPTED = 130
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 """What `register(subparsers)` of every command module takes."""
+
+
+def number_in(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in [low, high] ((low, high] with `low_open`)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        inside = (low < value if low_open else low <= value) and value <= high
+        if not math.isfinite(value) or not inside:
+            bound = f"({low:g}, {high:g}]" if low_open else f"[{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"{text} is not in {bound}")
+        return value
+
+    return parse
 
 
 class UserError(Exception):

@@ -66,7 +66,7 @@ from routers.training import (
     trained_features,
 )
 from routers.transfer import fit_with, group_by_domain, leave_one_domain_out
-from worker.cli import Stages, Subparsers, UserError, finite, next_hint
+from worker.cli import Stages, Subparsers, UserError, finite, next_hint, number_in
 
 __all__ = ["read_prices", "read_records", "register"]
 
@@ -119,23 +119,6 @@ def read_prices(path: Path | None) -> dict[str, ModelPrice]:
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"bad price table {path}: {exc!r}") from exc
-
-
-def _number_in(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite number in [low, high] ((low, high] with `low_open`)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        inside = (low < value if low_open else low <= value) and value <= high
-        if not math.isfinite(value) or not inside:
-            bound = f"({low:g}, {high:g}]" if low_open else f"[{low:g}, {high:g}]"
-            raise argparse.ArgumentTypeError(f"{text} is not in {bound}")
-        return value
-
-    return parse
 
 
 def _write_json(data: Any) -> None:
@@ -667,7 +650,7 @@ def register(subparsers: Subparsers) -> None:
     )
     p.add_argument(
         "--holdout",
-        type=float,
+        type=number_in(0.0, 1.0),
         default=0.0,
         help="fraction of items (by id hash) held out for metrics and calibration",
     )
@@ -699,31 +682,31 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--data", type=Path, action="append", required=True)
     p.add_argument(
         "--strong-fraction",
-        type=_number_in(0.0, 1.0),
+        type=number_in(0.0, 1.0),
         action="append",
         help="target fraction of strong calls (repeatable)",
     )
     p.add_argument(
         "--quality-ratio",
-        type=_number_in(0.0, 1.0, low_open=True),
+        type=number_in(0.0, 1.0, low_open=True),
         action="append",
         help="target quality as a fraction of always-strong (repeatable)",
     )
     p.add_argument(
         "--budget-usd",
-        type=_number_in(0.0, math.inf),
+        type=number_in(0.0, math.inf),
         action="append",
         help="N models: the lambda whose mean cost per request is within this USD (repeatable)",
     )
     p.add_argument(
         "--budget-fraction",
-        type=_number_in(0.0, math.inf, low_open=True),
+        type=number_in(0.0, math.inf, low_open=True),
         action="append",
         help="N models: budget as a fraction of the best model's mean cost (repeatable)",
     )
     p.add_argument(
         "--quality-target",
-        type=_number_in(0.0, 1.0),
+        type=number_in(0.0, 1.0),
         action="append",
         help="N models: the cheapest lambda whose mean predicted quality reaches it (repeatable)",
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from worker.cli import Subparsers, UserError
+from worker.cli import Subparsers, UserError, number_in
 from worker.sim import Dataset, Fault, Latency, RateLimit, SimConfig
 from worker.sim.serve import serve_until_stopped
 
@@ -28,11 +28,16 @@ def register(subparsers: Subparsers) -> None:
         "--latency", default="fixed:0", help="fixed:MS | uniform:LO:HI | lognormal:MEDIAN:SIGMA"
     )
     p.add_argument("--fault", action="append", default=[], help="e.g. 429:0.1, 500@1,2, reset:0.01")
-    p.add_argument("--per-token-ms", type=float, default=0.0, help="added per output token")
+    p.add_argument(
+        "--per-token-ms",
+        type=number_in(0.0, 60_000.0),
+        default=0.0,
+        help="added per output token",
+    )
     p.add_argument("--rpm", type=int, help="requests per minute; beyond: 429 + x-ratelimit-*")
     p.add_argument("--tpm", type=int, help="tokens per minute (prompt + max_tokens)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--default-accuracy", type=float, default=0.7)
+    p.add_argument("--default-accuracy", type=number_in(0.0, 1.0), default=0.7)
     p.add_argument(
         "--alias", action="append", default=[], help="MODEL=DATASET_MODEL (replay another's labels)"
     )
