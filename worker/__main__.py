@@ -86,6 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except OSError as exc:
+        if exc.filename is None:  # not about a path the user gave: a fault to see whole
+            raise
+        print(f"{prog}: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
     finally:
         if quiet:
             kafka_log.setLevel(logging.NOTSET)

@@ -180,3 +180,27 @@ def test_fractions_and_rates_out_of_range_are_refused_in_one_line(
     flag, _, value = argv[-1].partition("=")
     assert "Traceback" not in "\n".join(err)
     assert flag in err[-1] and value in err[-1], err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        # an output path that is a folder, a file where a folder goes, a place nobody can write
+        ["score", "--router", "{art}", "--data", "{data}", "--out", "{tmp}"],
+        ["train", "--data", "{data}", "--out", "{data}"],
+        ["train", "--data", "{data}", "--out", "/proc/llmroute-test"],
+    ],
+)
+def test_output_paths_that_cannot_be_written_are_refused_in_one_line(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.routers import synth
+
+    data = synth.write_jsonl(tmp_path / "d.jsonl", synth.records(60, seed=4))
+    art = tmp_path / "art"
+    assert main(["train", "--data", str(data), "--out", str(art), "--router", "classifier"]) == 0
+    capsys.readouterr()
+    assert main([a.format(art=art, data=data, tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    assert err[-1].startswith(f"llmroute {argv[0]}: "), err
