@@ -204,3 +204,29 @@ def test_output_paths_that_cannot_be_written_are_refused_in_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert "Traceback" not in "\n".join(err)
     assert err[-1].startswith(f"llmroute {argv[0]}: "), err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["produce", "-", "--rate=-1"],
+        ["produce", "-", "--rate=nan"],
+        ["produce", "-", "--limit=-1"],
+        ["tail", "--max=-1"],
+        ["tail", "--idle-timeout-s=nan"],
+        ["tail", "--idle-timeout-s=-5"],
+        ["dlq", "list", "--limit=0"],
+        ["dlq", "replay", "--limit=-3"],
+    ],
+)
+def test_counts_rates_and_timeouts_out_of_range_are_refused_before_kafka(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `tail --idle-timeout-s nan` waited forever; `produce --rate -1` was a traceback
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--bootstrap", "127.0.0.1:9"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    flag, _, value = argv[-1].partition("=")
+    assert "Traceback" not in "\n".join(err)
+    assert flag in err[-1] and value in err[-1], err

@@ -46,6 +46,7 @@ __all__ = [
     "Stages",
     "Subparsers",
     "UserError",
+    "count_from",
     "finite",
     "next_hint",
     "number_in",
@@ -72,6 +73,21 @@ def number_in(low: float, high: float, *, low_open: bool = False) -> Callable[[s
         if not math.isfinite(value) or not inside:
             bound = f"({low:g}, {high:g}]" if low_open else f"[{low:g}, {high:g}]"
             raise argparse.ArgumentTypeError(f"{text} is not in {bound}")
+        return value
+
+    return parse
+
+
+def count_from(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= low."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text} is less than {low}")
         return value
 
     return parse
