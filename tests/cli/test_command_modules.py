@@ -230,3 +230,28 @@ def test_counts_rates_and_timeouts_out_of_range_are_refused_before_kafka(
     flag, _, value = argv[-1].partition("=")
     assert "Traceback" not in "\n".join(err)
     assert flag in err[-1] and value in err[-1], err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sim-provider", "--port=70000"],  # was an OverflowError from bind()
+        ["sim-provider", "--rpm=-1"],  # served with a negative rate limit
+        ["run", "--config", "/dev/null", "--metrics-port=-1"],
+        ["demo", "--workers=0"],
+        ["demo", "--requests=-5"],
+        ["judge", "--judge-model", "m", "--concurrency=0"],
+        ["retrain", "--data", "/dev/null", "--registry", "r", "--min-eval=-1"],
+        ["produce", "-", "--max-tokens=0"],
+    ],
+)
+def test_ports_and_counts_out_of_range_are_refused_in_one_line(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    flag, _, value = argv[-1].partition("=")
+    assert "Traceback" not in "\n".join(err)
+    assert flag in err[-1] and value in err[-1], err

@@ -42,6 +42,7 @@ __all__ = [
     "EXIT_CHECK_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_USER_ERROR",
+    "PORT",
     "Parser",
     "Stages",
     "Subparsers",
@@ -78,8 +79,8 @@ def number_in(low: float, high: float, *, low_open: bool = False) -> Callable[[s
     return parse
 
 
-def count_from(low: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= low."""
+def count_from(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number >= low (and <= high)."""
 
     def parse(text: str) -> int:
         try:
@@ -88,9 +89,14 @@ def count_from(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"{text} is less than {low}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{text} is more than {high}")
         return value
 
     return parse
+
+
+PORT = count_from(0, 65_535)  # an argparse type: a TCP port (0: any free one)
 
 
 class UserError(Exception):

@@ -21,7 +21,7 @@ from pathlib import Path
 from routers.errors import RoutingError
 from routers.promotion import CostTarget
 from routers.training import DEFAULT_ROUTER, ROUTER_NAMES
-from worker.cli import Stages, Subparsers, UserError, finite, next_hint, number_in
+from worker.cli import Stages, Subparsers, UserError, count_from, finite, next_hint, number_in
 from worker.cli.kafka_args import add_kafka_args, connection_from_args
 from worker.cli.routing import read_records
 from worker.training.retrain import RetrainOptions, publish_reload, retrain
@@ -105,7 +105,9 @@ def register(subparsers: Subparsers) -> None:
         default=0.0,
         help="allowed shortfall at the target",
     )
-    p.add_argument("--min-eval", type=int, default=50, help="held-out records needed to decide")
+    p.add_argument(
+        "--min-eval", type=count_from(1), default=50, help="held-out records needed to decide"
+    )
     p.add_argument("--keep-rejected", action="store_true", help="save rejected candidates too")
     p.add_argument(
         "--calibrate-on",

@@ -18,7 +18,7 @@ import logging
 import os
 
 from worker import preflight
-from worker.cli import EXIT_CHECK_FAILED, Subparsers, UserError
+from worker.cli import EXIT_CHECK_FAILED, PORT, Subparsers, UserError
 from worker.logs import LOG_FORMATS, setup_logging
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -40,7 +40,7 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--bootstrap", help=f"Kafka bootstrap servers (${preflight.ENV_BOOTSTRAP})")
     p.add_argument("--group", help=f"consumer group id (${preflight.ENV_GROUP})")
     p.add_argument(
-        "--metrics-port", type=int, help=f"0: any free port (${preflight.ENV_METRICS_PORT})"
+        "--metrics-port", type=PORT, help=f"0: any free port (${preflight.ENV_METRICS_PORT})"
     )
     p.add_argument(
         "--log-level",

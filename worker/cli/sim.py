@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from worker.cli import Subparsers, UserError, number_in
+from worker.cli import PORT, Subparsers, UserError, count_from, number_in
 from worker.sim import Dataset, Fault, Latency, RateLimit, SimConfig
 from worker.sim.serve import serve_until_stopped
 
@@ -21,7 +21,7 @@ def register(subparsers: Subparsers) -> None:
             "base_url: http://127.0.0.1:PORT. See worker/sim/config.py for --latency/--fault."
         ),
     )
-    p.add_argument("--port", type=int, default=8089, help="TCP port on 127.0.0.1 (0: any free)")
+    p.add_argument("--port", type=PORT, default=8089, help="TCP port on 127.0.0.1 (0: any free)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--data", help="routing-dataset JSONL to replay (answers follow its scores)")
     p.add_argument(
@@ -34,8 +34,10 @@ def register(subparsers: Subparsers) -> None:
         default=0.0,
         help="added per output token",
     )
-    p.add_argument("--rpm", type=int, help="requests per minute; beyond: 429 + x-ratelimit-*")
-    p.add_argument("--tpm", type=int, help="tokens per minute (prompt + max_tokens)")
+    p.add_argument(
+        "--rpm", type=count_from(1), help="requests per minute; beyond: 429 + x-ratelimit-*"
+    )
+    p.add_argument("--tpm", type=count_from(1), help="tokens per minute (prompt + max_tokens)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--default-accuracy", type=number_in(0.0, 1.0), default=0.7)
     p.add_argument(

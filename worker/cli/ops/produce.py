@@ -220,7 +220,7 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--tenant", default="default", help="tenant of generated requests")
     p.add_argument("--id-prefix", help="request id prefix (default: a fresh 'cli-XXXXXXXX-')")
     p.add_argument("--policy", help="routing policy of generated requests")
-    p.add_argument("--max-tokens", type=int, help="max_tokens of generated requests")
+    p.add_argument("--max-tokens", type=count_from(1), help="max_tokens of generated requests")
     p.add_argument("--mode", choices=["interactive", "batch"], default="interactive")
     p.add_argument("--reply-topic", help="reply_topic of generated requests")
     bar = p.add_mutually_exclusive_group()
