@@ -206,6 +206,8 @@ NO_KAFKA = ["--bootstrap", "127.0.0.1:9"]
         ["tail", *NO_KAFKA, "--idle-timeout-s=-5"],
         ["dlq", "list", *NO_KAFKA, "--limit=0"],
         ["dlq", "replay", *NO_KAFKA, "--limit=-3"],
+        ["dataset", "build", "--out", "o.jsonl", *NO_KAFKA, "--read-timeout-s=nan"],
+        ["ab", "report", *NO_KAFKA, "--read-timeout-s=-1"],
     ],
 )
 def test_numbers_out_of_range_are_refused_in_one_line(
