@@ -93,6 +93,9 @@ def test_the_demo_works_in_the_checkout() -> None:
     assert (ROOT / "pyproject.toml").is_file() and WORK == ROOT / ".demo"
 
 
+LOCAL_TOML = str(Path(__file__).resolve().parents[2] / "deploy" / "config" / "local.toml")
+
+
 @pytest.mark.parametrize(
     ("content", "argv", "line"),
     [
@@ -111,6 +114,12 @@ def test_the_demo_works_in_the_checkout() -> None:
         (b"\xff\xfe\n", ["sim-provider", "--data", "{f}"], "llmroute sim-provider: "),
         (b"{nope\n", ["sim-provider", "--data", "{f}"], "llmroute sim-provider: "),
         (b'{"prompt": "p"}\n', ["sim-provider", "--data", "{f}"], "llmroute sim-provider: "),
+        # a judge rubric that is not UTF-8
+        (
+            b"\xff\xfe",
+            ["judge", "--config", LOCAL_TOML, "--judge-model", "m", "--rubric", "{f}"],
+            "llmroute judge: ",
+        ),
     ],
 )
 def test_bad_files_are_refused_in_one_line(

@@ -50,8 +50,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(str(exc)) from None
     conn = connection_from_args(args)
     kafka, topics = conn.kafka, conn.topics
-    rubric = args.rubric.read_text("utf-8") if args.rubric else SINGLE_RUBRIC
-    pair_rubric = args.pair_rubric.read_text("utf-8") if args.pair_rubric else PAIR_RUBRIC
+    rubric = _template(args.rubric) if args.rubric else SINGLE_RUBRIC
+    pair_rubric = _template(args.pair_rubric) if args.pair_rubric else PAIR_RUBRIC
     try:
         settings = JudgeSettings(
             model=args.judge_model, rubric=rubric, pair_rubric=pair_rubric, name=args.name
@@ -101,6 +101,14 @@ def cmd_judge(args: argparse.Namespace) -> int:
     summary = asyncio.run(_run(args))
     sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     return 0
+
+
+def _template(path: Path) -> str:
+    """A rubric file's text (an unreadable file is the user's to fix, in one line)."""
+    try:
+        return path.read_text("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
 def register(subparsers: Subparsers) -> None:
