@@ -43,22 +43,26 @@ def _prefs(obj: Mapping[str, Any]) -> dict[str, float]:
 
 
 def semantic_config_from_obj(obj: Mapping[str, Any]) -> SemanticConfig:
-    """Parse the JSON form (see routers/data/semantic_default.json)."""
-    cats = tuple(
-        Category(
-            name=str(c["name"]),
-            preferences=_prefs(c["preferences"]),
-            keywords=tuple(str(k) for k in c.get("keywords", ())),
-            examples=tuple(str(e) for e in c.get("examples", ())),
+    """Parse the JSON form (see routers/data/semantic_default.json); ValueError when `obj` is
+    not of that shape."""
+    try:
+        cats = tuple(
+            Category(
+                name=str(c["name"]),
+                preferences=_prefs(c["preferences"]),
+                keywords=tuple(str(k) for k in c.get("keywords", ())),
+                examples=tuple(str(e) for e in c.get("examples", ())),
+            )
+            for c in obj["categories"]
         )
-        for c in obj["categories"]
-    )
-    return SemanticConfig(
-        categories=cats,
-        default=_prefs(obj["default"]),
-        keyword_weight=float(obj.get("keyword_weight", 0.25)),
-        min_match=float(obj.get("min_match", 0.25)),
-    )
+        return SemanticConfig(
+            categories=cats,
+            default=_prefs(obj["default"]),
+            keyword_weight=float(obj.get("keyword_weight", 0.25)),
+            min_match=float(obj.get("min_match", 0.25)),
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a semantic config: {exc!r}") from None
 
 
 class SemanticRouter(HasIdentity):

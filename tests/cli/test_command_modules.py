@@ -93,6 +93,8 @@ def test_the_demo_works_in_the_checkout() -> None:
     assert (ROOT / "pyproject.toml").is_file() and WORK == ROOT / ".demo"
 
 
+TRAIN_SEMANTIC = ["train", "--data", "/dev/null", "--out", "x", "--router", "semantic"]
+TRAIN_SEMANTIC += ["--semantic-config"]
 LOCAL_TOML = str(Path(__file__).resolve().parents[2] / "deploy" / "config" / "local.toml")
 
 
@@ -114,6 +116,12 @@ LOCAL_TOML = str(Path(__file__).resolve().parents[2] / "deploy" / "config" / "lo
         (b"\xff\xfe\n", ["sim-provider", "--data", "{f}"], "llmroute sim-provider: "),
         (b"{nope\n", ["sim-provider", "--data", "{f}"], "llmroute sim-provider: "),
         (b'{"prompt": "p"}\n', ["sim-provider", "--data", "{f}"], "llmroute sim-provider: "),
+        # a semantic router's category config: not JSON, or not of its shape
+        (b"{not", [*TRAIN_SEMANTIC, "{f}"], "llmroute train: bad --semantic-config"),
+        (b"[1]", [*TRAIN_SEMANTIC, "{f}"], "llmroute train: bad --semantic-config"),
+        (b'{"categories": [{"name": 5}]}', [*TRAIN_SEMANTIC, "{f}"], "llmroute train: bad"),
+        (b'{"categories": "x"}', [*TRAIN_SEMANTIC, "{f}"], "llmroute train: bad"),
+        (b"\xff{", [*TRAIN_SEMANTIC, "{f}"], "llmroute train: bad --semantic-config"),
         # a judge rubric that is not UTF-8
         (
             b"\xff\xfe",

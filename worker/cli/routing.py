@@ -55,7 +55,7 @@ from routers.learned import FeatureRouter
 from routers.metrics import two_model_report
 from routers.multi import lambda_curve, lambda_for_budget, lambda_for_quality
 from routers.policy import ModelPrice
-from routers.semantic import semantic_config_from_obj
+from routers.semantic import SemanticConfig, semantic_config_from_obj
 from routers.training import (
     ROUTER_NAMES,
     TrainOptions,
@@ -145,6 +145,8 @@ def _calibration(
 
 def cmd_train(args: argparse.Namespace) -> int:
     progress = Stages("train")
+    if args.semantic_config is not None:  # a bad config is refused before the data is read
+        _semantic_config(args.semantic_config)
     progress.begin("reading " + ", ".join(str(p) for p in args.data))
     records = read_records(
         args.data, include_system=args.include_system, include_history=args.include_history
@@ -153,13 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     name = default_router(records) if args.router == "default" else args.router
     if name == cascade.CASCADE_KIND:
         return _train_cascade(args, records)
-    semantic = None
-    if name == "semantic":
-        if args.semantic_config is None:
-            text = resources.files("routers").joinpath("data/semantic_default.json").read_text()
-        else:
-            text = Path(args.semantic_config).read_text(encoding="utf-8")
-        semantic = semantic_config_from_obj(json.loads(text))
+    semantic = _semantic_config(args.semantic_config) if name == "semantic" else None
     options = TrainOptions(
         router=name,
         strong=args.strong,
@@ -219,6 +215,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     _write_json(finite(summary))
     next_hint(f"set [router].artifact = {str(args.out)!r} and `llmroute run --config FILE`")
     return 0
+
+
+def _semantic_config(path: str | None) -> SemanticConfig:
+    """The semantic router's categories: `path` (JSON), or the bundled default."""
+    if path is None:
+        text = resources.files("routers").joinpath("data/semantic_default.json").read_text()
+    else:
+        text = Path(path).read_bytes().decode("utf-8", "replace")
+    try:
+        return semantic_config_from_obj(json.loads(text))
+    except ValueError as exc:  # not JSON, or not of the config's shape
+        raise UserError(f"bad --semantic-config {path}: {exc}") from None
 
 
 def _cascade_calibration(good: FloatArray, qs: FloatArray, qw: FloatArray) -> dict[str, float]:
