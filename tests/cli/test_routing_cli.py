@@ -371,3 +371,22 @@ def test_a_dataset_file_with_a_utf8_byte_order_mark_is_read(tmp_path, capsys, fi
     path.write_bytes(b"\xef\xbb\xbf" + train.read_bytes())  # as some Windows editors save it
     assert main(["train", "--data", str(path), "--out", str(tmp_path / "r")]) == 0
     capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "price",
+    [
+        {"input_per_mtok": -1.0, "output_per_mtok": 2.0},
+        {"input_per_mtok": 1.0, "output_per_mtok": "nan"},
+    ],
+)
+def test_a_price_table_with_a_negative_or_not_finite_price_is_refused(
+    price, trained, files, tmp_path, capsys
+):
+    _, _, test, _ = files
+    table = tmp_path / "prices.json"
+    table.write_text(json.dumps({synth.STRONG: price}))
+    argv = ["calibrate", "--router", str(trained), "--data", str(test), "--prices", str(table)]
+    assert main([*argv, "--budget-usd", "0.001", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"llmroute calibrate: bad price table {table}"), err

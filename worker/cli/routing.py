@@ -113,12 +113,17 @@ def read_prices(path: Path | None) -> dict[str, ModelPrice]:
         return {}
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
-        return {
+        table = {
             str(m): ModelPrice(float(p["input_per_mtok"]), float(p["output_per_mtok"]))
             for m, p in obj.items()
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"bad price table {path}: {exc!r}") from exc
+    for model, price in table.items():
+        for value in (price.input_per_mtok, price.output_per_mtok):
+            if not (math.isfinite(value) and value >= 0):
+                raise UserError(f"bad price table {path}: {model!r} has price {value}")
+    return table
 
 
 def _write_json(data: Any) -> None:
