@@ -45,6 +45,12 @@ def test_the_example_config_parses() -> None:
         (MODEL + '[batch]\non_item_failure = "drop"\n', "on_item_failure"),
         (MODEL + "[loop]\njoin_warn_s = 0\n", "join_warn_s"),
         (MODEL + "[loop]\njoin_warn_s = nan\n", "join_warn_s"),
+        # TOML has nan and inf; no setting means either, and nan passes every `< 0` check
+        (MODEL.replace("input_usd_per_mtok = 1.0", "input_usd_per_mtok = nan"), "models.m.input"),
+        (MODEL + "[shadow]\nsample = nan\n", "shadow.sample"),
+        (MODEL + "[tenants.a]\nmax_cost_usd = inf\n", "tenants.a.max_cost_usd"),
+        (MODEL + "[batch]\nflush_age_s = -inf\n", "batch.flush_age_s"),
+        (MODEL + '[[experiments]]\nname = "e"\narms = [{name = "a", weight = nan}]\n', "weight"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, text: str, fragment: str) -> None:

@@ -25,6 +25,7 @@ Nothing here imports the runtime (Kafka, HTTP, telemetry SDKs): tests/test_impor
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -154,6 +155,9 @@ class ConfigError(ValueError):
 
 def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     """Decode and check the configuration (paths relative to `base_dir` when given)."""
+    where = _not_finite(data)
+    if where is not None:  # TOML has nan and inf; a nan slips past every `< 0` check
+        raise ConfigError(f"invalid configuration: {where} must be a finite number")
     try:
         document = msgspec.convert(data, _Document)
         if base_dir is not None:
@@ -166,6 +170,22 @@ def parse(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         )
     except (msgspec.ValidationError, ValueError) as exc:
         raise ConfigError(f"invalid configuration: {exc}") from None
+
+
+def _not_finite(value: Any, where: str = "") -> str | None:
+    """The dotted key of the first nan or infinite number in `value` (None: there is none)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "(the document)"
+    items: Any = ()
+    if isinstance(value, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    for key, item in items:
+        found = _not_finite(item, key)
+        if found is not None:
+            return found
+    return None
 
 
 def _resolve_paths(document: _Document, base_dir: Path) -> _Document:
