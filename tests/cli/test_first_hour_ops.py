@@ -144,16 +144,15 @@ async def test_status_warns_when_members_outnumber_partitions(
     requests = await new_topic("fh-req", partitions=1)
     group = unique_topic("fh-group")
     # A CI run hung in this test's own awaits for the whole 300 s timeout. With its topics
-    # given up front, a consumer's start() waits for an assignment, so the second member's
-    # start can wait on the first one rejoining. Here both subscribe after start, the polls
-    # below drive both joins, and every wait on the client is bounded.
+    # given up front, a consumer's start() waits for an assignment, so a second member started
+    # after the first may wait on the first one rejoining. Both start together here, and every
+    # wait on the clients is bounded.
     consumers = [
-        AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group) for _ in range(2)
+        AIOKafkaConsumer(requests, bootstrap_servers=kafka_bootstrap, group_id=group)
+        for _ in range(2)
     ]
-    for c in consumers:
-        await asyncio.wait_for(c.start(), 60)
-        c.subscribe([requests])
     try:
+        await asyncio.wait_for(asyncio.gather(*(c.start() for c in consumers)), 120)
         for _ in range(60):  # both joined and the group settled
             await asyncio.gather(*(c.getmany(timeout_ms=200) for c in consumers))
             if sum(len(c.assignment()) for c in consumers) == 1:
