@@ -122,6 +122,9 @@ LOCAL_TOML = str(Path(__file__).resolve().parents[2] / "deploy" / "config" / "lo
         (b'{"categories": [{"name": 5}]}', [*TRAIN_SEMANTIC, "{f}"], "llmroute train: bad"),
         (b'{"categories": "x"}', [*TRAIN_SEMANTIC, "{f}"], "llmroute train: bad"),
         (b"\xff{", [*TRAIN_SEMANTIC, "{f}"], "llmroute train: bad --semantic-config"),
+        # the demo's labelled data, read by the same JSONL reader as every dataset
+        (b"\xff\xfe\n", ["demo", "--data", "{f}", "--train-only"], "llmroute demo: bad --data"),
+        (b"{nope\n", ["demo", "--data", "{f}", "--train-only"], "llmroute demo: bad --data"),
         # a judge rubric that is not UTF-8
         (
             b"\xff\xfe",

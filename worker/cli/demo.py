@@ -33,8 +33,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import schemas
 from worker import config as config_mod
-from worker.cli import Subparsers, count_from, next_hint
+from worker.cli import Subparsers, UserError, count_from, next_hint
 from worker.config.models import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
+from worker.jsonl import JsonlError, read_jsonl
 from worker.kafka.topics import ensure_topics
 from worker.sim import Dataset, Latency, SimConfig, Simulator, grade
 
@@ -126,8 +127,10 @@ def _builtin_rows(n: int = 4000, seed: int = 11) -> list[dict[str, Any]]:
 
 def _load_rows(path: Path) -> tuple[list[dict[str, Any]], str]:
     if path.exists():
-        with path.open(encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh if line.strip()], str(path)
+        try:
+            return [row for _, row in read_jsonl(path)], str(path)
+        except JsonlError as exc:
+            raise UserError(f"bad --data {path}: {exc}") from None
     return _builtin_rows(), "built-in prompt set (no labelled data file found)"
 
 

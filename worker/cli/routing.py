@@ -67,6 +67,7 @@ from routers.training import (
 )
 from routers.transfer import fit_with, group_by_domain, leave_one_domain_out
 from worker.cli import Stages, Subparsers, UserError, finite, next_hint, number_in
+from worker.jsonl import JsonlError, read_jsonl
 
 __all__ = ["read_prices", "read_records", "register"]
 
@@ -77,21 +78,7 @@ def read_records(
     records: list[Record] = []
     for path in paths:
         try:
-            fh = path.open("rb")
-        except OSError as exc:
-            raise UserError(f"cannot read {path}: {exc.strerror}") from exc
-        with fh:
-            for lineno, raw in enumerate(fh, 1):
-                try:  # a byte order mark (some editors write one) is not data
-                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-                except UnicodeDecodeError as exc:
-                    raise UserError(f"{path}:{lineno}: not UTF-8 text ({exc.reason})") from None
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{lineno}: not JSON ({exc.msg})") from exc
+            for lineno, obj in read_jsonl(path):
                 if not isinstance(obj, dict):
                     raise UserError(f"{path}:{lineno}: a record must be a JSON object")
                 try:
@@ -102,6 +89,10 @@ def read_records(
                     )
                 except RoutingError as exc:
                     raise UserError(f"{path}:{lineno}: {exc}") from exc
+        except JsonlError as exc:
+            raise UserError(f"{path}:{exc.lineno}: {exc.problem}") from None
+        except OSError as exc:
+            raise UserError(f"cannot read {path}: {exc.strerror}") from exc
     if not records:
         raise UserError("no records in " + ", ".join(str(p) for p in paths))
     return records

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from worker.jsonl import read_jsonl
 from worker.sim.config import SimConfig
 
 _TEXT = (
@@ -132,14 +133,11 @@ class Dataset:
     def from_jsonl(cls, path: str | Path) -> Dataset:
         """Rows of a routing-dataset JSONL file; ValueError naming the line of a bad one."""
         rows = []
-        with open(path, "rb") as fh:
-            for lineno, raw in enumerate(fh, 1):
-                try:
-                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-                    if line.strip():
-                        rows.append(cls.row_from_json(json.loads(line)))
-                except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                    raise ValueError(f"line {lineno}: {exc!r}") from None
+        for lineno, obj in read_jsonl(path):  # JsonlError (a ValueError) names its line
+            try:
+                rows.append(cls.row_from_json(obj))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ValueError(f"line {lineno}: {exc!r}") from None
         return cls(rows)
 
     def lookup(self, prompt: str, item_id: str | None = None) -> Row | None:
