@@ -39,10 +39,13 @@ from collections.abc import Callable
 from typing import IO, Any, NoReturn, TypeAlias
 
 __all__ = [
+    "COUNT",
     "EXIT_CHECK_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_USER_ERROR",
+    "FRACTION",
     "PORT",
+    "POSITIVE",
     "Parser",
     "Stages",
     "Subparsers",
@@ -96,7 +99,11 @@ def count_from(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-PORT = count_from(0, 65_535)  # an argparse type: a TCP port (0: any free one)
+# argparse types of the bounds most flags share
+PORT = count_from(0, 65_535)  # a TCP port (0: any free one)
+COUNT = count_from(1)  # how many: at least one
+FRACTION = number_in(0.0, 1.0)  # a share, in [0, 1]
+POSITIVE = number_in(0.0, math.inf, low_open=True)  # a rate or a time: finite and above 0
 
 
 class UserError(Exception):

@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import schemas
 from worker import config as config_mod
-from worker.cli import Subparsers, UserError, count_from, next_hint
+from worker.cli import COUNT, Subparsers, UserError, next_hint
 from worker.config.models import STRONG_MODEL, WEAK_MODEL, simulator_catalogue
 from worker.jsonl import JsonlError, read_jsonl
 from worker.kafka.topics import ensure_topics
@@ -51,8 +51,8 @@ def register(subparsers: Subparsers) -> None:
         "demo", help="run the whole pipeline locally on simulated providers and summarise it"
     )
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="labelled routing JSONL")
-    p.add_argument("--requests", type=count_from(1), default=3000)
-    p.add_argument("--workers", type=count_from(1), default=2)
+    p.add_argument("--requests", type=COUNT, default=3000)
+    p.add_argument("--workers", type=COUNT, default=2)
     p.add_argument("--latency", default="lognormal:300:0.5", help="simulated model latency")
     p.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
     p.add_argument(

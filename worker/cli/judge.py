@@ -23,7 +23,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 import schemas
-from worker.cli import Subparsers, UserError, count_from
+from worker.cli import COUNT, Subparsers, UserError
 from worker.cli.dataset import read_outcomes
 from worker.cli.kafka_args import add_kafka_args, connection_from_args
 from worker.providers.client import ClientSettings, ModelClient
@@ -119,7 +119,7 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--pair-rubric", type=Path, help="pairwise rubric template file")
     p.add_argument("--pairwise-model", help="also answer with this model and compare the two")
     p.add_argument("--name", default="judge", help="feedback name of the scores")
-    p.add_argument("--limit", type=count_from(1), help="judge at most this many answers")
-    p.add_argument("--concurrency", type=count_from(1), default=8)
+    p.add_argument("--limit", type=COUNT, help="judge at most this many answers")
+    p.add_argument("--concurrency", type=COUNT, default=8)
     p.add_argument("--dry-run", action="store_true", help="judge but publish nothing")
     p.set_defaults(handler=cmd_judge)

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,7 +29,7 @@ import msgspec
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 
-from worker.cli import UserError, number_in
+from worker.cli import POSITIVE, UserError
 from worker.config.kafka import KafkaSettings, TopicSettings
 
 __all__ = [
@@ -86,7 +85,7 @@ def add_kafka_args(
     if read_timeout:
         p.add_argument(
             "--read-timeout-s",
-            type=number_in(0.0, math.inf, low_open=True),
+            type=POSITIVE,
             default=30.0,
             help="give up when a read stalls this long",
         )

@@ -21,7 +21,7 @@ from pathlib import Path
 from routers.errors import RoutingError
 from routers.promotion import CostTarget
 from routers.training import DEFAULT_ROUTER, ROUTER_NAMES
-from worker.cli import Stages, Subparsers, UserError, count_from, finite, next_hint, number_in
+from worker.cli import COUNT, FRACTION, Stages, Subparsers, UserError, finite, next_hint, number_in
 from worker.cli.kafka_args import add_kafka_args, connection_from_args
 from worker.cli.routing import read_records
 from worker.training.retrain import RetrainOptions, publish_reload, retrain
@@ -87,13 +87,9 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--router", default="default", choices=("default", *ROUTER_NAMES))
     p.add_argument("--strong", help="strong model (default: the current router's)")
     p.add_argument("--weak", help="weak model (default: the current router's)")
-    p.add_argument(
-        "--holdout", type=number_in(0.0, 1.0), default=0.2, help="held-out fraction (id hash)"
-    )
+    p.add_argument("--holdout", type=FRACTION, default=0.2, help="held-out fraction (id hash)")
     p.add_argument("--split-salt", default="retrain")
-    p.add_argument(
-        "--strong-fraction", type=number_in(0.0, 1.0), help="cost target: this strong-call share"
-    )
+    p.add_argument("--strong-fraction", type=FRACTION, help="cost target: this strong-call share")
     p.add_argument(
         "--quality-ratio",
         type=number_in(0.0, 1.0, low_open=True),
@@ -101,13 +97,11 @@ def register(subparsers: Subparsers) -> None:
     )
     p.add_argument(
         "--tolerance",
-        type=number_in(0.0, 1.0),
+        type=FRACTION,
         default=0.0,
         help="allowed shortfall at the target",
     )
-    p.add_argument(
-        "--min-eval", type=count_from(1), default=50, help="held-out records needed to decide"
-    )
+    p.add_argument("--min-eval", type=COUNT, default=50, help="held-out records needed to decide")
     p.add_argument("--keep-rejected", action="store_true", help="save rejected candidates too")
     p.add_argument(
         "--calibrate-on",

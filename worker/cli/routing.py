@@ -66,7 +66,16 @@ from routers.training import (
     trained_features,
 )
 from routers.transfer import fit_with, group_by_domain, leave_one_domain_out
-from worker.cli import Stages, Subparsers, UserError, finite, next_hint, number_in
+from worker.cli import (
+    FRACTION,
+    POSITIVE,
+    Stages,
+    Subparsers,
+    UserError,
+    finite,
+    next_hint,
+    number_in,
+)
 from worker.jsonl import JsonlError, read_jsonl
 
 __all__ = ["read_prices", "read_records", "register"]
@@ -654,7 +663,7 @@ def register(subparsers: Subparsers) -> None:
     )
     p.add_argument(
         "--holdout",
-        type=number_in(0.0, 1.0),
+        type=FRACTION,
         default=0.0,
         help="fraction of items (by id hash) held out for metrics and calibration",
     )
@@ -686,7 +695,7 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--data", type=Path, action="append", required=True)
     p.add_argument(
         "--strong-fraction",
-        type=number_in(0.0, 1.0),
+        type=FRACTION,
         action="append",
         help="target fraction of strong calls (repeatable)",
     )
@@ -704,13 +713,13 @@ def register(subparsers: Subparsers) -> None:
     )
     p.add_argument(
         "--budget-fraction",
-        type=number_in(0.0, math.inf, low_open=True),
+        type=POSITIVE,
         action="append",
         help="N models: budget as a fraction of the best model's mean cost (repeatable)",
     )
     p.add_argument(
         "--quality-target",
-        type=number_in(0.0, 1.0),
+        type=FRACTION,
         action="append",
         help="N models: the cheapest lambda whose mean predicted quality reaches it (repeatable)",
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from worker.cli import PORT, Subparsers, UserError, count_from, number_in
+from worker.cli import COUNT, FRACTION, PORT, Subparsers, UserError, number_in
 from worker.sim import Dataset, Fault, Latency, RateLimit, SimConfig
 from worker.sim.serve import serve_until_stopped
 
@@ -34,12 +34,10 @@ def register(subparsers: Subparsers) -> None:
         default=0.0,
         help="added per output token",
     )
-    p.add_argument(
-        "--rpm", type=count_from(1), help="requests per minute; beyond: 429 + x-ratelimit-*"
-    )
-    p.add_argument("--tpm", type=count_from(1), help="tokens per minute (prompt + max_tokens)")
+    p.add_argument("--rpm", type=COUNT, help="requests per minute; beyond: 429 + x-ratelimit-*")
+    p.add_argument("--tpm", type=COUNT, help="tokens per minute (prompt + max_tokens)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--default-accuracy", type=number_in(0.0, 1.0), default=0.7)
+    p.add_argument("--default-accuracy", type=FRACTION, default=0.7)
     p.add_argument(
         "--alias", action="append", default=[], help="MODEL=DATASET_MODEL (replay another's labels)"
     )

@@ -40,7 +40,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 import schemas
-from worker.cli import Subparsers, UserError, count_from, next_hint
+from worker.cli import COUNT, Subparsers, UserError, next_hint
 from worker.cli.kafka_args import Connection
 from worker.cli.ops.common import (
     add_broker_command,
@@ -427,7 +427,7 @@ def register(subparsers: Subparsers) -> None:
         help="one line per dead letter, then a count by error type",
     )
     lst.add_argument("--from-topic", help="dead-letter topic (default: [topics].dlq)")
-    lst.add_argument("--limit", type=count_from(1), help="print at most this many")
+    lst.add_argument("--limit", type=COUNT, help="print at most this many")
     lst.add_argument("--json", action="store_true", help="one JSON object per letter")
     show = add_broker_command(
         dsub,
@@ -471,7 +471,7 @@ def register(subparsers: Subparsers) -> None:
         help="also re-send letters this version's decoder still refuses (they come back)",
     )
     p.add_argument("--only-valid", action="store_true", help=argparse.SUPPRESS)  # the default
-    p.add_argument("--limit", type=count_from(1), help="replay at most this many")
+    p.add_argument("--limit", type=COUNT, help="replay at most this many")
     p.add_argument("--json", action="store_true", help="one JSON object per letter")
     p.add_argument("--quiet", action="store_true", help="only the summary")
 

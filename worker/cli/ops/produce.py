@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import io
 import json
-import math
 import sys
 import time
 import uuid
@@ -33,7 +32,7 @@ from aiokafka import AIOKafkaProducer
 
 import schemas
 from schemas.events import Mode
-from worker.cli import Subparsers, UserError, count_from, number_in
+from worker.cli import COUNT, POSITIVE, Subparsers, UserError
 from worker.cli.kafka_args import Connection
 from worker.cli.ops.common import Pacer, Progress, add_broker_command, partition_counts
 
@@ -213,14 +212,14 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--topic", help="target topic (default: [topics].requests)")
     p.add_argument(
         "--rate",
-        type=number_in(0.0, math.inf, low_open=True),
+        type=POSITIVE,
         help="at most this many requests per second",
     )
-    p.add_argument("--limit", type=count_from(1), help="stop after this many requests")
+    p.add_argument("--limit", type=COUNT, help="stop after this many requests")
     p.add_argument("--tenant", default="default", help="tenant of generated requests")
     p.add_argument("--id-prefix", help="request id prefix (default: a fresh 'cli-XXXXXXXX-')")
     p.add_argument("--policy", help="routing policy of generated requests")
-    p.add_argument("--max-tokens", type=count_from(1), help="max_tokens of generated requests")
+    p.add_argument("--max-tokens", type=COUNT, help="max_tokens of generated requests")
     p.add_argument("--mode", choices=["interactive", "batch"], default="interactive")
     p.add_argument("--reply-topic", help="reply_topic of generated requests")
     bar = p.add_mutually_exclusive_group()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import IO, Any
 from aiokafka import AIOKafkaConsumer
 
 import schemas
-from worker.cli import Subparsers, count_from, number_in
+from worker.cli import COUNT, POSITIVE, Subparsers
 from worker.cli.kafka_args import Connection
 from worker.cli.ops.common import add_broker_command, topic_partitions
 
@@ -206,12 +205,10 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--status", choices=["ok", "error"], help="responses only")
     p.add_argument("--request-id")
     p.add_argument("--from-beginning", action="store_true")
-    p.add_argument(
-        "--max", type=count_from(1), dest="max_records", help="stop after N matching records"
-    )
+    p.add_argument("--max", type=COUNT, dest="max_records", help="stop after N matching records")
     p.add_argument(
         "--idle-timeout-s",
-        type=number_in(0.0, math.inf, low_open=True),
+        type=POSITIVE,
         help="stop after this long without records",
     )
     p.add_argument("--json", action="store_true", help="the records' JSON, one per line")
