@@ -15,6 +15,7 @@ __all__ = [
     "Record",
     "data_sha256",
     "hash_bytes",
+    "is_utf8",
     "item_keys",
     "record_from_obj",
     "source_of",
@@ -68,11 +69,18 @@ def valid_text(text: str) -> str:
     surrogate pair ("\\ud800"), and such a str cannot be encoded as UTF-8 (nor printed). Prompts,
     answers, model names and tags are read through it: what the router sees, as a worker would
     (its JSON decoder refuses lone surrogates). Ids are kept as given, so results join back."""
+    if is_utf8(text):
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def is_utf8(text: str) -> bool:
+    """Whether `text` can be encoded as UTF-8 (it holds no lone surrogate)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text
+        return False
+    return True
 
 
 def hash_bytes(text: str) -> bytes:

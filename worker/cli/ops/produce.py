@@ -31,6 +31,7 @@ from typing import IO, Any
 from aiokafka import AIOKafkaProducer
 
 import schemas
+from routers.dataset import is_utf8
 from schemas.events import Mode
 from worker.cli import COUNT, POSITIVE, Subparsers, UserError
 from worker.cli.kafka_args import Connection
@@ -58,7 +59,7 @@ def request_from_line(
 ) -> schemas.RouteRequest:
     """One input line -> a validated RouteRequest (`index` numbers generated request ids)."""
     text = line.strip()
-    if not _utf8(text):  # the reader hands undecodable bytes over as lone surrogates
+    if not is_utf8(text):  # the reader hands undecodable bytes over as lone surrogates
         raise InvalidLine("not UTF-8 text")
     prompt: str | None = None
     obj: Any = None
@@ -67,7 +68,7 @@ def request_from_line(
             obj = json.loads(text)
         except ValueError as exc:
             raise InvalidLine(f"not JSON: {exc}") from None
-        if not _utf8(json.dumps(obj, ensure_ascii=False)):
+        if not is_utf8(json.dumps(obj, ensure_ascii=False)):
             raise InvalidLine("a lone surrogate escape (\\ud800-\\udfff): not valid Unicode text")
     if obj is None:
         prompt = text
@@ -100,14 +101,6 @@ def request_from_line(
         routing=routing,
         reply_topic=defaults.reply_topic,
     )
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 @dataclass
